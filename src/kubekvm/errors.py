@@ -1,0 +1,35 @@
+"""Errors of the domain, each with the code that GraphQL and the pages show.
+
+Services raise these; adapters translate them (GraphQL `extensions.code`, a form message
+beside the field) and never see a database or libvirt exception.
+"""
+
+from __future__ import annotations
+
+
+class KubeKVMError(Exception):
+    code = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ValidationFailed(KubeKVMError):
+    code = "VALIDATION_FAILED"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NotFound(KubeKVMError):
+    code = "NOT_FOUND"
+
+
+class Conflict(KubeKVMError):
+    code = "CONFLICT"
+
+
+class Unavailable(KubeKVMError):
+    code = "UNAVAILABLE"

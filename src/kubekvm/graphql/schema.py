@@ -1,0 +1,320 @@
+"""Queries, mutations and subscriptions. Each resolver translates arguments, calls one service
+method and wraps the result in a GraphQL type; no rule of the platform lives here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+
+import strawberry
+from graphql.error import GraphQLError
+from strawberry.extensions import MaxTokensLimiter, QueryDepthLimiter
+from strawberry.types import ExecutionContext
+
+from kubekvm import models, streams
+from kubekvm.errors import KubeKVMError
+from kubekvm.graphql.errors import ErrorCodes, coded
+from kubekvm.graphql.types import (
+    Assignment,
+    AssignmentBatch,
+    Deployment,
+    DeploymentEvent,
+    DeploymentPage,
+    Host,
+    Machine,
+    ObservedMachineState,
+    OSFamily,
+    Phase,
+    Power,
+    ServerInfo,
+    Template,
+)
+from kubekvm.services import Services
+
+
+def _services(info: strawberry.Info) -> Services:
+    services: Services = info.context["services"]
+    return services
+
+
+async def _deployment(services: Services, lab: models.Deployment) -> Deployment:
+    counts = await services.running_counts([lab.name])
+    running, total = counts[lab.name]
+    return Deployment.of(lab, running=running, machine_count=total)
+
+
+@strawberry.input
+class TemplateInput:
+    name: str
+    title: str | None = None
+    description: str | None = None
+    os: OSFamily = OSFamily.LINUX
+    image: str
+    vcpus: int = 1
+    memory_mib: int = 1024
+    disk_gib: int = 10
+
+
+@strawberry.input
+class TemplateUpdate:
+    title: str | None = None
+    description: str | None = None
+    os: OSFamily | None = None
+    image: str | None = None
+    vcpus: int | None = None
+    memory_mib: int | None = None
+    disk_gib: int | None = None
+
+
+@strawberry.input
+class DeploymentInput:
+    name: str = strawberry.field(description="1-40 lowercase letters, digits and inner hyphens.")
+    template: str
+    replicas: int
+    title: str | None = None
+    power: Power = Power.RUNNING
+
+
+@strawberry.input
+class DeploymentUpdate:
+    title: str | None = None
+    replicas: int | None = None
+    power: Power | None = None
+    template: str | None = strawberry.field(
+        default=None, description="Accepted only if unchanged: a lab's template is fixed.")
+
+
+@strawberry.input
+class RegisterHostInput:
+    name: str
+    vcpus: int
+    memory_mib: int
+    images: list[str]
+    domain_type: str = ""
+    agent_version: str = ""
+
+
+@strawberry.input
+class HeartbeatInput:
+    name: str
+    images: list[str] | None = None
+
+
+@strawberry.input
+class MachineReportInput:
+    machine_id: strawberry.ID
+    host: str
+    state: ObservedMachineState
+    message: str | None = None
+    power_generation: int | None = strawberry.field(
+        default=None, description="The latest start/stop request the host has acted on.")
+
+
+@strawberry.input
+class OrphanReportInput:
+    host: str
+    domains: list[str]
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    async def templates(self, info: strawberry.Info) -> list[Template]:
+        return [Template.of(t) for t in await _services(info).list_templates()]
+
+    @strawberry.field
+    async def template(self, info: strawberry.Info, name: str) -> Template:
+        return Template.of(await _services(info).get_template(name))
+
+    @strawberry.field(description="Labs, by name, optionally only those in one phase.")
+    async def deployments(self, info: strawberry.Info, phase: Phase | None = None,
+                          offset: int = 0, limit: int = 100) -> DeploymentPage:
+        services = _services(info)
+        page = await services.list_deployments(
+            phase=models.Phase(phase.value) if phase else None, offset=offset, limit=limit)
+        counts = await services.running_counts([d.name for d in page.items])
+        items = [Deployment.of(d, running=counts[d.name][0], machine_count=counts[d.name][1])
+                 for d in page.items]
+        return DeploymentPage(items=items, total=page.total, offset=offset, limit=limit)
+
+    @strawberry.field
+    async def deployment(self, info: strawberry.Info, name: str) -> Deployment:
+        services = _services(info)
+        return await _deployment(services, await services.get_deployment(name))
+
+    @strawberry.field(description="Machines of one lab, of one host, or all.")
+    async def machines(self, info: strawberry.Info, deployment: str | None = None,
+                       host: str | None = None) -> list[Machine]:
+        found = await _services(info).list_machines(deployment=deployment, host=host)
+        return [Machine.of(m) for m in found]
+
+    @strawberry.field
+    async def hosts(self, info: strawberry.Info) -> list[Host]:
+        return [Host.of(s) for s in await _services(info).list_hosts()]
+
+    @strawberry.field(description="Which server replica answered (the load-balancing test).")
+    def server_info(self, info: strawberry.Info) -> ServerInfo:
+        i = _services(info).server_info()
+        return ServerInfo(version=i.version, hostname=i.hostname, database=i.database,
+                          event_stream=i.event_stream)
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation
+    async def create_template(self, info: strawberry.Info, input: TemplateInput) -> Template:
+        t = await _services(info).create_template(
+            name=input.name, title=input.title, description=input.description, os=input.os.value,
+            image=input.image, vcpus=input.vcpus, memory_mib=input.memory_mib, disk_gib=input.disk_gib)
+        return Template.of(t)
+
+    @strawberry.mutation
+    async def update_template(self, info: strawberry.Info, name: str, input: TemplateUpdate) -> Template:
+        t = await _services(info).update_template(
+            name, title=input.title, description=input.description,
+            os=input.os.value if input.os else None, image=input.image, vcpus=input.vcpus,
+            memory_mib=input.memory_mib, disk_gib=input.disk_gib)
+        return Template.of(t)
+
+    @strawberry.mutation(description="Refused (CONFLICT) while a lab uses the template.")
+    async def delete_template(self, info: strawberry.Info, name: str) -> Template:
+        return Template.of(await _services(info).delete_template(name))
+
+    @strawberry.mutation
+    async def create_deployment(self, info: strawberry.Info, input: DeploymentInput) -> Deployment:
+        services = _services(info)
+        lab = await services.create_deployment(
+            name=input.name, template=input.template, replicas=input.replicas, title=input.title,
+            power=models.Power(input.power.value))
+        return await _deployment(services, lab)
+
+    @strawberry.mutation
+    async def update_deployment(self, info: strawberry.Info, name: str,
+                                input: DeploymentUpdate) -> Deployment:
+        services = _services(info)
+        lab = await services.update_deployment(
+            name, title=input.title, replicas=input.replicas, template=input.template,
+            power=models.Power(input.power.value) if input.power else None)
+        return await _deployment(services, lab)
+
+    @strawberry.mutation
+    async def start_deployment(self, info: strawberry.Info, name: str) -> Deployment:
+        services = _services(info)
+        return await _deployment(services, await services.start_deployment(name))
+
+    @strawberry.mutation
+    async def stop_deployment(self, info: strawberry.Info, name: str) -> Deployment:
+        services = _services(info)
+        return await _deployment(services, await services.stop_deployment(name))
+
+    @strawberry.mutation(description=(
+        "Marks the lab Deleting; it disappears once its hosts report every VM gone. "
+        "`force` drops it at once, only allowed when its hosts are unreachable."))
+    async def delete_deployment(self, info: strawberry.Info, name: str, force: bool = False) -> Deployment:
+        services = _services(info)
+        lab = await services.delete_deployment(name, force=force)
+        return Deployment.of(lab)
+
+    @strawberry.mutation
+    async def start_machine(self, info: strawberry.Info, name: str) -> Machine:
+        return Machine.of(await _services(info).start_machine(name))
+
+    @strawberry.mutation
+    async def stop_machine(self, info: strawberry.Info, name: str) -> Machine:
+        return Machine.of(await _services(info).stop_machine(name))
+
+    @strawberry.mutation(description="Rebuild the machine's disk from its template and start it.")
+    async def reset_machine(self, info: strawberry.Info, name: str) -> Machine:
+        return Machine.of(await _services(info).reset_machine(name))
+
+    @strawberry.mutation(description="For host agents: announce the host and its capacity.")
+    async def register_host(self, info: strawberry.Info, input: RegisterHostInput) -> Host:
+        services = _services(info)
+        await services.register_host(name=input.name, vcpus=input.vcpus, memory_mib=input.memory_mib,
+                                     images=input.images, domain_type=input.domain_type,
+                                     agent_version=input.agent_version)
+        return await _host(services, input.name)
+
+    @strawberry.mutation(description="For host agents: I am alive (and these images are here).")
+    async def heartbeat(self, info: strawberry.Info, input: HeartbeatInput) -> Host:
+        services = _services(info)
+        await services.heartbeat(name=input.name, images=input.images)
+        return await _host(services, input.name)
+
+    @strawberry.mutation(description="For host agents: what the host observes of a machine.")
+    async def report_machine_state(self, info: strawberry.Info, input: MachineReportInput) -> Machine:
+        m = await _services(info).report_machine_state(
+            machine_id=str(input.machine_id), host=input.host,
+            state=models.ObservedState(input.state.value), message=input.message or "",
+            power_generation=input.power_generation)
+        return Machine.of(m)
+
+    @strawberry.mutation(description="For host agents: KubeKVM domains that no lab claims.")
+    async def report_orphans(self, info: strawberry.Info, input: OrphanReportInput) -> Host:
+        services = _services(info)
+        await services.report_orphans(host=input.host, domains=input.domains)
+        return await _host(services, input.host)
+
+
+async def _host(services: Services, name: str) -> Host:
+    for status in await services.list_hosts():
+        if status.host.name == name:
+            return Host.of(status)
+    raise GraphQLError(f"There is no host named {name!r}.", extensions={"code": "NOT_FOUND"})
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(description=(
+        "Every phase and machine change of one lab (by name) or of all labs."))
+    async def deployment_events(self, info: strawberry.Info,
+                                name: str | None = None) -> AsyncGenerator[DeploymentEvent, None]:
+        services = _services(info)
+        if name is not None:
+            try:
+                await services.get_deployment(name)
+            except KubeKVMError as error:
+                raise coded(error) from None
+        async for change in streams.lab_changes(feed=services.feed, lab=name):
+            deployment = None
+            if change.deployment is not None:
+                deployment = await _deployment(services, change.deployment)
+            machine = Machine.of(change.machine) if change.machine is not None else None
+            yield DeploymentEvent(kind=change.kind, lab=change.lab, deployment=deployment, machine=machine)
+
+    @strawberry.subscription(description=(
+        "The agent's feed: a SNAPSHOT of every machine assigned to `host`, then CHANGE batches. "
+        "Pass the last batch's cursor when reconnecting to resume; a SNAPSHOT comes if the "
+        "server cannot resume from it."))
+    async def host_assignments(self, info: strawberry.Info, host: str,
+                               cursor: str | None = None) -> AsyncGenerator[AssignmentBatch, None]:
+        services = _services(info)
+        try:
+            await services.get_host(host)
+        except KubeKVMError as error:
+            raise coded(error) from None
+        async for batch in streams.host_assignments(services=services, feed=services.feed,
+                                                    host=host, cursor=cursor):
+            yield AssignmentBatch(kind=batch.kind, cursor=batch.cursor,
+                                  assignments=[Assignment.of(m) for m in batch.machines],
+                                  removed=[strawberry.ID(i) for i in batch.removed])
+
+
+class Schema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError],
+                       execution_context: ExecutionContext | None = None) -> None:
+        # A refused request is the client's business, not an incident: only unexpected
+        # failures are logged (by ErrorCodes, with their traceback).
+        return None
+
+
+schema = Schema(
+    query=Query, mutation=Mutation, subscription=Subscription,
+    extensions=[ErrorCodes, QueryDepthLimiter(max_depth=10), MaxTokensLimiter(max_token_count=5000)],
+)
+
+
+def sdl() -> str:
+    return schema.as_str() + "\n"
+
+

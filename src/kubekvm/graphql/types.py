@@ -1,0 +1,238 @@
+"""GraphQL object types: read-only views of the documents, named as integrators see them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import TYPE_CHECKING
+
+import strawberry
+
+from kubekvm import models, streams
+
+if TYPE_CHECKING:
+    from kubekvm.services import HostStatus
+
+
+@strawberry.enum(description="The lab's overall state, derived from its machines.")
+class Phase(Enum):
+    PENDING = "Pending"
+    ACTIVE = "Active"
+    INACTIVE = "Inactive"
+    FAILED = "Failed"
+    DELETING = "Deleting"
+
+
+@strawberry.enum(description="What the teacher wants for a lab's machines as a whole.")
+class Power(Enum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+@strawberry.enum
+class DesiredMachineState(Enum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    ABSENT = "absent"
+
+
+@strawberry.enum(description="What the machine's host reports (PENDING until it has).")
+class ObservedMachineState(Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SHUTOFF = "shutoff"
+    PAUSED = "paused"
+    CRASHED = "crashed"
+    ABSENT = "absent"
+    ERROR = "error"
+
+
+@strawberry.enum
+class OSFamily(Enum):
+    LINUX = "linux"
+    WINDOWS = "windows"
+
+
+@strawberry.type(description="A golden image labs are made from.")
+class Template:
+    name: str
+    title: str
+    description: str
+    os: OSFamily
+    image: str = strawberry.field(description="File name of the base qcow2 on each host.")
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, t: models.Template) -> Template:
+        return cls(name=t.name, title=t.title, description=t.description, os=OSFamily(t.os.value),
+                   image=t.image, vcpus=t.vcpus, memory_mib=t.memory_mib, disk_gib=t.disk_gib,
+                   created_at=t.created_at, updated_at=t.updated_at)
+
+
+@strawberry.type(description="One VM of a lab.")
+class Machine:
+    id: strawberry.ID
+    name: str = strawberry.field(description="`<lab>-<index>`; the host's domain is `kubekvm-<name>`.")
+    deployment: str
+    index: int
+    template: str
+    host: str | None
+    desired: DesiredMachineState
+    observed: ObservedMachineState
+    message: str
+    observed_at: datetime | None
+    reset_generation: int
+    power_generation: int
+
+    @classmethod
+    def of(cls, m: models.Machine) -> Machine:
+        return cls(id=strawberry.ID(str(m.id)), name=m.name, deployment=m.deployment, index=m.index,
+                   template=m.spec.template, host=m.host,
+                   desired=DesiredMachineState(m.desired.value),
+                   observed=ObservedMachineState(m.observed.value), message=m.message,
+                   observed_at=m.observed_at, reset_generation=m.reset_generation,
+                   power_generation=m.power_generation)
+
+
+@strawberry.type(description="A lab: `replicas` machines of one template, one per student.")
+class Deployment:
+    id: strawberry.ID
+    name: str
+    title: str
+    template: str
+    replicas: int
+    power: Power
+    phase: Phase
+    message: str
+    generation: int
+    created_at: datetime
+    updated_at: datetime
+    running: int = strawberry.field(description="Machines observed running.")
+    machine_count: int = strawberry.field(description="Machines the lab keeps (not being removed).")
+
+    @classmethod
+    def of(cls, d: models.Deployment, *, running: int = 0, machine_count: int = 0) -> Deployment:
+        return cls(id=strawberry.ID(str(d.id)), name=d.name, title=d.title, template=d.template,
+                   replicas=d.replicas, power=Power(d.power.value), phase=Phase(d.phase.value),
+                   message=d.message, generation=d.generation, created_at=d.created_at,
+                   updated_at=d.updated_at, running=running, machine_count=machine_count)
+
+    @strawberry.field(description="The lab's machines, by index.")
+    async def machines(self, info: strawberry.Info) -> list[Machine]:
+        services = info.context["services"]
+        return [Machine.of(m) for m in await services.list_machines(deployment=self.name)]
+
+    @strawberry.field(description="The lab's recent history, newest first.")
+    async def events(self, info: strawberry.Info, limit: int = 20) -> list[LabEvent]:
+        services = info.context["services"]
+        return [LabEvent(at=e.at, machine=e.machine, message=e.message)
+                for e in await services.lab_events(self.name, limit=min(max(limit, 1), 200))]
+
+
+@strawberry.type
+class LabEvent:
+    at: datetime
+    machine: str | None
+    message: str
+
+
+@strawberry.type
+class DeploymentPage:
+    items: list[Deployment]
+    total: int
+    offset: int
+    limit: int
+
+
+@strawberry.type(description="A registered hypervisor and its agent.")
+class Host:
+    name: str
+    vcpus: int
+    memory_mib: int
+    images: list[str]
+    domain_type: str
+    agent_version: str
+    allocated_vcpus: int
+    allocated_memory_mib: int
+    orphans: list[str] = strawberry.field(
+        description="KubeKVM domains on the host that no lab claims (left alone).")
+    registered_at: datetime
+    last_heartbeat: datetime
+    ready: bool
+    machines: int
+
+    @classmethod
+    def of(cls, s: HostStatus) -> Host:
+        h = s.host
+        return cls(name=h.name, vcpus=h.vcpus, memory_mib=h.memory_mib, images=h.images,
+                   domain_type=h.domain_type, agent_version=h.agent_version,
+                   allocated_vcpus=h.allocated_vcpus, allocated_memory_mib=h.allocated_memory_mib,
+                   orphans=h.orphans, registered_at=h.registered_at, last_heartbeat=h.last_heartbeat,
+                   ready=s.ready, machines=s.machines)
+
+
+@strawberry.type
+class ServerInfo:
+    version: str
+    hostname: str = strawberry.field(description="The server replica that answered.")
+    database: str
+    event_stream: str = strawberry.field(
+        description="change-streams (works across replicas) or in-process (one replica only).")
+
+
+@strawberry.type(description="The template a host builds a machine from.")
+class AssignmentTemplate:
+    name: str
+    image: str
+    os: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+
+
+@strawberry.type(description="A machine as its host agent must make it.")
+class Assignment:
+    machine_id: strawberry.ID
+    vm_name: str
+    deployment: str
+    index: int
+    desired: DesiredMachineState
+    reset_generation: int
+    power_generation: int
+    template: AssignmentTemplate
+
+    @classmethod
+    def of(cls, m: models.Machine) -> Assignment:
+        s = m.spec
+        return cls(machine_id=strawberry.ID(str(m.id)), vm_name=m.name, deployment=m.deployment,
+                   index=m.index, desired=DesiredMachineState(m.desired.value),
+                   reset_generation=m.reset_generation, power_generation=m.power_generation,
+                   template=AssignmentTemplate(name=s.template, image=s.image, os=s.os.value,
+                                               vcpus=s.vcpus, memory_mib=s.memory_mib,
+                                               disk_gib=s.disk_gib))
+
+
+AssignmentBatchKind = strawberry.enum(streams.BatchKind, name="AssignmentBatchKind")
+
+
+@strawberry.type
+class AssignmentBatch:
+    kind: streams.BatchKind
+    cursor: str | None
+    assignments: list[Assignment]
+    removed: list[strawberry.ID]
+
+
+DeploymentEventKind = strawberry.enum(streams.LabChangeKind, name="DeploymentEventKind")
+
+
+@strawberry.type
+class DeploymentEvent:
+    kind: streams.LabChangeKind
+    lab: str
+    deployment: Deployment | None
+    machine: Machine | None

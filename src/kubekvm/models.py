@@ -1,0 +1,176 @@
+"""The documents KubeKVM keeps in MongoDB (Beanie models) and the states they move through.
+
+The database is the only shared memory of the platform: several server replicas and the host
+agents meet here. Writes that several processes may race on are single-document atomic updates
+(conditional `$inc`, compare-and-set on `version`), never read-modify-write of a whole document.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import pymongo
+from beanie import Document, Indexed
+from pydantic import BaseModel, Field
+
+
+def utcnow() -> datetime:
+    # Mongo keeps milliseconds; truncating here keeps a saved and a reloaded time equal.
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class OSFamily(StrEnum):
+    LINUX = "linux"
+    WINDOWS = "windows"
+
+
+class Power(StrEnum):
+    """What the teacher wants for the lab as a whole."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    ACTIVE = "Active"
+    INACTIVE = "Inactive"
+    FAILED = "Failed"
+    DELETING = "Deleting"
+
+
+class DesiredState(StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    ABSENT = "absent"
+
+
+class ObservedState(StrEnum):
+    """What a host reports of a machine (and `pending` until it has)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SHUTOFF = "shutoff"
+    PAUSED = "paused"
+    CRASHED = "crashed"
+    ABSENT = "absent"
+    ERROR = "error"
+
+
+class Template(Document):
+    name: Indexed(str, unique=True)  # type: ignore[valid-type]
+    title: str
+    description: str = ""
+    os: OSFamily
+    image: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "templates"
+
+
+class MachineSpec(BaseModel):
+    """The template as it was when the machine was made: a later template edit does not
+    change a running student's VM under them."""
+
+    template: str
+    image: str
+    os: OSFamily
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+
+
+class Deployment(Document):
+    """A lab: `replicas` machines of one template."""
+
+    name: Indexed(str, unique=True)  # type: ignore[valid-type]
+    title: str
+    template: Indexed(str)  # type: ignore[valid-type]
+    replicas: int
+    power: Power = Power.RUNNING
+    phase: Phase = Phase.PENDING
+    message: str = ""
+    generation: int = 1
+    # Compare-and-set counter for phase updates made by concurrent server replicas.
+    version: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "deployments"
+        indexes = [pymongo.IndexModel([("phase", pymongo.ASCENDING)])]
+
+
+class Machine(Document):
+    """One VM of a lab. `name` is `<lab>-<index>`; the host's domain is `kubekvm-<name>`."""
+
+    deployment: str
+    index: int
+    name: Indexed(str, unique=True)  # type: ignore[valid-type]
+    spec: MachineSpec
+    host: str | None = None
+    desired: DesiredState = DesiredState.RUNNING
+    # Bumped by every start/stop (power) and reset request; the host acts on a request once
+    # and reports the generation it has applied, so re-sent state never repeats an action.
+    power_generation: int = 1
+    reset_generation: int = 0
+    observed: ObservedState = ObservedState.PENDING
+    observed_power_generation: int | None = None
+    message: str = ""
+    observed_at: datetime | None = None
+    # Set just before the document is deleted, so that change-stream subscribers learn which
+    # lab and host a vanished machine belonged to (a delete event carries only the id).
+    retired: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "machines"
+        indexes = [
+            pymongo.IndexModel(
+                [("deployment", pymongo.ASCENDING), ("index", pymongo.ASCENDING)], unique=True
+            ),
+            pymongo.IndexModel([("host", pymongo.ASCENDING)]),
+        ]
+
+
+class Host(Document):
+    """A hypervisor with an agent. `allocated_*` are reserved atomically at placement."""
+
+    name: Indexed(str, unique=True)  # type: ignore[valid-type]
+    vcpus: int
+    memory_mib: int
+    images: list[str] = Field(default_factory=list)
+    domain_type: str = ""
+    agent_version: str = ""
+    allocated_vcpus: int = 0
+    allocated_memory_mib: int = 0
+    orphans: list[str] = Field(default_factory=list)
+    registered_at: datetime = Field(default_factory=utcnow)
+    last_heartbeat: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "hosts"
+
+
+class LabEvent(Document):
+    """A line of a lab's history, shown on its page: what changed, when."""
+
+    deployment: str
+    machine: str | None = None
+    message: str
+    at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "lab_events"
+        indexes = [pymongo.IndexModel([("deployment", pymongo.ASCENDING), ("at", pymongo.DESCENDING)])]
+
+
+DOCUMENT_MODELS: list[type[Document]] = [Template, Deployment, Machine, Host, LabEvent]

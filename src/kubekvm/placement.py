@@ -1,0 +1,72 @@
+"""Choosing a host for each new machine.
+
+A host qualifies when it is ready (heartbeat within the timeout), has the template's base
+image, and has the memory and vCPUs free. Among those, the one with most free memory wins,
+which spreads a class over the hosts. The plan is computed here from a snapshot; the service
+layer then reserves capacity with one conditional `$inc` per host, so two server replicas
+placing at once cannot over-commit a host (the loser re-plans).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostCapacity:
+    name: str
+    ready: bool
+    images: frozenset[str]
+    free_vcpus: int
+    free_memory_mib: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Need:
+    image: str
+    vcpus: int
+    memory_mib: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    # machine position in the request list -> host name
+    placed: dict[int, str]
+    # machine position -> why it could not be placed
+    unplaced: dict[int, str]
+
+
+def plan(*, hosts: Sequence[HostCapacity], needs: Sequence[Need]) -> Plan:
+    free = {h.name: [h.free_vcpus, h.free_memory_mib] for h in hosts}
+    placed: dict[int, str] = {}
+    unplaced: dict[int, str] = {}
+    for position, need in enumerate(needs):
+        candidates = [
+            h for h in hosts
+            if h.ready and need.image in h.images
+            and free[h.name][0] >= need.vcpus and free[h.name][1] >= need.memory_mib
+        ]
+        if not candidates:
+            unplaced[position] = why_unplaced(hosts=hosts, need=need)
+            continue
+        best = max(candidates, key=lambda h: (free[h.name][1], free[h.name][0], h.name))
+        free[best.name][0] -= need.vcpus
+        free[best.name][1] -= need.memory_mib
+        placed[position] = best.name
+    return Plan(placed=placed, unplaced=unplaced)
+
+
+def why_unplaced(*, hosts: Sequence[HostCapacity], need: Need) -> str:
+    if not hosts:
+        return "no host is registered yet (start kubekvm-agent on a KVM host)"
+    ready = [h for h in hosts if h.ready]
+    if not ready:
+        return "no host is ready (no agent heartbeat recently)"
+    with_image = [h for h in ready if need.image in h.images]
+    if not with_image:
+        return f"no ready host has image {need.image}"
+    return (
+        f"no ready host has image {need.image} with {need.memory_mib} MiB and "
+        f"{need.vcpus} vCPU(s) free"
+    )

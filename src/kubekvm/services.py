@@ -1,0 +1,694 @@
+"""The service layer: every operation on templates, labs, machines and hosts.
+
+GraphQL resolvers and page handlers call these methods and nothing else; the rules they apply
+come from `validation`, `lifecycle` and `placement`. Each method either does all it says or
+raises a `KubeKVMError` having written nothing (a half-made lab is removed again).
+
+Several server replicas run this code against one database at once, so:
+- creating something unique relies on the unique index, not on a prior lookup;
+- host capacity is reserved with a conditional `$inc`, never read-then-write;
+- a lab's phase is written with compare-and-set on `Deployment.version`, recomputed from a
+  fresh read after every change, so the last writer always saw the latest machine states.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from beanie import PydanticObjectId
+from bson import ObjectId
+from bson.errors import InvalidId
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from kubekvm import __version__, lifecycle, placement, validation
+from kubekvm.config import Settings
+from kubekvm.errors import Conflict, NotFound, Unavailable, ValidationFailed
+from kubekvm.events import EventFeed
+from kubekvm.models import (
+    DesiredState,
+    Deployment,
+    Host,
+    LabEvent,
+    Machine,
+    MachineSpec,
+    ObservedState,
+    OSFamily,
+    Phase,
+    Power,
+    Template,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+SEED_TEMPLATES = (
+    dict(name="tecnologia-de-computadores", title="Tecnología de Computadores",
+         description="Windows XP with Logisim, for digital logic labs.",
+         os="windows", image="winxp.qcow2", vcpus=1, memory_mib=512, disk_gib=4),
+    dict(name="redes-neuronales", title="Redes Neuronales",
+         description="Ubuntu 16.04 with Anaconda and Jupyter, for neural network labs.",
+         os="linux", image="ubuntu16.04.qcow2", vcpus=1, memory_mib=1024, disk_gib=16),
+)
+
+HOST_NAME_RULE = "letters, digits, '.', '_' and '-', at most 63 characters"
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostStatus:
+    host: Host
+    ready: bool
+    heartbeat_age_seconds: float
+    machines: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerInfo:
+    version: str
+    hostname: str
+    database: str
+    event_stream: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Page:
+    items: list[Deployment]
+    total: int
+
+
+def _oid(value: str, *, what: str) -> PydanticObjectId:
+    try:
+        return PydanticObjectId(ObjectId(value))
+    except (InvalidId, TypeError):
+        raise NotFound(f"There is no {what} with id {value!r}.") from None
+
+
+def _raw(document: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = document.model_dump(by_alias=True)
+    return raw
+
+
+class Services:
+    def __init__(self, *, settings: Settings, feed: EventFeed, database_description: str) -> None:
+        self.settings = settings
+        self.feed = feed
+        self.database_description = database_description
+
+    # ------------------------------------------------------------------ events
+
+    def _published(self, document: Deployment | Machine | Host, *, operation: str = "update") -> None:
+        self.feed.publish(
+            collection=type(document).Settings.name, operation=operation,
+            id=str(document.id), document=_raw(document),
+        )
+
+    async def _publish_machines(self, query: dict[str, Any]) -> None:
+        if self.feed.publishes_locally:
+            for machine in await Machine.find(query).to_list():
+                self._published(machine)
+
+    async def _note(self, deployment: str, message: str, *, machine: str | None = None) -> None:
+        await LabEvent(deployment=deployment, machine=machine, message=message).insert()
+
+    async def lab_events(self, name: str, *, limit: int = 50) -> list[LabEvent]:
+        return await LabEvent.find(LabEvent.deployment == name).sort("-at").limit(limit).to_list()
+
+    def server_info(self) -> ServerInfo:
+        return ServerInfo(
+            version=__version__, hostname=socket.gethostname(),
+            database=self.database_description, event_stream=self.feed.mode,
+        )
+
+    # --------------------------------------------------------------- templates
+
+    async def seed_templates(self) -> None:
+        for fields in SEED_TEMPLATES:
+            if await Template.find_one(Template.name == fields["name"]) is None:
+                try:
+                    await self.create_template(**fields)  # type: ignore[arg-type]
+                except Conflict:
+                    pass  # another replica seeded it first
+
+    async def list_templates(self) -> list[Template]:
+        return await Template.find_all().sort("name").to_list()
+
+    async def get_template(self, name: str) -> Template:
+        template = await Template.find_one(Template.name == name)
+        if template is None:
+            raise NotFound(f"There is no template named {name!r}.")
+        return template
+
+    async def create_template(
+        self, *, name: str, title: str | None, description: str | None, os: str, image: str,
+        vcpus: int, memory_mib: int, disk_gib: int,
+    ) -> Template:
+        template = Template(
+            name=validation.name(name),
+            title=validation.title(title, fallback=name),
+            description=validation.description(description),
+            os=OSFamily(validation.os_family(os)),
+            image=validation.image(image),
+            **_template_sizes(vcpus=vcpus, memory_mib=memory_mib, disk_gib=disk_gib),
+        )
+        try:
+            await template.insert()
+        except DuplicateKeyError:
+            raise Conflict(f"A template named {name!r} already exists.") from None
+        return template
+
+    async def update_template(
+        self, name: str, *, title: str | None = None, description: str | None = None,
+        os: str | None = None, image: str | None = None, vcpus: int | None = None,
+        memory_mib: int | None = None, disk_gib: int | None = None,
+    ) -> Template:
+        template = await self.get_template(name)
+        changes: dict[str, Any] = {}
+        if title is not None:
+            changes["title"] = validation.title(title, fallback=name)
+        if description is not None:
+            changes["description"] = validation.description(description)
+        if os is not None:
+            changes["os"] = OSFamily(validation.os_family(os))
+        if image is not None:
+            changes["image"] = validation.image(image)
+        changes.update(_template_sizes(
+            vcpus=template.vcpus if vcpus is None else vcpus,
+            memory_mib=template.memory_mib if memory_mib is None else memory_mib,
+            disk_gib=template.disk_gib if disk_gib is None else disk_gib,
+        ))
+        changes["updated_at"] = utcnow()
+        await template.set(changes)
+        return template
+
+    async def delete_template(self, name: str) -> Template:
+        template = await self.get_template(name)
+        users = await Deployment.find(Deployment.template == name).limit(5).to_list()
+        if users:
+            names = ", ".join(d.name for d in users)
+            raise Conflict(f"Template {name!r} is used by lab(s) {names}; delete those labs first.")
+        await template.delete()
+        return template
+
+    # -------------------------------------------------------------------- labs
+
+    async def list_deployments(
+        self, *, phase: Phase | None = None, offset: int = 0, limit: int = 100
+    ) -> Page:
+        query = Deployment.find(Deployment.phase == phase) if phase else Deployment.find_all()
+        total = await query.count()
+        items = await query.sort("name").skip(max(offset, 0)).limit(max(min(limit, 1000), 1)).to_list()
+        return Page(items=items, total=total)
+
+    async def get_deployment(self, name: str) -> Deployment:
+        lab = await Deployment.find_one(Deployment.name == name)
+        if lab is None:
+            raise NotFound(f"There is no lab named {name!r}.")
+        return lab
+
+    async def running_counts(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """lab name -> (machines running, machines kept), in one aggregation."""
+        pipeline = [
+            {"$match": {"deployment": {"$in": list(names)}, "retired": False,
+                        "desired": {"$ne": DesiredState.ABSENT.value}}},
+            {"$group": {"_id": "$deployment", "total": {"$sum": 1},
+                        "running": {"$sum": {"$cond": [{"$eq": ["$observed", "running"]}, 1, 0]}}}},
+        ]
+        counts = {name: (0, 0) for name in names}
+        cursor = await Machine.get_pymongo_collection().aggregate(pipeline)
+        async for row in cursor:
+            counts[row["_id"]] = (int(row["running"]), int(row["total"]))
+        return counts
+
+    async def create_deployment(
+        self, *, name: str, template: str, replicas: int, title: str | None = None,
+        power: Power = Power.RUNNING,
+    ) -> Deployment:
+        validation.name(name)
+        lab_title = validation.title(title, fallback=name)
+        validation.replicas(replicas, maximum=self.settings.max_replicas)
+        try:
+            source = await self.get_template(template)
+        except NotFound:
+            raise ValidationFailed("template", f"There is no template named {template!r}.") from None
+        lab = Deployment(name=name, title=lab_title, template=template, replicas=replicas, power=power)
+        try:
+            await lab.insert()
+        except DuplicateKeyError:
+            raise Conflict(f"A lab named {name!r} already exists; choose another name.") from None
+        spec = _spec_of(source)
+        machines = [_new_machine(lab=name, index=i, spec=spec, power=power) for i in range(1, replicas + 1)]
+        try:
+            await Machine.insert_many(machines)
+            await self._note(name, f"created with {replicas} machine(s) of {template}")
+        except PyMongoError as exc:
+            # Nothing half-made stays behind: the lab and whatever machines were inserted go.
+            await Machine.find(Machine.deployment == name).delete()
+            await lab.delete()
+            raise Unavailable(f"Could not create the machines of lab {name!r}: {exc}") from None
+        self._published(lab, operation="insert")
+        await self._publish_machines({"deployment": name})
+        await self.place_pending(deployment=name)
+        return await self.refresh_phase(name)
+
+    async def update_deployment(
+        self, name: str, *, title: str | None = None, replicas: int | None = None,
+        power: Power | None = None, template: str | None = None,
+    ) -> Deployment:
+        lab = await self.get_deployment(name)
+        if lab.phase == Phase.DELETING:
+            raise Conflict(f"Lab {name!r} is being deleted.")
+        if template is not None and template != lab.template:
+            raise ValidationFailed(
+                "template",
+                "The template of an existing lab cannot change: its machines' disks were made "
+                "from it. Create a new lab with the other template instead.",
+            )
+        if replicas is not None:
+            validation.replicas(replicas, maximum=self.settings.max_replicas)
+        changes: dict[str, Any] = {}
+        if title is not None:
+            changes["title"] = validation.title(title, fallback=name)
+        spec_changed = (replicas is not None and replicas != lab.replicas) or (
+            power is not None and power != lab.power)
+        if replicas is not None:
+            changes["replicas"] = replicas
+        if power is not None:
+            changes["power"] = power
+        if changes:
+            changes["updated_at"] = utcnow()
+            update: dict[str, Any] = {"$set": changes, "$inc": {"version": 1}}
+            if spec_changed:
+                update["$inc"]["generation"] = 1
+            await Deployment.find_one(Deployment.id == lab.id).update(update)
+        if replicas is not None and replicas != lab.replicas:
+            await self._scale(lab, replicas=replicas, power=power or lab.power)
+        if power is not None and power != lab.power:
+            await self._set_power(name, power)
+        return await self.refresh_phase(name, always_publish=bool(changes))
+
+    async def start_deployment(self, name: str) -> Deployment:
+        return await self._power_request(name, Power.RUNNING)
+
+    async def stop_deployment(self, name: str) -> Deployment:
+        return await self._power_request(name, Power.STOPPED)
+
+    async def _power_request(self, name: str, power: Power) -> Deployment:
+        lab = await self.get_deployment(name)
+        if lab.phase == Phase.DELETING:
+            raise Conflict(f"Lab {name!r} is being deleted.")
+        await Deployment.find_one(Deployment.id == lab.id).update(
+            {"$set": {"power": power, "updated_at": utcnow()},
+             "$inc": {"version": 1, "generation": 1 if power != lab.power else 0}}
+        )
+        await self._set_power(name, power)
+        return await self.refresh_phase(name, always_publish=True)
+
+    async def _set_power(self, name: str, power: Power) -> None:
+        desired = lifecycle.desired_for(power)
+        query = {"deployment": name, "retired": False, "desired": {"$ne": DesiredState.ABSENT.value}}
+        await Machine.get_pymongo_collection().update_many(
+            query, {"$set": {"desired": desired.value, "updated_at": utcnow()},
+                    "$inc": {"power_generation": 1}},
+        )
+        await self._publish_machines(query)
+        await self._note(name, "start requested" if power == Power.RUNNING else "stop requested")
+
+    async def _scale(self, lab: Deployment, *, replicas: int, power: Power) -> None:
+        existing = {
+            m.index: m.desired
+            for m in await Machine.find(Machine.deployment == lab.name, Machine.retired == False).to_list()  # noqa: E712
+        }
+        plan = lifecycle.scale(existing=existing, replicas=replicas)
+        collection = Machine.get_pymongo_collection()
+        if plan.retire:
+            query = {"deployment": lab.name, "index": {"$in": plan.retire}}
+            await collection.update_many(query, {"$set": {"desired": DesiredState.ABSENT.value,
+                                                          "updated_at": utcnow()}})
+            await self._publish_machines(query)
+            await self._drop_unplaced(lab.name)
+        if plan.revive:
+            query = {"deployment": lab.name, "index": {"$in": plan.revive}}
+            await collection.update_many(query, {"$set": {"desired": lifecycle.desired_for(power).value},
+                                                 "$inc": {"power_generation": 1}})
+            await self._publish_machines(query)
+        if plan.create:
+            source = await self.get_template(lab.template)
+            new = [_new_machine(lab=lab.name, index=i, spec=_spec_of(source), power=power)
+                   for i in plan.create]
+            try:
+                await Machine.insert_many(new)
+            except DuplicateKeyError:
+                pass  # a concurrent scale of the same lab made them; same indexes, same spec
+            await self._publish_machines({"deployment": lab.name, "index": {"$in": plan.create}})
+            await self.place_pending(deployment=lab.name)
+        await self._note(lab.name, f"scaled from {lab.replicas} to {replicas} machine(s)")
+
+    async def delete_deployment(self, name: str, *, force: bool = False) -> Deployment:
+        lab = await self.get_deployment(name)
+        if force:
+            return await self._force_delete(lab)
+        await Deployment.find_one(Deployment.id == lab.id).update(
+            {"$set": {"phase": Phase.DELETING, "updated_at": utcnow()}, "$inc": {"version": 1}}
+        )
+        query = {"deployment": name, "retired": False}
+        await Machine.get_pymongo_collection().update_many(
+            query, {"$set": {"desired": DesiredState.ABSENT.value, "updated_at": utcnow()}}
+        )
+        await self._publish_machines(query)
+        await self._note(name, "delete requested")
+        await self._drop_unplaced(name)
+        return await self.refresh_phase(name, always_publish=True)
+
+    async def _force_delete(self, lab: Deployment) -> Deployment:
+        machines = await Machine.find(Machine.deployment == lab.name).to_list()
+        hosts = {m.host for m in machines if m.host}
+        statuses = {s.host.name: s for s in await self.list_hosts()}
+        reachable = sorted(h for h in hosts if h in statuses and statuses[h].ready)
+        if reachable:
+            raise Conflict(
+                f"Host(s) {', '.join(reachable)} are still reachable: delete the lab normally so "
+                "they remove its VMs and disks. Force is for labs whose hosts are gone."
+            )
+        for machine in machines:
+            await self._forget_machine(machine)
+        await self._retire_lab(lab)
+        return lab
+
+    async def _drop_unplaced(self, name: str) -> None:
+        """Machines never given a host have nothing on any host to remove: drop them now."""
+        for machine in await Machine.find(
+            {"deployment": name, "host": None, "desired": DesiredState.ABSENT.value}
+        ).to_list():
+            await self._forget_machine(machine)
+
+    async def _forget_machine(self, machine: Machine) -> None:
+        result = await Machine.get_pymongo_collection().find_one_and_update(
+            {"_id": machine.id, "retired": False}, {"$set": {"retired": True}}
+        )
+        if result is None:
+            return  # another replica is forgetting it
+        machine.retired = True
+        self._published(machine)
+        if machine.host:
+            await Host.get_pymongo_collection().update_one(
+                {"name": machine.host},
+                {"$inc": {"allocated_vcpus": -machine.spec.vcpus,
+                          "allocated_memory_mib": -machine.spec.memory_mib}},
+            )
+        await Machine.get_pymongo_collection().delete_one({"_id": machine.id})
+        self.feed.publish(collection="machines", operation="delete", id=str(machine.id), document=None)
+
+    async def _retire_lab(self, lab: Deployment) -> None:
+        await Deployment.get_pymongo_collection().delete_one({"_id": lab.id})
+        self.feed.publish(collection="deployments", operation="delete", id=str(lab.id), document=None)
+        await LabEvent.find(LabEvent.deployment == lab.name).delete()
+
+    async def refresh_phase(self, name: str, *, always_publish: bool = False) -> Deployment:
+        """Recompute a lab's phase from a fresh read of its machines and write it with
+        compare-and-set; returns the lab as written (or as found, if nothing changed)."""
+        collection = Deployment.get_pymongo_collection()
+        for _ in range(20):
+            lab = await Deployment.find_one(Deployment.name == name)
+            if lab is None:
+                raise NotFound(f"There is no lab named {name!r}.")
+            machines = await Machine.find(Machine.deployment == name, Machine.retired == False).to_list()  # noqa: E712
+            deleting = lab.phase == Phase.DELETING
+            if deleting and not machines:
+                await self._retire_lab(lab)
+                return lab
+            decision = lifecycle.lab_phase(deleting=deleting, power=lab.power, machines=machines)
+            if decision.phase == lab.phase and decision.message == lab.message:
+                if always_publish:
+                    self._published(lab)
+                return lab
+            result = await collection.update_one(
+                {"_id": lab.id, "version": lab.version},
+                {"$set": {"phase": decision.phase.value, "message": decision.message,
+                          "updated_at": utcnow()}, "$inc": {"version": 1}},
+            )
+            if result.modified_count:
+                if decision.phase != lab.phase:
+                    await self._note(name, f"phase {lab.phase.value} → {decision.phase.value}: {decision.message}")
+                lab.phase, lab.message, lab.version = decision.phase, decision.message, lab.version + 1
+                self._published(lab)
+                return lab
+        raise Unavailable(f"Lab {name!r} is changing too fast; try again.")
+
+    # ---------------------------------------------------------------- machines
+
+    async def list_machines(self, *, deployment: str | None = None, host: str | None = None) -> list[Machine]:
+        query: dict[str, Any] = {"retired": False}
+        if deployment is not None:
+            query["deployment"] = deployment
+        if host is not None:
+            query["host"] = host
+        return await Machine.find(query).sort([("deployment", 1), ("index", 1)]).to_list()
+
+    async def get_machine(self, name: str) -> Machine:
+        machine = await Machine.find_one(Machine.name == name, Machine.retired == False)  # noqa: E712
+        if machine is None:
+            raise NotFound(f"There is no machine named {name!r}.")
+        return machine
+
+    async def start_machine(self, name: str) -> Machine:
+        return await self._machine_request(name, desired=DesiredState.RUNNING, note="start requested")
+
+    async def stop_machine(self, name: str) -> Machine:
+        return await self._machine_request(name, desired=DesiredState.STOPPED, note="stop requested")
+
+    async def reset_machine(self, name: str) -> Machine:
+        return await self._machine_request(
+            name, desired=DesiredState.RUNNING, note="reset requested: disk rebuilt from the template",
+            reset=True,
+        )
+
+    async def _machine_request(self, name: str, *, desired: DesiredState, note: str,
+                               reset: bool = False) -> Machine:
+        machine = await self.get_machine(name)
+        lab = await self.get_deployment(machine.deployment)
+        refused = lifecycle.can_act_on_machine(phase=lab.phase, desired=machine.desired)
+        if refused:
+            raise Conflict(f"Cannot change {name}: {refused}.")
+        update: dict[str, Any] = {"$set": {"desired": desired.value, "updated_at": utcnow()},
+                                  "$inc": {"power_generation": 1}}
+        if reset:
+            update["$inc"]["reset_generation"] = 1
+            update["$set"].update({"observed": ObservedState.PENDING.value, "message": "resetting"})
+        await Machine.get_pymongo_collection().update_one({"_id": machine.id}, update)
+        await self._note(machine.deployment, note, machine=name)
+        fresh = await self.get_machine(name)
+        self._published(fresh)
+        await self.refresh_phase(machine.deployment)
+        return fresh
+
+    # ------------------------------------------------------------------- hosts
+
+    def host_ready(self, host: Host, *, now: datetime | None = None) -> bool:
+        age = ((now or utcnow()) - host.last_heartbeat).total_seconds()
+        return age <= self.settings.host_timeout_seconds
+
+    async def list_hosts(self) -> list[HostStatus]:
+        now = utcnow()
+        counts: dict[str, int] = defaultdict(int)
+        cursor = await Machine.get_pymongo_collection().aggregate(
+            [{"$match": {"retired": False, "host": {"$ne": None}}},
+             {"$group": {"_id": "$host", "n": {"$sum": 1}}}]
+        )
+        async for row in cursor:
+            counts[row["_id"]] = int(row["n"])
+        return [
+            HostStatus(host=h, ready=self.host_ready(h, now=now),
+                       heartbeat_age_seconds=(now - h.last_heartbeat).total_seconds(),
+                       machines=counts[h.name])
+            for h in await Host.find_all().sort("name").to_list()
+        ]
+
+    async def get_host(self, name: str) -> Host:
+        host = await Host.find_one(Host.name == name)
+        if host is None:
+            raise NotFound(f"There is no host named {name!r}; its agent must register first.")
+        return host
+
+    async def register_host(
+        self, *, name: str, vcpus: int, memory_mib: int, images: Iterable[str],
+        domain_type: str = "", agent_version: str = "",
+    ) -> Host:
+        _host_name(name)
+        validation.whole_number(vcpus, field="vcpus", minimum=1, maximum=4096, unit="vCPUs")
+        validation.whole_number(memory_mib, field="memoryMib", minimum=64, maximum=1 << 30, unit="MiB")
+        now = utcnow()
+        fields = {"vcpus": vcpus, "memory_mib": memory_mib, "images": sorted(set(images)),
+                  "domain_type": domain_type, "agent_version": agent_version, "last_heartbeat": now}
+        collection = Host.get_pymongo_collection()
+        try:
+            await collection.update_one(
+                {"name": name},
+                {"$set": fields, "$setOnInsert": {"registered_at": now, "allocated_vcpus": 0,
+                                                  "allocated_memory_mib": 0, "orphans": []}},
+                upsert=True,
+            )
+        except DuplicateKeyError:  # two registrations raced on the upsert; the other won
+            await collection.update_one({"name": name}, {"$set": fields})
+        host = await self.get_host(name)
+        self._published(host)
+        await self.place_pending()
+        return host
+
+    async def heartbeat(self, *, name: str, images: Iterable[str] | None = None) -> Host:
+        host = await self.get_host(name)
+        was_ready = self.host_ready(host)
+        changes: dict[str, Any] = {"last_heartbeat": utcnow()}
+        new_images = sorted(set(images)) if images is not None else host.images
+        if new_images != host.images:
+            changes["images"] = new_images
+        await Host.get_pymongo_collection().update_one({"_id": host.id}, {"$set": changes})
+        host = await self.get_host(name)
+        self._published(host)
+        if not was_ready or "images" in changes:
+            await self.place_pending()
+        return host
+
+    async def report_orphans(self, *, host: str, domains: Sequence[str]) -> Host:
+        record = await self.get_host(host)
+        if sorted(domains) != sorted(record.orphans):
+            await Host.get_pymongo_collection().update_one(
+                {"_id": record.id}, {"$set": {"orphans": sorted(domains)}}
+            )
+            record.orphans = sorted(domains)
+            self._published(record)
+        return record
+
+    async def host_assignments(self, host: str) -> list[Machine]:
+        return await Machine.find(Machine.host == host, Machine.retired == False).to_list()  # noqa: E712
+
+    async def report_machine_state(
+        self, *, machine_id: str, host: str, state: ObservedState, message: str = "",
+        power_generation: int | None = None,
+    ) -> Machine:
+        machine = await Machine.get(_oid(machine_id, what="machine"))
+        if machine is None or machine.retired:
+            raise NotFound(f"There is no machine with id {machine_id}; it was removed.")
+        if machine.host != host:
+            raise Conflict(f"Machine {machine.name} is assigned to {machine.host or 'no host'}, not {host}.")
+        message = message[:500]
+        seen = power_generation if power_generation is not None else machine.observed_power_generation
+        if (machine.observed, machine.message, machine.observed_power_generation) == (state, message, seen):
+            return machine
+        changes = {"observed": state.value, "message": message, "observed_at": utcnow(),
+                   "observed_power_generation": seen}
+        await Machine.get_pymongo_collection().update_one(
+            {"_id": machine.id, "retired": False}, {"$set": changes}
+        )
+        previous = machine.observed
+        machine.observed, machine.message, machine.observed_power_generation = state, message, seen
+        machine.observed_at = changes["observed_at"]  # type: ignore[assignment]
+        self._published(machine)
+        if state != previous:
+            detail = f": {message}" if message else ""
+            await self._note(machine.deployment, f"{machine.name} is {state.value}{detail}", machine=machine.name)
+        if lifecycle.machine_gone(desired=machine.desired, observed=state):
+            await self._forget_machine(machine)
+        await self.refresh_phase(machine.deployment)
+        return machine
+
+    # --------------------------------------------------------------- placement
+
+    async def place_pending(self, *, deployment: str | None = None) -> None:
+        """Give every unplaced machine (of one lab, or all) a host, or a message saying why not."""
+        collection = Machine.get_pymongo_collection()
+        query: dict[str, Any] = {"host": None, "retired": False, "desired": {"$ne": DesiredState.ABSENT.value}}
+        if deployment is not None:
+            query["deployment"] = deployment
+        for _ in range(5):
+            pending = await Machine.find(query).sort([("deployment", 1), ("index", 1)]).to_list()
+            if not pending:
+                return
+            statuses = await self.list_hosts()
+            capacities = [
+                placement.HostCapacity(
+                    name=s.host.name, ready=s.ready, images=frozenset(s.host.images),
+                    free_vcpus=s.host.vcpus * self.settings.cpu_overcommit - s.host.allocated_vcpus,
+                    free_memory_mib=s.host.memory_mib - s.host.allocated_memory_mib,
+                )
+                for s in statuses
+            ]
+            needs = [placement.Need(image=m.spec.image, vcpus=m.spec.vcpus, memory_mib=m.spec.memory_mib)
+                     for m in pending]
+            plan = placement.plan(hosts=capacities, needs=needs)
+            contested = False
+            groups: dict[tuple[str, int, int], list[Machine]] = defaultdict(list)
+            for position, host_name in plan.placed.items():
+                m = pending[position]
+                groups[(host_name, m.spec.vcpus, m.spec.memory_mib)].append(m)
+            for (host_name, vcpus, memory), machines in groups.items():
+                if not await self._reserve(host_name, vcpus=vcpus * len(machines), memory_mib=memory * len(machines)):
+                    contested = True
+                    continue
+                ids = [m.id for m in machines]
+                result = await collection.update_many(
+                    {"_id": {"$in": ids}, "host": None},
+                    {"$set": {"host": host_name, "message": "", "updated_at": utcnow()}},
+                )
+                unclaimed = len(machines) - result.modified_count
+                if unclaimed:  # another replica placed some of them meanwhile
+                    await self._reserve(host_name, vcpus=-vcpus * unclaimed, memory_mib=-memory * unclaimed)
+                await self._publish_machines({"_id": {"$in": ids}})
+            for position, why in plan.unplaced.items():
+                m = pending[position]
+                if m.message != why:
+                    await collection.update_one({"_id": m.id, "host": None}, {"$set": {"message": why}})
+                    m.message = why
+                    self._published(m)
+            for lab in sorted({pending[p].deployment for p in plan.placed} | {pending[p].deployment for p in plan.unplaced}):
+                await self.refresh_phase(lab)
+            if not contested:
+                return
+
+    async def _reserve(self, host: str, *, vcpus: int, memory_mib: int) -> bool:
+        if vcpus <= 0 and memory_mib <= 0:
+            await Host.get_pymongo_collection().update_one(
+                {"name": host}, {"$inc": {"allocated_vcpus": vcpus, "allocated_memory_mib": memory_mib}}
+            )
+            return True
+        record = await Host.find_one(Host.name == host)
+        if record is None:
+            return False
+        limit_cpu = record.vcpus * self.settings.cpu_overcommit - vcpus
+        limit_mem = record.memory_mib - memory_mib
+        result = await Host.get_pymongo_collection().update_one(
+            {"name": host, "allocated_vcpus": {"$lte": limit_cpu}, "allocated_memory_mib": {"$lte": limit_mem}},
+            {"$inc": {"allocated_vcpus": vcpus, "allocated_memory_mib": memory_mib}},
+        )
+        return result.modified_count == 1
+
+
+def _template_sizes(*, vcpus: int, memory_mib: int, disk_gib: int) -> dict[str, int]:
+    return {
+        "vcpus": validation.whole_number(vcpus, field="vcpus", minimum=1, maximum=64, unit="vCPUs"),
+        "memory_mib": validation.whole_number(memory_mib, field="memoryMib", minimum=64,
+                                              maximum=1024 * 1024, unit="MiB"),
+        "disk_gib": validation.whole_number(disk_gib, field="diskGib", minimum=1, maximum=16384, unit="GiB"),
+    }
+
+
+def _spec_of(template: Template) -> MachineSpec:
+    return MachineSpec(template=template.name, image=template.image, os=template.os,
+                       vcpus=template.vcpus, memory_mib=template.memory_mib, disk_gib=template.disk_gib)
+
+
+def _new_machine(*, lab: str, index: int, spec: MachineSpec, power: Power) -> Machine:
+    return Machine(deployment=lab, index=index, name=f"{lab}-{index}", spec=spec,
+                   desired=lifecycle.desired_for(power), message="waiting for a host")
+
+
+def _host_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", name or ""):
+        raise ValidationFailed("name", f"A host name uses {HOST_NAME_RULE}.")
+    return name
+

@@ -1,0 +1,141 @@
+"""What a subscriber sees of the event feed: a host's assignments, or a lab's changes.
+
+Both GraphQL subscriptions and the pages' server-sent events are built on these two
+generators, so every transport shows the same thing at the same moment.
+
+`host_assignments` is the agent's feed: a SNAPSHOT batch of every machine assigned to the host,
+then CHANGE batches. The subscription to the feed is taken *before* the snapshot is read, so no
+change between the two is lost (one seen twice is harmless: the agent is level-triggered).
+A reconnecting agent may pass the cursor of the last batch it applied; if this server process
+still holds the changes after it, they are replayed instead of a snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from kubekvm.events import Change, EventFeed
+from kubekvm.models import Deployment, Host, Machine
+from kubekvm.services import Services
+
+
+class BatchKind(StrEnum):
+    SNAPSHOT = "SNAPSHOT"
+    CHANGE = "CHANGE"
+
+
+@dataclass(frozen=True)
+class AssignmentBatch:
+    kind: BatchKind
+    cursor: str | None
+    machines: list[Machine]
+    removed: list[str] = field(default_factory=list)
+
+
+async def host_assignments(
+    *, services: Services, feed: EventFeed, host: str, cursor: str | None = None
+) -> AsyncIterator[AssignmentBatch]:
+    known: set[str] = set()
+    async with feed.subscribe() as subscription:
+        replay = feed.replay_after(cursor) if cursor else None
+        if replay is None:
+            start_cursor = feed.last_cursor
+            snapshot = await services.host_assignments(host)
+            known.update(str(m.id) for m in snapshot)
+            yield AssignmentBatch(BatchKind.SNAPSHOT, start_cursor, snapshot)
+        else:
+            batch = _host_batch(replay, host=host, known=known, replaying=True)
+            if batch is not None:
+                yield batch
+        while True:
+            change = await subscription.next()
+            pending = [change]
+            while not subscription.queue.empty():  # batch what has piled up
+                pending.append(subscription.queue.get_nowait())
+            if subscription.overflowed:
+                raise FeedOverflow("the assignment feed fell behind; reconnect to resync")
+            batch = _host_batch(pending, host=host, known=known, replaying=False)
+            if batch is not None:
+                yield batch
+
+
+class FeedOverflow(Exception):
+    pass
+
+
+def _host_batch(changes: Iterable[Change], *, host: str, known: set[str],
+                replaying: bool) -> AssignmentBatch | None:
+    upserts: dict[str, Machine] = {}
+    removed: list[str] = []
+    last: str | None = None
+    for change in changes:
+        last = change.cursor
+        if change.collection != "machines":
+            continue
+        document = change.document
+        if document is None:  # deleted: the retire update before it already told us
+            continue
+        ours = document.get("host") == host and not document.get("retired", False)
+        if ours:
+            known.add(change.id)
+            upserts[change.id] = Machine.model_validate(document)
+        elif change.id in known or (replaying and document.get("host") == host):
+            known.discard(change.id)
+            upserts.pop(change.id, None)
+            removed.append(change.id)
+    if not upserts and not removed:
+        return None
+    return AssignmentBatch(BatchKind.CHANGE, last, list(upserts.values()), removed)
+
+
+class LabChangeKind(StrEnum):
+    LAB_CHANGED = "LAB_CHANGED"
+    LAB_DELETED = "LAB_DELETED"
+    MACHINE_CHANGED = "MACHINE_CHANGED"
+    MACHINE_REMOVED = "MACHINE_REMOVED"
+    HOST_CHANGED = "HOST_CHANGED"
+
+
+@dataclass(frozen=True)
+class LabChange:
+    kind: LabChangeKind
+    lab: str
+    deployment: Deployment | None = None
+    machine: Machine | None = None
+    host: Host | None = None
+
+
+async def lab_changes(*, feed: EventFeed, lab: str | None = None,
+                      include_hosts: bool = False) -> AsyncIterator[LabChange]:
+    """Every change of one lab (or of all labs), as typed objects."""
+    names: dict[str, str] = {}  # lab id -> name, for delete events that carry only the id
+    async with feed.subscribe() as subscription:
+        for known in await Deployment.find_all().to_list():
+            names[str(known.id)] = known.name
+        while True:
+            change = await subscription.next()
+            if subscription.overflowed:
+                raise FeedOverflow("the event feed fell behind; resubscribe")
+            event = _lab_change(change, names=names, include_hosts=include_hosts)
+            if event is not None and (lab is None or event.lab == lab or event.kind == LabChangeKind.HOST_CHANGED):
+                yield event
+
+
+def _lab_change(change: Change, *, names: dict[str, str], include_hosts: bool) -> LabChange | None:
+    document = change.document
+    if change.collection == "deployments":
+        if document is None:
+            name = names.pop(change.id, None)
+            return None if name is None else LabChange(LabChangeKind.LAB_DELETED, name)
+        deployment = Deployment.model_validate(document)
+        names[change.id] = deployment.name
+        return LabChange(LabChangeKind.LAB_CHANGED, deployment.name, deployment=deployment)
+    if change.collection == "machines" and document is not None:
+        machine = Machine.model_validate(document)
+        kind = LabChangeKind.MACHINE_REMOVED if machine.retired else LabChangeKind.MACHINE_CHANGED
+        return LabChange(kind, machine.deployment, machine=machine)
+    if change.collection == "hosts" and document is not None and include_hosts:
+        return LabChange(LabChangeKind.HOST_CHANGED, "", host=Host.model_validate(document))
+    return None
