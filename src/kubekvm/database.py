@@ -76,7 +76,7 @@ class EmbeddedDatabase:
             self.storage.mkdir(parents=True, exist_ok=True)
             path = str(self.storage)
         log_path = (self.storage.parent if self.storage else Path(os.devnull))
-        output = open(log_path / "db.log", "ab") if self.storage else subprocess.DEVNULL  # noqa: SIM115
+        output = open(log_path / "db.log", "ab") if self.storage else subprocess.DEVNULL
         self._process = subprocess.Popen(
             [_secantus_command(), "--host", "127.0.0.1", "--port", str(self.port),
              "--storage-path", path],
@@ -161,7 +161,7 @@ async def connect(uri: str, *, database: str, timeout: float = 10.0) -> Connecti
             f"cannot reach MongoDB at {describe_uri(uri)}: {first_line}"
         ) from None
     db = client[database]
-    await init_beanie(database=db, document_models=DOCUMENT_MODELS)  # type: ignore[arg-type]
+    await init_beanie(database=db, document_models=DOCUMENT_MODELS)
     return Connection(client=client, database=db, uri=uri, change_streams=await _has_change_streams(db))
 
 

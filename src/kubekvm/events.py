@@ -145,7 +145,7 @@ class ChangeStreamFeed(EventFeed):
                     self._ready.set()
                     delay = 0.2
                     async for event in stream:
-                        self._resume_token = event["_id"]
+                        self._resume_token = stream.resume_token
                         self._deliver(_to_change(event))
             except asyncio.CancelledError:
                 raise

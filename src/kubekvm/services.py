@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from beanie import PydanticObjectId
+from beanie.odm.enums import SortDirection
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo.errors import DuplicateKeyError, PyMongoError
@@ -32,8 +33,8 @@ from kubekvm.config import Settings
 from kubekvm.errors import Conflict, NotFound, Unavailable, ValidationFailed
 from kubekvm.events import EventFeed
 from kubekvm.models import (
-    DesiredState,
     Deployment,
+    DesiredState,
     Host,
     LabEvent,
     Machine,
@@ -56,6 +57,8 @@ SEED_TEMPLATES = (
          description="Ubuntu 16.04 with Anaconda and Jupyter, for neural network labs.",
          os="linux", image="ubuntu16.04.qcow2", vcpus=1, memory_mib=1024, disk_gib=16),
 )
+
+BY_LAB_AND_INDEX = [("deployment", SortDirection.ASCENDING), ("index", SortDirection.ASCENDING)]
 
 HOST_NAME_RULE = "letters, digits, '.', '_' and '-', at most 63 characters"
 
@@ -213,7 +216,7 @@ class Services:
 
     async def running_counts(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
         """lab name -> (machines running, machines kept), in one aggregation."""
-        pipeline = [
+        pipeline: list[dict[str, Any]] = [
             {"$match": {"deployment": {"$in": list(names)}, "retired": False,
                         "desired": {"$ne": DesiredState.ABSENT.value}}},
             {"$group": {"_id": "$deployment", "total": {"$sum": 1},
@@ -448,7 +451,7 @@ class Services:
             query["deployment"] = deployment
         if host is not None:
             query["host"] = host
-        return await Machine.find(query).sort([("deployment", 1), ("index", 1)]).to_list()
+        return await Machine.find(query).sort(BY_LAB_AND_INDEX).to_list()
 
     async def get_machine(self, name: str) -> Machine:
         machine = await Machine.find_one(Machine.name == name, Machine.retired == False)  # noqa: E712
@@ -578,7 +581,9 @@ class Services:
             raise Conflict(f"Machine {machine.name} is assigned to {machine.host or 'no host'}, not {host}.")
         message = message[:500]
         seen = power_generation if power_generation is not None else machine.observed_power_generation
-        if (machine.observed, machine.message, machine.observed_power_generation) == (state, message, seen):
+        unchanged = (machine.observed, machine.message, machine.observed_power_generation) == (
+            state, message, seen)
+        if unchanged and not lifecycle.machine_gone(desired=machine.desired, observed=state):
             return machine
         changes = {"observed": state.value, "message": message, "observed_at": utcnow(),
                    "observed_power_generation": seen}
@@ -606,7 +611,7 @@ class Services:
         if deployment is not None:
             query["deployment"] = deployment
         for _ in range(5):
-            pending = await Machine.find(query).sort([("deployment", 1), ("index", 1)]).to_list()
+            pending = await Machine.find(query).sort(BY_LAB_AND_INDEX).to_list()
             if not pending:
                 return
             statuses = await self.list_hosts()
@@ -645,7 +650,7 @@ class Services:
                     await collection.update_one({"_id": m.id, "host": None}, {"$set": {"message": why}})
                     m.message = why
                     self._published(m)
-            for lab in sorted({pending[p].deployment for p in plan.placed} | {pending[p].deployment for p in plan.unplaced}):
+            for lab in sorted({m.deployment for m in pending}):
                 await self.refresh_phase(lab)
             if not contested:
                 return

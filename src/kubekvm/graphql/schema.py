@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
-
 import strawberry
 from graphql.error import GraphQLError
 from strawberry.extensions import MaxTokensLimiter, QueryDepthLimiter
@@ -310,7 +309,8 @@ class Schema(strawberry.Schema):
 
 schema = Schema(
     query=Query, mutation=Mutation, subscription=Subscription,
-    extensions=[ErrorCodes, QueryDepthLimiter(max_depth=10), MaxTokensLimiter(max_token_count=5000)],
+    extensions=[ErrorCodes, lambda: QueryDepthLimiter(max_depth=10),
+                lambda: MaxTokensLimiter(max_token_count=5000)],
 )
 
 

@@ -1,0 +1,37 @@
+# The two commands of the README. Both install what they need first (Debian packages, the
+# Python venv), so they work on a fresh Debian 12 machine (as root).
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+
+.PHONY: run test lint typecheck schema bench bench-quick
+
+run:
+	scripts/setup run
+	$(BIN)/python scripts/run-local --port $(PORT)
+
+test:
+	scripts/setup test
+	scripts/libvirtd-up
+	$(MAKE) --no-print-directory lint typecheck
+	$(BIN)/kubekvm export-schema --check
+	$(BIN)/pytest
+
+lint:
+	$(BIN)/ruff check src tests benchmarks scripts/run-local
+
+typecheck:
+	$(BIN)/mypy
+
+schema:
+	$(BIN)/kubekvm export-schema --out schema.graphql
+
+bench:
+	scripts/setup test
+	scripts/libvirtd-up
+	$(BIN)/python -m benchmarks
+
+bench-quick:
+	scripts/setup test
+	scripts/libvirtd-up
+	$(BIN)/python -m benchmarks --quick

@@ -1,0 +1,48 @@
+"""Shared fixtures: real database servers and real `kubekvm serve` processes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.support.processes import Server, start_mongoeco, start_secantus, start_server
+
+
+@pytest.fixture(scope="session")
+def secantus_uri() -> Iterator[str]:
+    uri, child = start_secantus()
+    yield uri
+    child.stop()
+
+
+@pytest.fixture(scope="session")
+def mongoeco_uri() -> Iterator[str]:
+    started = start_mongoeco()
+    if started is None:
+        pytest.skip("mongoeco needs .venv-mongoeco (Python 3.13): run scripts/setup test")
+    uri, child = started
+    yield uri
+    child.stop()
+
+
+@pytest.fixture(scope="session")
+def start_kubekvm(secantus_uri: str) -> Iterator[Callable[..., Server]]:
+    """Start `kubekvm serve` processes (default: on the shared SecantusDB, fresh database)."""
+    started: list[Server] = []
+
+    def start(**kwargs: object) -> Server:
+        kwargs.setdefault("database_uri", secantus_uri)
+        server = start_server(**kwargs)  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(start_kubekvm: Callable[..., Server]) -> Server:
+    """One server per test module, each on a database of its own."""
+    return start_kubekvm()

@@ -1,0 +1,39 @@
+"""Placement: ready host, image present, capacity free, most free memory first."""
+
+from __future__ import annotations
+
+from kubekvm.placement import HostCapacity, Need, plan
+
+
+def host(name: str, *, ready: bool = True, images: tuple[str, ...] = ("winxp.qcow2",),
+         vcpus: int = 8, memory: int = 4096) -> HostCapacity:
+    return HostCapacity(name=name, ready=ready, images=frozenset(images), free_vcpus=vcpus,
+                        free_memory_mib=memory)
+
+
+XP = Need(image="winxp.qcow2", vcpus=1, memory_mib=512)
+
+
+def test_spreads_by_most_free_memory() -> None:
+    result = plan(hosts=[host("a", memory=2048), host("b", memory=2048)], needs=[XP] * 4)
+    assert sorted(result.placed.values()) == ["a", "a", "b", "b"]
+
+
+def test_skips_unready_hosts_and_hosts_without_the_image() -> None:
+    result = plan(hosts=[host("down", ready=False, memory=99999), host("noimg", images=()),
+                         host("ok")], needs=[XP])
+    assert result.placed == {0: "ok"}
+
+
+def test_unplaced_machines_say_why() -> None:
+    assert plan(hosts=[], needs=[XP]).unplaced[0].startswith("no host is registered")
+    assert plan(hosts=[host("a", ready=False)], needs=[XP]).unplaced[0].startswith("no host is ready")
+    assert plan(hosts=[host("a", images=())], needs=[XP]).unplaced[0] == "no ready host has image winxp.qcow2"
+    full = plan(hosts=[host("a", memory=1000)], needs=[XP, XP, XP])
+    assert full.placed == {0: "a"} and set(full.unplaced) == {1, 2}
+    assert full.unplaced[1] == "no ready host has image winxp.qcow2 with 512 MiB and 1 vCPU(s) free"
+
+
+def test_vcpus_are_a_limit_too() -> None:
+    result = plan(hosts=[host("a", vcpus=1)], needs=[XP, XP])
+    assert list(result.placed) == [0] and list(result.unplaced) == [1]

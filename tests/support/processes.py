@@ -1,0 +1,163 @@
+"""Real servers for tests: SecantusDB, mongoeco and `kubekvm serve`, each a child process on a
+free loopback port, stopped when the test session ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from pymongo import MongoClient
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+MONGOECO_PYTHON = ROOT / ".venv-mongoeco" / "bin" / "python"
+LOG_DIR = ROOT / "tests" / "artifacts" / "logs"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _log_file(name: str) -> Path:
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    return LOG_DIR / f"{name}.log"
+
+
+def wait_for_mongo(uri: str, *, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"database process exited with {process.returncode}")
+        try:
+            with MongoClient(uri, serverSelectionTimeoutMS=300) as client:
+                client.admin.command("ping")
+                return
+        except Exception:
+            time.sleep(0.1)
+    raise RuntimeError(f"database at {uri} did not answer in {timeout} s")
+
+
+@dataclass
+class Child:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_secantus() -> tuple[str, Child]:
+    port = free_port()
+    log = _log_file(f"secantus-{port}")
+    process = subprocess.Popen(
+        [str(VENV_BIN / "secantusd-py"), "--host", "127.0.0.1", "--port", str(port),
+         "--storage-path", ":memory:"],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    wait_for_mongo(uri, process=process)
+    return uri, Child(process, log)
+
+
+MONGOECO_SERVER = """
+import asyncio, sys
+from mongoeco.wire import AsyncMongoEcoProxyServer
+async def main():
+    async with AsyncMongoEcoProxyServer(host="127.0.0.1", port=int(sys.argv[1])):
+        await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def start_mongoeco() -> tuple[str, Child] | None:
+    if not MONGOECO_PYTHON.exists():
+        return None
+    port = free_port()
+    log = _log_file(f"mongoeco-{port}")
+    process = subprocess.Popen([str(MONGOECO_PYTHON), "-c", MONGOECO_SERVER, str(port)],
+                               stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL)
+    uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    wait_for_mongo(uri, process=process)
+    return uri, Child(process, log)
+
+
+@dataclass
+class Server:
+    """A `kubekvm serve` process."""
+
+    url: str
+    database_uri: str
+    database_name: str
+    child: Child
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def graphql_url(self) -> str:
+        return f"{self.url}/graphql"
+
+    @property
+    def ws_url(self) -> str:
+        return self.graphql_url.replace("http://", "ws://")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.child.stop(sig)
+
+    def graphql(self, query: str, variables: dict[str, object] | None = None) -> dict[str, object]:
+        """POST a GraphQL request; returns the whole response body (data and errors)."""
+        response = httpx.post(self.graphql_url, json={"query": query, "variables": variables or {}},
+                              timeout=30)
+        response.raise_for_status()
+        body: dict[str, object] = response.json()
+        return body
+
+
+def start_server(*, database_uri: str | None, database_name: str | None = None,
+                 env: dict[str, str] | None = None, port: int | None = None,
+                 cwd: Path | None = None, timeout: float = 30.0) -> Server:
+    port = port or free_port()
+    name = database_name or f"t{uuid.uuid4().hex[:12]}"
+    log = _log_file(f"server-{port}")
+    environment = {**os.environ, "KUBEKVM_DATABASE": name, "KUBEKVM_HOST_TIMEOUT": "30",
+                   "PYTHONUNBUFFERED": "1", **(env or {})}
+    if database_uri is not None:
+        environment["MONGODB_URI"] = database_uri
+    else:
+        environment.pop("MONGODB_URI", None)
+    process = subprocess.Popen(
+        [str(VENV_BIN / "kubekvm"), "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "warning"],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env=environment, cwd=cwd or ROOT,
+    )
+    server = Server(url=f"http://127.0.0.1:{port}", database_uri=database_uri or "",
+                    database_name=name, child=Child(process, log), env=environment)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"kubekvm serve exited with {process.returncode}; see {log}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"kubekvm serve did not become ready in {timeout} s; see {log}")
