@@ -32,27 +32,36 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "serve":
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        sys.exit(asyncio.run(_serve(host=args.host, port=args.port, log_level=args.log_level)))
+        settings = Settings.from_environment()
+        embedded = None
+        if settings.mongodb_uri is None:
+            embedded = EmbeddedDatabase(storage=(settings.data_dir / "db").resolve())
+        try:
+            code = asyncio.run(_serve(settings=settings, embedded=embedded, host=args.host, port=args.port,
+                                      log_level=args.log_level))
+        except KeyboardInterrupt:
+            code = 0
+        finally:
+            # Here rather than inside the event loop: a second Ctrl-C cannot skip it.
+            if embedded is not None:
+                embedded.stop()
+        sys.exit(code)
     if args.command == "export-schema":
         sys.exit(_export(args.out, check=args.check))
 
 
-async def _serve(*, host: str, port: int, log_level: str) -> int:
-    settings = Settings.from_environment()
-    embedded: EmbeddedDatabase | None = None
+async def _serve(*, settings: Settings, embedded: EmbeddedDatabase | None, host: str, port: int,
+                 log_level: str) -> int:
     try:
-        uri = settings.mongodb_uri
-        if uri is None:
-            embedded = EmbeddedDatabase(storage=(settings.data_dir / "db").resolve())
+        if embedded is not None:
             uri = await embedded.start()
             label = f"embedded SecantusDB ({settings.data_dir / 'db'})"
         else:
-            label = describe_uri(uri)
+            assert settings.mongodb_uri is not None
+            uri, label = settings.mongodb_uri, describe_uri(settings.mongodb_uri)
         connection = await connect(uri, database=settings.database_name)
     except DatabaseUnavailable as error:
         print(f"kubekvm: {error}", file=sys.stderr)
-        if embedded is not None:
-            embedded.stop()
         return 1
     try:
         app = create_app(settings=settings, connection=connection, database_label=label)
@@ -66,8 +75,6 @@ async def _serve(*, host: str, port: int, log_level: str) -> int:
         return 0
     finally:
         await connection.close()
-        if embedded is not None:
-            embedded.stop()
 
 
 def _export(out: Path, *, check: bool) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +60,32 @@ def _secantus_command() -> str:
     return found
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when the server dies, however the
+    server dies (even SIGKILL), so the database files are never left locked by an orphan."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _stop_stale(pid_file: Path) -> None:
+    """A database left running by a server that died before PDEATHSIG existed (or on another
+    kernel) still holds the files' lock: stop it if it is ours."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if b"secantusd" in command:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not Path(f"/proc/{pid}").exists():
+                break
+            time.sleep(0.05)
+
+
 class EmbeddedDatabase:
     """A SecantusDB child process on 127.0.0.1 with its data under `storage`."""
 
@@ -77,12 +105,16 @@ class EmbeddedDatabase:
             path = str(self.storage)
         log_path = (self.storage.parent if self.storage else Path(os.devnull))
         output = open(log_path / "db.log", "ab") if self.storage else subprocess.DEVNULL
+        if self.storage is not None:
+            _stop_stale(self.storage.parent / "db.pid")
         self._process = subprocess.Popen(
             [_secantus_command(), "--host", "127.0.0.1", "--port", str(self.port),
              "--storage-path", path],
             stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_die_with_parent,
         )
+        if self.storage is not None:
+            (self.storage.parent / "db.pid").write_text(f"{self._process.pid}\n")
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             if self._process.poll() is not None:

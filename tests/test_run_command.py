@@ -1,0 +1,94 @@
+"""`make run` on a fresh clone: serves /graphql and /healthz within 30 s; data survives a restart.
+
+The clone shares this checkout's installed venv (a symlink), so the test measures start-up,
+not package downloads; `scripts/setup` still runs its checks in the clone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.processes import ROOT, free_port
+
+
+def start_make_run(clone: Path, port: int) -> subprocess.Popen[bytes]:
+    # The shared venv's editable install points at this checkout: PYTHONPATH makes the clone's
+    # own sources win, so what runs is what was cloned.
+    env = {**os.environ, "KUBEKVM_AGENT": "none", "PYTHONPATH": str(clone / "src")}
+    env.pop("MONGODB_URI", None)
+    return subprocess.Popen(["make", "run", f"PORT={port}"], cwd=clone, env=env,
+                            stdout=(clone / "run.log").open("ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], *, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        assert process.poll() is None, "make run exited early"
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).text == "ok":
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"not healthy within {timeout} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.mark.timeout(180)
+def test_make_run_on_a_fresh_clone_serves_and_keeps_data(tmp_path: Path) -> None:
+    clone = tmp_path / "kubekvm"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    # Uncommitted files matter too when this runs on a developer's dirty checkout.
+    for name in ("Makefile", "pyproject.toml", "scripts/setup", "scripts/run-local"):
+        if (ROOT / name).exists():
+            (clone / name).write_bytes((ROOT / name).read_bytes())
+    (clone / ".venv").symlink_to(ROOT / ".venv")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    first = start_make_run(clone, port)
+    try:
+        wait_healthy(url, first, timeout=30)
+        body = httpx.post(f"{url}/graphql", json={"query": 'mutation { createDeployment(input: {name: "kept", '
+                          'template: "redes-neuronales", replicas: 2}) { name } }'}).json()
+        assert body["data"]["createDeployment"]["name"] == "kept"
+    finally:
+        stop(first)
+    assert (clone / ".kubekvm" / "db").is_dir()
+
+    second = start_make_run(clone, port)
+    try:
+        wait_healthy(url, second, timeout=30)
+        labs = httpx.post(f"{url}/graphql", json={"query": "{ deployments { items { name machineCount } } }"}).json()
+        assert labs["data"]["deployments"]["items"] == [{"name": "kept", "machineCount": 2}]
+    finally:
+        stop(second)
+    log = (clone / "run.log").read_text()
+    assert "KubeKVM is starting at http://127.0.0.1:" in log
+    assert "Traceback" not in log
+
+
+def test_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "MONGODB_URI": f"mongodb://127.0.0.1:{port}/?serverSelectionTimeoutMS=500"}
+    result = subprocess.run([str(ROOT / ".venv" / "bin" / "kubekvm"), "serve", "--port", str(free_port())],
+                            env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("kubekvm: cannot reach MongoDB at mongodb://127.0.0.1:"), result.stderr
