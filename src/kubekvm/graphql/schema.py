@@ -21,10 +21,6 @@ from kubekvm.graphql.types import (
     DeploymentPage,
     Host,
     Machine,
-    ObservedMachineState,
-    OSFamily,
-    Phase,
-    Power,
     ServerInfo,
     Template,
 )
@@ -47,7 +43,7 @@ class TemplateInput:
     name: str
     title: str | None = None
     description: str | None = None
-    os: OSFamily = OSFamily.LINUX
+    os: models.OSFamily = models.OSFamily.LINUX
     image: str
     vcpus: int = 1
     memory_mib: int = 1024
@@ -58,7 +54,7 @@ class TemplateInput:
 class TemplateUpdate:
     title: str | None = None
     description: str | None = None
-    os: OSFamily | None = None
+    os: models.OSFamily | None = None
     image: str | None = None
     vcpus: int | None = None
     memory_mib: int | None = None
@@ -71,14 +67,14 @@ class DeploymentInput:
     template: str
     replicas: int
     title: str | None = None
-    power: Power = Power.RUNNING
+    power: models.Power = models.Power.RUNNING
 
 
 @strawberry.input
 class DeploymentUpdate:
     title: str | None = None
     replicas: int | None = None
-    power: Power | None = None
+    power: models.Power | None = None
     template: str | None = strawberry.field(
         default=None, description="Accepted only if unchanged: a lab's template is fixed.")
 
@@ -103,7 +99,7 @@ class HeartbeatInput:
 class MachineReportInput:
     machine_id: strawberry.ID
     host: str
-    state: ObservedMachineState
+    state: models.ObservedState
     message: str | None = None
     power_generation: int | None = strawberry.field(
         default=None, description="The latest start/stop request the host has acted on.")
@@ -126,11 +122,11 @@ class Query:
         return Template.of(await _services(info).get_template(name))
 
     @strawberry.field(description="Labs, by name, optionally only those in one phase.")
-    async def deployments(self, info: strawberry.Info, phase: Phase | None = None,
+    async def deployments(self, info: strawberry.Info, phase: models.Phase | None = None,
                           offset: int = 0, limit: int = 100) -> DeploymentPage:
         services = _services(info)
         page = await services.list_deployments(
-            phase=models.Phase(phase.value) if phase else None, offset=offset, limit=limit)
+            phase=phase, offset=offset, limit=limit)
         counts = await services.running_counts([d.name for d in page.items])
         items = [Deployment.of(d, running=counts[d.name][0], machine_count=counts[d.name][1])
                  for d in page.items]
@@ -184,7 +180,7 @@ class Mutation:
         services = _services(info)
         lab = await services.create_deployment(
             name=input.name, template=input.template, replicas=input.replicas, title=input.title,
-            power=models.Power(input.power.value))
+            power=input.power)
         return await _deployment(services, lab)
 
     @strawberry.mutation
@@ -193,7 +189,7 @@ class Mutation:
         services = _services(info)
         lab = await services.update_deployment(
             name, title=input.title, replicas=input.replicas, template=input.template,
-            power=models.Power(input.power.value) if input.power else None)
+            power=input.power)
         return await _deployment(services, lab)
 
     @strawberry.mutation
@@ -244,7 +240,7 @@ class Mutation:
     async def report_machine_state(self, info: strawberry.Info, input: MachineReportInput) -> Machine:
         m = await _services(info).report_machine_state(
             machine_id=str(input.machine_id), host=input.host,
-            state=models.ObservedState(input.state.value), message=input.message or "",
+            state=input.state, message=input.message or "",
             power_generation=input.power_generation)
         return Machine.of(m)
 

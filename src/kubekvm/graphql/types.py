@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import Enum
 from typing import TYPE_CHECKING
 
 import strawberry
@@ -14,43 +13,14 @@ if TYPE_CHECKING:
     from kubekvm.services import HostStatus
 
 
-@strawberry.enum(description="The lab's overall state, derived from its machines.")
-class Phase(Enum):
-    PENDING = "Pending"
-    ACTIVE = "Active"
-    INACTIVE = "Inactive"
-    FAILED = "Failed"
-    DELETING = "Deleting"
-
-
-@strawberry.enum(description="What the teacher wants for a lab's machines as a whole.")
-class Power(Enum):
-    RUNNING = "running"
-    STOPPED = "stopped"
-
-
-@strawberry.enum
-class DesiredMachineState(Enum):
-    RUNNING = "running"
-    STOPPED = "stopped"
-    ABSENT = "absent"
-
-
-@strawberry.enum(description="What the machine's host reports (PENDING until it has).")
-class ObservedMachineState(Enum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SHUTOFF = "shutoff"
-    PAUSED = "paused"
-    CRASHED = "crashed"
-    ABSENT = "absent"
-    ERROR = "error"
-
-
-@strawberry.enum
-class OSFamily(Enum):
-    LINUX = "linux"
-    WINDOWS = "windows"
+# The domain's own enums, exposed under the names integrators see.
+Phase = strawberry.enum(models.Phase, description="The lab's overall state, derived from its machines.")
+Power = strawberry.enum(models.Power, description="What the teacher wants for a lab's machines as a whole.")
+DesiredMachineState = strawberry.enum(models.DesiredState, name="DesiredMachineState")
+ObservedMachineState = strawberry.enum(
+    models.ObservedState, name="ObservedMachineState",
+    description="What the machine's host reports (PENDING until it has).")
+OSFamily = strawberry.enum(models.OSFamily)
 
 
 @strawberry.type(description="A golden image labs are made from.")
@@ -58,7 +28,7 @@ class Template:
     name: str
     title: str
     description: str
-    os: OSFamily
+    os: models.OSFamily
     image: str = strawberry.field(description="File name of the base qcow2 on each host.")
     vcpus: int
     memory_mib: int
@@ -68,7 +38,7 @@ class Template:
 
     @classmethod
     def of(cls, t: models.Template) -> Template:
-        return cls(name=t.name, title=t.title, description=t.description, os=OSFamily(t.os.value),
+        return cls(name=t.name, title=t.title, description=t.description, os=t.os,
                    image=t.image, vcpus=t.vcpus, memory_mib=t.memory_mib, disk_gib=t.disk_gib,
                    created_at=t.created_at, updated_at=t.updated_at)
 
@@ -81,8 +51,8 @@ class Machine:
     index: int
     template: str
     host: str | None
-    desired: DesiredMachineState
-    observed: ObservedMachineState
+    desired: models.DesiredState
+    observed: models.ObservedState
     message: str
     observed_at: datetime | None
     reset_generation: int
@@ -92,8 +62,7 @@ class Machine:
     def of(cls, m: models.Machine) -> Machine:
         return cls(id=strawberry.ID(str(m.id)), name=m.name, deployment=m.deployment, index=m.index,
                    template=m.spec.template, host=m.host,
-                   desired=DesiredMachineState(m.desired.value),
-                   observed=ObservedMachineState(m.observed.value), message=m.message,
+                   desired=m.desired, observed=m.observed, message=m.message,
                    observed_at=m.observed_at, reset_generation=m.reset_generation,
                    power_generation=m.power_generation)
 
@@ -105,8 +74,8 @@ class Deployment:
     title: str
     template: str
     replicas: int
-    power: Power
-    phase: Phase
+    power: models.Power
+    phase: models.Phase
     message: str
     generation: int
     created_at: datetime
@@ -117,7 +86,7 @@ class Deployment:
     @classmethod
     def of(cls, d: models.Deployment, *, running: int = 0, machine_count: int = 0) -> Deployment:
         return cls(id=strawberry.ID(str(d.id)), name=d.name, title=d.title, template=d.template,
-                   replicas=d.replicas, power=Power(d.power.value), phase=Phase(d.phase.value),
+                   replicas=d.replicas, power=d.power, phase=d.phase,
                    message=d.message, generation=d.generation, created_at=d.created_at,
                    updated_at=d.updated_at, running=running, machine_count=machine_count)
 
@@ -200,7 +169,7 @@ class Assignment:
     vm_name: str
     deployment: str
     index: int
-    desired: DesiredMachineState
+    desired: models.DesiredState
     reset_generation: int
     power_generation: int
     template: AssignmentTemplate
@@ -209,7 +178,7 @@ class Assignment:
     def of(cls, m: models.Machine) -> Assignment:
         s = m.spec
         return cls(machine_id=strawberry.ID(str(m.id)), vm_name=m.name, deployment=m.deployment,
-                   index=m.index, desired=DesiredMachineState(m.desired.value),
+                   index=m.index, desired=m.desired,
                    reset_generation=m.reset_generation, power_generation=m.power_generation,
                    template=AssignmentTemplate(name=s.template, image=s.image, os=s.os.value,
                                                vcpus=s.vcpus, memory_mib=s.memory_mib,
