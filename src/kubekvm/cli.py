@@ -66,8 +66,10 @@ async def _serve(*, settings: Settings, embedded: EmbeddedDatabase | None, host:
         return 1
     try:
         app = create_app(settings=settings, connection=connection, database_label=label)
+        # The pages' live-update streams never end by themselves: on shutdown uvicorn would wait
+        # for them forever, so after a short grace it cancels them (browsers reconnect elsewhere).
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level, ws="websockets-sansio",
-                                lifespan="on", proxy_headers=True)
+                                lifespan="on", proxy_headers=True, timeout_graceful_shutdown=3)
         server = uvicorn.Server(config)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
         print(f"KubeKVM is starting at http://{shown}:{port}/  (database: {label}; GraphQL: /graphql)",

@@ -9,28 +9,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _env_int(name: str, default: int) -> int:
+N = TypeVar("N", int, float)
+
+
+def _env_number(name: str, default: N) -> N:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        return type(default)(raw)
     except ValueError:
-        raise SystemExit(f"{name} must be a whole number, got {raw!r}") from None
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+        raise SystemExit(f"{name} must be a {type(default).__name__}, got {raw!r}") from None
 
 
 def _default_dir(env: str, name: str) -> Path:
@@ -54,6 +48,9 @@ class Settings:
     templates_dir: Path = field(default_factory=lambda: _default_dir("KUBEKVM_TEMPLATES_DIR", "templates"))
     static_dir: Path = field(default_factory=lambda: _default_dir("KUBEKVM_STATIC_DIR", "static"))
     seed_templates: bool = True
+    # The pages' live-update streams send a comment this often, so proxies keep them open
+    # and a vanished client is noticed even while nothing changes.
+    live_heartbeat_seconds: float = 15.0
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -61,8 +58,9 @@ class Settings:
             mongodb_uri=os.environ.get("MONGODB_URI") or None,
             database_name=os.environ.get("KUBEKVM_DATABASE", "kubekvm"),
             data_dir=Path(os.environ.get("KUBEKVM_DATA_DIR", ".kubekvm")),
-            max_replicas=_env_int("KUBEKVM_MAX_REPLICAS", 200),
-            host_timeout_seconds=_env_float("KUBEKVM_HOST_TIMEOUT", 30.0),
-            cpu_overcommit=_env_int("KUBEKVM_CPU_OVERCOMMIT", 16),
+            max_replicas=_env_number("KUBEKVM_MAX_REPLICAS", 200),
+            host_timeout_seconds=_env_number("KUBEKVM_HOST_TIMEOUT", 30.0),
+            cpu_overcommit=_env_number("KUBEKVM_CPU_OVERCOMMIT", 16),
             seed_templates=os.environ.get("KUBEKVM_SEED_TEMPLATES", "1") != "0",
+            live_heartbeat_seconds=_env_number("KUBEKVM_LIVE_HEARTBEAT", 15.0),
         )

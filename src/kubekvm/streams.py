@@ -12,6 +12,7 @@ still holds the changes after it, they are replayed instead of a snapshot.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -75,7 +76,13 @@ def _host_batch(changes: Iterable[Change], *, host: str, known: set[str],
         if change.collection != "machines":
             continue
         document = change.document
-        if document is None:  # deleted: the retire update before it already told us
+        if document is None:
+            # Deleted, or retired and deleted before the watcher looked the document up:
+            # either way a machine this host had is gone.
+            if change.id in known:
+                known.discard(change.id)
+                upserts.pop(change.id, None)
+                removed.append(change.id)
             continue
         ours = document.get("host") == host and not document.get("retired", False)
         if ours:
@@ -107,23 +114,35 @@ class LabChange:
     host: Host | None = None
 
 
-async def lab_changes(*, feed: EventFeed, lab: str | None = None,
-                      include_hosts: bool = False) -> AsyncIterator[LabChange]:
-    """Every change of one lab (or of all labs), as typed objects."""
+async def lab_changes(*, feed: EventFeed, lab: str | None = None, include_hosts: bool = False,
+                      subscribed: asyncio.Event | None = None) -> AsyncIterator[LabChange]:
+    """Every change of one lab (or of all labs), as typed objects.
+
+    `subscribed` is set once the feed subscription is taken: a caller that reads a snapshot
+    after it (the pages' live updates) misses no change made between the two."""
     names: dict[str, str] = {}  # lab id -> name, for delete events that carry only the id
+    machine_labs: dict[str, str] = {}  # machine id -> lab name, likewise
     async with feed.subscribe() as subscription:
+        if subscribed is not None:
+            subscribed.set()
         for known in await Deployment.find_all().to_list():
             names[str(known.id)] = known.name
+        cursor = Machine.get_pymongo_collection().find(
+            {} if lab is None else {"deployment": lab}, {"deployment": 1})
+        async for raw in cursor:
+            machine_labs[str(raw["_id"])] = str(raw["deployment"])
         while True:
             change = await subscription.next()
             if subscription.overflowed:
                 raise FeedOverflow("the event feed fell behind; resubscribe")
-            event = _lab_change(change, names=names, include_hosts=include_hosts)
+            event = _lab_change(change, names=names, machine_labs=machine_labs,
+                                include_hosts=include_hosts)
             if event is not None and (lab is None or event.lab == lab or event.kind == LabChangeKind.HOST_CHANGED):
                 yield event
 
 
-def _lab_change(change: Change, *, names: dict[str, str], include_hosts: bool) -> LabChange | None:
+def _lab_change(change: Change, *, names: dict[str, str], machine_labs: dict[str, str],
+                include_hosts: bool) -> LabChange | None:
     document = change.document
     if change.collection == "deployments":
         if document is None:
@@ -132,10 +151,19 @@ def _lab_change(change: Change, *, names: dict[str, str], include_hosts: bool) -
         deployment = Deployment.model_validate(document)
         names[change.id] = deployment.name
         return LabChange(LabChangeKind.LAB_CHANGED, deployment.name, deployment=deployment)
-    if change.collection == "machines" and document is not None:
+    if change.collection == "machines":
+        if document is None:
+            # The full document is looked up when the watcher reads the change, so a reader a
+            # little behind finds none once the machine is deleted, for the retiring update
+            # too: the machine is gone either way, and its subscribers must hear so once.
+            lab = machine_labs.pop(change.id, None)
+            return None if lab is None else LabChange(LabChangeKind.MACHINE_REMOVED, lab)
         machine = Machine.model_validate(document)
-        kind = LabChangeKind.MACHINE_REMOVED if machine.retired else LabChangeKind.MACHINE_CHANGED
-        return LabChange(kind, machine.deployment, machine=machine)
+        if machine.retired:
+            machine_labs.pop(change.id, None)
+            return LabChange(LabChangeKind.MACHINE_REMOVED, machine.deployment, machine=machine)
+        machine_labs[change.id] = machine.deployment
+        return LabChange(LabChangeKind.MACHINE_CHANGED, machine.deployment, machine=machine)
     if change.collection == "hosts" and document is not None and include_hosts:
         return LabChange(LabChangeKind.HOST_CHANGED, "", host=Host.model_validate(document))
     return None

@@ -1,0 +1,256 @@
+"""Live updates for the pages: server-sent events carrying the HTML fragments htmx swaps in.
+
+`GET /events?lab=NAME` follows one lab (its status, machine rows and events);
+`GET /events?phase=...&offset=...` follows the labs list as the page shows it. Both read
+`kubekvm.streams.lab_changes`, the stream the GraphQL subscriptions read, which the change-stream
+feed fills from every server replica's writes.
+
+A stream is *snapshot, then changes*, like the host agents' feed: it subscribes first, then
+renders the whole of what the page shows (closing the gap between the page being rendered and
+the browser connecting, and resynchronising after a reconnect), then one batch of fragments per
+burst of changes. Every fragment is an out-of-band swap (`hx-swap-oob`) addressed by element id,
+sent under an event name saying what it is:
+
+  lab       a lab's status block (lab page) or its cards (list page)
+  labs      the whole list (a lab appeared, went, or left the filtered phase)
+  machine   machine rows that changed, or a removed one's delete instruction
+  machines  the whole machine table (a machine was added)
+  events    the lab's recent events
+  announce  a sentence for screen readers when a phase changes (an aria-live region)
+  gone      the lab was deleted: the page says so and the stream ends
+
+The page listens with htmx's SSE extension: one hidden `sse-swap="lab,labs,..."` element with
+`hx-swap="none"`, so only the out-of-band parts land. A comment line goes out every
+`live_heartbeat_seconds` so idle proxies keep the stream and a vanished client is noticed;
+when the client goes, Starlette cancels the generator and the feed subscription is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import suppress
+from typing import Protocol
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from kubekvm.errors import NotFound
+from kubekvm.models import Machine, Phase
+from kubekvm.pages.fragments import (
+    PAGE_SIZE,
+    Fragments,
+    LabSummary,
+    ListView,
+    machine_row,
+    summaries,
+    summary,
+)
+from kubekvm.services import Services
+from kubekvm.streams import FeedOverflow, LabChange, LabChangeKind, lab_changes
+
+log = logging.getLogger(__name__)
+
+# Changes come in bursts (a lab of 30 starting); waiting this long after the first one lets a
+# burst go out as one batch, well inside the one second a teacher should wait to see a change.
+COALESCE_SECONDS = 0.05
+QUEUE_LIMIT = 10_000
+
+Message = tuple[str, str]  # (event name, HTML)
+
+
+class Watch(Protocol):
+    lab: str | None
+    finished: bool
+
+    async def snapshot(self) -> list[Message]: ...
+    async def update(self, batch: Sequence[LabChange]) -> list[Message]: ...
+
+
+class LabWatch:
+    """What the lab page shows of one lab."""
+
+    def __init__(self, services: Services, fragments: Fragments, lab: str) -> None:
+        self.services, self.fragments = services, fragments
+        self.lab: str | None = lab
+        self.name = lab
+        self.finished = False
+        self.shown: set[str] = set()  # machine names that have a row on the page
+        self.phase: Phase | None = None
+
+    async def snapshot(self) -> list[Message]:
+        try:
+            lab = await summary(self.services, self.name)
+        except NotFound:
+            return self._gone()
+        self.phase = lab.lab.phase
+        machines = await self.services.list_machines(deployment=self.name)
+        self.shown = {m.name for m in machines}
+        return [("lab", self.fragments.status(lab, oob=True)), self._table(lab, machines),
+                await self._events()]
+
+    async def update(self, batch: Sequence[LabChange]) -> list[Message]:
+        if any(change.kind == LabChangeKind.LAB_DELETED for change in batch):
+            return self._gone()
+        try:
+            lab = await summary(self.services, self.name)
+        except NotFound:
+            return self._gone()
+        messages = [("lab", self.fragments.status(lab, oob=True))]
+        phase_changed = lab.lab.phase != self.phase
+        if phase_changed:
+            messages.append(("announce", self.fragments.announce(lab.headline)))
+        machine_kinds = (LabChangeKind.MACHINE_CHANGED, LabChangeKind.MACHINE_REMOVED)
+        if phase_changed or any(change.kind in machine_kinds for change in batch):
+            # The changes say which rows to redraw; the database says what they hold now (a
+            # change may come without its machine, when it was read after the machine went).
+            machines = await self.services.list_machines(deployment=self.name)
+            now = {m.name: m for m in machines}
+            if phase_changed or now.keys() - self.shown:
+                # New rows must land in index order, and a phase change (Deleting) changes
+                # every row's buttons: redraw the table.
+                messages.append(self._table(lab, machines))
+            else:
+                touched = {c.machine.name for c in batch if c.machine is not None} & now.keys()
+                rows = [self.fragments.removed_row(name) for name in sorted(self.shown - now.keys())]
+                rows += [self.fragments.row(machine_row(now[name], phase=lab.lab.phase), oob=True)
+                         for name in sorted(touched)]
+                if rows:
+                    messages.append(("machine", "".join(rows)))
+            self.shown = set(now)
+        self.phase = lab.lab.phase
+        messages.append(await self._events())
+        return messages
+
+    def _table(self, lab: LabSummary, machines: Sequence[Machine]) -> Message:
+        rows = [machine_row(m, phase=lab.lab.phase) for m in machines]
+        return ("machines", self.fragments.rows(rows, oob=True))
+
+    async def _events(self) -> Message:
+        return ("events", self.fragments.events(await self.services.lab_events(self.name), oob=True))
+
+    def _gone(self) -> list[Message]:
+        self.finished = True
+        return [("gone", self.fragments.gone(self.name)),
+                ("announce", self.fragments.announce(f"Lab {self.name} was deleted."))]
+
+
+class ListWatch:
+    """What the labs list shows: one page of labs, maybe only those in one phase."""
+
+    lab: str | None = None
+
+    def __init__(self, services: Services, fragments: Fragments, view: ListView) -> None:
+        self.services, self.fragments, self.view = services, fragments, view
+        self.finished = False
+        self.shown: list[str] = []
+        self.phases: dict[str, Phase] = {}
+
+    async def snapshot(self) -> list[Message]:
+        labs, total = await self._page()
+        self._remember(labs)
+        return [("labs", self.fragments.lab_list(labs, view=self.view, total=total, oob=True))]
+
+    async def update(self, batch: Sequence[LabChange]) -> list[Message]:
+        touched = {change.lab for change in batch if change.kind != LabChangeKind.HOST_CHANGED}
+        deleted = {change.lab for change in batch if change.kind == LabChangeKind.LAB_DELETED}
+        page = await self.services.list_deployments(
+            phase=self.view.phase, offset=self.view.offset, limit=PAGE_SIZE)
+        names = [lab.name for lab in page.items]
+        messages: list[Message] = []
+        if names != self.shown:
+            labs = await summaries(self.services, page.items)
+            messages.append(("labs", self.fragments.lab_list(labs, view=self.view,
+                                                             total=page.total, oob=True)))
+        else:
+            labs = await summaries(self.services, [lab for lab in page.items if lab.name in touched])
+            if labs:
+                messages.append(("lab", "".join(self.fragments.card(s, oob=True) for s in labs)))
+        said = [s.headline for s in labs if self.phases.get(s.lab.name) not in (None, s.lab.phase)]
+        said += [f"Lab {name} was deleted." for name in sorted(deleted & set(self.shown))]
+        if said:
+            messages.append(("announce", self.fragments.announce(" ".join(said))))
+        self._remember(labs, names=names)
+        return messages
+
+    async def _page(self) -> tuple[list[LabSummary], int]:
+        page = await self.services.list_deployments(
+            phase=self.view.phase, offset=self.view.offset, limit=PAGE_SIZE)
+        return await summaries(self.services, page.items), page.total
+
+    def _remember(self, labs: Sequence[LabSummary], *, names: list[str] | None = None) -> None:
+        self.shown = names if names is not None else [s.lab.name for s in labs]
+        self.phases = {name: phase for name, phase in self.phases.items() if name in self.shown}
+        self.phases.update({s.lab.name: s.lab.phase for s in labs})
+
+
+def message(event: str, html: str) -> str:
+    """One server-sent event; every line of the HTML becomes a `data:` line."""
+    lines = html.splitlines() or [""]
+    return f"event: {event}\n" + "".join(f"data: {line}\n" for line in lines) + "\n"
+
+
+class LiveUpdates:
+    def __init__(self, *, fragments: Fragments, heartbeat_seconds: float) -> None:
+        self.fragments = fragments
+        self.heartbeat_seconds = heartbeat_seconds
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/events", self.events)]
+
+    async def events(self, request: Request) -> Response:
+        services: Services = request.app.state.services
+        lab = request.query_params.get("lab")
+        watch: Watch
+        if lab:
+            watch = LabWatch(services, self.fragments, lab)
+        else:
+            view = ListView.parse(request.query_params.get("phase"),
+                                  request.query_params.get("offset"))
+            watch = ListWatch(services, self.fragments, view)
+        return StreamingResponse(
+            self.stream(services, watch), media_type="text/event-stream",
+            # X-Accel-Buffering: an nginx ingress would otherwise hold events back.
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def stream(self, services: Services, watch: Watch) -> AsyncIterator[str]:
+        queue: asyncio.Queue[LabChange] = asyncio.Queue(maxsize=QUEUE_LIMIT)
+        subscribed = asyncio.Event()
+        pump = asyncio.create_task(_pump(
+            lab_changes(feed=services.feed, lab=watch.lab, subscribed=subscribed), queue))
+        try:
+            # If the stream ends, the browser reconnects after this long and gets a new snapshot.
+            yield "retry: 2000\n\n"
+            await asyncio.wait_for(subscribed.wait(), timeout=10)
+            for event, html in await watch.snapshot():
+                yield message(event, html)
+            while not watch.finished:
+                if pump.done():
+                    return  # the feed ended or this client fell behind: reconnecting resyncs
+                try:
+                    first = await asyncio.wait_for(queue.get(), timeout=self.heartbeat_seconds)
+                except TimeoutError:
+                    yield ": heartbeat\n\n"
+                    continue
+                await asyncio.sleep(COALESCE_SECONDS)
+                batch = [first]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                for event, html in await watch.update(batch):
+                    yield message(event, html)
+        finally:
+            # Runs when the client disconnects too (Starlette cancels the generator): the
+            # pump's cancellation leaves the feed subscription.
+            pump.cancel()
+
+
+async def _pump(changes: AsyncIterator[LabChange], queue: asyncio.Queue[LabChange]) -> None:
+    """Move changes from the feed into the stream's queue, so that waiting for one can time
+    out (for the heartbeat) without cancelling the feed's generator."""
+    with suppress(FeedOverflow, asyncio.QueueFull):
+        async for change in changes:
+            queue.put_nowait(change)
+    log.info("live update stream fell behind; the browser will reconnect and resynchronise")

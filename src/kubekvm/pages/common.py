@@ -1,0 +1,234 @@
+"""What every page handler shares: rendering, flash messages, htmx detection, form input.
+
+A page handler is a thin adapter: it reads the request, calls `kubekvm.services`, and renders a
+Jinja2 template. Every form works without JavaScript (POST, then a 303 redirect carrying a flash
+message in a short-lived cookie); when htmx sent the request (`HX-Request`), the handler answers
+with an HTML fragment instead, plus an out-of-band flash message. There is no session yet
+(accounts come later), so the flash cookie holds only the message text: it is shown escaped, so
+whoever can set a cookie on this origin can at most make it say something odd.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import jinja2
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+from kubekvm import __version__
+from kubekvm.config import Settings
+from kubekvm.errors import Conflict, KubeKVMError, NotFound, Unavailable, ValidationFailed
+
+FLASH_COOKIE = "kubekvm_flash"
+Handler = Callable[[Request], Awaitable[Response]]
+
+# Domain errors whose rendered message htmx should swap in like a success (htmx leaves 4xx/5xx
+# responses unswapped by default); anything else is a bug and stays an error.
+_STATUS = {ValidationFailed: 422, NotFound: 404, Conflict: 409, Unavailable: 503}
+
+
+@dataclass(frozen=True)
+class Flash:
+    text: str
+    level: Literal["ok", "error"] = "ok"
+
+
+@dataclass
+class FormState:
+    """What the user typed and what is wrong with it, to render a form again."""
+
+    values: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def fail(self, error: ValidationFailed) -> None:
+        self.errors.setdefault(error.field, error.message)
+
+    @property
+    def first_error(self) -> str | None:
+        return next(iter(self.errors), None)
+
+
+def is_htmx(request: Request) -> bool:
+    # A history restore asks for the whole page, like a browser without htmx.
+    return (request.headers.get("HX-Request") == "true"
+            and request.headers.get("HX-History-Restore-Request") != "true")
+
+
+def hx_target(request: Request) -> str:
+    return request.headers.get("HX-Target") or ""
+
+
+def text(form: FormData, key: str) -> str:
+    value = form.get(key)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def whole_number(raw: str, *, field: str, label: str) -> int:
+    """A form's number field as an int; the range is the service's to judge."""
+    cleaned = raw.strip().replace("_", "")
+    if cleaned.lstrip("+-").isdigit() and len(cleaned) <= 18:
+        return int(cleaned)
+    raise ValidationFailed(field, f"{label} must be a whole number.")
+
+
+def safe_next(raw: str, default: str) -> str:
+    """Where a no-JS form returns to: a path on this server, never another site."""
+    if raw.startswith("/") and not raw.startswith("//") and "\\" not in raw:
+        return raw
+    return default
+
+
+def status_of(error: KubeKVMError) -> int:
+    for kind, status in _STATUS.items():
+        if isinstance(error, kind):
+            return status
+    return 500
+
+
+def _encode_flash(flash: Flash) -> str:
+    raw = json.dumps({"text": flash.text[:500], "level": flash.level}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_flash(value: str) -> Flash | None:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+        level: Literal["ok", "error"] = "error" if data.get("level") == "error" else "ok"
+        return Flash(text=str(data["text"])[:500], level=level)
+    except (binascii.Error, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def set_flash(response: Response, flash: Flash) -> None:
+    response.set_cookie(FLASH_COOKIE, _encode_flash(flash), max_age=60, path="/",
+                        httponly=True, samesite="lax")
+
+
+def ago(seconds: float) -> str:
+    seconds = max(seconds, 0)
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+def clock(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def mib(value: int) -> str:
+    if value >= 1024 and value % 1024 == 0:
+        return f"{value // 1024} GiB"
+    return f"{value} MiB"
+
+
+class Renderer:
+    """Jinja2 templates for whole pages and for the fragments htmx and live updates swap in."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.static_dir = settings.static_dir
+        environment = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(settings.templates_dir),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,  # a misspelt name fails a test, not a page silently
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        environment.globals.update(static=self.static, version=__version__)
+        environment.filters.update(ago=ago, clock=clock, mib=mib)
+        self.templates = Jinja2Templates(env=environment)
+        self.environment = environment
+        self._fingerprints: dict[str, str] = {}
+
+    def static(self, path: str) -> str:
+        """A static file's URL with a content fingerprint, so browsers may cache it for good."""
+        fingerprint = self._fingerprints.get(path)
+        if fingerprint is None:
+            file = Path(self.static_dir, path)
+            content = file.read_bytes() if file.is_file() else b""
+            fingerprint = hashlib.sha256(content).hexdigest()[:10]
+            self._fingerprints[path] = fingerprint
+        return f"/static/{path}?v={fingerprint}"
+
+    def fragment(self, template: str, /, **context: Any) -> str:
+        return self.environment.get_template(template).render(context)
+
+    def page(self, request: Request, name: str, context: Mapping[str, Any] | None = None, *,
+             status: int = 200) -> Response:
+        cookie = request.cookies.get(FLASH_COOKIE)
+        flash = _decode_flash(cookie) if cookie else None
+        response = self.templates.TemplateResponse(
+            request, name, {"flash": flash, "section": "", **(context or {})}, status_code=status,
+        )
+        if cookie is not None:  # shown once
+            response.delete_cookie(FLASH_COOKIE, path="/")
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def flash_oob(self, flash: Flash) -> str:
+        return self.fragment("_flash.html", flash=flash, oob=True)
+
+    def htmx(self, html: str, *, flash: Flash | None = None, status: int = 200,
+             reswap: str | None = None) -> HTMLResponse:
+        """A fragment for htmx, with the flash message swapped into its region out of band."""
+        body = html + (self.flash_oob(flash) if flash else "")
+        response = HTMLResponse(body, status_code=status)
+        if reswap:
+            response.headers["HX-Reswap"] = reswap
+        return response
+
+    def done(self, request: Request, *, to: str, flash: Flash) -> Response:
+        """Success of a form: a redirect (303) without JS; with htmx, the same navigation made
+        by htmx (HX-Location), which keeps the page alive instead of reloading it."""
+        response: Response
+        if is_htmx(request):
+            response = Response(status_code=200, headers={"HX-Location": json.dumps({"path": to})})
+        else:
+            response = RedirectResponse(to, status_code=303)
+        set_flash(response, flash)
+        return response
+
+    def error(self, request: Request, error: KubeKVMError, *, back: str = "/") -> Response:
+        """A refused request: an error flash for htmx, else the page it came from with the
+        message (or an error page when it did not come from one of ours)."""
+        status = status_of(error)
+        flash = Flash(error.message, "error")
+        if is_htmx(request):
+            return self.htmx("", flash=flash, status=status, reswap="none")
+        if request.method == "POST":
+            response = RedirectResponse(back, status_code=303)
+            set_flash(response, flash)
+            return response
+        return self.page(request, "error.html", {"error": error, "status": status}, status=status)
+
+    def guard(self, handler: Handler) -> Handler:
+        """Turn the domain errors a handler does not handle itself into pages or flashes."""
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except KubeKVMError as error:
+                referer = urlsplit(request.headers.get("Referer", ""))
+                return self.error(request, error, back=safe_next(referer.path, "/"))
+
+        guarded.__name__ = getattr(handler, "__name__", "page")
+        guarded.__doc__ = handler.__doc__
+        return guarded

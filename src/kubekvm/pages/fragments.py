@@ -1,0 +1,157 @@
+"""The parts of the lab pages that change while a teacher looks at them.
+
+A lab card, a lab's status, a machine row, a lab's machine table and its event list are each one
+Jinja2 template, rendered by the same code for a whole page, for an htmx response and for a
+live update (`kubekvm.live`), so the three can never disagree. Live updates and htmx responses
+ask for the out-of-band form (`oob=True`): the element carries `hx-swap-oob` and replaces the
+element with the same id wherever it is on the page.
+
+What a row or card shows (which actions are allowed, what a machine is doing) is decided here
+from `kubekvm.lifecycle`, so the templates only lay it out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from markupsafe import escape
+
+from kubekvm import lifecycle
+from kubekvm.models import Deployment, DesiredState, LabEvent, Machine, ObservedState, Phase
+from kubekvm.pages.common import Renderer
+from kubekvm.services import Services
+
+PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class LabSummary:
+    lab: Deployment
+    running: int
+    total: int
+    template_title: str
+
+    @property
+    def deleting(self) -> bool:
+        return self.lab.phase == Phase.DELETING
+
+    @property
+    def note(self) -> str:
+        """The lab's message, unless it only repeats the progress bar's "3/30 running"."""
+        message = self.lab.message
+        return "" if message == f"{self.running}/{self.total} running" else message
+
+    @property
+    def headline(self) -> str:
+        """What a screen reader hears when the lab's phase changes."""
+        return f"Lab {self.lab.title}: {self.lab.phase.value}, {self.running} of {self.total} running."
+
+
+@dataclass(frozen=True)
+class MachineRow:
+    machine: Machine
+    refused: str | None  # why start/stop/reset are not offered, or None
+    transition: str | None  # what the machine is on its way to doing, if anything
+    can_start: bool  # False when it runs (or is starting) and should: the button would do nothing
+    can_stop: bool  # False when it is off and should be
+
+
+def machine_row(machine: Machine, *, phase: Phase) -> MachineRow:
+    transition: str | None = None
+    if machine.desired == DesiredState.ABSENT:
+        transition = "removing"
+    elif machine.observed == ObservedState.PENDING and machine.message == "resetting":
+        transition = "resetting"
+    elif not lifecycle.acknowledged(machine) or (
+        machine.desired == DesiredState.RUNNING and machine.observed == ObservedState.PENDING
+    ):
+        transition = "starting" if machine.desired == DesiredState.RUNNING else "stopping"
+    refused = lifecycle.can_act_on_machine(phase=phase, desired=machine.desired)
+    off = machine.observed in (ObservedState.SHUTOFF, ObservedState.CRASHED)
+    return MachineRow(
+        machine=machine, refused=refused, transition=transition,
+        can_start=not (machine.desired == DesiredState.RUNNING
+                       and machine.observed in (ObservedState.RUNNING, ObservedState.PENDING)),
+        can_stop=not (machine.desired == DesiredState.STOPPED and off),
+    )
+
+
+async def summaries(services: Services, labs: Sequence[Deployment]) -> list[LabSummary]:
+    counts = await services.running_counts([lab.name for lab in labs])
+    titles = {t.name: t.title for t in await services.list_templates()} if labs else {}
+    return [
+        LabSummary(lab=lab, running=counts[lab.name][0], total=counts[lab.name][1],
+                   template_title=titles.get(lab.template, lab.template))
+        for lab in labs
+    ]
+
+
+async def summary(services: Services, name: str) -> LabSummary:
+    """One lab's summary; NotFound if it is gone."""
+    return (await summaries(services, [await services.get_deployment(name)]))[0]
+
+
+@dataclass(frozen=True)
+class ListView:
+    """Which slice of the labs list a page shows."""
+
+    phase: Phase | None = None
+    offset: int = 0
+
+    @classmethod
+    def parse(cls, phase: str | None, offset: str | None) -> ListView:
+        try:
+            chosen = Phase(phase) if phase else None
+        except ValueError:
+            chosen = None
+        try:
+            start = max(int(offset or 0), 0)
+        except ValueError:
+            start = 0
+        return cls(phase=chosen, offset=start)
+
+    @property
+    def query(self) -> str:
+        parts = []
+        if self.phase:
+            parts.append(f"phase={self.phase.value}")
+        if self.offset:
+            parts.append(f"offset={self.offset}")
+        return "&".join(parts)
+
+
+class Fragments:
+    def __init__(self, renderer: Renderer) -> None:
+        self.renderer = renderer
+
+    def card(self, lab: LabSummary, *, oob: bool = False) -> str:
+        return self.renderer.fragment("labs/_card.html", s=lab, oob=oob, next="/")
+
+    def lab_list(self, labs: Sequence[LabSummary], *, view: ListView, total: int,
+                 oob: bool = False) -> str:
+        return self.renderer.fragment(
+            "labs/_list.html", labs=labs, view=view, total=total, page_size=PAGE_SIZE,
+            phases=[p.value for p in Phase], oob=oob,
+        )
+
+    def status(self, lab: LabSummary, *, oob: bool = False) -> str:
+        return self.renderer.fragment("labs/_status.html", s=lab, oob=oob)
+
+    def row(self, row: MachineRow, *, oob: bool = False) -> str:
+        return self.renderer.fragment("labs/_machine.html", row=row, oob=oob)
+
+    def rows(self, rows: Sequence[MachineRow], *, oob: bool = False) -> str:
+        return self.renderer.fragment("labs/_machines.html", rows=rows, oob=oob)
+
+    def removed_row(self, machine_name: str) -> str:
+        return f'<tr id="machine-{escape(machine_name)}" hx-swap-oob="delete"></tr>'
+
+    def events(self, events: Sequence[LabEvent], *, oob: bool = False) -> str:
+        return self.renderer.fragment("labs/_events.html", events=events, oob=oob)
+
+    def gone(self, name: str) -> str:
+        return self.renderer.fragment("labs/_gone.html", name=name)
+
+    def announce(self, text: str) -> str:
+        return self.renderer.fragment("_announce.html", text=text)

@@ -1,0 +1,86 @@
+"""Fixtures of the page tests: a fake host, a small template, and Debian's Chromium.
+
+Chromium is the one from the Debian package (`scripts/setup test`); Playwright never
+downloads a browser here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.pages.fake_host import FakeHost, data
+from tests.support.processes import ROOT, Server
+
+CHROMIUM = os.environ.get("KUBEKVM_CHROMIUM", "/usr/bin/chromium")
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+TEMPLATE = {"name": "tiny-linux", "title": "Tiny Linux", "os": "LINUX",
+            "image": "tiny-linux.qcow2", "vcpus": 1, "memoryMib": 128, "diskGib": 1,
+            "description": "A few MiB of busybox: boots in a second, for tests and demos."}
+CREATE_TEMPLATE = """
+mutation($input: TemplateInput!) { createTemplate(input: $input) { name } }
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_host(server: Server) -> FakeHost:
+    return FakeHost(server).register()
+
+
+@pytest.fixture(scope="module")
+def tiny_template(server: Server) -> str:
+    data(server.graphql(CREATE_TEMPLATE, {"input": TEMPLATE}))
+    return str(TEMPLATE["name"])
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: run scripts/setup test")
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    chromium = playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run"],
+    )
+    yield chromium
+    chromium.close()
+    playwright.stop()
+
+
+@pytest.fixture
+def page(browser: Any, server: Server) -> Iterator[Any]:
+    """A fresh browser tab on the module's server; fails the test on any script error
+    (htmx reports a missing swap target or a bad fragment through console.error)."""
+    context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    problems: list[str] = []
+
+    def console(message: Any) -> None:
+        # Chromium logs every 4xx answer, and forms get deliberate 422s: responses are
+        # checked below instead.
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            problems.append(f"console: {message.text}")
+
+    def response(answer: Any) -> None:
+        kind = answer.request.resource_type
+        if answer.status >= 500 or (answer.status == 404 and kind not in ("xhr", "fetch", "document")):
+            problems.append(f"{answer.status} for {kind} {answer.url}")
+
+    tab.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    tab.on("console", console)
+    tab.on("response", response)
+    yield tab
+    context.close()
+    assert not problems, problems
+
+
+def screenshot(tab: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    tab.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)

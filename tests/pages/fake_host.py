@@ -1,0 +1,81 @@
+"""A stand-in for the host agent, for page tests: it registers a host and reports machine
+states over GraphQL, exactly the calls the agent makes, but without libvirt.
+
+`converge` is one level-triggered pass of the agent: each machine of a lab assigned to this
+host is reported as what it should be (running, shut off, or gone). Tests call it when they
+want "the hosts" to catch up, so they decide when a change becomes visible. Swapping in the
+real agent on `test:///default` later means replacing `converge` by waiting for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from tests.support.processes import Server
+
+REGISTER = """
+mutation($input: RegisterHostInput!) { registerHost(input: $input) { name ready } }
+"""
+HEARTBEAT = """
+mutation($name: String!) { heartbeat(input: {name: $name}) { name } }
+"""
+MACHINES = """
+query($lab: String!) {
+  machines(deployment: $lab) { id name host desired observed powerGeneration }
+}
+"""
+REPORT = """
+mutation($input: MachineReportInput!) { reportMachineState(input: $input) { name observed } }
+"""
+# What the agent makes of a machine, by its desired state.
+OUTCOME = {"RUNNING": "RUNNING", "STOPPED": "SHUTOFF", "ABSENT": "ABSENT"}
+
+
+def data(body: dict[str, Any]) -> dict[str, Any]:
+    assert not body.get("errors"), body["errors"]
+    result: dict[str, Any] = body["data"]
+    return result
+
+
+class FakeHost:
+    def __init__(self, server: Server, *, name: str = "fake-host-1", vcpus: int = 16,
+                 memory_mib: int = 64 * 1024, images: Iterable[str] = ("tiny-linux.qcow2",)) -> None:
+        self.server = server
+        self.name = name
+        self.vcpus = vcpus
+        self.memory_mib = memory_mib
+        self.images = list(images)
+
+    def register(self) -> FakeHost:
+        data(self.server.graphql(REGISTER, {"input": {
+            "name": self.name, "vcpus": self.vcpus, "memoryMib": self.memory_mib,
+            "images": self.images, "domainType": "test", "agentVersion": "t",
+        }}))
+        return self
+
+    def heartbeat(self) -> None:
+        data(self.server.graphql(HEARTBEAT, {"name": self.name}))
+
+    def machines(self, lab: str) -> list[dict[str, Any]]:
+        machines: list[dict[str, Any]] = data(self.server.graphql(MACHINES, {"lab": lab}))["machines"]
+        return machines
+
+    def report(self, machine: dict[str, Any], state: str, message: str = "") -> None:
+        data(self.server.graphql(REPORT, {"input": {
+            "machineId": machine["id"], "host": self.name, "state": state, "message": message,
+            "powerGeneration": machine["powerGeneration"],
+        }}))
+
+    def converge(self, lab: str, *, only: Iterable[str] | None = None) -> int:
+        """Report every machine of `lab` on this host (or just those named in `only`) as what
+        it should be; returns how many reports were sent."""
+        self.heartbeat()  # a host that was quiet too long gets its pending machines now
+        wanted = set(only) if only is not None else None
+        sent = 0
+        for machine in self.machines(lab):
+            if machine["host"] != self.name or (wanted is not None and machine["name"] not in wanted):
+                continue
+            self.report(machine, OUTCOME[machine["desired"]])
+            sent += 1
+        return sent
