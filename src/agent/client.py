@@ -1,0 +1,266 @@
+"""Client: the agent's GraphQL-over-websocket link to the KubeKVM server.
+
+One websocket (subprotocol ``graphql-transport-ws``) carries everything: on each
+(re)connection the agent registers its host, then subscribes to ``hostAssignments``. The
+first batch is a SNAPSHOT that replaces the reconciler's desired set; later CHANGE batches
+upsert assignments and drop the ``removed`` machine ids. Meanwhile a heartbeat mutation
+(with the re-scanned image list) goes out every ``heartbeat_interval`` and the outbox is
+drained through ``reportMachineState`` / ``reportOrphans``.
+
+Any failure closes the connection and the client moves on to the next server URL after an
+exponential, jittered backoff. Machines are never touched because the server went away:
+the reconciler keeps the last desired set and the outbox keeps the reports until later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gql import Client, GraphQLRequest
+from gql.transport.exceptions import TransportQueryError
+from gql.transport.websockets import WebsocketsTransport
+
+from agent import __version__
+from agent.assignment import Assignment, AssignmentError
+from agent.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 15.0
+
+REGISTER_HOST = """
+mutation RegisterHost($name: String!, $vcpus: Int!, $memoryMib: Int!, $images: [String!]!,
+                      $domainType: String!, $agentVersion: String!) {
+  registerHost(input: {name: $name, vcpus: $vcpus, memoryMib: $memoryMib, images: $images,
+                       domainType: $domainType, agentVersion: $agentVersion}) { name ready }
+}
+"""
+HEARTBEAT = """
+mutation Heartbeat($name: String!, $images: [String!]!) {
+  heartbeat(input: {name: $name, images: $images}) { name }
+}
+"""
+REPORT_MACHINE_STATE = """
+mutation ReportMachineState($machineId: ID!, $host: String!, $state: ObservedMachineState!,
+                            $message: String) {
+  reportMachineState(input: {machineId: $machineId, host: $host, state: $state,
+                             message: $message}) { __typename }
+}
+"""
+REPORT_ORPHANS = """
+mutation ReportOrphans($host: String!, $domains: [String!]!) {
+  reportOrphans(input: {host: $host, domains: $domains}) { name }
+}
+"""
+HOST_ASSIGNMENTS = """
+subscription HostAssignments($host: String!, $cursor: String) {
+  hostAssignments(host: $host, cursor: $cursor) {
+    kind
+    cursor
+    assignments {
+      machineId vmName deployment index desired resetGeneration powerGeneration
+      template { name image os vcpus memoryMib diskGib }
+    }
+    removed
+  }
+}
+"""
+
+
+class DesiredSet(Protocol):
+    """Where assignments go: the reconciler."""
+
+    def replace_desired(self, assignments: list[Assignment]) -> None: ...
+
+    def update_desired(self, assignments: list[Assignment], removed: list[str]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HostFacts:
+    """What registration tells the server about this host."""
+
+    name: str
+    vcpus: int
+    memory_mib: int
+    domain_type: str
+
+
+def websocket_url(server: str) -> str:
+    """``host:port``, ``http(s)://host`` or ``ws(s)://host/path`` -> the GraphQL ws URL."""
+    server = server.strip().rstrip("/")
+    scheme, separator, rest = server.partition("://")
+    if not separator:
+        scheme, rest = "ws", server
+    scheme = {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme.lower())
+    if scheme not in ("ws", "wss"):
+        raise ValueError(f"unsupported server URL {server!r}: use ws://, wss://, http:// or https://")
+    if "/" not in rest:
+        rest = f"{rest}/graphql"
+    return f"{scheme}://{rest}"
+
+
+def backoff_delay(failures: int, *, cap: float = 10.0, base: float = 0.5) -> float:
+    """Exponential with jitter: half the step fixed, half random, never above ``cap``."""
+    step = min(cap, base * 2.0 ** min(failures, 16))
+    return step / 2 + random.uniform(0, step / 2)  # noqa: S311 (jitter, not crypto)
+
+
+class ServerClient:
+    def __init__(
+        self,
+        *,
+        urls: Sequence[str],
+        host: HostFacts,
+        images: Callable[[], list[str]],
+        desired: DesiredSet,
+        outbox: Outbox,
+        token: str | None = None,
+        heartbeat_interval: float = 10.0,
+        backoff_cap: float = 10.0,
+    ) -> None:
+        if not urls:
+            raise ValueError("at least one server URL is needed")
+        self.urls = [websocket_url(url) for url in urls]
+        self.host = host
+        self.images = images
+        self.desired = desired
+        self.outbox = outbox
+        self.token = token
+        self.heartbeat_interval = heartbeat_interval
+        self.backoff_cap = backoff_cap
+        self.connected = asyncio.Event()
+        self._cursor: str | None = None
+
+    async def run(self) -> None:
+        """Connects, and reconnects, until cancelled."""
+        failures = 0
+        index = 0
+        while True:
+            url = self.urls[index]
+            try:
+                await self._session(url)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("server %s: %s", url, _describe(error))
+            if self.connected.is_set():
+                failures = 0
+            self.connected.clear()
+            failures += 1
+            index = (index + 1) % len(self.urls)
+            await asyncio.sleep(backoff_delay(failures - 1, cap=self.backoff_cap))
+
+    async def _session(self, url: str) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        init_payload = {"authorization": f"Bearer {self.token}"} if self.token else {}
+        transport = WebsocketsTransport(
+            url=url,
+            headers=headers,
+            init_payload=init_payload,
+            subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
+            connect_timeout=REQUEST_TIMEOUT,
+            ack_timeout=REQUEST_TIMEOUT,
+        )
+        async with Client(transport=transport, fetch_schema_from_transport=False) as session:
+            images = self.images()
+            registered = await _execute(session, REGISTER_HOST, {
+                "name": self.host.name,
+                "vcpus": self.host.vcpus,
+                "memoryMib": self.host.memory_mib,
+                "images": images,
+                "domainType": self.host.domain_type,
+                "agentVersion": __version__,
+            })
+            log.info(
+                "connected to %s as host %s (ready: %s; %d images)", url, self.host.name,
+                registered["registerHost"].get("ready"), len(images),
+            )
+            self.connected.set()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._heartbeats(session))
+                group.create_task(self._drain(session))
+                await self._assignments(session)
+                raise ConnectionError("assignment stream ended")
+
+    async def _assignments(self, session: Any) -> None:
+        request = GraphQLRequest(
+            HOST_ASSIGNMENTS, variable_values={"host": self.host.name, "cursor": self._cursor}
+        )
+        async for batch in session.subscribe(request):
+            self._apply(batch["hostAssignments"])
+
+    def _apply(self, batch: dict[str, Any]) -> None:
+        assignments = []
+        for payload in batch.get("assignments") or []:
+            try:
+                assignments.append(Assignment.from_graphql(payload))
+            except AssignmentError as error:
+                log.warning("rejected assignment: %s", error)
+                if error.machine_id:
+                    self.outbox.put_state(error.machine_id, "error", str(error))
+        removed = [str(machine_id) for machine_id in batch.get("removed") or []]
+        if batch.get("kind") == "SNAPSHOT":
+            log.info("snapshot: %d machines assigned", len(assignments))
+            self.desired.replace_desired(assignments)
+        else:
+            self.desired.update_desired(assignments, removed)
+        self._cursor = batch.get("cursor") or self._cursor
+
+    async def _heartbeats(self, session: Any) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            await _execute(session, HEARTBEAT, {"name": self.host.name, "images": self.images()})
+
+    async def _drain(self, session: Any) -> None:
+        while True:
+            await self.outbox.wait()
+            while (report := self.outbox.take_state()) is not None:
+                machine_id, state, message = report
+                try:
+                    await _execute(session, REPORT_MACHINE_STATE, {
+                        "machineId": machine_id,
+                        "host": self.host.name,
+                        "state": state.upper(),
+                        "message": message,
+                    })
+                except TransportQueryError as error:
+                    # The server refused this report (e.g. the machine is gone): resending
+                    # it would not help, and the next observation will report again.
+                    log.warning("server refused state of machine %s: %s", machine_id,
+                                _describe(error))
+                except BaseException:
+                    self.outbox.return_state(report)
+                    raise
+            orphans = self.outbox.take_orphans()
+            if orphans is not None:
+                try:
+                    await _execute(session, REPORT_ORPHANS,
+                                   {"host": self.host.name, "domains": orphans})
+                except TransportQueryError as error:
+                    log.warning("server refused the orphan list: %s", _describe(error))
+                except BaseException:
+                    self.outbox.return_orphans(orphans)
+                    raise
+
+
+async def _execute(session: Any, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    async with asyncio.timeout(REQUEST_TIMEOUT):
+        result: dict[str, Any] = await session.execute(
+            GraphQLRequest(query, variable_values=variables)
+        )
+    return result
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, TransportQueryError) and error.errors:
+        first = error.errors[0]
+        code = (first.get("extensions") or {}).get("code")
+        return f"{first.get('message')} ({code})" if code else str(first.get("message"))
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in error.exceptions)
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

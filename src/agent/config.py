@@ -1,0 +1,143 @@
+"""Config: the agent's settings, from command-line options over ``KUBEKVM_*`` variables.
+
+Every option has an environment variable so the same unit file or container spec serves
+every host, and command-line options win so an operator can override one setting by hand.
+Values are checked here, once, so the rest of the agent can trust them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast, get_args
+
+from agent import __version__
+from agent.accelerator import DomainTypeRequest
+from agent.client import websocket_url
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    servers: tuple[str, ...]
+    host_name: str
+    libvirt_uri: str = "qemu:///system"
+    image_dir: Path = Path("/var/lib/kubekvm/images")
+    state_dir: Path = Path("/var/lib/kubekvm/state")
+    domain_type: DomainTypeRequest = "auto"
+    parallel: int = 8
+    stop_grace: float = 60.0
+    resync_interval: float = 30.0
+    heartbeat_interval: float = 10.0
+    gc_orphans: bool = False
+    token: str | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_sources(
+        cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+    ) -> AgentConfig:
+        """Parses ``argv`` with defaults from ``environ``; exits with usage on bad input."""
+        environ = environ if environ is not None else {}
+        parser = _parser(environ)
+        args = parser.parse_args(argv)
+        servers = tuple(url.strip() for url in (args.server or "").split(",") if url.strip())
+        if not servers:
+            parser.error("--server (or KUBEKVM_SERVER) is required")
+        for server in servers:
+            try:
+                websocket_url(server)
+            except ValueError as error:
+                parser.error(str(error))
+        if not args.host_name:
+            parser.error("--host-name must not be empty")
+        if args.parallel < 1:
+            parser.error("--parallel must be at least 1")
+        for option in ("stop_grace", "resync_interval", "heartbeat_interval"):
+            if getattr(args, option) <= 0:
+                parser.error(f"--{option.replace('_', '-')} must be positive")
+        try:
+            gc_orphans = args.gc_orphans or _flag(environ.get("KUBEKVM_GC_ORPHANS", ""))
+        except ValueError as error:
+            parser.error(str(error))
+        return cls(
+            servers=servers,
+            host_name=args.host_name,
+            libvirt_uri=args.libvirt_uri,
+            image_dir=Path(args.image_dir).absolute(),
+            state_dir=Path(args.state_dir).absolute(),
+            domain_type=cast(DomainTypeRequest, args.domain_type),
+            parallel=args.parallel,
+            stop_grace=args.stop_grace,
+            resync_interval=args.resync_interval,
+            heartbeat_interval=args.heartbeat_interval,
+            gc_orphans=gc_orphans,
+            token=args.token or None,
+            log_level=args.log_level.upper(),
+        )
+
+
+def _flag(value: str) -> bool:
+    if value.strip().lower() in _TRUE:
+        return True
+    if value.strip().lower() in _FALSE:
+        return False
+    raise ValueError(f"KUBEKVM_GC_ORPHANS={value!r}: use true or false")
+
+
+def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    def env(name: str, default: str | None = None) -> str | None:
+        return environ.get(f"KUBEKVM_{name}", default)
+
+    # String defaults on purpose: argparse runs them through ``type`` too, so a bad
+    # environment value gets the same clear usage error as a bad option.
+    parser = argparse.ArgumentParser(
+        prog="kubekvm-agent",
+        description="KubeKVM host agent: runs the lab machines the server assigns to this "
+        "host through libvirt and reports what they do.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--server", default=env("SERVER"), metavar="URL[,URL...]",
+                        help="server URL(s), tried in turn [KUBEKVM_SERVER]")
+    parser.add_argument("--host-name", default=env("HOST_NAME", socket.gethostname()),
+                        help="this host's name on the server [KUBEKVM_HOST_NAME; hostname]")
+    parser.add_argument("--libvirt-uri", default=env("LIBVIRT_URI", "qemu:///system"),
+                        metavar="URI", help="[KUBEKVM_LIBVIRT_URI; qemu:///system]")
+    parser.add_argument("--image-dir", default=env("IMAGE_DIR", "/var/lib/kubekvm/images"),
+                        metavar="DIR",
+                        help="base images (*.qcow2) [KUBEKVM_IMAGE_DIR; %(default)s]")
+    parser.add_argument("--state-dir", default=env("STATE_DIR", "/var/lib/kubekvm/state"),
+                        metavar="DIR",
+                        help="overlays and serial logs [KUBEKVM_STATE_DIR; %(default)s]")
+    parser.add_argument("--domain-type", default=env("DOMAIN_TYPE", "auto"),
+                        choices=get_args(DomainTypeRequest),
+                        help="kvm, qemu (TCG) or auto: kvm if it can run a probe guest "
+                        "[KUBEKVM_DOMAIN_TYPE; auto]")
+    parser.add_argument("--parallel", type=int, default=env("PARALLEL", "8"),
+                        metavar="N", help="machines worked on at once [KUBEKVM_PARALLEL; 8]")
+    parser.add_argument("--stop-grace", type=float,
+                        default=env("STOP_GRACE", "60"), metavar="S",
+                        help="seconds between ACPI shutdown and force-off "
+                        "[KUBEKVM_STOP_GRACE; 60]")
+    parser.add_argument("--resync-interval", type=float,
+                        default=env("RESYNC_INTERVAL", "30"), metavar="S",
+                        help="seconds between full re-reads of libvirt "
+                        "[KUBEKVM_RESYNC_INTERVAL; 30]")
+    parser.add_argument("--heartbeat-interval", type=float,
+                        default=env("HEARTBEAT_INTERVAL", "10"), metavar="S",
+                        help="[KUBEKVM_HEARTBEAT_INTERVAL; 10]")
+    parser.add_argument("--gc-orphans", action="store_true",
+                        help="remove KubeKVM domains the server no longer assigns here "
+                        "[KUBEKVM_GC_ORPHANS]")
+    parser.add_argument("--token", default=env("HOST_TOKEN"),
+                        help="bearer token for the server [KUBEKVM_HOST_TOKEN]")
+    parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info",
+                                 "warning", "error"],
+                        help="[KUBEKVM_LOG_LEVEL; INFO]")
+    return parser

@@ -1,0 +1,102 @@
+"""Host: one running agent, wiring libvirt, the reconciler and the server link together.
+
+Start-up order matters: the libvirt connection is opened (with lifecycle events on this
+loop) before anything else, the accelerator is chosen and logged in one line, the
+reconciler starts reconciling whatever desired set it has (none until the first
+snapshot arrives, so a restarted agent changes nothing before the server speaks), and only
+then does the client connect. Stopping cancels the work and leaves every machine as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import stat
+from pathlib import Path
+
+from agent.accelerator import choose_accelerator
+from agent.client import HostFacts, ServerClient
+from agent.config import AgentConfig
+from agent.hypervisor import Hypervisor
+from agent.images import Images
+from agent.outbox import Outbox
+from agent.reconciler import Reconciler
+
+log = logging.getLogger("agent")
+
+
+async def run_host(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Runs until ``stop`` is set (or the task is cancelled)."""
+    stop = stop or asyncio.Event()
+    hypervisor = Hypervisor(config.libvirt_uri)
+    await hypervisor.open()
+    try:
+        accelerator = await choose_accelerator(
+            hypervisor, requested=config.domain_type, work_dir=config.state_dir / "probe"
+        )
+        capacity = await hypervisor.capacity()
+        log.log(
+            logging.INFO if accelerator.usable else logging.WARNING,
+            "kubekvm-agent host %s: libvirt %s, domain type %s%s (%s); %d vCPUs, %d MiB",
+            config.host_name, config.libvirt_uri, accelerator.domain_type,
+            "" if accelerator.usable else " UNUSABLE", accelerator.reason,
+            capacity.vcpus, capacity.memory_mib,
+        )
+        for directory in (config.image_dir, config.state_dir):
+            _warn_if_unreachable_by_qemu(directory)
+        images = Images(config.image_dir)
+        outbox = Outbox()
+        reconciler = Reconciler(
+            hypervisor=hypervisor,
+            images=images,
+            state_dir=config.state_dir,
+            accelerator=accelerator,
+            report=outbox.machine_state,
+            report_orphans=outbox.orphans,
+            parallel=config.parallel,
+            stop_grace=config.stop_grace,
+            resync_interval=config.resync_interval,
+            gc_orphans=config.gc_orphans,
+        )
+        client = ServerClient(
+            urls=config.servers,
+            host=HostFacts(
+                name=config.host_name,
+                vcpus=capacity.vcpus,
+                memory_mib=capacity.memory_mib,
+                domain_type=accelerator.domain_type,
+            ),
+            images=images.names,
+            desired=reconciler,
+            outbox=outbox,
+            token=config.token,
+            heartbeat_interval=config.heartbeat_interval,
+        )
+        await reconciler.start()
+        connection = asyncio.create_task(client.run(), name="server")
+        try:
+            await stop.wait()
+        finally:
+            log.info("stopping; machines are left as they are")
+            connection.cancel()
+            await asyncio.gather(connection, return_exceptions=True)
+            await reconciler.close()
+    finally:
+        await hypervisor.close()
+
+
+def _warn_if_unreachable_by_qemu(directory: Path) -> None:
+    """QEMU runs as libvirt's own user (e.g. libvirt-qemu), not as the agent: every parent
+    of the overlays and images must be searchable by others, or guests fail to start with
+    "Permission denied". Worth one clear line at start rather than an error per machine."""
+    for parent in [directory, *directory.parents]:
+        try:
+            mode = parent.stat().st_mode
+        except FileNotFoundError:
+            continue
+        if not mode & stat.S_IXOTH:
+            log.warning(
+                "%s is not searchable by other users (mode %o): QEMU, running as libvirt's "
+                "user, will not reach %s", parent, stat.S_IMODE(mode), directory,
+            )
+            return

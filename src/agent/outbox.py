@@ -1,0 +1,70 @@
+"""Outbox: what the agent still has to tell the server, kept while the server is away.
+
+The reconciler reports into the outbox and never waits for the network; the client drains
+it whenever it is connected. Only the latest report per machine is kept (the server wants
+the current state, not the history) and likewise only the latest orphan list, so the outbox
+stays as small as the host's machine count however long the server is unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from agent.machine_state import ObservedState
+
+StateReport = tuple[str, ObservedState, str | None]
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self._states: dict[str, tuple[ObservedState, str | None]] = {}
+        self._orphans: list[str] | None = None
+        self._ready = asyncio.Event()
+
+    async def machine_state(
+        self, machine_id: str, state: ObservedState, message: str | None
+    ) -> None:
+        """The reconciler's ``report`` callback."""
+        self.put_state(machine_id, state, message)
+
+    def put_state(self, machine_id: str, state: ObservedState, message: str | None) -> None:
+        self._states.pop(machine_id, None)  # re-insert: oldest news goes out first
+        self._states[machine_id] = (state, message)
+        self._ready.set()
+
+    async def orphans(self, names: list[str]) -> None:
+        """The reconciler's ``report_orphans`` callback."""
+        self._orphans = list(names)
+        self._ready.set()
+
+    def __len__(self) -> int:
+        return len(self._states) + (self._orphans is not None)
+
+    async def wait(self) -> None:
+        """Returns once there is something to send."""
+        while not len(self):
+            self._ready.clear()
+            await self._ready.wait()
+
+    def take_state(self) -> StateReport | None:
+        if not self._states:
+            return None
+        machine_id = next(iter(self._states))
+        state, message = self._states.pop(machine_id)
+        return machine_id, state, message
+
+    def return_state(self, report: StateReport) -> None:
+        """Puts back a report that could not be sent, unless a newer one arrived meanwhile."""
+        machine_id, state, message = report
+        if machine_id not in self._states:
+            self._states = {machine_id: (state, message), **self._states}
+            self._ready.set()
+
+    def take_orphans(self) -> list[str] | None:
+        orphans, self._orphans = self._orphans, None
+        return orphans
+
+    def return_orphans(self, names: list[str]) -> None:
+        if self._orphans is None:
+            self._orphans = names
+            self._ready.set()

@@ -1,0 +1,477 @@
+"""Reconciler: makes libvirt match the desired set, one small idempotent step at a time.
+
+The reconciler holds the desired set (machine id -> ``Assignment``) and, for each machine,
+compares it with what it observes: the libvirt domain (state and KubeKVM metadata) and the
+overlay file. It is level-triggered: it never remembers what it did, only reads what is, so
+the same pass after a crash or a restart does the right thing. Per machine:
+
+- running/stopped: make the overlay if missing, define the domain if missing;
+- a reset generation above the one recorded in the domain: destroy, replace the overlay
+  with a fresh one, redefine (recording the new generation);
+- running: start the domain only when the power generation recorded in it is lower than
+  the assignment's. A guest that powered itself off is reported ``shutoff`` and stays off
+  until the server asks again with a new generation; a never-started domain records
+  ``NEVER_POWERED`` and so always starts;
+- stopped: press the ACPI button, and destroy the domain once the grace period is over;
+- absent: destroy, delete the overlay, undefine (in that order: a crash in between leaves a
+  domain that still says whose it was, never an unowned overlay reused by a new machine).
+
+One machine's passes never overlap (one task per machine; a change while a pass runs makes
+it run again afterwards), passes on the same domain name are serialized by a lock, and at
+most ``parallel`` passes run at once. Domains carrying KubeKVM metadata whose machine is not
+desired are orphans: reported, and removed only with ``gc_orphans``. Lifecycle events are
+reported at once and trigger a pass; a periodic full resync is the safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import MappingProxyType
+
+from agent.accelerator import Accelerator
+from agent.assignment import Assignment
+from agent.disks import DiskError, Disks
+from agent.domain_xml import NEVER_POWERED, MachineMetadata, domain_xml
+from agent.hypervisor import DomainStatus, Hypervisor, HypervisorError
+from agent.images import Images
+from agent.machine_state import ObservedState
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[str, ObservedState, str | None], Awaitable[None]]
+ReportOrphans = Callable[[list[str]], Awaitable[None]]
+Outcome = tuple[ObservedState, str | None]
+
+
+@dataclass
+class _Worker:
+    task: asyncio.Task[None] | None = None
+    again: bool = False
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        hypervisor: Hypervisor,
+        images: Images,
+        state_dir: Path,
+        accelerator: Accelerator,
+        report: Report,
+        report_orphans: ReportOrphans,
+        parallel: int = 8,
+        stop_grace: float = 60.0,
+        resync_interval: float = 30.0,
+        gc_orphans: bool = False,
+    ) -> None:
+        self.hypervisor = hypervisor
+        self.images = images
+        self.disks = Disks(state_dir / "disks")
+        self.logs = (state_dir / "logs").absolute()
+        self.state_dir = state_dir
+        self.accelerator = accelerator
+        self.stop_grace = stop_grace
+        self.resync_interval = resync_interval
+        self.gc_orphans = gc_orphans
+        self._report_callback = report
+        self._report_orphans_callback = report_orphans
+        self._slots = asyncio.Semaphore(parallel)
+        self._desired: dict[str, Assignment] = {}
+        # Until the server's first snapshot every domain would look like an orphan; a
+        # restarted agent with gc_orphans must not delete a whole host's labs meanwhile.
+        self._knows_desired = False
+        self._workers: dict[str, _Worker] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._stop_deadlines: dict[str, float] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._reported: dict[str, tuple[ObservedState, str | None]] = {}
+        # Messages worth keeping while the state they explain lasts ("forced off ...").
+        self._notes: dict[str, tuple[ObservedState, str]] = {}
+        self._reported_orphans: list[str] | None = None
+        self._resync_wanted = asyncio.Event()
+        self._resync_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        # Machines whose pass is acting on libvirt right now.
+        self._in_pass: set[str] = set()
+        self._closed = False
+
+    @property
+    def desired(self) -> Mapping[str, Assignment]:
+        return MappingProxyType(self._desired)
+
+    async def start(self) -> None:
+        """Prepares the state directory and starts the event listener and resync loop."""
+        for directory in (self.state_dir, self.disks.directory, self.logs):
+            directory.mkdir(parents=True, exist_ok=True)
+            # QEMU runs as its own user and must reach overlays and serial logs.
+            directory.chmod(0o755)
+        for partial in self.disks.remove_partials():
+            log.info("removed %s left by an interrupted overlay creation", partial)
+        self.hypervisor.add_lifecycle_listener(self._on_lifecycle)
+        await self.hypervisor.open()
+        self._resync_task = asyncio.create_task(self._resync_loop(), name="resync")
+
+    async def close(self) -> None:
+        """Stops all work; domains are left exactly as they are."""
+        self._closed = True
+        self.hypervisor.remove_lifecycle_listener(self._on_lifecycle)
+        tasks = [worker.task for worker in self._workers.values() if worker.task]
+        tasks.extend(self._background)
+        if self._resync_task is not None:
+            tasks.append(self._resync_task)
+        for timer in self._timers.values():
+            timer.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def replace_desired(self, assignments: Iterable[Assignment]) -> None:
+        """A full snapshot: machines not in it are no longer desired here."""
+        new = {assignment.machine_id: assignment for assignment in assignments}
+        self._knows_desired = True
+        for machine_id in set(self._desired) - set(new):
+            self._forget(machine_id)
+        self._desired = new
+        # A snapshot follows a (re)connection: tell the server everything again.
+        self._reported.clear()
+        self._reported_orphans = None
+        for machine_id in new:
+            self._poke_machine(machine_id)
+        self.request_resync()
+
+    def update_desired(
+        self, assignments: Iterable[Assignment], removed: Iterable[str] = ()
+    ) -> None:
+        for assignment in assignments:
+            self._desired[assignment.machine_id] = assignment
+            self._poke_machine(assignment.machine_id)
+        gone = [machine_id for machine_id in removed if machine_id in self._desired]
+        for machine_id in gone:
+            self._forget(machine_id)
+            del self._desired[machine_id]
+        if gone:
+            self.request_resync()
+
+    def request_resync(self) -> None:
+        self._resync_wanted.set()
+
+    async def wait_idle(self) -> None:
+        """Returns once no machine pass is running or queued (tests and tools use it)."""
+        while True:
+            tasks = [w.task for w in self._workers.values() if w.task and not w.task.done()]
+            if not tasks:
+                return
+            await asyncio.wait(tasks)
+
+    async def resync(self) -> None:
+        """Re-reads every domain: reports orphans and runs a pass for every machine."""
+        domains = await self.hypervisor.list_domains()
+        if not self._knows_desired:
+            return
+        orphans = sorted(name for name, status in domains.items() if self._is_orphan(status))
+        if orphans != self._reported_orphans:
+            self._reported_orphans = orphans
+            try:
+                await self._report_orphans_callback(orphans)
+            except Exception:
+                log.exception("reporting orphans failed")
+        for machine_id in list(self._desired):
+            self._poke_machine(machine_id)
+        if self.gc_orphans:
+            claimed = {assignment.domain_name for assignment in self._desired.values()}
+            stray_overlays = self.disks.domains() - set(domains) - claimed
+            for name in [*orphans, *sorted(stray_overlays)]:
+                self._poke(f"orphan:{name}", functools.partial(self._collect_orphan, name))
+
+    # -- scheduling ---------------------------------------------------------------------
+
+    def _poke_machine(self, machine_id: str) -> None:
+        self._poke(f"machine:{machine_id}", lambda: self._reconcile_machine(machine_id))
+
+    def _poke(self, key: str, job: Callable[[], Awaitable[None]]) -> None:
+        if self._closed:
+            return
+        worker = self._workers.get(key)
+        if worker is not None and worker.task is not None and not worker.task.done():
+            worker.again = True
+            return
+        worker = self._workers[key] = _Worker()
+        worker.task = asyncio.create_task(self._work(key, worker, job), name=key)
+
+    async def _work(self, key: str, worker: _Worker, job: Callable[[], Awaitable[None]]) -> None:
+        try:
+            while True:
+                worker.again = False
+                async with self._slots:
+                    try:
+                        await job()
+                    except Exception:
+                        log.exception("%s: pass failed", key)
+                if not worker.again:
+                    break
+        finally:
+            if self._workers.get(key) is worker:
+                del self._workers[key]
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _forget(self, machine_id: str) -> None:
+        self._reported.pop(machine_id, None)
+        self._notes.pop(machine_id, None)
+        assignment = self._desired.get(machine_id)
+        if assignment is not None:
+            self._cancel_stop(assignment.domain_name)
+
+    def _is_orphan(self, status: DomainStatus) -> bool:
+        """Ours, but no desired machine owns it under this name."""
+        if status.metadata is None:
+            return False
+        assignment = self._desired.get(status.metadata.machine_id)
+        return assignment is None or assignment.domain_name != status.name
+
+    def _claimants(self, name: str) -> list[str]:
+        return [mid for mid, a in self._desired.items() if a.domain_name == name]
+
+    async def _resync_loop(self) -> None:
+        while True:
+            self._resync_wanted.clear()
+            try:
+                await self.resync()
+            except Exception as error:
+                log.warning("resync failed: %s", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resync_wanted.wait(), self.resync_interval)
+
+    # -- events and reports -------------------------------------------------------------
+
+    def _on_lifecycle(self, name: str, state: ObservedState) -> None:
+        for machine_id in self._claimants(name):
+            if machine_id in self._in_pass:
+                # A pass is changing this domain right now (e.g. a reset destroys it on the
+                # way); it reports where it ends, and runs again to catch up with the event.
+                self._poke_machine(machine_id)
+                continue
+            task = asyncio.get_running_loop().create_task(self._report(machine_id, state, None))
+            # The loop keeps only weak references to tasks.
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            self._poke_machine(machine_id)
+
+    async def _report(self, machine_id: str, state: ObservedState, message: str | None) -> None:
+        if machine_id not in self._desired or self._reported.get(machine_id) == (state, message):
+            return
+        self._reported[machine_id] = (state, message)
+        try:
+            await self._report_callback(machine_id, state, message)
+        except Exception:
+            log.exception("reporting %s for machine %s failed", state, machine_id)
+
+    # -- one machine --------------------------------------------------------------------
+
+    async def _reconcile_machine(self, machine_id: str) -> None:
+        assignment = self._desired.get(machine_id)
+        if assignment is None:
+            return
+        async with self._lock(assignment.domain_name):
+            # Re-read: the assignment may have changed while this pass waited for the lock.
+            assignment = self._desired.get(machine_id)
+            if assignment is None:
+                return
+            self._in_pass.add(machine_id)
+            try:
+                state, message = await self._converge(assignment)
+            except (HypervisorError, DiskError, OSError) as error:
+                log.warning("machine %s (%s): %s", machine_id, assignment.domain_name, error)
+                state, message = "error", str(error)
+            finally:
+                self._in_pass.discard(machine_id)
+        note = self._notes.get(machine_id)
+        if note is not None and note[0] != state:
+            del self._notes[machine_id]
+        elif note is not None and message is None:
+            message = note[1]
+        await self._report(machine_id, state, message)
+
+    async def _converge(self, assignment: Assignment) -> Outcome:
+        name = assignment.domain_name
+        status = await self.hypervisor.status(name)
+        if status is not None and status.metadata is None:
+            if assignment.desired == "absent":
+                return "absent", f"libvirt domain {name} is not KubeKVM's; left alone"
+            return "error", f"libvirt domain {name} exists but is not managed by KubeKVM"
+        if status is not None and status.metadata is not None and (
+            status.metadata.machine_id != assignment.machine_id
+        ):
+            owner = status.metadata.machine_id
+            if assignment.desired == "absent":
+                return "absent", None
+            if not self._is_orphan(status):
+                return "pending", f"waiting for machine {owner} to release domain {name}"
+            if not self.gc_orphans:
+                return "error", (
+                    f"domain {name} belongs to machine {owner}, which is not assigned to this "
+                    "host; remove it or run the agent with --gc-orphans"
+                )
+            await self._remove(name)
+            status = None
+
+        if assignment.desired == "absent":
+            if status is not None:
+                await self._remove(name)
+            else:
+                await self.disks.delete(name)
+                self._serial_log(name).unlink(missing_ok=True)
+            for other in self._claimants(name):
+                if other != assignment.machine_id:
+                    self._poke_machine(other)
+            return "absent", None
+
+        if not self.accelerator.usable:
+            return "error", self.accelerator.reason
+        provisioned = await self._provision(assignment, status)
+        if isinstance(provisioned, tuple):
+            return provisioned
+        if assignment.desired == "running":
+            await self._power_on(assignment, provisioned)
+            message = None
+        else:
+            message = await self._power_off(assignment, provisioned)
+        final = await self.hypervisor.status(name)
+        if final is None:
+            return "absent", None
+        return final.state, message
+
+    async def _provision(
+        self, assignment: Assignment, status: DomainStatus | None
+    ) -> DomainStatus | Outcome:
+        """Overlay and definition, including resets; returns the domain or a failure."""
+        name = assignment.domain_name
+        template = assignment.template
+        assert status is None or status.metadata is not None
+        reset = status is not None and status.metadata is not None and (
+            assignment.reset_generation > status.metadata.reset_generation
+        )
+        overlay_missing = not self.disks.exists(name)
+        if not (reset or overlay_missing or status is None):
+            return status
+        base = self.images.base(template.image)
+        if not base.is_file():
+            return "error", self.images.missing_message(template.image)
+        if reset:
+            await self._report(assignment.machine_id, "pending",
+                               f"resetting to a fresh copy of {template.image}")
+            self._cancel_stop(name)
+            await self.hypervisor.destroy(name)
+            await self.disks.create(name, base=base, size_gib=template.disk_gib)
+            assert status is not None
+            await self.hypervisor.define(self._definition(assignment, domain_uuid=status.uuid))
+        else:
+            if status is None:
+                await self._report(assignment.machine_id, "pending", "creating")
+            if overlay_missing:
+                await self.disks.create(name, base=base, size_gib=template.disk_gib)
+            if status is None:
+                await self.hypervisor.define(self._definition(assignment))
+        defined = await self.hypervisor.status(name)
+        if defined is None or defined.metadata is None:
+            return "error", f"libvirt did not keep the definition of {name}"
+        return defined
+
+    async def _power_on(self, assignment: Assignment, status: DomainStatus) -> None:
+        name = assignment.domain_name
+        assert status.metadata is not None
+        self._cancel_stop(name)
+        if status.metadata.power_generation >= assignment.power_generation:
+            return  # this request was carried out already; the guest may have left since
+        if status.state == "crashed" and status.active:
+            await self.hypervisor.destroy(name)  # a crashed-but-kept guest cannot resume
+            await self.hypervisor.start(name)
+        elif status.state == "paused":
+            await self.hypervisor.resume(name)
+        elif not status.active:
+            await self.hypervisor.start(name)
+        # Recorded after acting: a crash in between repeats the (idempotent) start.
+        await self.hypervisor.set_metadata(
+            name, replace(status.metadata, power_generation=assignment.power_generation)
+        )
+
+    async def _power_off(self, assignment: Assignment, status: DomainStatus) -> str | None:
+        name = assignment.domain_name
+        assert status.metadata is not None
+        loop = asyncio.get_running_loop()
+        message = None
+        if status.active:
+            deadline = self._stop_deadlines.get(name)
+            if status.state != "running" or (deadline is not None and loop.time() >= deadline):
+                # A paused guest cannot see the ACPI button; a deaf one had its grace.
+                await self.hypervisor.destroy(name)
+                self._cancel_stop(name)
+                if deadline is not None:
+                    message = f"forced off: no ACPI shutdown within {self.stop_grace:g} s"
+                    self._notes[assignment.machine_id] = ("shutoff", message)
+            elif deadline is None:
+                await self.hypervisor.shutdown(name)
+                deadline = loop.time() + self.stop_grace
+                self._stop_deadlines[name] = deadline
+                self._timers[name] = loop.call_at(
+                    deadline, self._poke_machine, assignment.machine_id
+                )
+                return f"shutting down; forcing off after {self.stop_grace:g} s"
+            else:
+                return f"shutting down; forcing off after {self.stop_grace:g} s"
+        else:
+            self._cancel_stop(name)
+        if status.metadata.power_generation < assignment.power_generation:
+            await self.hypervisor.set_metadata(
+                name, replace(status.metadata, power_generation=assignment.power_generation)
+            )
+        return message
+
+    def _cancel_stop(self, name: str) -> None:
+        self._stop_deadlines.pop(name, None)
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+    async def _remove(self, name: str) -> None:
+        self._cancel_stop(name)
+        await self.hypervisor.destroy(name)
+        await self.disks.delete(name)
+        self._serial_log(name).unlink(missing_ok=True)
+        await self.hypervisor.undefine(name)
+
+    async def _collect_orphan(self, name: str) -> None:
+        async with self._lock(name):
+            if self._claimants(name):
+                return  # a desired machine wants this name; its own pass decides
+            status = await self.hypervisor.status(name)
+            if status is None:
+                if await self.disks.delete(name):
+                    log.info("removed stray overlay of %s", name)
+                return
+            if status.metadata is None or not self._is_orphan(status):
+                return
+            log.info("removing orphan domain %s (machine %s)", name, status.metadata.machine_id)
+            await self._remove(name)
+
+    def _serial_log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def _definition(self, assignment: Assignment, *, domain_uuid: str | None = None) -> str:
+        name = assignment.domain_name
+        return domain_xml(
+            assignment,
+            domain_type=self.accelerator.domain_type,
+            overlay=self.disks.path(name),
+            serial_log=self._serial_log(name),
+            boot=self.images.direct_boot(assignment.template.image),
+            metadata=MachineMetadata.for_assignment(assignment, power_generation=NEVER_POWERED),
+            domain_uuid=domain_uuid,
+        )

@@ -1,0 +1,384 @@
+"""The server link against a small strawberry server that implements the agent's contract.
+
+The schema below is the contract the real server implements (mutations, the assignment
+subscription, enums); it is served over a real websocket by uvicorn on 127.0.0.1, so the
+client's GraphQL documents are validated and its reconnection and queuing really happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import signal
+import socket
+import sys
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import strawberry
+import uvicorn
+from strawberry.asgi import GraphQL
+
+from agent.assignment import Assignment
+from agent.client import HostFacts, ServerClient, backoff_delay, websocket_url
+from agent.outbox import Outbox
+
+# -- the contract -----------------------------------------------------------------------
+
+
+@strawberry.enum
+class ObservedMachineState(enum.Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SHUTOFF = "SHUTOFF"
+    PAUSED = "PAUSED"
+    CRASHED = "CRASHED"
+    ABSENT = "ABSENT"
+    ERROR = "ERROR"
+
+
+@strawberry.enum
+class DesiredMachineState(enum.Enum):
+    RUNNING = "RUNNING"
+    STOPPED = "STOPPED"
+    ABSENT = "ABSENT"
+
+
+@strawberry.enum
+class AssignmentBatchKind(enum.Enum):
+    SNAPSHOT = "SNAPSHOT"
+    CHANGE = "CHANGE"
+
+
+@strawberry.type
+class Host:
+    name: str
+    ready: bool
+
+
+@strawberry.type
+class Machine:
+    id: strawberry.ID
+
+
+@strawberry.type
+class AssignmentTemplate:
+    name: str
+    image: str
+    os: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+
+
+@strawberry.type(name="Assignment")
+class AssignmentType:
+    machine_id: strawberry.ID
+    vm_name: str
+    deployment: str
+    index: int
+    desired: DesiredMachineState
+    reset_generation: int
+    power_generation: int
+    template: AssignmentTemplate
+
+
+@strawberry.type
+class AssignmentBatch:
+    kind: AssignmentBatchKind
+    cursor: str | None
+    assignments: list[AssignmentType]
+    removed: list[strawberry.ID]
+
+
+@strawberry.input
+class RegisterHostInput:
+    name: str
+    vcpus: int
+    memory_mib: int
+    images: list[str]
+    domain_type: str
+    agent_version: str
+
+
+@strawberry.input
+class HeartbeatInput:
+    name: str
+    images: list[str]
+
+
+@strawberry.input
+class ReportMachineStateInput:
+    machine_id: strawberry.ID
+    host: str
+    state: ObservedMachineState
+    message: str | None = None
+
+
+@strawberry.input
+class ReportOrphansInput:
+    host: str
+    domains: list[str]
+
+
+@dataclass
+class FakeServer:
+    """What the fake server received, and the batches it will send."""
+
+    registrations: list[RegisterHostInput] = field(default_factory=list)
+    heartbeats: list[HeartbeatInput] = field(default_factory=list)
+    reports: list[tuple[str, str, str | None]] = field(default_factory=list)
+    orphans: list[list[str]] = field(default_factory=list)
+    connection_params: list[dict[str, Any]] = field(default_factory=list)
+    authorization_headers: list[str | None] = field(default_factory=list)
+    cursors: list[str | None] = field(default_factory=list)
+    batches: asyncio.Queue[AssignmentBatch] = field(default_factory=asyncio.Queue)
+    snapshot: list[AssignmentType] = field(default_factory=list)
+
+
+def build_schema(state: FakeServer) -> strawberry.Schema:
+    @strawberry.type
+    class Query:
+        ping: str = "pong"
+
+    @strawberry.type
+    class Mutation:
+        @strawberry.mutation
+        def register_host(self, input: RegisterHostInput) -> Host:
+            state.registrations.append(input)
+            return Host(name=input.name, ready=True)
+
+        @strawberry.mutation
+        def heartbeat(self, input: HeartbeatInput) -> Host:
+            state.heartbeats.append(input)
+            return Host(name=input.name, ready=True)
+
+        @strawberry.mutation
+        def report_machine_state(self, input: ReportMachineStateInput) -> Machine:
+            if input.machine_id == "unknown":
+                raise ValueError("no such machine")
+            state.reports.append((str(input.machine_id), input.state.value, input.message))
+            return Machine(id=input.machine_id)
+
+        @strawberry.mutation
+        def report_orphans(self, input: ReportOrphansInput) -> Host:
+            state.orphans.append(list(input.domains))
+            return Host(name=input.host, ready=True)
+
+    @strawberry.type
+    class Subscription:
+        @strawberry.subscription
+        async def host_assignments(
+            self, host: str, cursor: str | None = None
+        ) -> AsyncGenerator[AssignmentBatch, None]:
+            state.cursors.append(cursor)
+            yield AssignmentBatch(kind=AssignmentBatchKind.SNAPSHOT, cursor="c1",
+                                  assignments=list(state.snapshot), removed=[])
+            while True:
+                yield await state.batches.get()
+
+    return strawberry.Schema(query=Query, mutation=Mutation, subscription=Subscription)
+
+
+class RecordingApp(GraphQL):  # type: ignore[type-arg]
+    def __init__(self, state: FakeServer) -> None:
+        super().__init__(build_schema(state))
+        self.state = state
+
+    async def on_ws_connect(self, context: Any) -> Any:
+        self.state.connection_params.append(context.get("connection_params") or {})
+        self.state.authorization_headers.append(context["request"].headers.get("authorization"))
+        return await super().on_ws_connect(context)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class ServerProcess:
+    """uvicorn serving the fake schema in this event loop; can be stopped and restarted."""
+
+    def __init__(self, state: FakeServer, port: int) -> None:
+        self.state = state
+        self.port = port
+        self.server: uvicorn.Server | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        config = uvicorn.Config(RecordingApp(self.state), host="127.0.0.1", port=self.port,
+                                log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        assert self.server is not None and self.task is not None
+        self.server.should_exit = True
+        self.server.force_exit = True
+        await self.task
+
+
+@dataclass
+class DesiredRecorder:
+    snapshots: list[list[Assignment]] = field(default_factory=list)
+    changes: list[tuple[list[Assignment], list[str]]] = field(default_factory=list)
+
+    def replace_desired(self, assignments: list[Assignment]) -> None:
+        self.snapshots.append(list(assignments))
+
+    def update_desired(self, assignments: list[Assignment], removed: list[str]) -> None:
+        self.changes.append((list(assignments), list(removed)))
+
+
+def assignment_type(machine_id: str, index: int, *, desired: str = "RUNNING",
+                    deployment: str = "os101") -> AssignmentType:
+    return AssignmentType(
+        machine_id=strawberry.ID(machine_id), vm_name=f"{deployment}-{index}",
+        deployment=deployment, index=index, desired=DesiredMachineState(desired),
+        reset_generation=0, power_generation=1,
+        template=AssignmentTemplate(name="Tiny", image="tiny-linux.qcow2", os="linux",
+                                    vcpus=1, memory_mib=64, disk_gib=1),
+    )
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def fake_server() -> AsyncIterator[ServerProcess]:
+    server = ServerProcess(FakeServer(), free_port())
+    await server.start()
+    yield server
+    if server.server is not None and not server.task.done():  # type: ignore[union-attr]
+        await server.stop()
+
+
+def test_server_urls_become_graphql_websocket_urls() -> None:
+    assert websocket_url("kubekvm.example:8000") == "ws://kubekvm.example:8000/graphql"
+    assert websocket_url("https://kubekvm.example/") == "wss://kubekvm.example/graphql"
+    assert websocket_url("ws://h:1/custom") == "ws://h:1/custom"
+    with pytest.raises(ValueError, match="unsupported"):
+        websocket_url("ftp://h")
+
+
+def test_backoff_grows_with_jitter_up_to_the_cap() -> None:
+    assert 0.25 <= backoff_delay(0) <= 0.5
+    assert 2.0 <= backoff_delay(3) <= 4.0
+    assert all(5.0 <= backoff_delay(n) <= 10.0 for n in range(5, 40))
+
+
+async def test_register_snapshot_changes_reports_and_reconnect(
+    fake_server: ServerProcess,
+) -> None:
+    state = fake_server.state
+    state.snapshot = [assignment_type("m1", 0), assignment_type("m2", 1),
+                      assignment_type("bad", 2, deployment="Bad;Name")]
+    desired = DesiredRecorder()
+    outbox = Outbox()
+    dead_port = free_port()
+    client = ServerClient(
+        urls=[f"127.0.0.1:{dead_port}", f"ws://127.0.0.1:{fake_server.port}/graphql"],
+        host=HostFacts(name="kvm-01", vcpus=16, memory_mib=65536, domain_type="qemu"),
+        images=lambda: ["tiny-linux.qcow2", "win10.qcow2"],
+        desired=desired,
+        outbox=outbox,
+        token="s3cret",
+        heartbeat_interval=0.2,
+        backoff_cap=0.3,
+    )
+    await outbox.machine_state("m1", "pending", "queued before connecting")
+    running = asyncio.create_task(client.run())
+    try:
+        # The dead first URL is skipped; registration, then the snapshot.
+        await wait_until(lambda: desired.snapshots)
+        registration = state.registrations[0]
+        assert (registration.name, registration.vcpus, registration.memory_mib) == (
+            "kvm-01", 16, 65536)
+        assert registration.images == ["tiny-linux.qcow2", "win10.qcow2"]
+        assert registration.domain_type == "qemu"
+        assert state.connection_params[0] == {"authorization": "Bearer s3cret"}
+        assert state.authorization_headers[0] == "Bearer s3cret"
+        assert [a.machine_id for a in desired.snapshots[0]] == ["m1", "m2"]
+        assert desired.snapshots[0][0].desired == "running"
+        await wait_until(lambda: ("bad", "ERROR") in [(m, s) for m, s, _ in state.reports])
+        await wait_until(lambda: ("m1", "PENDING", "queued before connecting") in state.reports)
+
+        await state.batches.put(AssignmentBatch(
+            kind=AssignmentBatchKind.CHANGE, cursor="c2",
+            assignments=[assignment_type("m3", 3, desired="STOPPED")],
+            removed=[strawberry.ID("m2")],
+        ))
+        await wait_until(lambda: desired.changes)
+        upserts, removed = desired.changes[0]
+        assert [(a.machine_id, a.desired) for a in upserts] == [("m3", "stopped")]
+        assert removed == ["m2"]
+
+        await outbox.machine_state("m1", "running", None)
+        await outbox.machine_state("unknown", "running", None)  # refused, then dropped
+        await outbox.orphans(["kubekvm-old-0"])
+        await wait_until(lambda: ("m1", "RUNNING", None) in state.reports and state.orphans)
+        assert state.orphans == [["kubekvm-old-0"]]
+        await wait_until(lambda: len(state.heartbeats) >= 2)
+        assert state.heartbeats[0].images == ["tiny-linux.qcow2", "win10.qcow2"]
+
+        # The server goes away: reports queue up (latest wins) and go out on reconnect.
+        await fake_server.stop()
+        await wait_until(lambda: not client.connected.is_set())
+        await outbox.machine_state("m1", "shutoff", "first")
+        await outbox.machine_state("m1", "crashed", "latest")
+        before = len(state.reports)
+        await fake_server.start()
+        await wait_until(lambda: ("m1", "CRASHED", "latest") in state.reports)
+        assert ("m1", "SHUTOFF", "first") not in state.reports[before:]
+        await wait_until(lambda: len(desired.snapshots) == 2)
+        assert len(state.registrations) == 2
+        assert state.cursors == [None, "c2"]
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_the_agent_command_runs_a_snapshot_and_stops_on_sigterm(
+    fake_server: ServerProcess, image_dir: Path, tmp_path: Path
+) -> None:
+    """The whole agent process: CLI, libvirt (its own test driver), reconciler and client."""
+    state = fake_server.state
+    state.snapshot = [assignment_type("m1", 0), assignment_type("m2", 1)]
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.cli",
+        "--server", f"127.0.0.1:{fake_server.port}", "--host-name", "kvm-07",
+        "--libvirt-uri", "test:///default", "--image-dir", str(image_dir),
+        "--state-dir", str(tmp_path / "state"), "--heartbeat-interval", "0.2",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await wait_until(
+            lambda: {("m1", "RUNNING", None), ("m2", "RUNNING", None)} <= set(state.reports),
+            timeout=20,
+        )
+        registration = state.registrations[0]
+        assert (registration.name, registration.domain_type) == ("kvm-07", "qemu")
+        assert registration.images == ["tiny-linux.qcow2"]
+        assert state.orphans == [[]]
+        await wait_until(lambda: state.heartbeats)
+        assert sorted(p.name for p in (tmp_path / "state" / "disks").iterdir()) == [
+            "kubekvm-os101-0.qcow2", "kubekvm-os101-1.qcow2"]
+    finally:
+        if agent.returncode is None:
+            agent.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            returncode = await agent.wait()
+        assert agent.stderr is not None
+        log = (await agent.stderr.read()).decode()
+    assert returncode == 0, log
+    assert "libvirt test:///default, domain type qemu" in log
+    assert "stopping; machines are left as they are" in log

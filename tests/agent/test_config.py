@@ -1,0 +1,61 @@
+"""Configuration: options over KUBEKVM_* variables over defaults, checked once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig
+
+
+def test_defaults_and_environment() -> None:
+    config = AgentConfig.from_sources([], {"KUBEKVM_SERVER": "a:8000, b:8000",
+                                           "KUBEKVM_HOST_NAME": "kvm-01",
+                                           "KUBEKVM_HOST_TOKEN": "t",
+                                           "KUBEKVM_GC_ORPHANS": "yes",
+                                           "KUBEKVM_STOP_GRACE": "2.5"})
+    assert config.servers == ("a:8000", "b:8000")
+    assert config.host_name == "kvm-01"
+    assert config.libvirt_uri == "qemu:///system"
+    assert config.image_dir == Path("/var/lib/kubekvm/images")
+    assert config.state_dir == Path("/var/lib/kubekvm/state")
+    assert (config.domain_type, config.parallel, config.stop_grace) == ("auto", 8, 2.5)
+    assert (config.resync_interval, config.heartbeat_interval) == (30.0, 10.0)
+    assert config.gc_orphans is True
+    assert config.token == "t"
+
+
+def test_options_win_over_the_environment() -> None:
+    config = AgentConfig.from_sources(
+        ["--server", "wss://s/graphql", "--host-name", "h", "--libvirt-uri", "test:///default",
+         "--image-dir", "/img", "--state-dir", "/st", "--domain-type", "qemu", "--parallel",
+         "3", "--stop-grace", "2", "--resync-interval", "5", "--heartbeat-interval", "1",
+         "--gc-orphans", "--token", "x"],
+        {"KUBEKVM_SERVER": "other", "KUBEKVM_PARALLEL": "9"},
+    )
+    assert config.servers == ("wss://s/graphql",)
+    assert (config.libvirt_uri, config.domain_type, config.parallel) == (
+        "test:///default", "qemu", 3)
+    assert config.image_dir == Path("/img")
+    assert config.gc_orphans and config.token == "x"
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ"),
+    [
+        ([], {}),
+        (["--server", "s", "--parallel", "0"], {}),
+        (["--server", "s"], {"KUBEKVM_PARALLEL": "many"}),
+        (["--server", "s", "--domain-type", "xen"], {}),
+        (["--server", "ftp://s"], {}),
+        (["--server", "s", "--stop-grace", "-1"], {}),
+        (["--server", "s"], {"KUBEKVM_GC_ORPHANS": "maybe"}),
+    ],
+)
+def test_bad_settings_are_usage_errors(argv: list[str], environ: dict[str, str],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        AgentConfig.from_sources(argv, environ)
+    assert exited.value.code == 2
+    assert "kubekvm-agent: error:" in capsys.readouterr().err
