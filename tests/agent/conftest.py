@@ -7,7 +7,6 @@ every connection shares, so each test names its labs ``t<random>`` and removes i
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from tests.support.qemu import QEMU_TEST_ROOT, QEMU_URI, build_tiny_linux, ensure_libvirtd, traversable_dir
 
 from agent.accelerator import Accelerator
 from agent.assignment import Assignment, TemplateSpec
@@ -206,40 +206,14 @@ async def make_rig(
 
 # -- real QEMU ------------------------------------------------------------------------
 
-QEMU_URI = "qemu:///system"
-REPO = Path(__file__).resolve().parents[2]
-# QEMU runs as libvirt-qemu: everything it opens must sit below world-traversable
-# directories, which pytest's 0700 tmp_path is not.
-QEMU_TEST_ROOT = Path("/var/tmp/kubekvm-tests")
-
-
-def _traversable_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o755)
-    return path
-
-
 @pytest.fixture(scope="session")
 def libvirtd() -> str:
-    if shutil.which("qemu-system-x86_64") is None or shutil.which("libvirtd") is None:
-        pytest.skip("QEMU and libvirtd are not installed (scripts/setup installs them)")
-    subprocess.run([str(REPO / "scripts" / "libvirtd-up")], check=True)
-    return QEMU_URI
+    return ensure_libvirtd()
 
 
 @pytest.fixture(scope="session")
 def tiny_linux() -> Path:
-    """The tiny-linux guest, built once and kept (with the kernel .deb) between runs."""
-    from agent import tiny_linux
-
-    # Keyed by the guest's scripts, so a changed /init never boots from a stale cache.
-    version = hashlib.sha256(
-        (tiny_linux.INIT_SCRIPT + tiny_linux.POWER_BUTTON_HANDLER).encode()
-    ).hexdigest()[:12]
-    _traversable_dir(QEMU_TEST_ROOT)
-    out = _traversable_dir(QEMU_TEST_ROOT / f"tiny-linux-{version}")
-    tiny_linux.build(out=out, cache=QEMU_TEST_ROOT / "cache")
-    return out
+    return build_tiny_linux()
 
 
 @dataclass
@@ -264,8 +238,8 @@ class QemuSite:
 
 @pytest.fixture
 def qemu_site(libvirtd: str, tiny_linux: Path, lab: str) -> Iterator[QemuSite]:
-    root = _traversable_dir(QEMU_TEST_ROOT / lab)
-    image_dir = _traversable_dir(root / "images")
+    root = traversable_dir(QEMU_TEST_ROOT / lab)
+    image_dir = traversable_dir(root / "images")
     for path in tiny_linux.iterdir():
         if not path.name.startswith("."):
             shutil.copyfile(path, image_dir / path.name)
