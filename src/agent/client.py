@@ -120,6 +120,7 @@ class ServerClient:
         desired: DesiredSet,
         outbox: Outbox,
         token: str | None = None,
+        token_source: Callable[[], str | None] | None = None,
         heartbeat_interval: float = 10.0,
         backoff_cap: float = 10.0,
     ) -> None:
@@ -130,7 +131,7 @@ class ServerClient:
         self.images = images
         self.desired = desired
         self.outbox = outbox
-        self.token = token
+        self.token_source = token_source or (lambda: token)
         self.heartbeat_interval = heartbeat_interval
         self.backoff_cap = backoff_cap
         self.connected = asyncio.Event()
@@ -156,8 +157,9 @@ class ServerClient:
             await asyncio.sleep(backoff_delay(failures - 1, cap=self.backoff_cap))
 
     async def _session(self, url: str) -> None:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-        init_payload = {"authorization": f"Bearer {self.token}"} if self.token else {}
+        token = self.token_source()
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        init_payload = {"authorization": f"Bearer {token}"} if token else {}
         transport = WebsocketsTransport(
             url=url,
             headers=headers,

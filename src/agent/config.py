@@ -36,7 +36,20 @@ class AgentConfig:
     heartbeat_interval: float = 10.0
     gc_orphans: bool = False
     token: str | None = None
+    # Kubernetes mounts per-node tokens as files; re-read at each reconnect, so a rotated
+    # token is picked up without restarting the agent.
+    token_file: Path | None = None
+    health_port: int = 0
+    health_address: str = "127.0.0.1"
     log_level: str = "INFO"
+
+    def current_token(self) -> str | None:
+        if self.token_file is not None:
+            try:
+                return self.token_file.read_text().strip() or None
+            except OSError:
+                return None
+        return self.token
 
     @classmethod
     def from_sources(
@@ -56,6 +69,8 @@ class AgentConfig:
                 parser.error(str(error))
         if not args.host_name:
             parser.error("--host-name must not be empty")
+        if not 0 <= args.health_port <= 65535:
+            parser.error("--health-port must be 0 (off) to 65535")
         if args.parallel < 1:
             parser.error("--parallel must be at least 1")
         for option in ("stop_grace", "resync_interval", "heartbeat_interval"):
@@ -78,6 +93,9 @@ class AgentConfig:
             heartbeat_interval=args.heartbeat_interval,
             gc_orphans=gc_orphans,
             token=args.token or None,
+            token_file=Path(args.token_file) if args.token_file else None,
+            health_port=args.health_port,
+            health_address=args.health_address,
             log_level=args.log_level.upper(),
         )
 
@@ -136,6 +154,12 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                         "[KUBEKVM_GC_ORPHANS]")
     parser.add_argument("--token", default=env("HOST_TOKEN"),
                         help="bearer token for the server [KUBEKVM_HOST_TOKEN]")
+    parser.add_argument("--token-file", default=env("HOST_TOKEN_FILE"), metavar="PATH",
+                        help="read the token from this file at each connection [KUBEKVM_HOST_TOKEN_FILE]")
+    parser.add_argument("--health-port", type=int, default=env("HEALTH_PORT", "0"), metavar="PORT",
+                        help="serve /healthz on this port; 0 = off [KUBEKVM_HEALTH_PORT; 0]")
+    parser.add_argument("--health-address", default=env("HEALTH_ADDRESS", "127.0.0.1"), metavar="ADDR",
+                        help="address of the health endpoint [KUBEKVM_HEALTH_ADDRESS; 127.0.0.1]")
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"),
                         choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info",
                                  "warning", "error"],

@@ -17,6 +17,7 @@ from pathlib import Path
 from agent.accelerator import choose_accelerator
 from agent.client import HostFacts, ServerClient
 from agent.config import AgentConfig
+from agent.health import serve_health
 from agent.hypervisor import Hypervisor
 from agent.images import Images
 from agent.outbox import Outbox
@@ -69,15 +70,19 @@ async def run_host(config: AgentConfig, *, stop: asyncio.Event | None = None) ->
             images=images.names,
             desired=reconciler,
             outbox=outbox,
-            token=config.token,
+            token_source=config.current_token,
             heartbeat_interval=config.heartbeat_interval,
         )
         await reconciler.start()
+        health = (await serve_health(address=config.health_address, port=config.health_port)
+                  if config.health_port else None)
         connection = asyncio.create_task(client.run(), name="server")
         try:
             await stop.wait()
         finally:
             log.info("stopping; machines are left as they are")
+            if health is not None:
+                health.close()
             connection.cancel()
             await asyncio.gather(connection, return_exceptions=True)
             await reconciler.close()

@@ -59,3 +59,35 @@ def test_bad_settings_are_usage_errors(argv: list[str], environ: dict[str, str],
         AgentConfig.from_sources(argv, environ)
     assert exited.value.code == 2
     assert "kubekvm-agent: error:" in capsys.readouterr().err
+
+
+def test_token_file_is_read_at_each_connection(tmp_path: Path) -> None:
+    token_file = tmp_path / "node-a"
+    token_file.write_text("kk_first\n")
+    config = AgentConfig.from_sources(["--server", "http://s", "--host-name", "h"],
+                                      {"KUBEKVM_HOST_TOKEN_FILE": str(token_file)})
+    assert config.current_token() == "kk_first"
+    token_file.write_text("kk_rotated")
+    assert config.current_token() == "kk_rotated"
+    token_file.unlink()
+    assert config.current_token() is None
+
+
+async def test_health_endpoint_answers_on_loopback_only_by_default() -> None:
+    import asyncio
+
+    from agent.health import serve_health
+
+    config = AgentConfig.from_sources(["--server", "http://s", "--host-name", "h", "--health-port", "0"], {})
+    assert config.health_address == "127.0.0.1" and config.health_port == 0
+    server = await serve_health(address=config.health_address, port=0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for path, status in (("/healthz", b"200"), ("/other", b"404")):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            await writer.drain()
+            assert status in await reader.readline()
+            writer.close()
+    finally:
+        server.close()
