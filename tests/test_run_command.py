@@ -1,4 +1,5 @@
-"""`make run` on a fresh clone: serves /graphql and /healthz within 30 s; data survives a restart.
+"""`make run` on a fresh clone: serves /graphql and /healthz within 30 s, logs the one-time
+link that makes the first admin (no default password anywhere), and keeps data across a restart.
 
 The clone shares this checkout's installed venv (a symlink), so the test measures start-up,
 not package downloads; `scripts/setup` still runs its checks in the clone.
@@ -7,6 +8,7 @@ not package downloads; `scripts/setup` still runs its checks in the clone.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -50,6 +52,15 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def signed_in(url: str, name: str, password: str) -> httpx.Client:
+    client = httpx.Client(base_url=url, timeout=30)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text)
+    assert csrf
+    assert client.post("/login", data={"name": name, "password": password,
+                                        "csrf_token": csrf.group(1)}).status_code == 303
+    return client
+
+
 @pytest.mark.timeout(180)
 def test_make_run_on_a_fresh_clone_serves_and_keeps_data(tmp_path: Path) -> None:
     clone = tmp_path / "kubekvm"
@@ -63,11 +74,32 @@ def test_make_run_on_a_fresh_clone_serves_and_keeps_data(tmp_path: Path) -> None
     url = f"http://127.0.0.1:{port}"
 
     first = start_make_run(clone, port)
+    password = "first-admin-password"
     try:
         wait_healthy(url, first, timeout=30)
-        body = httpx.post(f"{url}/graphql", json={"query": 'mutation { createDeployment(input: {name: "kept", '
-                          'template: "redes-neuronales", replicas: 2}) { name } }'}).json()
-        assert body["data"]["createDeployment"]["name"] == "kept"
+        anonymous = httpx.post(f"{url}/graphql", json={"query": "{ deployments { total } }"}).json()
+        assert anonymous["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+        found = None
+        for _ in range(50):
+            found = re.search(r"open (http://\S+/setup\?code=(\S+)) to create the first one",
+                              (clone / "run.log").read_text())
+            if found:
+                break
+            time.sleep(0.1)
+        assert found, "no setup link in the log"
+        with httpx.Client(timeout=30) as setup:
+            form = setup.get(found.group(1))
+            assert form.status_code == 200
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+            assert csrf
+            made = setup.post(f"{url}/setup", data={"code": found.group(2), "name": "boss", "password": password,
+                                                    "again": password, "csrf_token": csrf.group(1)})
+            assert made.status_code == 303
+            assert setup.get(found.group(1)).status_code == 404  # once only
+        with signed_in(url, "boss", password) as client:
+            body = client.post("/graphql", json={"query": 'mutation { createDeployment(input: {name: "kept", '
+                               'template: "redes-neuronales", replicas: 2}) { name owner } }'}).json()
+        assert body["data"]["createDeployment"] == {"name": "kept", "owner": "boss"}
     finally:
         stop(first)
     assert (clone / ".kubekvm" / "db").is_dir()
@@ -75,13 +107,16 @@ def test_make_run_on_a_fresh_clone_serves_and_keeps_data(tmp_path: Path) -> None
     second = start_make_run(clone, port)
     try:
         wait_healthy(url, second, timeout=30)
-        labs = httpx.post(f"{url}/graphql", json={"query": "{ deployments { items { name machineCount } } }"}).json()
+        with signed_in(url, "boss", password) as client:
+            labs = client.post("/graphql", json={"query": "{ deployments { items { name machineCount } } }"}).json()
         assert labs["data"]["deployments"]["items"] == [{"name": "kept", "machineCount": 2}]
     finally:
         stop(second)
     log = (clone / "run.log").read_text()
     assert "KubeKVM is starting at http://127.0.0.1:" in log
     assert "Traceback" not in log
+    assert password not in log
+    assert log.count("/setup?code=") == 1  # the second start has an admin: no link
 
 
 def test_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:

@@ -1,7 +1,12 @@
 """The ASGI application: GraphQL at /graphql, the pages, static files, and the probes.
 
 `create_app` gets an open database connection (the CLI or a test made it) and, on start-up,
-starts the event feed, builds the service layer and seeds the default templates.
+starts the event feed, builds the service layer and seeds the default templates. Every
+request passes `kubekvm.auth.AuthMiddleware`, which finds its actor; GraphQL and the pages
+reach the services only through that actor's authorization facade.
+
+First start: while no admin account exists, each replica logs a one-time setup link
+(/setup?code=...) that creates the first admin; there is never a default password.
 """
 
 from __future__ import annotations
@@ -12,19 +17,26 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types.unset import UnsetType
 
 from kubekvm import pages
+from kubekvm.access import ActorKind
+from kubekvm.accounts import Accounts
+from kubekvm.auth import AuthMiddleware, actor_of, bearer, serializer
+from kubekvm.authorized import Authorized
 from kubekvm.config import Settings
 from kubekvm.database import Connection, describe_uri
 from kubekvm.events import ChangeStreamFeed, EventFeed
-from kubekvm.graphql.schema import schema
+from kubekvm.graphql.schema import build_schema
 from kubekvm.services import Services
 
 log = logging.getLogger(__name__)
@@ -32,7 +44,35 @@ log = logging.getLogger(__name__)
 
 class GraphQLApp(GraphQL[dict[str, Any], None]):
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> dict[str, Any]:
-        return {"request": request, "response": response, "services": request.app.state.services}
+        return {"request": request, "response": response, "services": request.state.services}
+
+    async def on_ws_connect(self, context: dict[str, Any]) -> UnsetType | dict[str, object] | None:
+        """A websocket client may authenticate in `connection_init` (`{"authorization": "Bearer
+        ..."}`) as well as in the upgrade request's header; a bad token closes the connection."""
+        params = context.get("connection_params")
+        raw = params.get("authorization") if isinstance(params, dict) else None
+        if raw is None:
+            return await super().on_ws_connect(context)
+        token = bearer(raw) if isinstance(raw, str) else None
+        request: WebSocket = context["request"]
+        current: Authorized = context["services"]
+        if token is None:
+            raise ConnectionRejectionError({"message": "authorization must be 'Bearer <token>'"})
+        accounts: Accounts = request.app.state.accounts
+        actor = await accounts.actor_for_token(token, address=current.actor.address)
+        if actor is None:
+            raise ConnectionRejectionError({"message": "the bearer token is unknown or revoked"})
+        if current.actor.kind != ActorKind.ANONYMOUS and (current.actor.kind, current.actor.name) != (
+                actor.kind, actor.name):
+            raise ConnectionRejectionError({"message": "the header and connection_init name different identities"})
+        context["services"] = Authorized(current.services, accounts, actor)
+        return await super().on_ws_connect(context)
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        # The explorer is for people who are signed in; programs POST and need no page.
+        if actor_of(request).kind == ActorKind.ANONYMOUS:
+            return RedirectResponse("/login?next=/graphql", status_code=303)
+        return await super().render_graphql_ide(request)
 
 
 async def healthz(request: Request) -> Response:
@@ -61,17 +101,27 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
         await feed.start()
         services = Services(settings=settings, feed=feed,
                             database_description=database_label or describe_uri(connection.uri))
+        accounts = Accounts(settings=settings)
         app.state.services = services
+        app.state.accounts = accounts
         app.state.connection = connection
         app.state.settings = settings
+        app.state.session_serializer = serializer(await accounts.session_secret())
         if settings.seed_templates:
             await services.seed_templates()
+        await accounts.bootstrap_admin()
+        code = await accounts.new_setup_code()
+        if code is not None:
+            # The one place a secret is logged, on purpose: it is how the first admin is made,
+            # it works once, and it stops working as soon as any admin exists.
+            log.warning("no admin account exists yet: open %s/setup?code=%s to create the first one "
+                        "(or run `kubekvm user create NAME --role admin`)", settings.public_url, code)
         try:
             yield
         finally:
             await feed.stop()
 
-    graphql = GraphQLApp(schema, subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
+    graphql = GraphQLApp(build_schema(settings), subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
                          graphql_ide="graphiql")
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
@@ -81,4 +131,4 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
         Mount("/static", app=StaticFiles(directory=settings.static_dir, check_dir=False), name="static"),
         *pages.routes(settings=settings),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(AuthMiddleware)])

@@ -1,23 +1,38 @@
-"""`kubekvm`: run the server, export the GraphQL schema.
+"""`kubekvm`: run the server, export the GraphQL schema, manage accounts and tokens.
 
 `kubekvm serve` opens the database before the web server starts, so a missing or unreachable
 database is one clear line and exit code 1, not a traceback from inside uvicorn.
+
+`kubekvm user create NAME --role ROLE` (password prompted, or read from standard input when
+it is not a terminal), `kubekvm token create USER` and `kubekvm host token HOST` work on the
+database directly (MONGODB_URI, or the embedded one while no server uses it). A token is
+printed once, on standard output, and stored only as its sha256.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import getpass
 import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import uvicorn
 
+from kubekvm.access import Actor, ActorKind
+from kubekvm.accounts import Accounts
 from kubekvm.app import create_app
+from kubekvm.authorized import Authorized
 from kubekvm.config import Settings
 from kubekvm.database import DatabaseUnavailable, EmbeddedDatabase, connect, describe_uri
+from kubekvm.errors import KubeKVMError
+from kubekvm.events import EventFeed
+from kubekvm.models import Role
+from kubekvm.services import Services
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,6 +45,22 @@ def main(argv: list[str] | None = None) -> None:
     export = commands.add_parser("export-schema", help="write the GraphQL SDL")
     export.add_argument("--out", type=Path, default=Path("schema.graphql"))
     export.add_argument("--check", action="store_true", help="fail if the file differs")
+    serve.add_argument("--forwarded-allow-ips", default=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+                       help="proxies whose X-Forwarded-For/-Proto are believed (comma-separated, or *)")
+    user = commands.add_parser("user", help="manage accounts").add_subparsers(dest="action", required=True)
+    create_user = user.add_parser("create", help="create an account (password prompted or read from stdin)")
+    create_user.add_argument("name")
+    create_user.add_argument("--role", choices=[r.value for r in Role], required=True)
+    create_user.add_argument("--no-password", action="store_true",
+                             help="no usable password yet (set it later, or send a set-password link)")
+    token = commands.add_parser("token", help="personal API tokens").add_subparsers(dest="action", required=True)
+    create_token = token.add_parser("create", help="print a new API token for a user")
+    create_token.add_argument("name")
+    create_token.add_argument("--label", default="")
+    host = commands.add_parser("host", help="host agents").add_subparsers(dest="action", required=True)
+    host_token = host.add_parser("token", help="print a new token for a host's agent")
+    host_token.add_argument("name")
+    host_token.add_argument("--label", default="")
     args = parser.parse_args(argv)
     if args.command == "serve":
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -37,9 +68,12 @@ def main(argv: list[str] | None = None) -> None:
         embedded = None
         if settings.mongodb_uri is None:
             embedded = EmbeddedDatabase(storage=(settings.data_dir / "db").resolve())
+        if not settings.public_url:
+            shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104
+            settings = dataclasses.replace(settings, public_url=f"http://{shown}:{args.port}")
         try:
             code = asyncio.run(_serve(settings=settings, embedded=embedded, host=args.host, port=args.port,
-                                      log_level=args.log_level))
+                                      log_level=args.log_level, forwarded=args.forwarded_allow_ips))
         except KeyboardInterrupt:
             code = 0
         finally:
@@ -49,10 +83,83 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(code)
     if args.command == "export-schema":
         sys.exit(_export(args.out, check=args.check))
+    if args.command == "user":
+        password = None if args.no_password else _read_password()
+        sys.exit(_admin_task(lambda s: s.create_user(name=args.name, role=Role(args.role), password=password),
+                             lambda _: f"user {args.name} ({args.role}) created"))
+    if args.command == "token":
+        sys.exit(_admin_task(lambda s: _user_token(s, args.name, args.label), lambda token: str(token)))
+    if args.command == "host":
+        sys.exit(_admin_task(lambda s: s.create_host_token(host=args.name, label=args.label),
+                             lambda made: str(made[1])))  # type: ignore[index]
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != first:
+            raise SystemExit("kubekvm: the passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+async def _user_token(services: Authorized, name: str, label: str) -> str:
+    user = await services.accounts.get_user(name)
+    as_user = Authorized(services.services, services.accounts,
+                         Actor(kind=ActorKind.USER, name=user.name, role=user.role, address="cli"))
+    _, token = await as_user.create_token(label=label or "cli")
+    return token
+
+
+def _admin_task(task: Callable[[Authorized], Awaitable[object]], said: Callable[[object], str]) -> int:
+    """Run one account task on the database as the operator at the console (an admin: whoever
+    can reach the database can do all this anyway), audited like any other change."""
+    settings = Settings.from_environment()
+    embedded = None
+    if settings.mongodb_uri is None:
+        storage = (settings.data_dir / "db").resolve()
+        if _embedded_in_use(storage.parent / "db.pid"):
+            print("kubekvm: the server is running on the embedded database; stop it first, or use "
+                  "the pages (or the /setup link it logged)", file=sys.stderr)
+            return 1
+        embedded = EmbeddedDatabase(storage=storage)
+
+    async def run() -> int:
+        uri = await embedded.start() if embedded is not None else settings.mongodb_uri
+        assert uri is not None
+        connection = await connect(uri, database=settings.database_name)
+        try:
+            services = Services(settings=settings, feed=EventFeed(), database_description="cli")
+            operator = Actor(kind=ActorKind.USER, name="cli", role=Role.ADMIN, address="console")
+            result = await task(Authorized(services, Accounts(settings=settings), operator))
+            print(said(result))
+            return 0
+        except KubeKVMError as error:
+            print(f"kubekvm: {error.message}", file=sys.stderr)
+            return 1
+        finally:
+            await connection.close()
+
+    try:
+        return asyncio.run(run())
+    except DatabaseUnavailable as error:
+        print(f"kubekvm: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _embedded_in_use(pid_file: Path) -> bool:
+    try:
+        pid = int(pid_file.read_text().strip())
+        return b"secantusd" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
 
 
 async def _serve(*, settings: Settings, embedded: EmbeddedDatabase | None, host: str, port: int,
-                 log_level: str) -> int:
+                 log_level: str, forwarded: str = "127.0.0.1") -> int:
     try:
         if embedded is not None:
             uri = await embedded.start()
@@ -69,7 +176,8 @@ async def _serve(*, settings: Settings, embedded: EmbeddedDatabase | None, host:
         # The pages' live-update streams never end by themselves: on shutdown uvicorn would wait
         # for them forever, so after a short grace it cancels them (browsers reconnect elsewhere).
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level, ws="websockets-sansio",
-                                lifespan="on", proxy_headers=True, timeout_graceful_shutdown=3)
+                                lifespan="on", proxy_headers=True, forwarded_allow_ips=forwarded,
+                                timeout_graceful_shutdown=3)
         server = uvicorn.Server(config)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
         print(f"KubeKVM is starting at http://{shown}:{port}/  (database: {label}; GraphQL: /graphql)",

@@ -51,6 +51,21 @@ class Settings:
     # The pages' live-update streams send a comment this often, so proxies keep them open
     # and a vanished client is noticed even while nothing changes.
     live_heartbeat_seconds: float = 15.0
+    # Signs the session cookies. Unset: a random key kept in the database, shared by every
+    # replica (set it to rotate the key, or to keep sessions across a database restore).
+    secret_key: str | None = None
+    # Test and automation hook: when no admin exists yet, an admin account "admin" is made
+    # with the API token written in this file (never with a password, never logged).
+    bootstrap_admin_token_file: Path | None = None
+    graphql_introspection: bool = True
+    graphql_max_aliases: int = 30
+    # Failed sign-ins before a lockout, per account and per client address, within the window.
+    login_max_failures: int = 5
+    login_max_failures_per_address: int = 30
+    login_window_seconds: float = 900.0
+    login_lockout_seconds: float = 60.0
+    # Where people reach this server, for the first-start setup link in the log.
+    public_url: str = ""
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -63,4 +78,18 @@ class Settings:
             cpu_overcommit=_env_number("KUBEKVM_CPU_OVERCOMMIT", 16),
             seed_templates=os.environ.get("KUBEKVM_SEED_TEMPLATES", "1") != "0",
             live_heartbeat_seconds=_env_number("KUBEKVM_LIVE_HEARTBEAT", 15.0),
+            secret_key=os.environ.get("KUBEKVM_SECRET_KEY") or None,
+            bootstrap_admin_token_file=_env_path("KUBEKVM_BOOTSTRAP_ADMIN_TOKEN_FILE"),
+            graphql_introspection=os.environ.get("KUBEKVM_GRAPHQL_INTROSPECTION", "1") != "0",
+            graphql_max_aliases=_env_number("KUBEKVM_GRAPHQL_MAX_ALIASES", 30),
+            login_max_failures=_env_number("KUBEKVM_LOGIN_MAX_FAILURES", 5),
+            login_max_failures_per_address=_env_number("KUBEKVM_LOGIN_MAX_FAILURES_PER_ADDRESS", 30),
+            login_window_seconds=_env_number("KUBEKVM_LOGIN_WINDOW", 900.0),
+            login_lockout_seconds=_env_number("KUBEKVM_LOGIN_LOCKOUT", 60.0),
+            public_url=os.environ.get("KUBEKVM_PUBLIC_URL", ""),
         )
+
+
+def _env_path(name: str) -> Path | None:
+    raw = os.environ.get(name)
+    return Path(raw) if raw else None

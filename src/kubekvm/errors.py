@@ -33,3 +33,25 @@ class Conflict(KubeKVMError):
 
 class Unavailable(KubeKVMError):
     code = "UNAVAILABLE"
+
+
+class Unauthenticated(KubeKVMError):
+    """No identity, or one that is not good (an unknown or revoked token)."""
+
+    code = "UNAUTHENTICATED"
+
+
+class Forbidden(KubeKVMError):
+    """A known identity that may not do this (where saying so does not leak that it exists)."""
+
+    code = "FORBIDDEN"
+
+
+class Throttled(KubeKVMError):
+    """Too many failed sign-ins; `retry_after` seconds until the next try is heard."""
+
+    code = "THROTTLED"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

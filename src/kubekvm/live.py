@@ -1,9 +1,11 @@
 """Live updates for the pages: server-sent events carrying the HTML fragments htmx swaps in.
 
 `GET /events?lab=NAME` follows one lab (its status, machine rows and events);
-`GET /events?phase=...&offset=...` follows the labs list as the page shows it. Both read
-`kubekvm.streams.lab_changes`, the stream the GraphQL subscriptions read, which the change-stream
-feed fills from every server replica's writes.
+`GET /events?phase=...&offset=...` follows the labs list as the page shows it;
+`GET /events?mine=1` follows a student's own machines ("My VMs"). All read the caller's
+`Authorized.lab_changes` (`kubekvm.streams.lab_changes` less what the caller may not see), the
+stream the GraphQL subscriptions read, which the change-stream feed fills from every server
+replica's writes; every snapshot and redraw is read through the caller's facade too.
 
 A stream is *snapshot, then changes*, like the host agents' feed: it subscribes first, then
 renders the whole of what the page shows (closing the gap between the page being rendered and
@@ -14,7 +16,7 @@ sent under an event name saying what it is:
   lab       a lab's status block (lab page) or its cards (list page)
   labs      the whole list (a lab appeared, went, or left the filtered phase)
   machine   machine rows that changed, or a removed one's delete instruction
-  machines  the whole machine table (a machine was added)
+  machines  the whole machine table (a machine was added; on "My VMs", any change)
   events    the lab's recent events
   announce  a sentence for screen readers when a phase changes (an aria-live region)
   gone      the lab was deleted: the page says so and the stream ends
@@ -34,9 +36,12 @@ from contextlib import suppress
 from typing import Protocol
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from kubekvm.access import ActorKind
+from kubekvm.auth import services_for
+from kubekvm.authorized import Authorized
 from kubekvm.errors import NotFound
 from kubekvm.models import Machine, Phase
 from kubekvm.pages.fragments import (
@@ -45,11 +50,11 @@ from kubekvm.pages.fragments import (
     LabSummary,
     ListView,
     machine_row,
+    my_rows,
     summaries,
     summary,
 )
-from kubekvm.services import Services
-from kubekvm.streams import FeedOverflow, LabChange, LabChangeKind, lab_changes
+from kubekvm.streams import FeedOverflow, LabChange, LabChangeKind
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +77,7 @@ class Watch(Protocol):
 class LabWatch:
     """What the lab page shows of one lab."""
 
-    def __init__(self, services: Services, fragments: Fragments, lab: str) -> None:
+    def __init__(self, services: Authorized, fragments: Fragments, lab: str) -> None:
         self.services, self.fragments = services, fragments
         self.lab: str | None = lab
         self.name = lab
@@ -142,7 +147,7 @@ class ListWatch:
 
     lab: str | None = None
 
-    def __init__(self, services: Services, fragments: Fragments, view: ListView) -> None:
+    def __init__(self, services: Authorized, fragments: Fragments, view: ListView) -> None:
         self.services, self.fragments, self.view = services, fragments, view
         self.finished = False
         self.shown: list[str] = []
@@ -186,6 +191,22 @@ class ListWatch:
         self.phases.update({s.lab.name: s.lab.phase for s in labs})
 
 
+class MineWatch:
+    """What a student's "My VMs" page shows: their machines, in every lab."""
+
+    lab: str | None = None
+
+    def __init__(self, services: Authorized, fragments: Fragments) -> None:
+        self.services, self.fragments = services, fragments
+        self.finished = False
+
+    async def snapshot(self) -> list[Message]:
+        return [("machines", self.fragments.my_rows(await my_rows(self.services), oob=True))]
+
+    async def update(self, batch: Sequence[LabChange]) -> list[Message]:
+        return await self.snapshot()
+
+
 def message(event: str, html: str) -> str:
     """One server-sent event; every line of the HTML becomes a `data:` line."""
     lines = html.splitlines() or [""]
@@ -201,10 +222,14 @@ class LiveUpdates:
         return [Route("/events", self.events)]
 
     async def events(self, request: Request) -> Response:
-        services: Services = request.app.state.services
+        services = services_for(request)
+        if services.actor.kind != ActorKind.USER:
+            return PlainTextResponse("Sign in to follow live updates.", status_code=401)
         lab = request.query_params.get("lab")
         watch: Watch
-        if lab:
+        if request.query_params.get("mine"):
+            watch = MineWatch(services, self.fragments)
+        elif lab:
             watch = LabWatch(services, self.fragments, lab)
         else:
             view = ListView.parse(request.query_params.get("phase"),
@@ -216,11 +241,11 @@ class LiveUpdates:
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
-    async def stream(self, services: Services, watch: Watch) -> AsyncIterator[str]:
+    async def stream(self, services: Authorized, watch: Watch) -> AsyncIterator[str]:
         queue: asyncio.Queue[LabChange] = asyncio.Queue(maxsize=QUEUE_LIMIT)
         subscribed = asyncio.Event()
         pump = asyncio.create_task(_pump(
-            lab_changes(feed=services.feed, lab=watch.lab, subscribed=subscribed), queue))
+            services.lab_changes(lab=watch.lab, subscribed=subscribed), queue))
         try:
             # If the stream ends, the browser reconnects after this long and gets a new snapshot.
             yield "retry: 2000\n\n"

@@ -68,6 +68,8 @@ class Template(Document):
     vcpus: int
     memory_mib: int
     disk_gib: int
+    # Empty: every teacher may use the template; else only these teachers (and admins).
+    teachers: list[str] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -98,6 +100,10 @@ class Deployment(Document):
     phase: Phase = Phase.PENDING
     message: str = ""
     generation: int = 1
+    # The teacher whose lab it is; None for labs made before accounts existed (admins only).
+    owner: str | None = None
+    # Usernames of the lab's students; each is bound to one machine (`Machine.student`).
+    roster: list[str] = Field(default_factory=list)
     # Compare-and-set counter for phase updates made by concurrent server replicas.
     version: int = 0
     created_at: datetime = Field(default_factory=utcnow)
@@ -105,7 +111,9 @@ class Deployment(Document):
 
     class Settings:
         name = "deployments"
-        indexes = [pymongo.IndexModel([("phase", pymongo.ASCENDING)])]
+        indexes = [pymongo.IndexModel([("phase", pymongo.ASCENDING)]),
+                   pymongo.IndexModel([("owner", pymongo.ASCENDING)]),
+                   pymongo.IndexModel([("roster", pymongo.ASCENDING)])]
 
 
 class Machine(Document):
@@ -116,6 +124,8 @@ class Machine(Document):
     name: Indexed(str, unique=True)  # type: ignore[valid-type]
     spec: MachineSpec
     host: str | None = None
+    # The student of the lab's roster this machine belongs to, if any.
+    student: str | None = None
     desired: DesiredState = DesiredState.RUNNING
     # Bumped by every start/stop (power) and reset request; the host acts on a request once
     # and reports the generation it has applied, so re-sent state never repeats an action.
@@ -138,6 +148,7 @@ class Machine(Document):
                 [("deployment", pymongo.ASCENDING), ("index", pymongo.ASCENDING)], unique=True
             ),
             pymongo.IndexModel([("host", pymongo.ASCENDING)]),
+            pymongo.IndexModel([("student", pymongo.ASCENDING)]),
         ]
 
 
@@ -173,4 +184,100 @@ class LabEvent(Document):
         indexes = [pymongo.IndexModel([("deployment", pymongo.ASCENDING), ("at", pymongo.DESCENDING)])]
 
 
-DOCUMENT_MODELS: list[type[Document]] = [Template, Deployment, Machine, Host, LabEvent]
+class Role(StrEnum):
+    ADMIN = "admin"
+    TEACHER = "teacher"
+    STUDENT = "student"
+
+
+class User(Document):
+    """A person who signs in. `password_hash` is argon2id, or None: no usable password yet
+    (a student added to a roster, until someone sets one or they use a set-password link)."""
+
+    name: Indexed(str, unique=True)  # type: ignore[valid-type]
+    role: Role
+    password_hash: str | None = None
+    # Bumped when the password changes: signed session cookies made before stop working.
+    session_epoch: int = 0
+    # sha256 of a one-time set-password code, and until when it is good.
+    password_code_hash: str | None = None
+    password_code_expires: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "users"
+        indexes = [pymongo.IndexModel([("role", pymongo.ASCENDING)]),
+                   pymongo.IndexModel([("password_code_hash", pymongo.ASCENDING)])]
+
+
+class TokenKind(StrEnum):
+    USER = "user"
+    HOST = "host"
+
+
+class ApiToken(Document):
+    """A bearer token for programs: a person's (acts as that user) or a host agent's (acts as
+    that host only). Only the sha256 of the token is kept; the token is shown once."""
+
+    kind: TokenKind
+    owner: str  # the user's or the host's name
+    label: str
+    token_hash: Indexed(str, unique=True)  # type: ignore[valid-type]
+    # The first characters, so a person can tell their tokens apart (not enough to use one).
+    prefix: str
+    created_by: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "api_tokens"
+        indexes = [pymongo.IndexModel([("kind", pymongo.ASCENDING), ("owner", pymongo.ASCENDING)])]
+
+
+class AuditEntry(Document):
+    """One line of the audit log: who did what to which object, when, from where, and how it
+    ended. The application only ever inserts these."""
+
+    at: datetime = Field(default_factory=utcnow)
+    actor: str  # user or host name; "" when anonymous
+    actor_kind: str  # anonymous | user | host
+    role: str = ""
+    action: str  # the GraphQL mutation's name, or login/logout/...
+    target: str = ""  # e.g. "lab:redes-2025", "machine:redes-2025-3", "user:ana"
+    address: str = ""
+    outcome: str  # "ok", or the refusal's code (FORBIDDEN, NOT_FOUND, WRONG_PASSWORD, ...)
+    message: str = ""
+
+    class Settings:
+        name = "audit_log"
+        indexes = [pymongo.IndexModel([("at", pymongo.DESCENDING)]),
+                   pymongo.IndexModel([("actor", pymongo.ASCENDING), ("at", pymongo.DESCENDING)]),
+                   pymongo.IndexModel([("action", pymongo.ASCENDING), ("at", pymongo.DESCENDING)])]
+
+
+class LoginThrottle(Document):
+    """Failed sign-ins of one account (`user:NAME`) or one address (`addr:IP`), counted with an
+    atomic `$inc` so every server replica sees the same count."""
+
+    key: Indexed(str, unique=True)  # type: ignore[valid-type]
+    failures: int = 0
+    window_start: datetime = Field(default_factory=utcnow)
+    blocked_until: datetime | None = None
+
+    class Settings:
+        name = "login_throttle"
+
+
+class ServerSecret(Document):
+    """Values every server replica must share: the session-signing key (unless
+    KUBEKVM_SECRET_KEY is set) and the hashes of first-start setup codes."""
+
+    name: Indexed(str, unique=True)  # type: ignore[valid-type]
+    value: str
+    expires: datetime | None = None
+
+    class Settings:
+        name = "server_secrets"
+
+
+DOCUMENT_MODELS: list[type[Document]] = [Template, Deployment, Machine, Host, LabEvent, User, ApiToken,
+                                         AuditEntry, LoginThrottle, ServerSecret]

@@ -28,7 +28,7 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from kubekvm import __version__, lifecycle, placement, validation
+from kubekvm import __version__, lifecycle, placement, roster, validation
 from kubekvm.config import Settings
 from kubekvm.errors import Conflict, NotFound, Unavailable, ValidationFailed
 from kubekvm.events import EventFeed
@@ -85,7 +85,8 @@ class Page:
     total: int
 
 
-def _oid(value: str, *, what: str) -> PydanticObjectId:
+def object_id(value: str, *, what: str) -> PydanticObjectId:
+    """A document id from a client, or NotFound (a malformed id names nothing)."""
     try:
         return PydanticObjectId(ObjectId(value))
     except (InvalidId, TypeError):
@@ -138,8 +139,12 @@ class Services:
                 except Conflict:
                     pass  # another replica seeded it first
 
-    async def list_templates(self) -> list[Template]:
-        return await Template.find_all().sort("name").to_list()
+    async def list_templates(self, *, teacher: str | None = None) -> list[Template]:
+        """Every template, or those `teacher` may use (unrestricted, or listing them)."""
+        if teacher is None:
+            return await Template.find_all().sort("name").to_list()
+        query = {"$or": [{"teachers": {"$exists": False}}, {"teachers": []}, {"teachers": teacher}]}
+        return await Template.find(query).sort("name").to_list()
 
     async def get_template(self, name: str) -> Template:
         template = await Template.find_one(Template.name == name)
@@ -149,9 +154,10 @@ class Services:
 
     async def create_template(
         self, *, name: str, title: str | None, description: str | None, os: str, image: str,
-        vcpus: int, memory_mib: int, disk_gib: int,
+        vcpus: int, memory_mib: int, disk_gib: int, teachers: Sequence[str] = (),
     ) -> Template:
         template = Template(
+            teachers=_teachers(teachers),
             name=validation.name(name),
             title=validation.title(title, fallback=name),
             description=validation.description(description),
@@ -169,9 +175,12 @@ class Services:
         self, name: str, *, title: str | None = None, description: str | None = None,
         os: str | None = None, image: str | None = None, vcpus: int | None = None,
         memory_mib: int | None = None, disk_gib: int | None = None,
+        teachers: Sequence[str] | None = None,
     ) -> Template:
         template = await self.get_template(name)
         changes: dict[str, Any] = {}
+        if teachers is not None:
+            changes["teachers"] = _teachers(teachers)
         if title is not None:
             changes["title"] = validation.title(title, fallback=name)
         if description is not None:
@@ -201,9 +210,19 @@ class Services:
     # -------------------------------------------------------------------- labs
 
     async def list_deployments(
-        self, *, phase: Phase | None = None, offset: int = 0, limit: int = 100
+        self, *, phase: Phase | None = None, offset: int = 0, limit: int = 100,
+        owner: str | None = None, student: str | None = None, only: dict[str, Any] | None = None,
     ) -> Page:
-        query = Deployment.find(Deployment.phase == phase) if phase else Deployment.find_all()
+        """Labs by name; only those in `phase`, owned by `owner`, with `student` on their
+        roster, or matching the filter `only`, when given."""
+        criteria: dict[str, Any] = dict(only or {})
+        if phase:
+            criteria["phase"] = phase.value
+        if owner is not None:
+            criteria["owner"] = owner
+        if student is not None:
+            criteria["roster"] = student
+        query = Deployment.find(criteria)
         total = await query.count()
         items = await query.sort("name").skip(max(offset, 0)).limit(max(min(limit, 1000), 1)).to_list()
         return Page(items=items, total=total)
@@ -230,7 +249,7 @@ class Services:
 
     async def create_deployment(
         self, *, name: str, template: str, replicas: int, title: str | None = None,
-        power: Power = Power.RUNNING,
+        power: Power = Power.RUNNING, owner: str | None = None,
     ) -> Deployment:
         validation.name(name)
         lab_title = validation.title(title, fallback=name)
@@ -239,7 +258,8 @@ class Services:
             source = await self.get_template(template)
         except NotFound:
             raise ValidationFailed("template", f"There is no template named {template!r}.") from None
-        lab = Deployment(name=name, title=lab_title, template=template, replicas=replicas, power=power)
+        lab = Deployment(name=name, title=lab_title, template=template, replicas=replicas, power=power,
+                         owner=owner)
         try:
             await lab.insert()
         except DuplicateKeyError:
@@ -291,6 +311,8 @@ class Services:
             await Deployment.find_one(Deployment.id == lab.id).update(update)
         if replicas is not None and replicas != lab.replicas:
             await self._scale(lab, replicas=replicas, power=power or lab.power)
+            if lab.roster:
+                await self._bind_roster(name, lab.roster)
         if power is not None and power != lab.power:
             await self._set_power(name, power)
         return await self.refresh_phase(name, always_publish=bool(changes))
@@ -351,6 +373,46 @@ class Services:
             await self._publish_machines({"deployment": lab.name, "index": {"$in": plan.create}})
             await self.place_pending(deployment=lab.name)
         await self._note(lab.name, f"scaled from {lab.replicas} to {replicas} machine(s)")
+
+    async def set_roster(self, name: str, *, students: Sequence[str],
+                         match_replicas: bool = False) -> tuple[Deployment, list[str]]:
+        """Make `students` the lab's roster and bind each to a machine; with `match_replicas`
+        the lab is first scaled to one machine per student. Returns the lab and the students
+        left without a machine (more students than machines)."""
+        names = [roster.username(s, field="students") for s in students]
+        if len(set(names)) != len(names):
+            raise ValidationFailed("students", "A student is listed twice.")
+        lab = await self.get_deployment(name)
+        if lab.phase == Phase.DELETING:
+            raise Conflict(f"Lab {name!r} is being deleted.")
+        if match_replicas and names and len(names) != lab.replicas:
+            await self.update_deployment(name, replicas=len(names))
+        await Deployment.find_one(Deployment.id == lab.id).update(
+            {"$set": {"roster": names, "updated_at": utcnow()}, "$inc": {"version": 1}})
+        unbound = await self._bind_roster(name, names)
+        added = sorted(set(names) - set(lab.roster))
+        removed = sorted(set(lab.roster) - set(names))
+        if added or removed:
+            said = [f"added {', '.join(added)}" if added else "", f"removed {', '.join(removed)}" if removed else ""]
+            await self._note(name, "roster: " + "; ".join(x for x in said if x))
+        return await self.refresh_phase(name, always_publish=True), unbound
+
+    async def _bind_roster(self, name: str, students: Sequence[str]) -> list[str]:
+        kept = await Machine.find({"deployment": name, "retired": False,
+                                   "desired": {"$ne": DesiredState.ABSENT.value}}).to_list()
+        plan = roster.bind(roster=students, machines={m.index: m.student for m in kept})
+        collection = Machine.get_pymongo_collection()
+        for machine in kept:
+            wanted = plan.machines.get(machine.index)
+            if wanted != machine.student:
+                await collection.update_one({"_id": machine.id}, {"$set": {"student": wanted,
+                                                                           "updated_at": utcnow()}})
+                machine.student = wanted
+                self._published(machine)
+        # A machine on its way out belongs to nobody any more.
+        await collection.update_many({"deployment": name, "desired": DesiredState.ABSENT.value,
+                                      "student": {"$ne": None}}, {"$set": {"student": None}})
+        return plan.unbound
 
     async def delete_deployment(self, name: str, *, force: bool = False) -> Deployment:
         lab = await self.get_deployment(name)
@@ -445,12 +507,21 @@ class Services:
 
     # ---------------------------------------------------------------- machines
 
-    async def list_machines(self, *, deployment: str | None = None, host: str | None = None) -> list[Machine]:
+    async def list_machines(self, *, deployment: str | None = None, host: str | None = None,
+                            student: str | None = None, owner: str | None = None) -> list[Machine]:
+        """Machines by lab and index: of one lab, one host, one student, or of the labs one
+        teacher owns, as given."""
         query: dict[str, Any] = {"retired": False}
         if deployment is not None:
             query["deployment"] = deployment
         if host is not None:
             query["host"] = host
+        if student is not None:
+            query["student"] = student
+        if owner is not None:
+            owned = [lab.name for lab in await Deployment.find({"owner": owner}).to_list()]
+            query["deployment"] = {"$in": owned} if deployment is None else (
+                deployment if deployment in owned else {"$in": []})
         return await Machine.find(query).sort(BY_LAB_AND_INDEX).to_list()
 
     async def get_machine(self, name: str) -> Machine:
@@ -522,7 +593,7 @@ class Services:
         self, *, name: str, vcpus: int, memory_mib: int, images: Iterable[str],
         domain_type: str = "", agent_version: str = "",
     ) -> Host:
-        _host_name(name)
+        host_name(name)
         validation.whole_number(vcpus, field="vcpus", minimum=1, maximum=4096, unit="vCPUs")
         validation.whole_number(memory_mib, field="memoryMib", minimum=64, maximum=1 << 30, unit="MiB")
         now = utcnow()
@@ -574,7 +645,7 @@ class Services:
         self, *, machine_id: str, host: str, state: ObservedState, message: str = "",
         power_generation: int | None = None,
     ) -> Machine:
-        machine = await Machine.get(_oid(machine_id, what="machine"))
+        machine = await Machine.get(object_id(machine_id, what="machine"))
         if machine is None or machine.retired:
             raise NotFound(f"There is no machine with id {machine_id}; it was removed.")
         if machine.host != host:
@@ -692,7 +763,11 @@ def _new_machine(*, lab: str, index: int, spec: MachineSpec, power: Power) -> Ma
                    desired=lifecycle.desired_for(power), message="waiting for a host")
 
 
-def _host_name(name: str) -> str:
+def _teachers(names: Sequence[str]) -> list[str]:
+    return sorted({roster.username(n.strip().lower(), field="teachers") for n in names if n.strip()})
+
+
+def host_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", name or ""):
         raise ValidationFailed("name", f"A host name uses {HOST_NAME_RULE}.")
     return name

@@ -16,10 +16,17 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from kubekvm.events import Change, EventFeed
 from kubekvm.models import Deployment, Host, Machine
-from kubekvm.services import Services
+
+
+class AssignmentSource(Protocol):
+    """Whatever reads a host's machines: the service layer, or the authorization facade
+    (which checks that the caller is that host's agent)."""
+
+    async def host_assignments(self, host: str) -> list[Machine]: ...
 
 
 class BatchKind(StrEnum):
@@ -36,7 +43,7 @@ class AssignmentBatch:
 
 
 async def host_assignments(
-    *, services: Services, feed: EventFeed, host: str, cursor: str | None = None
+    *, services: AssignmentSource, feed: EventFeed, host: str, cursor: str | None = None
 ) -> AsyncIterator[AssignmentBatch]:
     known: set[str] = set()
     async with feed.subscribe() as subscription:

@@ -205,7 +205,7 @@ async def test_host_assignments_snapshot_then_changes(start_kubekvm: Callable[..
     query = ("subscription($h: String!) { hostAssignments(host: $h) { kind cursor removed "
              "assignments { machineId vmName deployment index desired resetGeneration powerGeneration "
              "template { name image vcpus memoryMib diskGib os } } } }")
-    async with websocket_session(server.ws_url) as session:
+    async with websocket_session(server.ws_url, server.admin_token) as session:
         feed = Subscriber(session, query, h="kvm-sub")
         snapshot = (await feed.wait_for(lambda r: True))["hostAssignments"]
         assert snapshot["kind"] == "SNAPSHOT"
@@ -240,13 +240,13 @@ async def test_host_assignments_snapshot_then_changes(start_kubekvm: Callable[..
         await feed.close()
 
     # a reconnecting agent with a cursor this process holds resumes without a snapshot
-    async with websocket_session(server.ws_url) as session:
+    async with websocket_session(server.ws_url, server.admin_token) as session:
         resumed = Subscriber(session, "subscription($h: String!, $c: String) { hostAssignments(host: $h, cursor: $c) { kind } }",
                              h="kvm-sub", c=change["hostAssignments"]["cursor"])
         first_batch = await resumed.wait_for(lambda r: True)
         assert first_batch["hostAssignments"]["kind"] == "CHANGE"
         await resumed.close()
-    async with websocket_session(server.ws_url) as session:
+    async with websocket_session(server.ws_url, server.admin_token) as session:
         stale = Subscriber(session, "subscription($h: String!, $c: String) { hostAssignments(host: $h, cursor: $c) { kind } }",
                            h="kvm-sub", c="not-a-cursor-this-server-knows")
         assert (await stale.wait_for(lambda r: True))["hostAssignments"]["kind"] == "SNAPSHOT"
@@ -257,7 +257,7 @@ async def test_deployment_events_cross_server_replicas(start_kubekvm: Callable[.
     """Two server processes on one database: a mutation on one reaches a subscriber of the other."""
     first = start_kubekvm()
     second = start_kubekvm(database_name=first.database_name)
-    async with websocket_session(second.ws_url) as session:
+    async with websocket_session(second.ws_url, second.admin_token) as session:
         events = Subscriber(session, "subscription { deploymentEvents { kind lab deployment { phase } machine { name observed } } }")
         await asyncio.sleep(0.3)  # the subscription is registered once the server has its first message
         data(first.graphql(CREATE, {"i": {"name": "across", "template": "redes-neuronales", "replicas": 2}}))
@@ -271,7 +271,7 @@ async def test_deployment_events_cross_server_replicas(start_kubekvm: Callable[.
 
 async def test_deployment_events_for_one_lab_and_unknown_lab(server: Server) -> None:
     data(server.graphql(CREATE, {"i": {"name": "watched", "template": "redes-neuronales", "replicas": 1}}))
-    async with websocket_session(server.ws_url) as session:
+    async with websocket_session(server.ws_url, server.admin_token) as session:
         events = Subscriber(session, "subscription($n: String) { deploymentEvents(name: $n) { kind lab } }", n="watched")
         await asyncio.sleep(0.3)
         data(server.graphql(CREATE, {"i": {"name": "other", "template": "redes-neuronales", "replicas": 1}}))
@@ -279,7 +279,7 @@ async def test_deployment_events_for_one_lab_and_unknown_lab(server: Server) -> 
         await events.wait_for(lambda r: r["deploymentEvents"]["kind"] == "LAB_CHANGED")
         assert {r["deploymentEvents"]["lab"] for r in events.results} == {"watched"}
         await events.close()
-    async with websocket_session(server.ws_url) as session:
+    async with websocket_session(server.ws_url, server.admin_token) as session:
         from gql import GraphQLRequest
         from gql.transport.exceptions import TransportQueryError
         with pytest.raises(TransportQueryError) as error:

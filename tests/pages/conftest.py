@@ -54,12 +54,34 @@ def browser() -> Iterator[Any]:
     playwright.stop()
 
 
+PAGES_ADMIN = "pages-admin"
+
+
+def sign_in(tab: Any, name: str, password: str) -> None:
+    """Through the login page, as a person would."""
+    tab.goto("/login")
+    tab.get_by_label("Username").fill(name)
+    tab.get_by_label("Password").fill(password)
+    tab.get_by_role("button", name="Sign in").click()
+    tab.wait_for_url(lambda url: "/login" not in url)
+
+
+@pytest.fixture
+def anonymous_tab(browser: Any, server: Server) -> Iterator[Any]:
+    """A fresh tab, signed in as nobody."""
+    context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
+    yield context.new_page()
+    context.close()
+
+
 @pytest.fixture
 def page(browser: Any, server: Server) -> Iterator[Any]:
-    """A fresh browser tab on the module's server; fails the test on any script error
-    (htmx reports a missing swap target or a bad fragment through console.error)."""
+    """A fresh browser tab on the module's server, signed in as an admin; fails the test on
+    any script error (htmx reports a missing swap target or a bad fragment through
+    console.error)."""
     context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
     tab = context.new_page()
+    sign_in(tab, PAGES_ADMIN, server.user(PAGES_ADMIN, "admin"))
     problems: list[str] = []
 
     def console(message: Any) -> None:

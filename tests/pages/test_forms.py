@@ -17,7 +17,8 @@ HX = {"HX-Request": "true"}
 
 @pytest.fixture
 def client(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    # An admin's API token: no CSRF token needed (browsers never send a bearer token by themselves).
+    with httpx.Client(base_url=server.url, timeout=10, headers=server.admin_headers) as client:
         yield client
 
 
@@ -165,7 +166,7 @@ def test_unknown_things_are_404_pages(client: httpx.Client) -> None:
 
 def test_empty_states_explain_what_to_do(start_kubekvm: Callable[..., Server]) -> None:
     bare = start_kubekvm(env={"KUBEKVM_SEED_TEMPLATES": "0"})
-    with httpx.Client(base_url=bare.url, timeout=10) as client:
+    with httpx.Client(base_url=bare.url, timeout=10, headers=bare.admin_headers) as client:
         labs = client.get("/").text
         assert "No labs yet" in labs and "gives every student" in labs and 'href="/new-lab"' in labs
         assert "No lab is <strong>Failed</strong>" in client.get("/?phase=Failed").text

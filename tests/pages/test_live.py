@@ -78,7 +78,7 @@ class EventStream:
 
 @contextmanager
 def stream(server: Server, query: str) -> Iterator[EventStream]:
-    with httpx.Client(base_url=server.url, timeout=httpx.Timeout(5.0)) as client, \
+    with httpx.Client(base_url=server.url, timeout=httpx.Timeout(5.0), headers=server.admin_headers) as client, \
             client.stream("GET", f"/events?{query}") as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -87,7 +87,7 @@ def stream(server: Server, query: str) -> Iterator[EventStream]:
 
 
 def live_subscribers(server: Server) -> int:
-    page = httpx.get(f"{server.url}/server", timeout=5).text
+    page = httpx.get(f"{server.url}/server", timeout=5, headers=server.admin_headers).text
     found = re.search(r'id="live-subscribers">(\d+)<', page)
     assert found
     return int(found.group(1))

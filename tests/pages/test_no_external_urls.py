@@ -50,14 +50,18 @@ def test_rendered_pages_reference_only_this_server(server: Server, sample_lab: s
         "/labs/{name}/edit": "/labs/url-scan/edit", "/labs/{name}/delete": "/labs/url-scan/delete",
         "/templates": "/templates", "/templates/new": "/templates/new",
         "/templates/{name}/edit": "/templates/tiny-linux/edit", "/hosts": "/hosts",
-        "/server": "/server",
+        "/server": "/server", "/login": "/login", "/setup": "/setup?code=x",
+        "/set-password": "/set-password?code=x", "/account": "/account", "/my": "/my",
+        "/users": "/users", "/audit": "/audit",
     }
     routes = [r for r in pages.routes(settings=Settings()) if isinstance(r, Route)]
     gets = {r.path for r in routes if r.methods and "GET" in r.methods and r.path != "/events"}
     assert gets == set(paths), "a page route is missing from this test"
 
     own = urlsplit(server.url).netloc
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    with httpx.Client(base_url=server.url, timeout=10, headers=server.admin_headers,
+                      follow_redirects=True) as client, httpx.Client(base_url=server.url, timeout=10) as nobody:
+        assert not external(REFERENCE.findall(nobody.get("/login").text), own=own)
         for path in [*paths.values(), "/labs/no-such-lab"]:
             html = client.get(path).text
             references = REFERENCE.findall(html)

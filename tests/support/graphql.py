@@ -13,8 +13,14 @@ from gql.transport.websockets import WebsocketsTransport
 
 
 @contextlib.asynccontextmanager
-async def websocket_session(ws_url: str) -> AsyncIterator[AsyncClientSession]:
-    transport = WebsocketsTransport(url=ws_url, subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL])
+async def websocket_session(ws_url: str, token: str | None = None, *, in_header: bool = True,
+                            in_init: bool = True) -> AsyncIterator[AsyncClientSession]:
+    """A websocket session, authenticated as the agent does it: the token in the upgrade
+    request's Authorization header and/or in connection_init's payload."""
+    headers = {"Authorization": f"Bearer {token}"} if token and in_header else None
+    init_payload = {"authorization": f"Bearer {token}"} if token and in_init else {}
+    transport = WebsocketsTransport(url=ws_url, headers=headers, init_payload=init_payload,
+                                    subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL])
     async with Client(transport=transport, fetch_schema_from_transport=False) as session:
         yield session
 

@@ -1,9 +1,18 @@
 """Real servers for tests: SecantusDB, mongoeco and `kubekvm serve`, each a child process on a
-free loopback port, stopped when the test session ends."""
+free loopback port, stopped when the test session ends.
+
+Every server starts with an admin account "admin" whose API token (`Server.admin_token`) comes
+from KUBEKVM_BOOTSTRAP_ADMIN_TOKEN_FILE; `Server.graphql` sends it unless told otherwise
+(`token=None`: anonymous; `token=...`: another identity). `Server.user(...)` makes accounts with
+passwords, `Server.token_for(...)` signs one in and makes it an API token, and
+`Server.host_token(name)` issues the token a `kubekvm-agent --token` needs for host `name`.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -99,6 +108,9 @@ def start_mongoeco() -> tuple[str, Child] | None:
     return uri, Child(process, log)
 
 
+ADMIN = object()  # `Server.graphql(token=ADMIN)`: the bootstrap admin's token (the default)
+
+
 @dataclass
 class Server:
     """A `kubekvm serve` process."""
@@ -108,6 +120,9 @@ class Server:
     database_name: str
     child: Child
     env: dict[str, str] = field(default_factory=dict)
+    admin_token: str = ""
+    passwords: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def graphql_url(self) -> str:
@@ -120,13 +135,70 @@ class Server:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         self.child.stop(sig)
 
-    def graphql(self, query: str, variables: dict[str, object] | None = None) -> dict[str, object]:
-        """POST a GraphQL request; returns the whole response body (data and errors)."""
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def graphql(self, query: str, variables: dict[str, object] | None = None, *,
+                token: object = ADMIN) -> dict[str, object]:
+        """POST a GraphQL request as the admin (or `token`; None: anonymously); returns the
+        whole response body (data and errors)."""
+        chosen = self.admin_token if token is ADMIN else token
+        headers = {"Authorization": f"Bearer {chosen}"} if chosen else {}
         response = httpx.post(self.graphql_url, json={"query": query, "variables": variables or {}},
-                              timeout=30)
-        response.raise_for_status()
+                              headers=headers, timeout=30)
+        if response.status_code != 401:
+            response.raise_for_status()
         body: dict[str, object] = response.json()
         return body
+
+    def user(self, name: str, role: str = "teacher", *, password: str | None = None) -> str:
+        """An account with a password (made once per server); returns the password."""
+        if name not in self.passwords:
+            password = password or f"pw-{secrets.token_urlsafe(12)}"
+            body = self.graphql("mutation($i: UserInput!) { createUser(input: $i) { name } }",
+                                {"i": {"name": name, "role": role.upper(), "password": password}})
+            assert not body.get("errors"), body
+            self.passwords[name] = password
+        return self.passwords[name]
+
+    def session(self, name: str, password: str | None = None) -> httpx.Client:
+        """An httpx client signed in as `name` through the login page; its CSRF token is in
+        `client.headers["X-CSRF-Token"]`, as htmx would send it."""
+        client = httpx.Client(base_url=self.url, timeout=30)
+        form = client.get("/login").text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', form)
+        assert csrf, "the login page has no CSRF token"
+        answer = client.post("/login", data={"name": name, "password": password or self.passwords[name],
+                                             "csrf_token": csrf.group(1)})
+        assert answer.status_code == 303, answer.text
+        page = client.get("/account").text
+        fresh = re.search(r'name="csrf-token" content="([^"]+)"', page)
+        assert fresh
+        client.headers["X-CSRF-Token"] = fresh.group(1)
+        return client
+
+    def token_for(self, name: str, role: str = "teacher") -> str:
+        """An API token of `name` (a `role` account made if need be), made as they would: sign
+        in, then ask for one."""
+        if name not in self.tokens:
+            self.user(name, role)
+            client = self.session(name)
+            try:
+                body = client.post("/graphql", json={"query": "mutation { createApiToken(label: \"tests\") { token } }"}).json()
+            finally:
+                client.close()
+            assert not body.get("errors"), body
+            self.tokens[name] = body["data"]["createApiToken"]["token"]
+        return self.tokens[name]
+
+    def host_token(self, host: str) -> str:
+        """A new token for the agent of `host` (`kubekvm-agent --token ...`)."""
+        body = self.graphql("mutation($h: String!) { createHostToken(host: $h, label: \"tests\") { token } }",
+                            {"h": host})
+        assert not body.get("errors"), body
+        token: str = body["data"]["createHostToken"]["token"]  # type: ignore[index, call-overload]
+        return token
 
 
 def start_server(*, database_uri: str | None, database_name: str | None = None,
@@ -135,8 +207,16 @@ def start_server(*, database_uri: str | None, database_name: str | None = None,
     port = port or free_port()
     name = database_name or f"t{uuid.uuid4().hex[:12]}"
     log = _log_file(f"server-{port}")
+    # The admin's token, in a file only this test run reads (a second server on the same
+    # database finds the admin made and ignores it; the token in the file still works there).
+    token_file = LOG_DIR.parent / "tokens" / f"{name}.token"
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    if not token_file.exists():
+        token_file.write_text(f"kk_{secrets.token_urlsafe(32)}")
+        token_file.chmod(0o600)
     environment = {**os.environ, "KUBEKVM_DATABASE": name, "KUBEKVM_HOST_TIMEOUT": "30",
-                   "PYTHONUNBUFFERED": "1", **(env or {})}
+                   "PYTHONUNBUFFERED": "1", "KUBEKVM_BOOTSTRAP_ADMIN_TOKEN_FILE": str(token_file),
+                   **(env or {})}
     if database_uri is not None:
         environment["MONGODB_URI"] = database_uri
     else:
@@ -148,7 +228,8 @@ def start_server(*, database_uri: str | None, database_name: str | None = None,
         env=environment, cwd=cwd or ROOT,
     )
     server = Server(url=f"http://127.0.0.1:{port}", database_uri=database_uri or "",
-                    database_name=name, child=Child(process, log), env=environment)
+                    database_name=name, child=Child(process, log), env=environment,
+                    admin_token=token_file.read_text().strip())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -1,38 +1,49 @@
-"""Queries, mutations and subscriptions. Each resolver translates arguments, calls one service
-method and wraps the result in a GraphQL type; no rule of the platform lives here."""
+"""Queries, mutations and subscriptions. Each resolver translates arguments, calls one method
+of the caller's authorization facade (`kubekvm.authorized`: the service layer as this actor
+may use it) and wraps the result in a GraphQL type; no rule of the platform lives here."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from datetime import datetime
+from typing import Any
 
 import strawberry
 from graphql.error import GraphQLError
-from strawberry.extensions import MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions import DisableIntrospection, MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry.types import ExecutionContext
 
 from kubekvm import models, streams
+from kubekvm.authorized import Authorized
+from kubekvm.config import Settings
 from kubekvm.errors import KubeKVMError
 from kubekvm.graphql.errors import ErrorCodes, coded
 from kubekvm.graphql.types import (
+    ApiToken,
     Assignment,
     AssignmentBatch,
+    AuditEntry,
+    AuditPage,
     Deployment,
     DeploymentEvent,
     DeploymentPage,
     Host,
+    Identity,
     Machine,
+    NewToken,
+    RosterChange,
     ServerInfo,
     Template,
+    User,
 )
-from kubekvm.services import Services
 
 
-def _services(info: strawberry.Info) -> Services:
-    services: Services = info.context["services"]
+def _services(info: strawberry.Info) -> Authorized:
+    services: Authorized = info.context["services"]
     return services
 
 
-async def _deployment(services: Services, lab: models.Deployment) -> Deployment:
+async def _deployment(services: Authorized, lab: models.Deployment) -> Deployment:
     counts = await services.running_counts([lab.name])
     running, total = counts[lab.name]
     return Deployment.of(lab, running=running, machine_count=total)
@@ -48,6 +59,8 @@ class TemplateInput:
     vcpus: int = 1
     memory_mib: int = 1024
     disk_gib: int = 10
+    teachers: list[str] = strawberry.field(
+        default_factory=list, description="Only these teachers may use it; empty: every teacher.")
 
 
 @strawberry.input
@@ -59,6 +72,7 @@ class TemplateUpdate:
     vcpus: int | None = None
     memory_mib: int | None = None
     disk_gib: int | None = None
+    teachers: list[str] | None = None
 
 
 @strawberry.input
@@ -68,6 +82,16 @@ class DeploymentInput:
     replicas: int
     title: str | None = None
     power: models.Power = models.Power.RUNNING
+    owner: str | None = strawberry.field(
+        default=None, description="Admins only: the teacher the lab is for (default: the caller).")
+
+
+@strawberry.input
+class UserInput:
+    name: str
+    role: models.Role
+    password: str | None = strawberry.field(
+        default=None, description="None: no usable password until one is set (or a set-password link used).")
 
 
 @strawberry.input
@@ -147,6 +171,28 @@ class Query:
     async def hosts(self, info: strawberry.Info) -> list[Host]:
         return [Host.of(s) for s in await _services(info).list_hosts()]
 
+    @strawberry.field(description="Who is asking (anonymous when no credentials came).")
+    def me(self, info: strawberry.Info) -> Identity:
+        actor = _services(info).actor
+        return Identity(kind=actor.kind.value, name=actor.name, role=actor.role)
+
+    @strawberry.field(description="Admins only: the accounts, optionally of one role.")
+    async def users(self, info: strawberry.Info, role: models.Role | None = None) -> list[User]:
+        return [User.of(u) for u in await _services(info).list_users(role=role)]
+
+    @strawberry.field(description="Your API tokens; admins may ask for everyone's (and the hosts').")
+    async def api_tokens(self, info: strawberry.Info, everyone: bool = False) -> list[ApiToken]:
+        return [ApiToken.of(t) for t in await _services(info).list_tokens(everyone=everyone)]
+
+    @strawberry.field(description="Admins only: the audit log, newest first. `outcome: \"refused\"` "
+                                  "gives every refusal.")
+    async def audit_log(self, info: strawberry.Info, actor: str | None = None, action: str | None = None,
+                        target: str | None = None, outcome: str | None = None, since: datetime | None = None,
+                        offset: int = 0, limit: int = 100) -> AuditPage:
+        page = await _services(info).audit_log(actor=actor, action=action, target=target, outcome=outcome,
+                                               since=since, offset=offset, limit=limit)
+        return AuditPage(items=[AuditEntry.of(e) for e in page.items], total=page.total)
+
     @strawberry.field(description="Which server replica answered (the load-balancing test).")
     def server_info(self, info: strawberry.Info) -> ServerInfo:
         i = _services(info).server_info()
@@ -160,7 +206,8 @@ class Mutation:
     async def create_template(self, info: strawberry.Info, input: TemplateInput) -> Template:
         t = await _services(info).create_template(
             name=input.name, title=input.title, description=input.description, os=input.os.value,
-            image=input.image, vcpus=input.vcpus, memory_mib=input.memory_mib, disk_gib=input.disk_gib)
+            image=input.image, vcpus=input.vcpus, memory_mib=input.memory_mib, disk_gib=input.disk_gib,
+            teachers=input.teachers)
         return Template.of(t)
 
     @strawberry.mutation
@@ -168,7 +215,7 @@ class Mutation:
         t = await _services(info).update_template(
             name, title=input.title, description=input.description,
             os=input.os.value if input.os else None, image=input.image, vcpus=input.vcpus,
-            memory_mib=input.memory_mib, disk_gib=input.disk_gib)
+            memory_mib=input.memory_mib, disk_gib=input.disk_gib, teachers=input.teachers)
         return Template.of(t)
 
     @strawberry.mutation(description="Refused (CONFLICT) while a lab uses the template.")
@@ -180,7 +227,7 @@ class Mutation:
         services = _services(info)
         lab = await services.create_deployment(
             name=input.name, template=input.template, replicas=input.replicas, title=input.title,
-            power=input.power)
+            power=input.power, owner=input.owner)
         return await _deployment(services, lab)
 
     @strawberry.mutation
@@ -210,6 +257,16 @@ class Mutation:
         lab = await services.delete_deployment(name, force=force)
         return Deployment.of(lab)
 
+    @strawberry.mutation(description=(
+        "Make `students` (usernames) the lab's roster: each is bound to one machine; accounts "
+        "that do not exist are made as students without a password. `matchReplicas` first "
+        "scales the lab to one machine per student."))
+    async def set_roster(self, info: strawberry.Info, name: str, students: list[str],
+                         match_replicas: bool = False) -> RosterChange:
+        services = _services(info)
+        lab, unbound, created = await services.set_roster(name, students=students, match_replicas=match_replicas)
+        return RosterChange(deployment=await _deployment(services, lab), unbound=unbound, created_accounts=created)
+
     @strawberry.mutation
     async def start_machine(self, info: strawberry.Info, name: str) -> Machine:
         return Machine.of(await _services(info).start_machine(name))
@@ -228,13 +285,13 @@ class Mutation:
         await services.register_host(name=input.name, vcpus=input.vcpus, memory_mib=input.memory_mib,
                                      images=input.images, domain_type=input.domain_type,
                                      agent_version=input.agent_version)
-        return await _host(services, input.name)
+        return Host.of(await services.host_status(input.name))
 
     @strawberry.mutation(description="For host agents: I am alive (and these images are here).")
     async def heartbeat(self, info: strawberry.Info, input: HeartbeatInput) -> Host:
         services = _services(info)
         await services.heartbeat(name=input.name, images=input.images)
-        return await _host(services, input.name)
+        return Host.of(await services.host_status(input.name))
 
     @strawberry.mutation(description="For host agents: what the host observes of a machine.")
     async def report_machine_state(self, info: strawberry.Info, input: MachineReportInput) -> Machine:
@@ -248,14 +305,38 @@ class Mutation:
     async def report_orphans(self, info: strawberry.Info, input: OrphanReportInput) -> Host:
         services = _services(info)
         await services.report_orphans(host=input.host, domains=input.domains)
-        return await _host(services, input.host)
+        return Host.of(await services.host_status(input.host))
 
+    @strawberry.mutation(description="Admins only: a new account.")
+    async def create_user(self, info: strawberry.Info, input: UserInput) -> User:
+        return User.of(await _services(info).create_user(name=input.name, role=input.role,
+                                                         password=input.password))
 
-async def _host(services: Services, name: str) -> Host:
-    for status in await services.list_hosts():
-        if status.host.name == name:
-            return Host.of(status)
-    raise GraphQLError(f"There is no host named {name!r}.", extensions={"code": "NOT_FOUND"})
+    @strawberry.mutation(description=(
+        "Set a password: your own, or (admins) anyone's, or (teachers) a student's on your rosters."))
+    async def set_user_password(self, info: strawberry.Info, name: str, password: str) -> User:
+        return User.of(await _services(info).set_user_password(name, password))
+
+    @strawberry.mutation(description=(
+        "A one-time set-password link (a path on this server) for a student on your rosters, "
+        "good for 7 days; it replaces an older one."))
+    async def create_password_link(self, info: strawberry.Info, name: str) -> str:
+        code = await _services(info).password_link(name)
+        return f"/set-password?code={code}"
+
+    @strawberry.mutation(description="A personal API token, acting as you. Shown once.")
+    async def create_api_token(self, info: strawberry.Info, label: str = "") -> NewToken:
+        record, token = await _services(info).create_token(label=label)
+        return NewToken(token=token, api_token=ApiToken.of(record))
+
+    @strawberry.mutation(description="Admins only: a token for the agent of `host` (it may act for that host only).")
+    async def create_host_token(self, info: strawberry.Info, host: str, label: str = "") -> NewToken:
+        record, token = await _services(info).create_host_token(host=host, label=label)
+        return NewToken(token=token, api_token=ApiToken.of(record))
+
+    @strawberry.mutation(description="Revoke one of your tokens (admins: any token).")
+    async def revoke_api_token(self, info: strawberry.Info, id: strawberry.ID) -> ApiToken:
+        return ApiToken.of(await _services(info).revoke_token(str(id)))
 
 
 @strawberry.type
@@ -265,12 +346,14 @@ class Subscription:
     async def deployment_events(self, info: strawberry.Info,
                                 name: str | None = None) -> AsyncGenerator[DeploymentEvent, None]:
         services = _services(info)
-        if name is not None:
-            try:
+        try:
+            if name is not None:
                 await services.get_deployment(name)
-            except KubeKVMError as error:
-                raise coded(error) from None
-        async for change in streams.lab_changes(feed=services.feed, lab=name):
+            else:
+                await services.list_deployments(limit=1)  # signed in at all?
+        except KubeKVMError as error:
+            raise coded(error) from None
+        async for change in services.lab_changes(lab=name):
             deployment = None
             if change.deployment is not None:
                 deployment = await _deployment(services, change.deployment)
@@ -285,7 +368,7 @@ class Subscription:
                                cursor: str | None = None) -> AsyncGenerator[AssignmentBatch, None]:
         services = _services(info)
         try:
-            await services.get_host(host)
+            await services.follow_host(host)
         except KubeKVMError as error:
             raise coded(error) from None
         async for batch in streams.host_assignments(services=services, feed=services.feed,
@@ -303,11 +386,20 @@ class Schema(strawberry.Schema):
         return None
 
 
-schema = Schema(
-    query=Query, mutation=Mutation, subscription=Subscription,
-    extensions=[ErrorCodes, lambda: QueryDepthLimiter(max_depth=10),
-                lambda: MaxTokensLimiter(max_token_count=5000)],
-)
+def build_schema(settings: Settings | None = None) -> Schema:
+    """The schema with this server's limits: depth 10, 5000 tokens, a number of aliases (so
+    one request cannot ask for the same costly list hundreds of times), and introspection
+    unless KUBEKVM_GRAPHQL_INTROSPECTION=0."""
+    settings = settings or Settings()
+    extensions: list[Any] = [ErrorCodes, lambda: QueryDepthLimiter(max_depth=10),
+                             lambda: MaxTokensLimiter(max_token_count=5000),
+                             lambda: MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases)]
+    if not settings.graphql_introspection:
+        extensions.append(DisableIntrospection)
+    return Schema(query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions)
+
+
+schema = build_schema()
 
 
 def sdl() -> str:

@@ -21,6 +21,8 @@ ObservedMachineState = strawberry.enum(
     models.ObservedState, name="ObservedMachineState",
     description="What the machine's host reports (PENDING until it has).")
 OSFamily = strawberry.enum(models.OSFamily)
+Role = strawberry.enum(models.Role, description="admin: everything; teacher: own labs; student: own machines.")
+TokenKind = strawberry.enum(models.TokenKind, name="TokenKind")
 
 
 @strawberry.type(description="A golden image labs are made from.")
@@ -33,6 +35,8 @@ class Template:
     vcpus: int
     memory_mib: int
     disk_gib: int
+    teachers: list[str] = strawberry.field(
+        description="The teachers who may use it; empty: every teacher.")
     created_at: datetime
     updated_at: datetime
 
@@ -40,7 +44,7 @@ class Template:
     def of(cls, t: models.Template) -> Template:
         return cls(name=t.name, title=t.title, description=t.description, os=t.os,
                    image=t.image, vcpus=t.vcpus, memory_mib=t.memory_mib, disk_gib=t.disk_gib,
-                   created_at=t.created_at, updated_at=t.updated_at)
+                   teachers=t.teachers, created_at=t.created_at, updated_at=t.updated_at)
 
 
 @strawberry.type(description="One VM of a lab.")
@@ -51,6 +55,7 @@ class Machine:
     index: int
     template: str
     host: str | None
+    student: str | None = strawberry.field(description="The rostered student it belongs to.")
     desired: models.DesiredState
     observed: models.ObservedState
     message: str
@@ -61,7 +66,7 @@ class Machine:
     @classmethod
     def of(cls, m: models.Machine) -> Machine:
         return cls(id=strawberry.ID(str(m.id)), name=m.name, deployment=m.deployment, index=m.index,
-                   template=m.spec.template, host=m.host,
+                   template=m.spec.template, host=m.host, student=m.student,
                    desired=m.desired, observed=m.observed, message=m.message,
                    observed_at=m.observed_at, reset_generation=m.reset_generation,
                    power_generation=m.power_generation)
@@ -78,17 +83,25 @@ class Deployment:
     phase: models.Phase
     message: str
     generation: int
+    owner: str | None = strawberry.field(description="The teacher whose lab it is.")
     created_at: datetime
     updated_at: datetime
     running: int = strawberry.field(description="Machines observed running.")
     machine_count: int = strawberry.field(description="Machines the lab keeps (not being removed).")
+    roster_names: strawberry.Private[list[str]]
 
     @classmethod
     def of(cls, d: models.Deployment, *, running: int = 0, machine_count: int = 0) -> Deployment:
         return cls(id=strawberry.ID(str(d.id)), name=d.name, title=d.title, template=d.template,
                    replicas=d.replicas, power=d.power, phase=d.phase,
-                   message=d.message, generation=d.generation, created_at=d.created_at,
-                   updated_at=d.updated_at, running=running, machine_count=machine_count)
+                   message=d.message, generation=d.generation, owner=d.owner, created_at=d.created_at,
+                   updated_at=d.updated_at, running=running, machine_count=machine_count,
+                   roster_names=d.roster)
+
+    @strawberry.field(description="The lab's students (usernames); empty for a student asking.")
+    def roster(self, info: strawberry.Info) -> list[str]:
+        # A student may see the lab, not who else is in it.
+        return [] if info.context["services"].actor.is_student else self.roster_names
 
     @strawberry.field(description="The lab's machines, by index.")
     async def machines(self, info: strawberry.Info) -> list[Machine]:
@@ -205,3 +218,76 @@ class DeploymentEvent:
     lab: str
     deployment: Deployment | None
     machine: Machine | None
+
+
+@strawberry.type(description="Who is asking: a user, a host agent, or nobody.")
+class Identity:
+    kind: str = strawberry.field(description="anonymous, user or host")
+    name: str
+    role: models.Role | None
+
+
+@strawberry.type(description="An account. Passwords are never shown, only whether one is set.")
+class User:
+    name: str
+    role: models.Role
+    has_password: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, u: models.User) -> User:
+        return cls(name=u.name, role=u.role, has_password=u.password_hash is not None,
+                   created_at=u.created_at)
+
+
+@strawberry.type(description="A bearer token's record (the token itself is shown only when made).")
+class ApiToken:
+    id: strawberry.ID
+    kind: models.TokenKind
+    owner: str = strawberry.field(description="The user, or the host, it acts as.")
+    label: str
+    prefix: str = strawberry.field(description="Its first characters, to tell tokens apart.")
+    created_by: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, t: models.ApiToken) -> ApiToken:
+        return cls(id=strawberry.ID(str(t.id)), kind=t.kind, owner=t.owner, label=t.label, prefix=t.prefix,
+                   created_by=t.created_by, created_at=t.created_at)
+
+
+@strawberry.type(description="A token just made: `token` is shown this once and never again.")
+class NewToken:
+    token: str
+    api_token: ApiToken
+
+
+@strawberry.type(description="A roster change: the lab, students left without a machine, accounts made.")
+class RosterChange:
+    deployment: Deployment
+    unbound: list[str]
+    created_accounts: list[str]
+
+
+@strawberry.type(description="One line of the audit log.")
+class AuditEntry:
+    at: datetime
+    actor: str
+    actor_kind: str
+    role: str
+    action: str
+    target: str
+    address: str
+    outcome: str = strawberry.field(description="ok, or the refusal's code.")
+    message: str
+
+    @classmethod
+    def of(cls, e: models.AuditEntry) -> AuditEntry:
+        return cls(at=e.at, actor=e.actor, actor_kind=e.actor_kind, role=e.role, action=e.action,
+                   target=e.target, address=e.address, outcome=e.outcome, message=e.message)
+
+
+@strawberry.type
+class AuditPage:
+    items: list[AuditEntry]
+    total: int

@@ -1,18 +1,30 @@
-"""The teachers' pages: Jinja2 templates driven by htmx, over the same service layer as GraphQL.
+"""The pages: Jinja2 templates driven by htmx, over the same authorization facade as GraphQL.
 
-Routes (all HTML; every POST also works as a plain form without JavaScript):
+Routes (all HTML; every POST also works as a plain form without JavaScript, and carries the
+session's CSRF token):
 
-  GET  /, /labs                     labs list (?phase=Active filters)
-  GET  /new-lab   POST /labs        new lab form, create
-  GET  /labs/{name}                 a lab's machines and recent events, live
-  GET|POST /labs/{name}/edit        title, replicas, power
-  POST /labs/{name}/start|stop      every machine of the lab
-  GET|POST /labs/{name}/delete      confirmation (the lab's name, if machines run), delete
+  GET|POST /login   POST /logout        sign in and out (throttled per account and address)
+  GET|POST /setup?code=                 the first admin (only while no admin exists)
+  GET|POST /set-password?code=          a one-time set-password link
+  GET  /account  POST /account/tokens|password   your tokens and password
+  POST /account/tokens/{id}/revoke
+  GET  /my                              a student's machines ("My VMs"), live
+  GET  /, /labs                         labs list (?phase=Active filters)
+  GET  /new-lab   POST /labs            new lab form, create
+  GET  /labs/{name}                     a lab's machines, roster and recent events, live
+  POST /labs/{name}/roster              the roster (typed, pasted or a CSV file)
+  POST /labs/{name}/roster/{student}/link   a set-password link for a student
+  GET|POST /labs/{name}/edit            title, replicas, power
+  POST /labs/{name}/start|stop          every machine of the lab
+  GET|POST /labs/{name}/delete          confirmation (the lab's name, if machines run), delete
   POST /machines/{name}/start|stop|reset
   GET  /templates  GET /templates/new  POST /templates
   GET|POST /templates/{name}/edit   POST /templates/{name}/delete
-  GET  /hosts, /server
-  GET  /events                      live updates (server-sent events, see `kubekvm.live`)
+  GET  /hosts   POST /hosts/tokens      hosts; admins issue host tokens
+  GET  /users   POST /users   POST /users/{name}/link    (admins)
+  GET  /audit                           the audit log, filtered (admins)
+  GET  /server
+  GET  /events                          live updates (server-sent events, see `kubekvm.live`)
 
 The new-lab form lives at /new-lab, not /labs/new, because "new" is a valid lab name.
 """
@@ -23,10 +35,15 @@ from starlette.routing import BaseRoute, Route
 
 from kubekvm.config import Settings
 from kubekvm.live import LiveUpdates
+from kubekvm.models import Role
+from kubekvm.pages.accounts import AccountPages
 from kubekvm.pages.catalog import CatalogPages
-from kubekvm.pages.common import Renderer
+from kubekvm.pages.common import Handler, Renderer
 from kubekvm.pages.fragments import Fragments
 from kubekvm.pages.labs import LabPages
+
+STAFF = (Role.ADMIN, Role.TEACHER)
+ADMIN = (Role.ADMIN,)
 
 
 def routes(*, settings: Settings) -> list[BaseRoute]:
@@ -34,29 +51,56 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
     fragments = Fragments(renderer)
     labs = LabPages(renderer=renderer, fragments=fragments, settings=settings)
     catalog = CatalogPages(renderer=renderer)
+    accounts = AccountPages(renderer=renderer)
     live = LiveUpdates(fragments=fragments, heartbeat_seconds=settings.live_heartbeat_seconds)
     guard = renderer.guard
+
+    def staff(handler: Handler) -> Handler:
+        return guard(handler, roles=STAFF)
+
+    def admin(handler: Handler) -> Handler:
+        return guard(handler, roles=ADMIN)
+
     post = ["POST"]
     return [
+        Route("/login", guard(accounts.login_form, public=True)),
+        Route("/login", guard(accounts.login, public=True), methods=post),
+        Route("/logout", guard(accounts.logout, public=True), methods=post),
+        Route("/setup", guard(accounts.setup_form, public=True)),
+        Route("/setup", guard(accounts.setup, public=True), methods=post),
+        Route("/set-password", guard(accounts.set_password_form, public=True), name="set_password_page"),
+        Route("/set-password", guard(accounts.set_password, public=True), methods=post),
+        Route("/account", guard(accounts.account)),
+        Route("/account/tokens", guard(accounts.create_token), methods=post),
+        Route("/account/tokens/{id}/revoke", guard(accounts.revoke_token), methods=post),
+        Route("/account/password", guard(accounts.change_password), methods=post),
+        Route("/my", guard(accounts.my)),
+        Route("/users", admin(accounts.users)),
+        Route("/users", admin(accounts.create_user), methods=post),
+        Route("/users/{name}/link", admin(accounts.user_link), methods=post),
+        Route("/audit", admin(accounts.audit)),
         Route("/", guard(labs.index)),
-        Route("/labs", guard(labs.index)),
-        Route("/labs", guard(labs.create), methods=post),
-        Route("/new-lab", guard(labs.new)),
-        Route("/labs/{name}", guard(labs.detail)),
-        Route("/labs/{name}/edit", guard(labs.edit)),
-        Route("/labs/{name}/edit", guard(labs.update), methods=post),
-        Route("/labs/{name}/start", guard(labs.start), methods=post),
-        Route("/labs/{name}/stop", guard(labs.stop), methods=post),
-        Route("/labs/{name}/delete", guard(labs.confirm_delete)),
-        Route("/labs/{name}/delete", guard(labs.delete), methods=post),
+        Route("/labs", staff(labs.index)),
+        Route("/labs", staff(labs.create), methods=post),
+        Route("/new-lab", staff(labs.new)),
+        Route("/labs/{name}", staff(labs.detail)),
+        Route("/labs/{name}/roster", staff(labs.set_roster), methods=post),
+        Route("/labs/{name}/roster/{student}/link", staff(labs.password_link), methods=post),
+        Route("/labs/{name}/edit", staff(labs.edit)),
+        Route("/labs/{name}/edit", staff(labs.update), methods=post),
+        Route("/labs/{name}/start", staff(labs.start), methods=post),
+        Route("/labs/{name}/stop", staff(labs.stop), methods=post),
+        Route("/labs/{name}/delete", staff(labs.confirm_delete)),
+        Route("/labs/{name}/delete", staff(labs.delete), methods=post),
         Route("/machines/{name}/{action}", guard(labs.machine_action), methods=post),
-        Route("/templates", guard(catalog.templates)),
-        Route("/templates", guard(catalog.create_template), methods=post),
-        Route("/templates/new", guard(catalog.new_template)),
-        Route("/templates/{name}/edit", guard(catalog.edit_template)),
-        Route("/templates/{name}/edit", guard(catalog.update_template), methods=post),
-        Route("/templates/{name}/delete", guard(catalog.delete_template), methods=post),
-        Route("/hosts", guard(catalog.hosts)),
+        Route("/templates", staff(catalog.templates)),
+        Route("/templates", admin(catalog.create_template), methods=post),
+        Route("/templates/new", admin(catalog.new_template)),
+        Route("/templates/{name}/edit", admin(catalog.edit_template)),
+        Route("/templates/{name}/edit", admin(catalog.update_template), methods=post),
+        Route("/templates/{name}/delete", admin(catalog.delete_template), methods=post),
+        Route("/hosts", staff(catalog.hosts)),
+        Route("/hosts/tokens", admin(catalog.host_token), methods=post),
         Route("/server", guard(catalog.server)),
         *live.routes(),
     ]

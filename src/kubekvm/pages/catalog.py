@@ -1,4 +1,5 @@
-"""The pages around the labs: VM templates (list, create, edit, delete), hosts, and the server
+"""The pages around the labs: VM templates (list, create, edit, delete; teachers read, admins
+change), hosts (teachers read; admins also issue host tokens for the agents), and the server
 page that says which replica answered.
 
 Template form fields are named as the service's `ValidationFailed.field` names them (`memoryMib`,
@@ -14,7 +15,7 @@ from starlette.responses import Response
 
 from kubekvm import validation
 from kubekvm.errors import Conflict, KubeKVMError, ValidationFailed
-from kubekvm.models import Template, utcnow
+from kubekvm.models import ApiToken, Template, utcnow
 from kubekvm.pages.common import Flash, FormState, Renderer, is_htmx, text, whole_number
 from kubekvm.pages.labs import services_of
 
@@ -114,12 +115,30 @@ class CatalogPages:
     # ------------------------------------------------------------ hosts, server
 
     async def hosts(self, request: Request) -> Response:
+        return await self._hosts(request, new_token=None, state=FormState(values={"host": ""}))
+
+    async def _hosts(self, request: Request, *, new_token: tuple[ApiToken, str] | None, state: FormState,
+                     status: int = 200) -> Response:
         services = services_of(request)
         return self.renderer.page(request, "hosts.html", {
             "section": "hosts", "hosts": await services.list_hosts(),
             "overcommit": services.settings.cpu_overcommit,
             "timeout": services.settings.host_timeout_seconds,
-        })
+            "host_tokens": await services.host_tokens() if services.actor.is_admin else [],
+            "new_token": new_token, "state": state,
+        }, status=status)
+
+    async def host_token(self, request: Request) -> Response:
+        """A token for a host's agent, shown once on the page that made it."""
+        form = await request.form()
+        state = FormState(values={"host": text(form, "host")})
+        try:
+            made = await services_of(request).create_host_token(host=state.values["host"],
+                                                                label=text(form, "label"))
+        except ValidationFailed as error:
+            state.fail(ValidationFailed("host", error.message))
+            return await self._hosts(request, new_token=None, state=state, status=422)
+        return await self._hosts(request, new_token=made, state=FormState(values={"host": ""}))
 
     async def server(self, request: Request) -> Response:
         services = services_of(request)

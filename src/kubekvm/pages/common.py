@@ -3,9 +3,14 @@
 A page handler is a thin adapter: it reads the request, calls `kubekvm.services`, and renders a
 Jinja2 template. Every form works without JavaScript (POST, then a 303 redirect carrying a flash
 message in a short-lived cookie); when htmx sent the request (`HX-Request`), the handler answers
-with an HTML fragment instead, plus an out-of-band flash message. There is no session yet
-(accounts come later), so the flash cookie holds only the message text: it is shown escaped, so
-whoever can set a cookie on this origin can at most make it say something odd.
+with an HTML fragment instead, plus an out-of-band flash message. The flash cookie holds only
+the message text: it is shown escaped, so whoever can set a cookie on this origin can at most
+make it say something odd.
+
+`Renderer.guard` wraps every handler: it refuses a state-changing request of a browser session
+that lacks the session's CSRF token (hidden field `csrf_token`, or the `X-CSRF-Token` header
+htmx sends from the page's `hx-headers`), sends the anonymous to the sign-in page, and turns the
+domain errors a handler leaves into pages or flashes.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import jinja2
 from starlette.datastructures import FormData
@@ -28,15 +33,31 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from kubekvm import __version__
+from kubekvm.access import ActorKind, require_user
+from kubekvm.auth import CSRF_FIELD, CSRF_HEADER, CSRF_KEY, actor_of, csrf_token
 from kubekvm.config import Settings
-from kubekvm.errors import Conflict, KubeKVMError, NotFound, Unavailable, ValidationFailed
+from kubekvm.credentials import same
+from kubekvm.errors import (
+    Conflict,
+    Forbidden,
+    KubeKVMError,
+    NotFound,
+    Throttled,
+    Unauthenticated,
+    Unavailable,
+    ValidationFailed,
+)
+from kubekvm.models import Role
 
 FLASH_COOKIE = "kubekvm_flash"
 Handler = Callable[[Request], Awaitable[Response]]
 
 # Domain errors whose rendered message htmx should swap in like a success (htmx leaves 4xx/5xx
 # responses unswapped by default); anything else is a bug and stays an error.
-_STATUS = {ValidationFailed: 422, NotFound: 404, Conflict: 409, Unavailable: 503}
+_STATUS = {ValidationFailed: 422, NotFound: 404, Conflict: 409, Unavailable: 503, Unauthenticated: 401,
+           Forbidden: 403, Throttled: 429}
+CSRF_REFUSED = ("This request was refused: it did not carry this session's security token (CSRF), so it "
+                "may not have come from a KubeKVM page. Reload the page and try again.")
 
 
 @dataclass(frozen=True)
@@ -152,7 +173,9 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        environment.globals.update(static=self.static, version=__version__)
+        # Fragments rendered for htmx and live updates have no page context: no hidden CSRF
+        # field there (htmx sends the header from the page's hx-headers instead).
+        environment.globals.update(static=self.static, version=__version__, csrf_token="", me=None)
         environment.filters.update(ago=ago, clock=clock, mib=mib)
         self.templates = Jinja2Templates(env=environment)
         self.environment = environment
@@ -176,7 +199,8 @@ class Renderer:
         cookie = request.cookies.get(FLASH_COOKIE)
         flash = _decode_flash(cookie) if cookie else None
         response = self.templates.TemplateResponse(
-            request, name, {"flash": flash, "section": "", **(context or {})}, status_code=status,
+            request, name, {"flash": flash, "section": "", "me": actor_of(request),
+                            "csrf_token": csrf_token(request), **(context or {})}, status_code=status,
         )
         if cookie is not None:  # shown once
             response.delete_cookie(FLASH_COOKIE, path="/")
@@ -219,12 +243,35 @@ class Renderer:
             return response
         return self.page(request, "error.html", {"error": error, "status": status}, status=status)
 
-    def guard(self, handler: Handler) -> Handler:
-        """Turn the domain errors a handler does not handle itself into pages or flashes."""
+    def refuse_csrf(self, request: Request) -> Response:
+        if is_htmx(request):
+            return self.htmx("", flash=Flash(CSRF_REFUSED, "error"), status=403, reswap="none")
+        return self.page(request, "error.html", {"error": Forbidden(CSRF_REFUSED), "status": 403}, status=403)
+
+    def sign_in_first(self, request: Request) -> Response:
+        back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        to = f"/login?next={quote(back if request.method == 'GET' else '/')}"
+        if is_htmx(request):
+            return Response(status_code=401, headers={"HX-Redirect": to})
+        return RedirectResponse(to, status_code=303)
+
+    def guard(self, handler: Handler, *, public: bool = False, roles: tuple[Role, ...] = ()) -> Handler:
+        """CSRF for state-changing requests; the sign-in page for the anonymous (unless the
+        page is `public`); a refusal for roles the page is not for; domain errors a handler
+        does not handle itself into pages or flashes."""
 
         async def guarded(request: Request) -> Response:
+            if request.method not in ("GET", "HEAD") and not await csrf_ok(request):
+                return self.refuse_csrf(request)
+            actor = actor_of(request)
+            if not public and actor.kind == ActorKind.ANONYMOUS:
+                return self.sign_in_first(request)
             try:
+                if roles and not public:
+                    require_user(actor, *roles)
                 return await handler(request)
+            except Unauthenticated:
+                return self.sign_in_first(request)
             except KubeKVMError as error:
                 referer = urlsplit(request.headers.get("Referer", ""))
                 return self.error(request, error, back=safe_next(referer.path, "/"))
@@ -232,3 +279,17 @@ class Renderer:
         guarded.__name__ = getattr(handler, "__name__", "page")
         guarded.__doc__ = handler.__doc__
         return guarded
+
+
+async def csrf_ok(request: Request) -> bool:
+    """A state-changing request carries this session's CSRF token, or needs none (a bearer
+    token: browsers never send one by themselves)."""
+    if actor_of(request).via == "token":
+        return True
+    expected = request.session.get(CSRF_KEY)
+    supplied = request.headers.get(CSRF_HEADER)
+    if not supplied:
+        form = await request.form()
+        field = form.get(CSRF_FIELD)
+        supplied = field if isinstance(field, str) else None
+    return isinstance(expected, str) and bool(expected) and bool(supplied) and same(expected, supplied or "")

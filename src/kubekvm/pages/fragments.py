@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from markupsafe import escape
 
 from kubekvm import lifecycle
+from kubekvm.authorized import Authorized
 from kubekvm.models import Deployment, DesiredState, LabEvent, Machine, ObservedState, Phase
 from kubekvm.pages.common import Renderer
-from kubekvm.services import Services
 
 PAGE_SIZE = 100
 
@@ -77,7 +77,23 @@ def machine_row(machine: Machine, *, phase: Phase) -> MachineRow:
     )
 
 
-async def summaries(services: Services, labs: Sequence[Deployment]) -> list[LabSummary]:
+@dataclass(frozen=True)
+class MyMachine:
+    """A row of a student's "My VMs": their machine and the lab's title."""
+
+    row: MachineRow
+    lab_title: str
+
+
+async def my_rows(services: Authorized) -> list[MyMachine]:
+    """The signed-in student's machines (the facade narrows `list_machines` to them)."""
+    machines = await services.list_machines()
+    labs = {name: await services.get_deployment(name) for name in sorted({m.deployment for m in machines})}
+    return [MyMachine(row=machine_row(m, phase=labs[m.deployment].phase), lab_title=labs[m.deployment].title)
+            for m in machines]
+
+
+async def summaries(services: Authorized, labs: Sequence[Deployment]) -> list[LabSummary]:
     counts = await services.running_counts([lab.name for lab in labs])
     titles = {t.name: t.title for t in await services.list_templates()} if labs else {}
     return [
@@ -87,7 +103,7 @@ async def summaries(services: Services, labs: Sequence[Deployment]) -> list[LabS
     ]
 
 
-async def summary(services: Services, name: str) -> LabSummary:
+async def summary(services: Authorized, name: str) -> LabSummary:
     """One lab's summary; NotFound if it is gone."""
     return (await summaries(services, [await services.get_deployment(name)]))[0]
 
@@ -143,6 +159,12 @@ class Fragments:
 
     def rows(self, rows: Sequence[MachineRow], *, oob: bool = False) -> str:
         return self.renderer.fragment("labs/_machines.html", rows=rows, oob=oob)
+
+    def my_row(self, mine: MyMachine, *, oob: bool = False) -> str:
+        return self.renderer.fragment("my/_machine.html", mine=mine, oob=oob)
+
+    def my_rows(self, rows: Sequence[MyMachine], *, oob: bool = False) -> str:
+        return self.renderer.fragment("my/_machines.html", rows=rows, oob=oob)
 
     def removed_row(self, machine_name: str) -> str:
         return f'<tr id="machine-{escape(machine_name)}" hx-swap-oob="delete"></tr>'

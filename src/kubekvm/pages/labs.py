@@ -1,5 +1,5 @@
-"""The labs pages: the list, a lab's machines and events, the new/edit/delete forms, and the
-lab-wide and per-machine power buttons.
+"""The labs pages: the list, a lab's machines, roster and events, the new/edit/delete forms, and
+the lab-wide and per-machine power buttons (which students use on "My VMs" too).
 
 Each handler reads the form, asks the service layer, and renders. The form handlers check every
 field against the shared rules in `kubekvm.validation` before calling the service, so a teacher
@@ -9,10 +9,13 @@ it without the pages).
 
 from __future__ import annotations
 
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from kubekvm import validation
+from kubekvm import roster, validation
+from kubekvm.auth import services_for
+from kubekvm.authorized import Authorized
 from kubekvm.config import Settings
 from kubekvm.errors import Conflict, KubeKVMError, NotFound, ValidationFailed
 from kubekvm.models import Deployment, Phase, Power
@@ -32,18 +35,17 @@ from kubekvm.pages.fragments import (
     Fragments,
     ListView,
     machine_row,
+    my_rows,
     summaries,
     summary,
 )
-from kubekvm.services import Services
 
 LAB_FIELDS = ("name", "title", "template", "replicas")
 EDIT_FIELDS = ("title", "replicas", "power")
 
 
-def services_of(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
+def services_of(request: Request) -> Authorized:
+    return services_for(request)
 
 
 def _name(request: Request) -> str:
@@ -60,6 +62,8 @@ class LabPages:
 
     async def index(self, request: Request) -> Response:
         services = services_of(request)
+        if services.actor.is_student:
+            return RedirectResponse("/my", status_code=303)
         view = ListView.parse(request.query_params.get("phase"), request.query_params.get("offset"))
         page = await services.list_deployments(phase=view.phase, offset=view.offset, limit=PAGE_SIZE)
         return self.renderer.page(request, "labs/list.html", {
@@ -76,6 +80,57 @@ class LabPages:
             "section": "labs", "s": lab, "oob": False,
             "rows": [machine_row(m, phase=lab.lab.phase) for m in machines],
             "events": await services.lab_events(lab.lab.name),
+            **await self._roster_context(services, lab.lab, text=None),
+        })
+
+    async def _roster_context(self, services: Authorized, lab: Deployment, *, text: str | None,
+                              error: str | None = None) -> dict[str, object]:
+        students = {u.name: u for u in await services.students_of(lab.name)}
+        machines = {m.student: m.name for m in await services.list_machines(deployment=lab.name) if m.student}
+        return {"roster": [(name, students.get(name), machines.get(name)) for name in lab.roster],
+                "roster_text": "\n".join(lab.roster) if text is None else text, "roster_error": error}
+
+    # ------------------------------------------------------------------ roster
+
+    async def set_roster(self, request: Request) -> Response:
+        services = services_of(request)
+        lab = await services.get_deployment(_name(request))
+        form = await request.form()
+        typed = text(form, "students")
+        upload = form.get("csv")
+        try:
+            names = roster.parse(typed)
+            if isinstance(upload, UploadFile) and upload.filename:
+                content = (await upload.read(1_000_000)).decode("utf-8-sig", errors="replace")
+                names += [n for n in roster.parse(content) if n not in names]
+            match = text(form, "match_replicas") == "yes"
+            updated, unbound, created = await services.set_roster(lab.name, students=names, match_replicas=match)
+        except ValidationFailed as error:
+            summary_ = await summary(services, lab.name)
+            machines = await services.list_machines(deployment=lab.name)
+            return self.renderer.page(request, "labs/detail.html", {
+                "section": "labs", "s": summary_, "oob": False,
+                "rows": [machine_row(m, phase=summary_.lab.phase) for m in machines],
+                "events": await services.lab_events(lab.name),
+                **await self._roster_context(services, lab, text=typed, error=error.message),
+            }, status=422)
+        said = [f"Roster of {updated.name} saved: {len(updated.roster)} student(s)"]
+        if created:
+            said.append(f"new accounts (no password yet): {', '.join(created)}")
+        if unbound:
+            said.append(f"without a machine, as the lab has fewer machines than students: {', '.join(unbound)}")
+        return _back(f"/labs/{lab.name}#roster", Flash("; ".join(said) + ".", "error" if unbound else "ok"))
+
+    async def password_link(self, request: Request) -> Response:
+        services = services_of(request)
+        lab = await services.get_deployment(_name(request))
+        student = str(request.path_params["student"])
+        if student not in lab.roster:
+            raise NotFound(f"{student!r} is not on the roster of {lab.name}.")
+        code = await services.password_link(student)
+        link = str(request.url_for("set_password_page").include_query_params(code=code))
+        return self.renderer.page(request, "labs/password_link.html", {
+            "section": "labs", "lab": lab, "student": student, "link": link,
         })
 
     # -------------------------------------------------------------- new / edit
@@ -262,6 +317,9 @@ class LabPages:
         flash = Flash(said)
         if not is_htmx(request):
             return _back(back, flash)
+        if services.actor.is_student:
+            mine = next(m for m in await my_rows(services) if m.row.machine.name == name)
+            return self.renderer.htmx(self.fragments.my_row(mine), flash=flash)
         lab = await services.get_deployment(machine.deployment)
         return self.renderer.htmx(self.fragments.row(machine_row(machine, phase=lab.phase)),
                                   flash=flash)

@@ -1,0 +1,335 @@
+"""Accounts: users and their passwords, API and host tokens, sign-in throttling, the audit
+log, and the first start (no admin yet).
+
+The identity half of the service layer, beside `kubekvm.services` (the labs half). It decides
+nothing about who may do what (that is `kubekvm.access`, applied by `kubekvm.authorized`); it
+keeps the records. Like the rest, it is shared by several server replicas through MongoDB:
+
+- sign-in failures are counted with an atomic `$inc` on one document per account and per
+  address, so a lockout holds whichever replica the next try reaches;
+- the session-signing key, unless configured, is created once with an upsert
+  (`$setOnInsert`) and read back, so every replica signs with the same key;
+- the audit log is only ever inserted into: there is no method here that updates or deletes
+  an entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from kubekvm import credentials, roster
+from kubekvm.access import Actor, ActorKind
+from kubekvm.config import Settings
+from kubekvm.errors import Conflict, NotFound, Throttled, Unauthenticated, ValidationFailed
+from kubekvm.models import ApiToken, AuditEntry, LoginThrottle, Role, ServerSecret, TokenKind, User, utcnow
+from kubekvm.services import object_id
+
+log = logging.getLogger(__name__)
+
+SESSION_KEY = "session-key"
+SETUP_PREFIX = "setup:"
+SETUP_DONE = "setup-done"
+SETUP_CODE_LIFETIME = timedelta(hours=24)
+PASSWORD_LINK_LIFETIME = timedelta(days=7)
+TOKEN_LABEL_MAX = 80
+WRONG_CREDENTIALS = "Wrong username or password."
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditPage:
+    items: list[AuditEntry]
+    total: int
+
+
+class Accounts:
+    def __init__(self, *, settings: Settings) -> None:
+        self.settings = settings
+
+    # ------------------------------------------------------------------ users
+
+    async def find_user(self, name: str) -> User | None:
+        return await User.find_one(User.name == name)
+
+    async def get_user(self, name: str) -> User:
+        user = await self.find_user(name)
+        if user is None:
+            raise NotFound(f"There is no user named {name!r}.")
+        return user
+
+    async def list_users(self, *, role: Role | None = None, names: Sequence[str] | None = None) -> list[User]:
+        query: dict[str, Any] = {}
+        if role is not None:
+            query["role"] = role.value
+        if names is not None:
+            query["name"] = {"$in": list(names)}
+        return await User.find(query).sort("name").to_list()
+
+    async def create_user(self, *, name: str, role: Role, password: str | None = None) -> User:
+        roster.username(name)
+        user = User(name=name, role=role,
+                    password_hash=credentials.hash_password(password) if password else None)
+        try:
+            await user.insert()
+        except DuplicateKeyError:
+            raise Conflict(f"A user named {name!r} already exists.") from None
+        return user
+
+    async def ensure_students(self, names: Sequence[str]) -> list[str]:
+        """Student accounts (without a usable password) for those of `names` that have no
+        account; returns the names created. A name that is a teacher's or an admin's account is
+        refused: rostering it would give that person's lab access to whoever holds it."""
+        existing = {u.name: u for u in await self.list_users(names=names)}
+        staff = sorted(n for n, u in existing.items() if u.role != Role.STUDENT)
+        if staff:
+            raise ValidationFailed("students", (
+                f"{', '.join(staff)} {'is' if len(staff) == 1 else 'are'} not a student account; "
+                "only students can be on a roster."))
+        created = []
+        for name in names:
+            if name not in existing:
+                try:
+                    await self.create_user(name=name, role=Role.STUDENT)
+                    created.append(name)
+                except Conflict:
+                    pass  # made meanwhile by another request
+        return created
+
+    async def set_password(self, name: str, password: str) -> User:
+        user = await self.get_user(name)
+        hashed = credentials.hash_password(password)
+        await User.get_pymongo_collection().update_one(
+            {"_id": user.id},
+            {"$set": {"password_hash": hashed, "password_code_hash": None, "password_code_expires": None},
+             "$inc": {"session_epoch": 1}})
+        return await self.get_user(name)
+
+    async def admin_exists(self) -> bool:
+        return await User.find_one({"role": Role.ADMIN.value}) is not None
+
+    # ------------------------------------------------------ set-password links
+
+    async def password_link(self, name: str) -> str:
+        """A one-time code for /set-password; a newer one replaces an older one."""
+        user = await self.get_user(name)
+        code = credentials.new_code()
+        await User.get_pymongo_collection().update_one(
+            {"_id": user.id}, {"$set": {"password_code_hash": credentials.token_hash(code),
+                                        "password_code_expires": utcnow() + PASSWORD_LINK_LIFETIME}})
+        return code
+
+    async def user_for_code(self, code: str) -> User:
+        user = await User.find_one({"password_code_hash": credentials.token_hash(code)}) if code else None
+        expires = user.password_code_expires if user else None
+        if user is None or expires is None or expires < utcnow():
+            raise NotFound("This set-password link is not valid (any more): ask your teacher for a new one.")
+        return user
+
+    async def set_password_with_code(self, code: str, password: str) -> User:
+        user = await self.user_for_code(code)
+        credentials.check_password_rules(password)
+        # Compare-and-set on the code: a link is good for one password only.
+        result = await User.get_pymongo_collection().update_one(
+            {"_id": user.id, "password_code_hash": credentials.token_hash(code)},
+            {"$set": {"password_hash": credentials.hash_password(password), "password_code_hash": None,
+                      "password_code_expires": None}, "$inc": {"session_epoch": 1}})
+        if not result.modified_count:
+            raise NotFound("This set-password link was just used.")
+        return await self.get_user(user.name)
+
+    # ----------------------------------------------------------------- sign-in
+
+    async def authenticate(self, *, name: str, password: str, address: str) -> User:
+        """The user, if the password is right and neither the account nor the address is
+        locked out; Throttled or Unauthenticated otherwise (the same message for an unknown
+        name and a wrong password)."""
+        keys = [f"user:{name.lower()[:80]}", f"addr:{address}"]
+        wait = max([await self._blocked_for(key) for key in keys])
+        if wait:
+            raise Throttled(f"Too many failed sign-ins. Try again in {wait} s.", retry_after=wait)
+        user = await self.find_user(name)
+        if not credentials.verify_password(user.password_hash if user else None, password):
+            await self._failed(keys[0], limit=self.settings.login_max_failures)
+            await self._failed(keys[1], limit=self.settings.login_max_failures_per_address)
+            raise Unauthenticated(WRONG_CREDENTIALS)
+        assert user is not None and user.password_hash is not None
+        await LoginThrottle.get_pymongo_collection().delete_one({"key": keys[0]})
+        if credentials.needs_rehash(user.password_hash):
+            await User.get_pymongo_collection().update_one(
+                {"_id": user.id}, {"$set": {"password_hash": credentials.hash_password(password)}})
+        return user
+
+    async def _blocked_for(self, key: str) -> int:
+        record = await LoginThrottle.find_one(LoginThrottle.key == key)
+        if record is None or record.blocked_until is None:
+            return 0
+        left = (record.blocked_until - utcnow()).total_seconds()
+        return math.ceil(left) if left > 0 else 0
+
+    async def _failed(self, key: str, *, limit: int) -> None:
+        now = utcnow()
+        collection = LoginThrottle.get_pymongo_collection()
+        window = timedelta(seconds=self.settings.login_window_seconds)
+        # An old window starts over (its own atomic update, so two replicas cannot both reset).
+        await collection.update_one({"key": key, "window_start": {"$lt": now - window}},
+                                    {"$set": {"failures": 0, "window_start": now, "blocked_until": None}})
+        try:
+            record = await collection.find_one_and_update(
+                {"key": key}, {"$inc": {"failures": 1}, "$setOnInsert": {"window_start": now}},
+                upsert=True, return_document=ReturnDocument.AFTER)
+        except DuplicateKeyError:  # two first failures raced on the upsert
+            record = await collection.find_one_and_update(
+                {"key": key}, {"$inc": {"failures": 1}}, return_document=ReturnDocument.AFTER)
+        failures = int(record["failures"]) if record else 0
+        if failures >= limit:
+            # Each further failure doubles the lockout, up to the window.
+            seconds = min(self.settings.login_lockout_seconds * 2 ** min(failures - limit, 10),
+                          self.settings.login_window_seconds)
+            await collection.update_one({"key": key},
+                                        {"$max": {"blocked_until": now + timedelta(seconds=seconds)}})
+
+    # ------------------------------------------------------------------ tokens
+
+    async def create_token(self, *, kind: TokenKind, owner: str, label: str,
+                           created_by: str) -> tuple[ApiToken, str]:
+        """A new token and its record; the token itself is returned here and never again."""
+        label = label.strip()
+        if len(label) > TOKEN_LABEL_MAX:
+            raise ValidationFailed("label", f"A token's label has at most {TOKEN_LABEL_MAX} characters.")
+        token = credentials.new_token(credentials.HOST_TOKEN_PREFIX if kind == TokenKind.HOST
+                                      else credentials.USER_TOKEN_PREFIX)
+        record = ApiToken(kind=kind, owner=owner, label=label or f"{kind.value} token",
+                          token_hash=credentials.token_hash(token), prefix=token[:8],
+                          created_by=created_by)
+        await record.insert()
+        return record, token
+
+    async def list_tokens(self, *, kind: TokenKind | None = None, owner: str | None = None) -> list[ApiToken]:
+        query: dict[str, Any] = {}
+        if kind is not None:
+            query["kind"] = kind.value
+        if owner is not None:
+            query["owner"] = owner
+        return await ApiToken.find(query).sort("owner", "created_at").to_list()
+
+    async def get_token(self, token_id: str) -> ApiToken:
+        record = await ApiToken.get(object_id(token_id, what="token"))
+        if record is None:
+            raise NotFound(f"There is no token with id {token_id!r}.")
+        return record
+
+    async def revoke_token(self, token_id: str) -> ApiToken:
+        record = await self.get_token(token_id)
+        await record.delete()
+        return record
+
+    async def actor_for_token(self, token: str, *, address: str) -> Actor | None:
+        """Who a bearer token speaks for, or None if it is unknown or revoked (or its user is
+        gone)."""
+        record = await ApiToken.find_one(ApiToken.token_hash == credentials.token_hash(token))
+        if record is None:
+            return None
+        if record.kind == TokenKind.HOST:
+            return Actor(kind=ActorKind.HOST, name=record.owner, address=address, via="token")
+        user = await self.find_user(record.owner)
+        if user is None:
+            return None
+        return Actor(kind=ActorKind.USER, name=user.name, role=user.role, address=address, via="token")
+
+    # ------------------------------------------------------------------- audit
+
+    async def record(self, actor: Actor, *, action: str, target: str = "", outcome: str = "ok",
+                     message: str = "") -> None:
+        await AuditEntry(actor=actor.name, actor_kind=actor.kind.value,
+                         role=actor.role.value if actor.role else "", action=action, target=target,
+                         address=actor.address, outcome=outcome, message=message[:500]).insert()
+
+    async def audit_log(self, *, actor: str | None = None, action: str | None = None,
+                        target: str | None = None, outcome: str | None = None,
+                        since: datetime | None = None, offset: int = 0, limit: int = 100) -> AuditPage:
+        query: dict[str, Any] = {}
+        for key, value in (("actor", actor), ("action", action), ("target", target)):
+            if value:
+                query[key] = value
+        if outcome == "refused":
+            query["outcome"] = {"$ne": "ok"}
+        elif outcome:
+            query["outcome"] = outcome
+        if since is not None:
+            query["at"] = {"$gte": since}
+        found = AuditEntry.find(query)
+        total = await found.count()
+        items = await found.sort("-at").skip(max(offset, 0)).limit(max(min(limit, 500), 1)).to_list()
+        return AuditPage(items=items, total=total)
+
+    # ------------------------------------------------------------ server start
+
+    async def session_secret(self) -> str:
+        if self.settings.secret_key:
+            return self.settings.secret_key
+        collection = ServerSecret.get_pymongo_collection()
+        try:
+            await collection.update_one(
+                {"name": SESSION_KEY}, {"$setOnInsert": {"value": secrets.token_urlsafe(48), "expires": None}},
+                upsert=True)
+        except DuplicateKeyError:
+            pass  # another replica made it first: use theirs
+        found = await ServerSecret.find_one(ServerSecret.name == SESSION_KEY)
+        assert found is not None
+        return found.value
+
+    async def bootstrap_admin(self) -> bool:
+        """KUBEKVM_BOOTSTRAP_ADMIN_TOKEN_FILE: an admin "admin" with that token, only while no
+        admin exists. True if it made one."""
+        path = self.settings.bootstrap_admin_token_file
+        if path is None or await self.admin_exists():
+            return False
+        token = path.read_text().strip()
+        if len(token) < 32:
+            raise SystemExit(f"{path}: a bootstrap token has at least 32 characters")
+        try:
+            user = await self.create_user(name="admin", role=Role.ADMIN)
+        except Conflict:
+            return False  # another replica bootstrapped
+        await ApiToken(kind=TokenKind.USER, owner=user.name, label="bootstrap",
+                       token_hash=credentials.token_hash(token), prefix=token[:8],
+                       created_by="bootstrap").insert()
+        return True
+
+    async def new_setup_code(self) -> str | None:
+        """While no admin exists: a one-time code for /setup (each replica makes its own and
+        logs it; any one of them works, once). None once an admin exists."""
+        if await self.admin_exists():
+            await ServerSecret.find({"name": {"$regex": f"^{SETUP_PREFIX}"}}).delete()
+            return None
+        code = credentials.new_code()
+        await ServerSecret(name=SETUP_PREFIX + credentials.token_hash(code), value="",
+                           expires=utcnow() + SETUP_CODE_LIFETIME).insert()
+        return code
+
+    async def setup_open(self, code: str) -> bool:
+        if not code or await self.admin_exists():
+            return False
+        found = await ServerSecret.find_one(ServerSecret.name == SETUP_PREFIX + credentials.token_hash(code))
+        return found is not None and found.expires is not None and found.expires > utcnow()
+
+    async def complete_setup(self, *, code: str, name: str, password: str) -> User:
+        if not await self.setup_open(code):
+            raise NotFound("This setup link is not valid: an admin exists already, or the code is wrong or old.")
+        roster.username(name)
+        credentials.check_password_rules(password)
+        try:  # one setup only, even if two people post at once to two replicas
+            await ServerSecret(name=SETUP_DONE, value=name).insert()
+        except DuplicateKeyError:
+            raise Conflict("The first admin was just created by someone else.") from None
+        user = await self.create_user(name=name, role=Role.ADMIN, password=password)
+        await ServerSecret.find({"name": {"$regex": f"^{SETUP_PREFIX}"}}).delete()
+        return user

@@ -1,0 +1,175 @@
+"""Who is asking: the session cookie, bearer tokens, and the actor of every request.
+
+`AuthMiddleware` (pure ASGI, so server-sent events and websockets pass through untouched)
+runs before every route:
+
+- it reads the signed session cookie into `scope["session"]` (what `request.session` shows)
+  and writes it back when a handler changed it: HttpOnly, SameSite=Lax, and Secure when the
+  request came over HTTPS (uvicorn's proxy headers turn a trusted proxy's X-Forwarded-Proto
+  into the request's scheme);
+- it finds the actor: an `Authorization: Bearer` token (API or host token) wins, else the
+  session's user, else anonymous. An unknown or revoked token is refused outright (401, or a
+  refused websocket handshake) rather than quietly treated as anonymous;
+- it puts the actor and its authorization facade (`kubekvm.authorized.Authorized`) in
+  `request.state`, so handlers and resolvers have one way to reach the services.
+
+A browser's cookie is sent with requests other sites make, so a session-authenticated
+request that changes something must prove it came from our pages: the forms carry a CSRF
+token (checked by the pages' guard), and GraphQL over a session accepts only JSON bodies
+(which another site cannot send without a CORS preflight this server never grants). Bearer
+tokens are never sent by a browser on its own, so they need neither.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from http.cookies import SimpleCookie
+from typing import Any
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kubekvm.access import Actor, ActorKind, anonymous
+from kubekvm.accounts import Accounts
+from kubekvm.authorized import Authorized
+from kubekvm.services import Services
+
+SESSION_COOKIE = "kubekvm_session"
+SESSION_MAX_AGE = 12 * 3600  # a school day; then sign in again
+CSRF_KEY = "csrf"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+
+
+def serializer(secret: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(secret, salt="kubekvm-session")
+
+
+def bearer(value: str | None) -> str | None:
+    """The token of an `Authorization: Bearer ...` value (header or connection_init payload)."""
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def csrf_token(request: Request) -> str:
+    """This session's CSRF token, made on first use."""
+    token = request.session.get(CSRF_KEY)
+    if not isinstance(token, str) or not token:
+        token = secrets.token_urlsafe(24)
+        request.session[CSRF_KEY] = token
+    return token
+
+
+def actor_of(request: Request) -> Actor:
+    actor: Actor = request.state.actor
+    return actor
+
+
+def services_for(request: Request) -> Authorized:
+    """The services as the request's actor may use them."""
+    services: Authorized = request.state.services
+    return services
+
+
+def sign_in(request: Request, *, name: str, epoch: int) -> None:
+    """A fresh session for `name` (a new CSRF token too: nothing from before sign-in carries over)."""
+    request.session.clear()
+    request.session.update({"user": name, "epoch": epoch, CSRF_KEY: secrets.token_urlsafe(24)})
+
+
+def sign_out(request: Request) -> None:
+    request.session.clear()
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state
+        services: Services = state.services
+        accounts: Accounts = state.accounts
+        signer: URLSafeTimedSerializer = state.session_serializer
+        request = HTTPConnection(scope)
+        address = scope["client"][0] if scope.get("client") else ""
+
+        raw_cookie = request.cookies.get(SESSION_COOKIE)
+        session: dict[str, Any] = {}
+        if raw_cookie:
+            try:
+                loaded = signer.loads(raw_cookie, max_age=SESSION_MAX_AGE)
+                session = loaded if isinstance(loaded, dict) else {}
+            except BadSignature:  # tampered with, or too old
+                session = {}
+        scope["session"] = session
+        before = json.dumps(session, sort_keys=True)
+
+        actor = anonymous(address)
+        token = bearer(request.headers.get("authorization"))
+        if token is not None:
+            found = await accounts.actor_for_token(token, address=address)
+            if found is None:
+                await _refuse(scope, receive, send, "The bearer token is unknown or revoked.")
+                return
+            actor = found
+        elif isinstance(session.get("user"), str):
+            user = await accounts.find_user(session["user"])
+            if user is not None and user.session_epoch == session.get("epoch") and user.password_hash:
+                actor = Actor(kind=ActorKind.USER, name=user.name, role=user.role, address=address,
+                              via="session")
+            else:  # the account is gone or its password changed since: sign out
+                session.pop("user", None)
+                session.pop("epoch", None)
+        scope.setdefault("state", {})
+        scope["state"]["actor"] = actor
+        scope["state"]["services"] = Authorized(services, accounts, actor)
+
+        if (scope["type"] == "http" and actor.via == "session" and scope["path"] == "/graphql"
+                and scope["method"] not in ("GET", "HEAD", "OPTIONS")
+                and not request.headers.get("content-type", "").startswith("application/json")):
+            await _refuse(scope, receive, send, "GraphQL with a session cookie takes JSON bodies only.",
+                          status=403, code="FORBIDDEN")
+            return
+
+        secure = scope.get("scheme") in ("https", "wss")
+
+        async def send_with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                after = json.dumps(session, sort_keys=True)
+                if after != before:
+                    headers = MutableHeaders(scope=message)
+                    cookie: SimpleCookie = SimpleCookie()
+                    cookie[SESSION_COOKIE] = signer.dumps(session) if session else ""
+                    morsel = cookie[SESSION_COOKIE]
+                    morsel["path"] = "/"
+                    morsel["httponly"] = True
+                    morsel["samesite"] = "Lax"
+                    morsel["max-age"] = SESSION_MAX_AGE if session else 0
+                    if secure:
+                        morsel["secure"] = True
+                    headers.append("Set-Cookie", morsel.OutputString())
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, message: str, *, status: int = 401,
+                  code: str = "UNAUTHENTICATED") -> None:
+    if scope["type"] == "websocket":
+        # Closing before accepting refuses the handshake (the client sees HTTP 403).
+        await send({"type": "websocket.close", "code": 4401, "reason": message[:100]})
+        return
+    body = json.dumps({"errors": [{"message": message, "extensions": {"code": code}}]}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="kubekvm"'))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,437 @@
+"""The authorization facade: `kubekvm.services` and `kubekvm.accounts` as one actor may use them.
+
+GraphQL resolvers and page handlers get an `Authorized` for the request's actor (built by the
+auth middleware, `kubekvm.auth`) and call it by the service layer's own method names. Each
+method checks the rules of `kubekvm.access`, narrows lists in the database query (a teacher's
+labs are found with `owner=`, a student's machines with `student=`), calls the service, and —
+for everything that changes something — writes one audit entry with the outcome, refusals
+included. So the pages and the API share one enforcement point, and nothing reaches the
+service layer without passing through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+from kubekvm import access
+from kubekvm.access import Actor
+from kubekvm.accounts import Accounts, AuditPage
+from kubekvm.config import Settings
+from kubekvm.errors import Forbidden, KubeKVMError, NotFound, ValidationFailed
+from kubekvm.events import EventFeed
+from kubekvm.models import (
+    ApiToken,
+    Deployment,
+    Host,
+    LabEvent,
+    Machine,
+    ObservedState,
+    Phase,
+    Power,
+    Role,
+    Template,
+    TokenKind,
+    User,
+)
+from kubekvm.services import HostStatus, Page, ServerInfo, Services, host_name
+from kubekvm.streams import LabChange, LabChangeKind, lab_changes
+
+T = TypeVar("T")
+
+
+class Authorized:
+    def __init__(self, services: Services, accounts: Accounts, actor: Actor) -> None:
+        self.services = services
+        self.accounts = accounts
+        self.actor = actor
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def feed(self) -> EventFeed:
+        return self.services.feed
+
+    async def _audited(self, action: str, target: str, work: Callable[[], Awaitable[T]]) -> T:
+        """Run a change (its checks included) and record how it ended."""
+        try:
+            result = await work()
+        except KubeKVMError as error:
+            await self.accounts.record(self.actor, action=action, target=target, outcome=error.code,
+                                       message=error.message)
+            raise
+        except Exception:
+            await self.accounts.record(self.actor, action=action, target=target, outcome="INTERNAL")
+            raise
+        await self.accounts.record(self.actor, action=action, target=target)
+        return result
+
+    # ----------------------------------------------------------------- lookups
+
+    async def _lab(self, name: str) -> Deployment:
+        """A lab the actor may see; NotFound for one they may not (its existence is theirs to
+        know only if they may see it)."""
+        access.require_user(self.actor)
+        lab = await self.services.get_deployment(name)
+        if not access.can_view_lab(self.actor, lab):
+            raise NotFound(f"There is no lab named {name!r}.")
+        return lab
+
+    async def _managed_lab(self, name: str) -> Deployment:
+        access.require_staff(self.actor)
+        lab = await self._lab(name)
+        if not access.can_manage_lab(self.actor, lab):
+            raise Forbidden(f"Lab {name!r} is not yours to change.")
+        return lab
+
+    async def _machine(self, name: str) -> Machine:
+        access.require_user(self.actor)
+        machine = await self.services.get_machine(name)
+        lab = await self.services.get_deployment(machine.deployment)
+        if not access.can_view_machine(self.actor, machine, lab):
+            raise NotFound(f"There is no machine named {name!r}.")
+        return machine
+
+    async def _usable_template(self, name: str) -> Template:
+        template = await self.services.get_template(name)
+        if not access.can_use_template(self.actor, template):
+            raise NotFound(f"There is no template named {name!r}.")
+        return template
+
+    # -------------------------------------------------------------- public
+
+    def server_info(self) -> ServerInfo:
+        return self.services.server_info()
+
+    # --------------------------------------------------------------- templates
+
+    async def list_templates(self) -> list[Template]:
+        access.require_staff(self.actor)
+        return await self.services.list_templates(teacher=None if self.actor.is_admin else self.actor.name)
+
+    async def get_template(self, name: str) -> Template:
+        access.require_staff(self.actor)
+        return await self._usable_template(name)
+
+    async def create_template(self, *, name: str, title: str | None, description: str | None, os: str,
+                              image: str, vcpus: int, memory_mib: int, disk_gib: int,
+                              teachers: Sequence[str] = ()) -> Template:
+        async def work() -> Template:
+            access.require_admin(self.actor)
+            return await self.services.create_template(
+                name=name, title=title, description=description, os=os, image=image, vcpus=vcpus,
+                memory_mib=memory_mib, disk_gib=disk_gib, teachers=teachers)
+        return await self._audited("createTemplate", f"template:{name}", work)
+
+    async def update_template(self, name: str, *, title: str | None = None, description: str | None = None,
+                              os: str | None = None, image: str | None = None, vcpus: int | None = None,
+                              memory_mib: int | None = None, disk_gib: int | None = None,
+                              teachers: Sequence[str] | None = None) -> Template:
+        async def work() -> Template:
+            access.require_admin(self.actor)
+            return await self.services.update_template(
+                name, title=title, description=description, os=os, image=image, vcpus=vcpus,
+                memory_mib=memory_mib, disk_gib=disk_gib, teachers=teachers)
+        return await self._audited("updateTemplate", f"template:{name}", work)
+
+    async def delete_template(self, name: str) -> Template:
+        async def work() -> Template:
+            access.require_admin(self.actor)
+            return await self.services.delete_template(name)
+        return await self._audited("deleteTemplate", f"template:{name}", work)
+
+    # -------------------------------------------------------------------- labs
+
+    async def list_deployments(self, *, phase: Phase | None = None, offset: int = 0,
+                               limit: int = 100) -> Page:
+        access.require_user(self.actor)
+        return await self.services.list_deployments(phase=phase, offset=offset, limit=limit,
+                                                    only=access.lab_filter(self.actor))
+
+    async def get_deployment(self, name: str) -> Deployment:
+        return await self._lab(name)
+
+    async def running_counts(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        # Counts of labs the caller already holds (they were listed or read through here).
+        return await self.services.running_counts(names)
+
+    async def lab_events(self, name: str, *, limit: int = 50) -> list[LabEvent]:
+        await self._lab(name)
+        events = await self.services.lab_events(name, limit=limit)
+        if self.actor.is_student:
+            # The lab's history names other students' machines: a student sees the lab's own
+            # lines and those of their machine.
+            mine = {m.name for m in await self.services.list_machines(deployment=name, student=self.actor.name)}
+            events = [e for e in events if e.machine is None or e.machine in mine]
+        return events
+
+    async def create_deployment(self, *, name: str, template: str, replicas: int, title: str | None = None,
+                                power: Power = Power.RUNNING, owner: str | None = None) -> Deployment:
+        async def work() -> Deployment:
+            access.require_staff(self.actor)
+            lab_owner = self.actor.name
+            if owner is not None and owner != self.actor.name:
+                if not self.actor.is_admin:
+                    raise Forbidden("Teachers create labs of their own; only an admin may create one for someone else.")
+                account = await self.accounts.find_user(owner)
+                if account is None or account.role == Role.STUDENT:
+                    raise ValidationFailed("owner", f"There is no teacher or admin named {owner!r}.")
+                lab_owner = owner
+            try:
+                await self._usable_template(template)
+            except NotFound:
+                raise ValidationFailed("template", f"There is no template named {template!r}.") from None
+            return await self.services.create_deployment(name=name, template=template, replicas=replicas,
+                                                         title=title, power=power, owner=lab_owner)
+        return await self._audited("createDeployment", f"lab:{name}", work)
+
+    async def update_deployment(self, name: str, *, title: str | None = None, replicas: int | None = None,
+                                power: Power | None = None, template: str | None = None) -> Deployment:
+        async def work() -> Deployment:
+            await self._managed_lab(name)
+            return await self.services.update_deployment(name, title=title, replicas=replicas, power=power,
+                                                         template=template)
+        return await self._audited("updateDeployment", f"lab:{name}", work)
+
+    async def start_deployment(self, name: str) -> Deployment:
+        async def work() -> Deployment:
+            await self._managed_lab(name)
+            return await self.services.start_deployment(name)
+        return await self._audited("startDeployment", f"lab:{name}", work)
+
+    async def stop_deployment(self, name: str) -> Deployment:
+        async def work() -> Deployment:
+            await self._managed_lab(name)
+            return await self.services.stop_deployment(name)
+        return await self._audited("stopDeployment", f"lab:{name}", work)
+
+    async def delete_deployment(self, name: str, *, force: bool = False) -> Deployment:
+        async def work() -> Deployment:
+            await self._managed_lab(name)
+            return await self.services.delete_deployment(name, force=force)
+        return await self._audited("deleteDeployment", f"lab:{name}", work)
+
+    async def set_roster(self, name: str, *, students: Sequence[str],
+                         match_replicas: bool = False) -> tuple[Deployment, list[str], list[str]]:
+        """The lab, the students left without a machine, and the accounts created."""
+        async def work() -> tuple[Deployment, list[str], list[str]]:
+            await self._managed_lab(name)
+            created = await self.accounts.ensure_students(students)
+            lab, unbound = await self.services.set_roster(name, students=students, match_replicas=match_replicas)
+            return lab, unbound, created
+        return await self._audited("setRoster", f"lab:{name}", work)
+
+    # ---------------------------------------------------------------- machines
+
+    async def list_machines(self, *, deployment: str | None = None, host: str | None = None) -> list[Machine]:
+        access.require_user(self.actor)
+        if self.actor.is_admin:
+            return await self.services.list_machines(deployment=deployment, host=host)
+        if self.actor.is_teacher:
+            return await self.services.list_machines(deployment=deployment, host=host, owner=self.actor.name)
+        return await self.services.list_machines(deployment=deployment, host=host, student=self.actor.name)
+
+    async def get_machine(self, name: str) -> Machine:
+        return await self._machine(name)
+
+    async def start_machine(self, name: str) -> Machine:
+        return await self._machine_action("startMachine", name, self.services.start_machine)
+
+    async def stop_machine(self, name: str) -> Machine:
+        return await self._machine_action("stopMachine", name, self.services.stop_machine)
+
+    async def reset_machine(self, name: str) -> Machine:
+        return await self._machine_action("resetMachine", name, self.services.reset_machine)
+
+    async def _machine_action(self, action: str, name: str,
+                              call: Callable[[str], Awaitable[Machine]]) -> Machine:
+        async def work() -> Machine:
+            await self._machine(name)
+            return await call(name)
+        return await self._audited(action, f"machine:{name}", work)
+
+    # ------------------------------------------------------------------- hosts
+
+    async def list_hosts(self) -> list[HostStatus]:
+        access.require_staff(self.actor)
+        return await self.services.list_hosts()
+
+    async def host_status(self, name: str) -> HostStatus:
+        if not self.actor.is_host:
+            access.require_staff(self.actor)
+        else:
+            access.require_host_or_admin(self.actor, name)
+        for status in await self.services.list_hosts():
+            if status.host.name == name:
+                return status
+        raise NotFound(f"There is no host named {name!r}.")
+
+    async def get_host(self, name: str) -> Host:
+        return (await self.host_status(name)).host
+
+    async def register_host(self, *, name: str, vcpus: int, memory_mib: int, images: Iterable[str],
+                            domain_type: str = "", agent_version: str = "") -> Host:
+        async def work() -> Host:
+            access.require_host_or_admin(self.actor, name)
+            return await self.services.register_host(name=name, vcpus=vcpus, memory_mib=memory_mib,
+                                                     images=images, domain_type=domain_type,
+                                                     agent_version=agent_version)
+        return await self._audited("registerHost", f"host:{name}", work)
+
+    async def heartbeat(self, *, name: str, images: Iterable[str] | None = None) -> Host:
+        async def work() -> Host:
+            access.require_host_or_admin(self.actor, name)
+            return await self.services.heartbeat(name=name, images=images)
+        return await self._audited("heartbeat", f"host:{name}", work)
+
+    async def report_orphans(self, *, host: str, domains: Sequence[str]) -> Host:
+        async def work() -> Host:
+            access.require_host_or_admin(self.actor, host)
+            return await self.services.report_orphans(host=host, domains=domains)
+        return await self._audited("reportOrphans", f"host:{host}", work)
+
+    async def report_machine_state(self, *, machine_id: str, host: str, state: ObservedState,
+                                   message: str = "", power_generation: int | None = None) -> Machine:
+        async def work() -> Machine:
+            access.require_host_or_admin(self.actor, host)
+            return await self.services.report_machine_state(
+                machine_id=machine_id, host=host, state=state, message=message,
+                power_generation=power_generation)
+        return await self._audited("reportMachineState", f"machine-id:{machine_id}", work)
+
+    async def host_assignments(self, host: str) -> list[Machine]:
+        access.require_host_or_admin(self.actor, host)
+        return await self.services.host_assignments(host)
+
+    async def follow_host(self, host: str) -> None:
+        """The check before a host's assignment feed: its own agent (or an admin), a known host."""
+        access.require_host_or_admin(self.actor, host)
+        await self.services.get_host(host)
+
+    # ------------------------------------------------------------ live changes
+
+    async def lab_changes(self, *, lab: str | None = None, include_hosts: bool = False,
+                          subscribed: asyncio.Event | None = None) -> AsyncIterator[LabChange]:
+        """`kubekvm.streams.lab_changes`, less what the actor may not see (a lab the actor may
+        not see gives nothing, as a lab that does not exist)."""
+        access.require_user(self.actor)
+        visible: dict[str, bool] = {}
+        async for change in lab_changes(feed=self.feed, lab=lab, include_hosts=include_hosts,
+                                        subscribed=subscribed):
+            if await self._sees(change, visible):
+                yield change
+
+    async def _sees(self, change: LabChange, visible: dict[str, bool]) -> bool:
+        if self.actor.is_admin:
+            return True
+        if change.kind == LabChangeKind.HOST_CHANGED:
+            return self.actor.is_teacher
+        if change.deployment is not None:
+            visible[change.lab] = access.can_view_lab(self.actor, change.deployment)
+        elif change.lab not in visible:
+            try:
+                visible[change.lab] = access.can_view_lab(self.actor, await self.services.get_deployment(change.lab))
+            except NotFound:
+                visible[change.lab] = False
+        if not visible[change.lab]:
+            return False
+        if self.actor.is_student and change.kind in (LabChangeKind.MACHINE_CHANGED, LabChangeKind.MACHINE_REMOVED):
+            return change.machine is not None and change.machine.student == self.actor.name
+        return True
+
+    # ------------------------------------------------------------------- users
+
+    async def me(self) -> User | None:
+        return await self.accounts.find_user(self.actor.name) if self.actor.is_user else None
+
+    async def list_users(self, *, role: Role | None = None) -> list[User]:
+        access.require_admin(self.actor)
+        return await self.accounts.list_users(role=role)
+
+    async def students_of(self, name: str) -> list[User]:
+        """The accounts on a lab's roster (for its page: who has a password yet)."""
+        lab = await self._managed_lab(name)
+        return await self.accounts.list_users(names=lab.roster)
+
+    async def create_user(self, *, name: str, role: Role, password: str | None = None) -> User:
+        async def work() -> User:
+            access.require_admin(self.actor)
+            return await self.accounts.create_user(name=name, role=role, password=password)
+        return await self._audited("createUser", f"user:{name}", work)
+
+    async def _may_manage_user(self, name: str) -> User:
+        """Admins manage every account; a teacher, the students on their labs' rosters."""
+        access.require_staff(self.actor)
+        user = await self.accounts.find_user(name)
+        if user is not None and self.actor.is_admin:
+            return user
+        if user is not None and user.role == Role.STUDENT:
+            page = await self.services.list_deployments(owner=self.actor.name, student=name, limit=1)
+            if page.total:
+                return user
+        raise NotFound(f"There is no student named {name!r} on your labs' rosters.")
+
+    async def set_user_password(self, name: str, password: str) -> User:
+        async def work() -> User:
+            if self.actor.is_user and self.actor.name == name:
+                return await self.accounts.set_password(name, password)
+            await self._may_manage_user(name)
+            return await self.accounts.set_password(name, password)
+        return await self._audited("setUserPassword", f"user:{name}", work)
+
+    async def password_link(self, name: str) -> str:
+        async def work() -> str:
+            await self._may_manage_user(name)
+            return await self.accounts.password_link(name)
+        return await self._audited("createPasswordLink", f"user:{name}", work)
+
+    # ------------------------------------------------------------------ tokens
+
+    async def list_tokens(self, *, everyone: bool = False) -> list[ApiToken]:
+        access.require_user(self.actor)
+        if everyone:
+            access.require_admin(self.actor)
+            return await self.accounts.list_tokens()
+        return await self.accounts.list_tokens(kind=TokenKind.USER, owner=self.actor.name)
+
+    async def host_tokens(self) -> list[ApiToken]:
+        access.require_admin(self.actor)
+        return await self.accounts.list_tokens(kind=TokenKind.HOST)
+
+    async def create_token(self, *, label: str) -> tuple[ApiToken, str]:
+        async def work() -> tuple[ApiToken, str]:
+            access.require_user(self.actor)
+            return await self.accounts.create_token(kind=TokenKind.USER, owner=self.actor.name, label=label,
+                                                    created_by=self.actor.name)
+        return await self._audited("createApiToken", f"user:{self.actor.name}", work)
+
+    async def create_host_token(self, *, host: str, label: str = "") -> tuple[ApiToken, str]:
+        async def work() -> tuple[ApiToken, str]:
+            access.require_admin(self.actor)
+            host_name(host)
+            return await self.accounts.create_token(kind=TokenKind.HOST, owner=host, label=label,
+                                                    created_by=self.actor.name)
+        return await self._audited("createHostToken", f"host:{host}", work)
+
+    async def revoke_token(self, token_id: str) -> ApiToken:
+        async def work() -> ApiToken:
+            access.require_user(self.actor)
+            record = await self.accounts.get_token(token_id)
+            mine = record.kind == TokenKind.USER and record.owner == self.actor.name
+            if not (mine or self.actor.is_admin):
+                raise NotFound(f"There is no token with id {token_id!r}.")
+            return await self.accounts.revoke_token(token_id)
+        return await self._audited("revokeApiToken", f"token:{token_id}", work)
+
+    # ------------------------------------------------------------------- audit
+
+    async def audit_log(self, *, actor: str | None = None, action: str | None = None,
+                        target: str | None = None, outcome: str | None = None,
+                        since: datetime | None = None, offset: int = 0, limit: int = 100) -> AuditPage:
+        access.require_admin(self.actor)
+        return await self.accounts.audit_log(actor=actor, action=action, target=target, outcome=outcome,
+                                             since=since, offset=offset, limit=limit)

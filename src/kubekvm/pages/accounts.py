@@ -1,0 +1,270 @@
+"""The pages of accounts: sign in and out, the first admin (/setup), set-password links, your
+account and API tokens, the admins' users and audit log pages, and a student's "My VMs".
+
+Sign-in failures, lockouts and sign-outs are written to the audit log here (the facade audits
+everything else). Passwords and tokens are never put in a page except a new token, once, on
+the page that made it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from kubekvm import access
+from kubekvm.access import Actor, ActorKind
+from kubekvm.accounts import Accounts
+from kubekvm.auth import actor_of, services_for, sign_in, sign_out
+from kubekvm.errors import KubeKVMError, NotFound, Throttled, Unauthenticated, ValidationFailed
+from kubekvm.models import Role
+from kubekvm.pages.common import Flash, FormState, Renderer, safe_next, set_flash, text
+from kubekvm.pages.fragments import my_rows
+
+AUDIT_PAGE = 100
+
+
+def _accounts(request: Request) -> Accounts:
+    accounts: Accounts = request.app.state.accounts
+    return accounts
+
+
+def _go(to: str, flash: Flash | None = None) -> Response:
+    response = RedirectResponse(to, status_code=303)
+    if flash is not None:
+        set_flash(response, flash)
+    return response
+
+
+class AccountPages:
+    def __init__(self, *, renderer: Renderer) -> None:
+        self.renderer = renderer
+
+    # ----------------------------------------------------------------- sign in
+
+    async def login_form(self, request: Request) -> Response:
+        if actor_of(request).is_user:
+            return _go(safe_next(request.query_params.get("next", ""), "/"))
+        return self._login(request, FormState(values={"name": "", "next": request.query_params.get("next", "/")}))
+
+    def _login(self, request: Request, state: FormState, *, status: int = 200) -> Response:
+        return self.renderer.page(request, "accounts/login.html", {"state": state, "section": "login"},
+                                  status=status)
+
+    async def login(self, request: Request) -> Response:
+        form = await request.form()
+        name, password = text(form, "name").lower(), form.get("password")
+        state = FormState(values={"name": name, "next": text(form, "next")})
+        accounts = _accounts(request)
+        actor = actor_of(request)
+        attempt = Actor(kind=ActorKind.ANONYMOUS, name=name, address=actor.address)
+        try:
+            user = await accounts.authenticate(name=name, password=password if isinstance(password, str) else "",
+                                               address=actor.address)
+        except Throttled as error:
+            await accounts.record(attempt, action="login", target=f"user:{name}", outcome="THROTTLED",
+                                  message=error.message)
+            state.errors["form"] = error.message
+            response = self._login(request, state, status=429)
+            response.headers["Retry-After"] = str(error.retry_after)
+            return response
+        except Unauthenticated as error:
+            await accounts.record(attempt, action="login", target=f"user:{name}", outcome="WRONG_PASSWORD",
+                                  message="unknown user or wrong password")
+            state.errors["form"] = error.message
+            return self._login(request, state, status=401)
+        sign_in(request, name=user.name, epoch=user.session_epoch)
+        who = Actor(kind=ActorKind.USER, name=user.name, role=user.role, address=actor.address)
+        await accounts.record(who, action="login", target=f"user:{user.name}")
+        home = "/my" if user.role == Role.STUDENT else "/"
+        return _go(safe_next(state.values["next"], home) if state.values["next"] not in ("", "/") else home)
+
+    async def logout(self, request: Request) -> Response:
+        actor = actor_of(request)
+        if actor.is_user:
+            await _accounts(request).record(actor, action="logout", target=f"user:{actor.name}")
+        sign_out(request)
+        return _go("/login", Flash("You are signed out."))
+
+    # --------------------------------------------------------- the first admin
+
+    async def setup_form(self, request: Request) -> Response:
+        code = request.query_params.get("code", "")
+        if not await _accounts(request).setup_open(code):
+            raise NotFound("There is nothing to set up: an admin exists already, or this link's code is wrong or old.")
+        return self.renderer.page(request, "accounts/setup.html", {
+            "state": FormState(values={"name": "", "code": code}), "section": "login"})
+
+    async def setup(self, request: Request) -> Response:
+        form = await request.form()
+        state = FormState(values={"name": text(form, "name").lower(), "code": text(form, "code")})
+        password, again = form.get("password"), form.get("again")
+        accounts = _accounts(request)
+        actor = actor_of(request)
+        if password != again:
+            state.errors["again"] = "The two passwords differ."
+        else:
+            try:
+                user = await accounts.complete_setup(code=state.values["code"], name=state.values["name"],
+                                                     password=password if isinstance(password, str) else "")
+            except ValidationFailed as error:
+                state.fail(error)
+            except KubeKVMError as error:
+                await accounts.record(actor, action="setup", outcome=error.code, message=error.message)
+                raise
+            else:
+                who = Actor(kind=ActorKind.USER, name=user.name, role=user.role, address=actor.address)
+                await accounts.record(who, action="setup", target=f"user:{user.name}")
+                sign_in(request, name=user.name, epoch=user.session_epoch)
+                return _go("/", Flash(f"Welcome, {user.name}: you are the first admin. "
+                                      "Add teachers on the Users page."))
+        return self.renderer.page(request, "accounts/setup.html", {"state": state, "section": "login"}, status=422)
+
+    # -------------------------------------------------------- set-password link
+
+    async def set_password_form(self, request: Request) -> Response:
+        code = request.query_params.get("code", "")
+        user = await _accounts(request).user_for_code(code)
+        return self.renderer.page(request, "accounts/set_password.html", {
+            "state": FormState(values={"code": code}), "user": user, "section": "login"})
+
+    async def set_password(self, request: Request) -> Response:
+        form = await request.form()
+        state = FormState(values={"code": text(form, "code")})
+        accounts = _accounts(request)
+        user = await accounts.user_for_code(state.values["code"])
+        password, again = form.get("password"), form.get("again")
+        if password != again:
+            state.errors["again"] = "The two passwords differ."
+        else:
+            try:
+                user = await accounts.set_password_with_code(state.values["code"],
+                                                             password if isinstance(password, str) else "")
+            except ValidationFailed as error:
+                state.fail(error)
+            else:
+                who = Actor(kind=ActorKind.USER, name=user.name, role=user.role, address=actor_of(request).address)
+                await accounts.record(who, action="setPasswordWithLink", target=f"user:{user.name}")
+                return _go("/login", Flash("Your password is set: sign in with it."))
+        return self.renderer.page(request, "accounts/set_password.html",
+                                  {"state": state, "user": user, "section": "login"}, status=422)
+
+    # ------------------------------------------------------- account, tokens
+
+    async def account(self, request: Request) -> Response:
+        services = services_for(request)
+        return self.renderer.page(request, "accounts/account.html", {
+            "section": "account", "tokens": await services.list_tokens(), "new_token": None,
+            "state": FormState(values={"label": ""}),
+        })
+
+    async def create_token(self, request: Request) -> Response:
+        services = services_for(request)
+        form = await request.form()
+        state = FormState(values={"label": text(form, "label")})
+        new_token = None
+        try:
+            record, token = await services.create_token(label=state.values["label"])
+            new_token = (record, token)
+            state.values["label"] = ""
+        except ValidationFailed as error:
+            state.fail(error)
+        return self.renderer.page(request, "accounts/account.html", {
+            "section": "account", "tokens": await services.list_tokens(), "new_token": new_token, "state": state,
+        }, status=422 if state.errors else 200)
+
+    async def revoke_token(self, request: Request) -> Response:
+        services = services_for(request)
+        record = await services.revoke_token(str(request.path_params["id"]))
+        form = await request.form()
+        back = safe_next(text(form, "next"), "/account")
+        return _go(back, Flash(f"Token {record.label} ({record.prefix}…) revoked."))
+
+    async def change_password(self, request: Request) -> Response:
+        services = services_for(request)
+        form = await request.form()
+        password, again = form.get("password"), form.get("again")
+        if password != again or not isinstance(password, str):
+            return _go("/account", Flash("The two passwords differ; nothing changed.", "error"))
+        try:
+            user = await services.set_user_password(services.actor.name, password)
+        except ValidationFailed as error:
+            return _go("/account", Flash(error.message, "error"))
+        sign_in(request, name=user.name, epoch=user.session_epoch)  # this session stays; others end
+        return _go("/account", Flash("Password changed. Other sessions of yours are signed out."))
+
+    # ------------------------------------------------------------------ users
+
+    async def users(self, request: Request) -> Response:
+        return await self._users(request, FormState(values={"name": "", "role": "teacher"}))
+
+    async def _users(self, request: Request, state: FormState, *, status: int = 200) -> Response:
+        services = services_for(request)
+        return self.renderer.page(request, "accounts/users.html", {
+            "section": "users", "users": await services.list_users(), "state": state,
+            "roles": [r.value for r in Role], "link": None,
+        }, status=status)
+
+    async def create_user(self, request: Request) -> Response:
+        services = services_for(request)
+        access.require_admin(services.actor)
+        form = await request.form()
+        state = FormState(values={"name": text(form, "name").lower(), "role": text(form, "role")})
+        password = form.get("password")
+        try:
+            role = Role(state.values["role"])
+        except ValueError:
+            state.fail(ValidationFailed("role", "Choose admin, teacher or student."))
+        if not state.errors:
+            try:
+                user = await services.create_user(name=state.values["name"], role=role,
+                                                  password=password if isinstance(password, str) and password else None)
+            except ValidationFailed as error:
+                state.fail(error)
+            except KubeKVMError as error:
+                state.fail(ValidationFailed("name", error.message))
+            else:
+                return _go("/users", Flash(f"Account {user.name} ({user.role.value}) created."
+                                           + ("" if user.password_hash else " It has no password yet: "
+                                              "make a set-password link for it.")))
+        return await self._users(request, state, status=422)
+
+    async def user_link(self, request: Request) -> Response:
+        services = services_for(request)
+        name = str(request.path_params["name"])
+        code = await services.password_link(name)
+        link = str(request.url_for("set_password_page").include_query_params(code=code))
+        return self.renderer.page(request, "accounts/users.html", {
+            "section": "users", "users": await services.list_users(),
+            "state": FormState(values={"name": "", "role": "teacher"}), "roles": [r.value for r in Role],
+            "link": (name, link),
+        })
+
+    # ------------------------------------------------------------------ audit
+
+    async def audit(self, request: Request) -> Response:
+        services = services_for(request)
+        query = request.query_params
+        filters = {key: query.get(key, "").strip() for key in ("actor", "action", "target", "outcome")}
+        try:
+            offset = max(int(query.get("offset", "0") or 0), 0)
+        except ValueError:
+            offset = 0
+        page = await services.audit_log(actor=filters["actor"] or None, action=filters["action"] or None,
+                                        target=filters["target"] or None, outcome=filters["outcome"] or None,
+                                        offset=offset, limit=AUDIT_PAGE)
+        shown = "&".join(f"{k}={v}" for k, v in filters.items() if v)
+        return self.renderer.page(request, "accounts/audit.html", {
+            "section": "audit", "entries": page.items, "total": page.total, "filters": filters,
+            "offset": offset, "page_size": AUDIT_PAGE, "query": shown,
+            "now": datetime.now(UTC),
+        })
+
+    # ------------------------------------------------------------------ my VMs
+
+    async def my(self, request: Request) -> Response:
+        services = services_for(request)
+        return self.renderer.page(request, "my/list.html", {
+            "section": "my", "rows": await my_rows(services), "oob": False,
+        })

@@ -1,0 +1,339 @@
+"""The authorization matrix: every query, mutation and subscription of the schema, called as
+anonymous, a student, another teacher, the owning teacher, an admin and a host agent, against
+a real server. Each outcome is asserted (allowed, or the code of the refusal), and a refused
+call must leave the database as it was (every collection but the audit log and the sign-in
+counters is dumped before and after).
+
+The operations are enumerated from the schema: a new one without an entry here fails
+`test_every_operation_has_a_matrix_entry`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from gql import GraphQLRequest
+from gql.transport.exceptions import TransportQueryError
+from pymongo import MongoClient
+
+from kubekvm.graphql.schema import schema
+from tests.support.graphql import websocket_session
+from tests.support.processes import Server
+
+IDENTITIES = ("anonymous", "student", "other", "host", "owner", "admin")
+OK, FORBIDDEN, NOT_FOUND, UNAUTH = "ok", "FORBIDDEN", "NOT_FOUND", "UNAUTHENTICATED"
+# Collections a refused call may (must) write to.
+WRITTEN_BY_REFUSALS = {"audit_log", "login_throttle"}
+HOST = "mx-host"
+LAB = "mx-lab"  # owned by "ta"; machines mx-lab-1 (student "stu") and mx-lab-2 ("stu2")
+
+
+def outcomes(anonymous: str = UNAUTH, student: str = FORBIDDEN, other: str = FORBIDDEN, host: str = FORBIDDEN,
+             owner: str = FORBIDDEN, admin: str = OK) -> dict[str, str]:
+    return {"anonymous": anonymous, "student": student, "other": other, "host": host, "owner": owner,
+            "admin": admin}
+
+
+STAFF_READ = outcomes(other=OK, owner=OK)
+USER_READ = outcomes(student=OK, other=OK, owner=OK)
+OWNED_LAB = outcomes(other=NOT_FOUND, owner=OK)
+OWN_MACHINE = outcomes(student=OK, other=NOT_FOUND, owner=OK)
+HOST_AGENT = outcomes(host=OK)
+ADMIN_ONLY = outcomes()
+EVERYONE = outcomes(anonymous=OK, student=OK, other=OK, host=OK, owner=OK)
+
+
+@dataclass
+class Context:
+    server: Server
+    tokens: dict[str, str | None]
+    machine_ids: dict[str, str] = field(default_factory=dict)
+    counter: int = 0
+
+    def admin(self, query: str, **variables: Any) -> dict[str, Any]:
+        body = self.server.graphql(query, variables)
+        assert not body.get("errors"), body
+        result: dict[str, Any] = body["data"]
+        return result
+
+    def as_(self, who: str, query: str, **variables: Any) -> dict[str, Any]:
+        body = self.server.graphql(query, variables, token=self.tokens[who])
+        assert not body.get("errors"), body
+        result: dict[str, Any] = body["data"]
+        return result
+
+    def fresh(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}-{self.counter}"
+
+
+Setup = Callable[[Context, str], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Entry:
+    query: str
+    expected: dict[str, str]
+    variables: Setup = lambda ctx, who: {}
+    subscription: bool = False
+
+
+def _lab_of_ta(ctx: Context, prefix: str) -> str:
+    name = ctx.fresh(prefix)
+    ctx.as_("owner", "mutation($i: DeploymentInput!) { createDeployment(input: $i) { name } }",
+            i={"name": name, "template": "mx-tpl", "replicas": 1})
+    return name
+
+
+def _template(ctx: Context, prefix: str) -> str:
+    name = ctx.fresh(prefix)
+    ctx.admin("mutation($i: TemplateInput!) { createTemplate(input: $i) { name } }",
+              i={"name": name, "image": "nowhere.qcow2", "memoryMib": 128, "diskGib": 1})
+    return name
+
+
+def _token_of_ta(ctx: Context) -> str:
+    made = ctx.as_("owner", 'mutation { createApiToken(label: "to revoke") { apiToken { id } } }')
+    return str(made["createApiToken"]["apiToken"]["id"])
+
+
+MATRIX: dict[str, Entry] = {
+    # ------------------------------------------------------------------ queries
+    "templates": Entry("{ templates { name } }", STAFF_READ),
+    "template": Entry('{ template(name: "mx-tpl") { name } }', STAFF_READ),
+    "deployments": Entry("{ deployments { total items { name } } }", USER_READ),
+    "deployment": Entry(f'{{ deployment(name: "{LAB}") {{ name }} }}', outcomes(student=OK, other=NOT_FOUND, owner=OK)),
+    "machines": Entry("{ machines { name } }", USER_READ),
+    "hosts": Entry("{ hosts { name } }", STAFF_READ),
+    "serverInfo": Entry("{ serverInfo { version } }", EVERYONE),
+    "me": Entry("{ me { kind name role } }", EVERYONE),
+    "users": Entry("{ users { name } }", ADMIN_ONLY),
+    "apiTokens": Entry("{ apiTokens { label } }", USER_READ),
+    "auditLog": Entry("{ auditLog { total } }", ADMIN_ONLY),
+    # ---------------------------------------------------------------- mutations
+    "createTemplate": Entry(
+        "mutation($i: TemplateInput!) { createTemplate(input: $i) { name } }", ADMIN_ONLY,
+        lambda ctx, who: {"i": {"name": ctx.fresh("tpl"), "image": "x.qcow2", "memoryMib": 128, "diskGib": 1}}),
+    "updateTemplate": Entry('mutation { updateTemplate(name: "mx-tpl", input: {title: "MX"}) { name } }', ADMIN_ONLY),
+    "deleteTemplate": Entry("mutation($n: String!) { deleteTemplate(name: $n) { name } }", ADMIN_ONLY,
+                            lambda ctx, who: {"n": _template(ctx, "gone-tpl")}),
+    "createDeployment": Entry(
+        "mutation($i: DeploymentInput!) { createDeployment(input: $i) { name } }", outcomes(other=OK, owner=OK),
+        lambda ctx, who: {"i": {"name": ctx.fresh("new-lab"), "template": "mx-tpl", "replicas": 1}}),
+    "updateDeployment": Entry(f'mutation {{ updateDeployment(name: "{LAB}", input: {{title: "MX lab"}}) {{ name }} }}',
+                              OWNED_LAB),
+    "startDeployment": Entry(f'mutation {{ startDeployment(name: "{LAB}") {{ name }} }}', OWNED_LAB),
+    "stopDeployment": Entry(f'mutation {{ stopDeployment(name: "{LAB}") {{ name }} }}', OWNED_LAB),
+    "deleteDeployment": Entry("mutation($n: String!) { deleteDeployment(name: $n) { name } }", OWNED_LAB,
+                              lambda ctx, who: {"n": _lab_of_ta(ctx, "gone-lab")}),
+    "setRoster": Entry("mutation($n: String!) { setRoster(name: $n, students: [\"stu3\"]) { unbound } }", OWNED_LAB,
+                       lambda ctx, who: {"n": _lab_of_ta(ctx, "roster-lab")}),
+    "startMachine": Entry(f'mutation {{ startMachine(name: "{LAB}-1") {{ name }} }}', OWN_MACHINE),
+    "stopMachine": Entry(f'mutation {{ stopMachine(name: "{LAB}-1") {{ name }} }}', OWN_MACHINE),
+    "resetMachine": Entry(f'mutation {{ resetMachine(name: "{LAB}-1") {{ name }} }}', OWN_MACHINE),
+    "registerHost": Entry(
+        "mutation($i: RegisterHostInput!) { registerHost(input: $i) { name } }", HOST_AGENT,
+        lambda ctx, who: {"i": {"name": HOST, "vcpus": 8, "memoryMib": 16384, "images": ["mx.qcow2"]}}),
+    "heartbeat": Entry(f'mutation {{ heartbeat(input: {{name: "{HOST}"}}) {{ name }} }}', HOST_AGENT),
+    "reportMachineState": Entry(
+        "mutation($i: MachineReportInput!) { reportMachineState(input: $i) { name } }", HOST_AGENT,
+        lambda ctx, who: {"i": {"machineId": ctx.machine_ids[f"{LAB}-1"], "host": HOST, "state": "RUNNING"}}),
+    "reportOrphans": Entry(f'mutation {{ reportOrphans(input: {{host: "{HOST}", domains: []}}) {{ name }} }}',
+                           HOST_AGENT),
+    "createUser": Entry("mutation($i: UserInput!) { createUser(input: $i) { name } }", ADMIN_ONLY,
+                        lambda ctx, who: {"i": {"name": ctx.fresh("user"), "role": "TEACHER"}}),
+    "setUserPassword": Entry('mutation { setUserPassword(name: "stu2", password: "another-long-one") { name } }',
+                             outcomes(other=NOT_FOUND, owner=OK)),
+    "createPasswordLink": Entry('mutation { createPasswordLink(name: "stu2") }', outcomes(other=NOT_FOUND, owner=OK)),
+    "createApiToken": Entry('mutation { createApiToken(label: "m") { apiToken { label } } }', USER_READ),
+    "createHostToken": Entry(f'mutation {{ createHostToken(host: "{HOST}") {{ apiToken {{ label }} }} }}', ADMIN_ONLY),
+    "revokeApiToken": Entry("mutation($id: ID!) { revokeApiToken(id: $id) { label } }",
+                            outcomes(student=NOT_FOUND, other=NOT_FOUND, owner=OK),
+                            lambda ctx, who: {"id": _token_of_ta(ctx)}),
+    # ------------------------------------------------------------ subscriptions
+    "deploymentEvents": Entry(f'subscription {{ deploymentEvents(name: "{LAB}") {{ kind lab }} }}',
+                              outcomes(student=OK, other=NOT_FOUND, owner=OK), subscription=True),
+    "hostAssignments": Entry(f'subscription {{ hostAssignments(host: "{HOST}") {{ kind assignments {{ vmName }} }} }}',
+                             HOST_AGENT, subscription=True),
+}
+
+
+def dump(server: Server) -> dict[str, list[dict[str, Any]]]:
+    with MongoClient(server.database_uri) as client:
+        db = client[server.database_name]
+        return {name: sorted(db[name].find(), key=lambda d: str(d["_id"]))
+                for name in sorted(db.list_collection_names()) if name not in WRITTEN_BY_REFUSALS}
+
+
+@pytest.fixture(scope="module")
+def ctx(start_kubekvm: Callable[..., Server]) -> Context:
+    server = start_kubekvm()
+    tokens: dict[str, str | None] = {
+        "anonymous": None,
+        "student": server.token_for("stu", "student"),
+        "other": server.token_for("tb", "teacher"),
+        "owner": server.token_for("ta", "teacher"),
+        "admin": server.admin_token,
+        "host": server.host_token(HOST),
+    }
+    context = Context(server=server, tokens=tokens)
+    context.admin("mutation($i: RegisterHostInput!) { registerHost(input: $i) { name } }",
+                  i={"name": HOST, "vcpus": 8, "memoryMib": 16384, "images": ["mx.qcow2"]})
+    context.admin("mutation($i: TemplateInput!) { createTemplate(input: $i) { name } }",
+                  i={"name": "mx-tpl", "image": "mx.qcow2", "memoryMib": 128, "diskGib": 1})
+    context.as_("owner", "mutation($i: DeploymentInput!) { createDeployment(input: $i) { name } }",
+                i={"name": LAB, "template": "mx-tpl", "replicas": 2})
+    context.as_("owner", f'mutation {{ setRoster(name: "{LAB}", students: ["stu", "stu2"]) {{ unbound }} }}')
+    for machine in context.admin(f'{{ machines(deployment: "{LAB}") {{ id name student host }} }}')["machines"]:
+        context.machine_ids[machine["name"]] = machine["id"]
+        assert machine["host"] == HOST
+    return context
+
+
+def test_every_operation_has_a_matrix_entry() -> None:
+    graphql_schema = schema._schema
+    operations = {name for kind in (graphql_schema.query_type, graphql_schema.mutation_type,
+                                    graphql_schema.subscription_type) if kind is not None for name in kind.fields}
+    assert operations == set(MATRIX), (
+        f"missing: {sorted(operations - set(MATRIX))}; stale: {sorted(set(MATRIX) - operations)}")
+
+
+def _code(errors: list[dict[str, Any]] | None) -> str:
+    if not errors:
+        return OK
+    return str((errors[0].get("extensions") or {}).get("code"))
+
+
+async def _subscribe(ctx: Context, who: str, entry: Entry) -> str:
+    token = ctx.tokens[who]
+    async with websocket_session(ctx.server.ws_url, token) as session:
+        results: list[dict[str, Any]] = []
+
+        async def follow() -> None:
+            async for result in session.subscribe(GraphQLRequest(entry.query)):
+                results.append(result)
+                return
+
+        task = asyncio.create_task(follow())
+        await asyncio.sleep(0.3)
+        if not task.done() and "deploymentEvents" in entry.query:
+            # An allowed subscriber hears the next change of the lab.
+            await asyncio.to_thread(ctx.admin, f'mutation {{ updateDeployment(name: "{LAB}", '
+                                               f'input: {{title: "MX {who}"}}) {{ name }} }}')
+        try:
+            await asyncio.wait_for(task, timeout=10)
+        except TransportQueryError as error:
+            return _code(error.errors)
+        assert results, "an allowed subscription sent nothing"
+        return OK
+
+
+@pytest.mark.parametrize("operation", sorted(MATRIX))
+async def test_matrix(ctx: Context, operation: str) -> None:
+    entry = MATRIX[operation]
+    # Refusals first, each against an unchanged database; then the allowed calls.
+    order = sorted(IDENTITIES, key=lambda who: entry.expected[who] == OK)
+    seen: dict[str, str] = {}
+    for who in order:
+        variables = await asyncio.to_thread(entry.variables, ctx, who)
+        refused = entry.expected[who] != OK
+        before = await asyncio.to_thread(dump, ctx.server) if refused else None
+        if entry.subscription:
+            seen[who] = await _subscribe(ctx, who, entry)
+        else:
+            body = await asyncio.to_thread(ctx.server.graphql, entry.query, variables, token=ctx.tokens[who])
+            seen[who] = _code(body.get("errors"))  # type: ignore[arg-type]
+        if before is not None:
+            assert await asyncio.to_thread(dump, ctx.server) == before, f"{operation} as {who} changed the database"
+    assert seen == entry.expected
+
+
+def test_lists_show_only_what_the_caller_may_see(ctx: Context) -> None:
+    other_lab = ctx.fresh("tb-lab")
+    ctx.as_("other", "mutation($i: DeploymentInput!) { createDeployment(input: $i) { name owner } }",
+            i={"name": other_lab, "template": "mx-tpl", "replicas": 1})
+    mine = {d["name"] for d in ctx.as_("owner", "{ deployments(limit: 1000) { items { name } } }")["deployments"]["items"]}
+    theirs = {d["name"] for d in ctx.as_("other", "{ deployments(limit: 1000) { items { name } } }")["deployments"]["items"]}
+    assert LAB in mine and other_lab not in mine
+    assert theirs == {other_lab} | {n for n in theirs if n.startswith("new-lab")}
+    assert LAB not in theirs
+    student = ctx.as_("student", "{ deployments { items { name roster } } machines { name student } }")
+    assert [d["name"] for d in student["deployments"]["items"]] == [LAB]
+    assert student["deployments"]["items"][0]["roster"] == []  # not who else is in it
+    assert student["machines"] == [{"name": f"{LAB}-1", "student": "stu"}]
+    owner_machines = {m["name"] for m in ctx.as_("owner", "{ machines { name } }")["machines"]}
+    assert {f"{LAB}-1", f"{LAB}-2"} <= owner_machines and not any(m.startswith(other_lab) for m in owner_machines)
+    # Another student's machine, and another teacher's lab, do not exist for them.
+    for who, query in (("student", f'mutation {{ resetMachine(name: "{LAB}-2") {{ name }} }}'),
+                       ("other", f'{{ deployment(name: "{LAB}") {{ name }} }}'),
+                       ("other", f'mutation {{ stopMachine(name: "{LAB}-1") {{ name }} }}')):
+        body = ctx.server.graphql(query, token=ctx.tokens[who])
+        assert _code(body.get("errors")) == NOT_FOUND, (who, query, body)  # type: ignore[arg-type]
+
+
+async def test_a_host_token_acts_for_its_own_host_only(ctx: Context) -> None:
+    ctx.admin('mutation { registerHost(input: {name: "kvm-other", vcpus: 2, memoryMib: 2048, images: []}) { name } }')
+    host = ctx.tokens["host"]
+    for query in ('mutation { heartbeat(input: {name: "kvm-other"}) { name } }',
+                  'mutation { registerHost(input: {name: "kvm-other", vcpus: 2, memoryMib: 2048, images: []}) { name } }',
+                  'mutation { reportOrphans(input: {host: "kvm-other", domains: ["x"]}) { name } }'):
+        assert _code(ctx.server.graphql(query, token=host).get("errors")) == FORBIDDEN  # type: ignore[arg-type]
+    async with websocket_session(ctx.server.ws_url, host) as session:
+        with pytest.raises(TransportQueryError) as refused:
+            async for _ in session.subscribe(GraphQLRequest('subscription { hostAssignments(host: "kvm-other") { kind } }')):
+                pass
+        assert _code(refused.value.errors) == FORBIDDEN
+
+
+@pytest.mark.parametrize(("in_header", "in_init"), [(True, False), (False, True)])
+async def test_websocket_token_in_the_header_or_in_connection_init(ctx: Context, in_header: bool,
+                                                                     in_init: bool) -> None:
+    async with websocket_session(ctx.server.ws_url, ctx.tokens["host"], in_header=in_header, in_init=in_init) as s:
+        async for result in s.subscribe(GraphQLRequest(f'subscription {{ hostAssignments(host: "{HOST}") {{ kind }} }}')):
+            assert result["hostAssignments"]["kind"] == "SNAPSHOT"
+            break
+
+
+async def test_a_bad_token_is_refused_not_taken_for_anonymous(ctx: Context) -> None:
+    answer = httpx.post(ctx.server.graphql_url, json={"query": "{ serverInfo { version } }"},
+                        headers={"Authorization": "Bearer kk_not-a-real-token"})
+    assert answer.status_code == 401
+    assert answer.json()["errors"][0]["extensions"]["code"] == UNAUTH
+    with pytest.raises(Exception):  # noqa: B017 (the handshake, or connection_init, is refused)
+        async with websocket_session(ctx.server.ws_url, "kk_not-a-real-token", in_header=False) as session:
+            await session.execute(GraphQLRequest("{ serverInfo { version } }"))
+    revoked = ctx.as_("owner", 'mutation { createApiToken(label: "short-lived") { token apiToken { id } } }')
+    token = revoked["createApiToken"]["token"]
+    assert _code(ctx.server.graphql("{ me { name } }", token=token).get("errors")) == OK  # type: ignore[arg-type]
+    ctx.as_("owner", "mutation($id: ID!) { revokeApiToken(id: $id) { label } }",
+            id=revoked["createApiToken"]["apiToken"]["id"])
+    assert httpx.post(ctx.server.graphql_url, json={"query": "{ me { name } }"},
+                      headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
+def test_graphql_limits_have_codes(ctx: Context) -> None:
+    aliases = "{ " + " ".join(f"a{i}: serverInfo {{ version }}" for i in range(40)) + " }"
+    assert _code(ctx.server.graphql(aliases).get("errors")) == "QUERY_TOO_COMPLEX"  # type: ignore[arg-type]
+    deep = "{ deployments { items { machines { name } } } }"
+    assert _code(ctx.server.graphql(deep).get("errors")) == OK  # type: ignore[arg-type]
+    # (The schema has no recursive types, so the depth limit of 10 cannot be reached by a valid query.)
+    too_long = "{ " + "serverInfo { version } " * 1500 + "}"
+    assert _code(ctx.server.graphql(too_long).get("errors")) == "QUERY_TOO_COMPLEX"  # type: ignore[arg-type]
+
+
+def test_introspection_can_be_switched_off_and_graphiql_needs_a_sign_in(
+        ctx: Context, start_kubekvm: Callable[..., Server]) -> None:
+    assert _code(ctx.server.graphql("{ __schema { queryType { name } } }").get("errors")) == OK  # type: ignore[arg-type]
+    closed = start_kubekvm(env={"KUBEKVM_GRAPHQL_INTROSPECTION": "0"})
+    assert _code(closed.graphql("{ __schema { queryType { name } } }").get("errors")) == FORBIDDEN  # type: ignore[arg-type]
+    assert _code(closed.graphql("{ serverInfo { version } }", token=None).get("errors")) == OK  # type: ignore[arg-type]
+    closed.stop()
+    page = httpx.get(ctx.server.graphql_url, headers={"Accept": "text/html"})
+    assert page.status_code == 303 and page.headers["location"] == "/login?next=/graphql"
+    signed_in = httpx.get(ctx.server.graphql_url, headers={"Accept": "text/html", **ctx.server.admin_headers})
+    assert signed_in.status_code == 200 and "graphiql" in signed_in.text.lower()
