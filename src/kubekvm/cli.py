@@ -17,6 +17,7 @@ import dataclasses
 import getpass
 import logging
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -178,6 +179,9 @@ async def _serve(*, settings: Settings, embedded: EmbeddedDatabase | None, host:
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level, ws="websockets-sansio",
                                 lifespan="on", proxy_headers=True, forwarded_allow_ips=forwarded,
                                 timeout_graceful_shutdown=3)
+        # Access-log lines carry query strings: one-time codes of setup and set-password links
+        # must not outlive their use in a log file.
+        logging.getLogger("uvicorn.access").addFilter(_RedactCodes())
         server = uvicorn.Server(config)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
         print(f"KubeKVM is starting at http://{shown}:{port}/  (database: {label}; GraphQL: /graphql)",
@@ -186,6 +190,16 @@ async def _serve(*, settings: Settings, embedded: EmbeddedDatabase | None, host:
         return 0
     finally:
         await connection.close()
+
+
+class _RedactCodes(logging.Filter):
+    _CODE = re.compile(r"((?:code|token)=)[^&\s\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._CODE.sub(r"\1[redacted]", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
 
 
 def _export(out: Path, *, check: bool) -> int:
