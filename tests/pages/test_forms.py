@@ -23,7 +23,7 @@ def client(server: Server) -> Iterator[httpx.Client]:
 
 
 def lab_form(name: str, replicas: str = "2", **extra: str) -> dict[str, str]:
-    return {"name": name, "title": "", "template": "tiny-linux", "replicas": replicas, **extra}
+    return {"name": name, "title": "", "template": "tiny-linux", "replicas": replicas} | extra
 
 
 def test_plain_form_post_creates_the_lab_and_redirects(client: httpx.Client,
@@ -176,3 +176,20 @@ def test_empty_states_explain_what_to_do(start_kubekvm: Callable[..., Server]) -
         assert refused.status_code == 422 and "There is no template named" in refused.text
         assert "No host has registered yet" in client.get("/hosts").text
     bare.stop()
+
+
+def test_a_template_restricted_to_some_teachers(client: httpx.Client, server: Server) -> None:
+    made = client.post("/templates", data={"name": "only-ana", "title": "Only Ana", "image": "ana.qcow2",
+                                           "os": "linux", "vcpus": "1", "memoryMib": "256", "diskGib": "2",
+                                           "description": "", "teachers": "ana-teacher"})
+    assert made.status_code == 303
+    assert 'value="ana-teacher"' in client.get("/templates/only-ana/edit").text
+    for name, sees in (("ana-teacher", True), ("luis-teacher", False)):
+        headers = {"Authorization": f"Bearer {server.token_for(name, 'teacher')}"}
+        with httpx.Client(base_url=server.url, timeout=10, headers=headers) as teacher:
+            assert ("only-ana" in teacher.get("/templates").text) is sees
+            assert ('value="only-ana"' in teacher.get("/new-lab").text) is sees
+            made = teacher.post("/labs", data=lab_form(f"{name}-lab", replicas="1", template="only-ana"))
+            assert made.status_code == (303 if sees else 422)
+            # Teachers read templates; only admins change them.
+            assert teacher.post("/templates/only-ana/delete", headers=HX).status_code == 403

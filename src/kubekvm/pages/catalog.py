@@ -19,7 +19,7 @@ from kubekvm.models import ApiToken, Template, utcnow
 from kubekvm.pages.common import Flash, FormState, Renderer, is_htmx, text, whole_number
 from kubekvm.pages.labs import services_of
 
-TEMPLATE_FIELDS = ("name", "title", "description", "os", "image", "vcpus", "memoryMib", "diskGib")
+TEMPLATE_FIELDS = ("name", "title", "description", "os", "image", "vcpus", "memoryMib", "diskGib", "teachers")
 SIZES = {"vcpus": "vCPUs", "memoryMib": "Memory", "diskGib": "Disk size"}
 
 
@@ -38,7 +38,7 @@ class CatalogPages:
     async def new_template(self, request: Request) -> Response:
         return self._form(request, FormState(values={
             "name": "", "title": "", "description": "", "os": "linux", "image": "",
-            "vcpus": "1", "memoryMib": "1024", "diskGib": "10",
+            "vcpus": "1", "memoryMib": "1024", "diskGib": "10", "teachers": "",
         }))
 
     async def create_template(self, request: Request) -> Response:
@@ -52,6 +52,7 @@ class CatalogPages:
                     name=values["name"], title=values["title"] or None,
                     description=values["description"], os=values["os"], image=values["image"],
                     vcpus=sizes["vcpus"], memory_mib=sizes["memoryMib"], disk_gib=sizes["diskGib"],
+                    teachers=_names(values["teachers"]),
                 )
             except ValidationFailed as error:
                 state.fail(error)
@@ -68,6 +69,7 @@ class CatalogPages:
             "name": template.name, "title": template.title, "description": template.description,
             "os": template.os.value, "image": template.image, "vcpus": str(template.vcpus),
             "memoryMib": str(template.memory_mib), "diskGib": str(template.disk_gib),
+            "teachers": ", ".join(template.teachers),
         }), template=template)
 
     async def update_template(self, request: Request) -> Response:
@@ -84,6 +86,7 @@ class CatalogPages:
                     template.name, title=values["title"], description=values["description"],
                     os=values["os"], image=values["image"], vcpus=sizes["vcpus"],
                     memory_mib=sizes["memoryMib"], disk_gib=sizes["diskGib"],
+                    teachers=_names(values["teachers"]),
                 )
             except ValidationFailed as error:
                 state.fail(error)
@@ -146,6 +149,11 @@ class CatalogPages:
             "section": "server", "info": services.server_info(),
             "live_streams": services.feed.subscriber_count, "now": utcnow(),
         })
+
+
+def _names(raw: str) -> list[str]:
+    """"ana, luis" or one per line: the teachers a template is restricted to."""
+    return [n for n in raw.replace(",", " ").split() if n]
 
 
 def _check(state: FormState, *, creating: bool) -> dict[str, int]:
