@@ -28,6 +28,10 @@ class DiskError(RuntimeError):
 class Disks:
     def __init__(self, directory: Path) -> None:
         self.directory = directory.absolute()
+        # Base image -> (its inode, size and mtime; its virtual size). Every overlay of a
+        # template needs the base's virtual size: asking qemu-img once per machine would cost
+        # a process per machine. A base replaced or resized has another identity.
+        self._base_sizes: dict[Path, tuple[tuple[int, int, int], int]] = {}
 
     def path(self, domain: str) -> Path:
         return self.directory / f"{domain}.qcow2"
@@ -66,7 +70,7 @@ class Disks:
                    "-F", "qcow2", str(partial)]
         # Grow the disk to the template's size; never shrink it below the base image.
         wanted = size_gib * GIB
-        if wanted and wanted > await virtual_size(base):
+        if wanted and wanted > await self._base_size(base):
             command.append(str(wanted))
         try:
             await _run(command)
@@ -74,6 +78,16 @@ class Disks:
         finally:
             partial.unlink(missing_ok=True)
         return target
+
+    async def _base_size(self, base: Path) -> int:
+        info = base.stat()
+        identity = (info.st_ino, info.st_size, info.st_mtime_ns)
+        cached = self._base_sizes.get(base)
+        if cached is not None and cached[0] == identity:
+            return cached[1]
+        size = await virtual_size(base)
+        self._base_sizes[base] = (identity, size)
+        return size
 
     async def delete(self, domain: str) -> bool:
         path = self.path(domain)

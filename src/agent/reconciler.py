@@ -83,6 +83,9 @@ class Reconciler:
         self._report_orphans_callback = report_orphans
         self._slots = asyncio.Semaphore(parallel)
         self._desired: dict[str, Assignment] = {}
+        # Domain name -> the desired machines that want it (insertion-ordered): every
+        # lifecycle event looks its domain up here, so it must not scan the whole desired set.
+        self._claims: dict[str, dict[str, None]] = {}
         # Until the server's first snapshot every domain would look like an orphan; a
         # restarted agent with gc_orphans must not delete a whole host's labs meanwhile.
         self._knows_desired = False
@@ -138,6 +141,9 @@ class Reconciler:
         for machine_id in set(self._desired) - set(new):
             self._forget(machine_id)
         self._desired = new
+        self._claims = {}
+        for machine_id, assignment in new.items():
+            self._claims.setdefault(assignment.domain_name, {})[machine_id] = None
         # A snapshot follows a (re)connection: tell the server everything again.
         self._reported.clear()
         self._reported_orphans = None
@@ -149,11 +155,14 @@ class Reconciler:
         self, assignments: Iterable[Assignment], removed: Iterable[str] = ()
     ) -> None:
         for assignment in assignments:
+            self._unclaim(assignment.machine_id)
             self._desired[assignment.machine_id] = assignment
+            self._claims.setdefault(assignment.domain_name, {})[assignment.machine_id] = None
             self._poke_machine(assignment.machine_id)
         gone = [machine_id for machine_id in removed if machine_id in self._desired]
         for machine_id in gone:
             self._forget(machine_id)
+            self._unclaim(machine_id)
             del self._desired[machine_id]
         if gone:
             self.request_resync()
@@ -237,7 +246,17 @@ class Reconciler:
         return assignment is None or assignment.domain_name != status.name
 
     def _claimants(self, name: str) -> list[str]:
-        return [mid for mid, a in self._desired.items() if a.domain_name == name]
+        return list(self._claims.get(name, ()))
+
+    def _unclaim(self, machine_id: str) -> None:
+        assignment = self._desired.get(machine_id)
+        if assignment is None:
+            return
+        claims = self._claims.get(assignment.domain_name)
+        if claims is not None:
+            claims.pop(machine_id, None)
+            if not claims:
+                del self._claims[assignment.domain_name]
 
     async def _resync_loop(self) -> None:
         while True:
