@@ -6,9 +6,10 @@ agent's only memory. It says which machine owns the domain and which reset and p
 generations the agent last acted on, so a restarted agent knows what is already done. The
 agent never touches a domain without it.
 
-Machines get VNC on 127.0.0.1 only (a console feature tunnels it later), the serial console
-in a log file, ACPI (so ``shutdown`` reaches the guest), and ``on_poweroff=destroy``: a
-guest that powers itself off ends its QEMU process, which libvirt reports as an event.
+Machines get a video card and VNC on 127.0.0.1 only (the agent tunnels it to the server for
+the browser console, ``agent.console``), the serial console in a log file, ACPI (so
+``shutdown`` reaches the guest), and ``on_poweroff=destroy``: a guest that powers itself off
+ends its QEMU process, which libvirt reports as an event.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from agent.names import guest_hostname
 
 NAMESPACE = "https://kubekvm.io/xmlns/machine/1"
 PREFIX = "kubekvm"
-BASE_CMDLINE = "console=ttyS0 quiet panic=-1 no_timer_check"
+# Kernel messages go to both consoles: the screen (tty0), which the browser console shows, and
+# the serial port (ttyS0, last, so it is also /dev/console), which the serial log keeps.
+BASE_CMDLINE = "console=tty0 console=ttyS0 quiet panic=-1 no_timer_check"
 # Recorded at (re)definition: "no power request acted on since the overlay was made", so
 # the first desired=running always starts a fresh or freshly reset machine.
 NEVER_POWERED = -1
@@ -178,5 +181,9 @@ def domain_xml(
         devices, "graphics", type="vnc", port="-1", autoport="yes", listen="127.0.0.1"
     )
     ET.SubElement(graphics, "listen", type="address", address="127.0.0.1")
+    # Said rather than left to libvirt's default: a screen the console can show, which every
+    # guest (Windows XP's own drivers included) can drive.
+    video = ET.SubElement(devices, "video")
+    ET.SubElement(video, "model", type="cirrus")
     ET.SubElement(devices, "memballoon", model="none")
     return ET.tostring(domain, encoding="unicode")

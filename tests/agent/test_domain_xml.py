@@ -62,6 +62,7 @@ def test_domain_has_the_machine_resources_and_devices() -> None:
     assert graphics.get("autoport") == "yes"  # type: ignore[union-attr]
     assert graphics.get("listen") == "127.0.0.1"  # type: ignore[union-attr]
     assert graphics.find("listen").get("address") == "127.0.0.1"  # type: ignore[union-attr]
+    assert root.find("devices/video/model").get("type") == "cirrus"  # type: ignore[union-attr]
     assert root.find("os/boot").get("dev") == "hd"  # type: ignore[union-attr]
     assert root.find("os/kernel") is None
 
@@ -91,7 +92,7 @@ def test_direct_boot_uses_kernel_initrd_and_extra_cmdline(image_dir: Path) -> No
     assert root.findtext("os/kernel") == str(tmp_path / "tiny-linux.kernel")
     assert root.findtext("os/initrd") == str(tmp_path / "tiny-linux.initrd")
     assert root.findtext("os/cmdline") == (
-        "console=ttyS0 quiet panic=-1 no_timer_check kubekvm.hostname=lab-1 "
+        "console=tty0 console=ttyS0 quiet panic=-1 no_timer_check kubekvm.hostname=lab-1 "
         "kubekvm.poweroff_after=3"
     )
     assert root.find("os/boot") is None
