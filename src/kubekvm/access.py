@@ -9,7 +9,10 @@ host). The rules:
   they may use (all, unless a template lists the teachers it is for); hosts, read-only.
 - student: the labs they are on the roster of (read-only), and only their own machine of each
   (read, start, stop, reset).
-- host: register, heartbeat and report for its own host, and follow its own assignments.
+- host: register, heartbeat and report for its own host, and follow its own assignments
+  and console requests.
+- a machine's console (its screen and keyboard): the student bound to it, the teacher whose
+  lab it is, admins. A classmate on the same roster is FORBIDDEN (they see the lab already).
 
 Refusals say as little as they must: what a role may never do is FORBIDDEN without looking
 anything up; an object the actor may not even see is NOT_FOUND, so that teacher B learns
@@ -124,6 +127,22 @@ def can_view_machine(actor: Actor, machine: Machine, lab: Deployment) -> bool:
     if actor.is_student:
         return machine.student == actor.name
     return can_manage_lab(actor, lab)
+
+
+def can_open_console(actor: Actor, machine: Machine, lab: Deployment) -> bool:
+    """Whoever sits at the machine: its student, the lab's owner, an admin; never a host."""
+    if actor.is_admin:
+        return True
+    if actor.is_teacher:
+        return lab.owner == actor.name
+    if actor.is_student:
+        return machine.student == actor.name
+    return False
+
+
+def may_serve_console(actor: Actor, host: str) -> bool:
+    """Only the agent of the machine's host carries its console (not even an admin's token)."""
+    return actor.is_host and actor.name == host
 
 
 def can_use_template(actor: Actor, template: Template) -> bool:

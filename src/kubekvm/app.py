@@ -1,4 +1,5 @@
-"""The ASGI application: GraphQL at /graphql, the pages, static files, and the probes.
+"""The ASGI application: GraphQL at /graphql, the pages, static files, the consoles'
+websockets (`kubekvm.console`), and the probes.
 
 `create_app` gets an open database connection (the CLI or a test made it) and, on start-up,
 starts the event feed, builds the service layer and seeds the default templates. Every
@@ -34,6 +35,7 @@ from kubekvm.accounts import Accounts
 from kubekvm.auth import AuthMiddleware, actor_of, bearer, serializer
 from kubekvm.authorized import Authorized
 from kubekvm.config import Settings
+from kubekvm.console import ConsoleSockets
 from kubekvm.database import Connection, describe_uri
 from kubekvm.events import ChangeStreamFeed, EventFeed
 from kubekvm.graphql.schema import build_schema
@@ -129,6 +131,7 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
         Mount("/static", app=StaticFiles(directory=settings.static_dir, check_dir=False), name="static"),
+        *ConsoleSockets(settings=settings).routes(),
         *pages.routes(settings=settings),
     ]
     return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(AuthMiddleware)])

@@ -20,10 +20,18 @@ from kubekvm import access
 from kubekvm.access import Actor
 from kubekvm.accounts import Accounts, AuditPage
 from kubekvm.config import Settings
-from kubekvm.errors import Forbidden, KubeKVMError, NotFound, ValidationFailed
+from kubekvm.consoles import ConsoleRequest, check_ready
+from kubekvm.errors import (
+    Forbidden,
+    KubeKVMError,
+    NotFound,
+    Unauthenticated,
+    ValidationFailed,
+)
 from kubekvm.events import EventFeed
 from kubekvm.models import (
     ApiToken,
+    ConsoleSession,
     Deployment,
     Host,
     LabEvent,
@@ -311,6 +319,77 @@ class Authorized:
         """The check before a host's assignment feed: its own agent (or an admin), a known host."""
         access.require_host_or_admin(self.actor, host)
         await self.services.get_host(host)
+
+    # ---------------------------------------------------------------- consoles
+
+    async def console_machine(self, name: str) -> Machine:
+        """A machine whose console the actor may open: FORBIDDEN for one of a lab they see
+        (a classmate's), NOT_FOUND for one they may not even know of."""
+        access.require_user(self.actor)
+        machine = await self.services.get_machine(name)
+        lab = await self.services.get_deployment(machine.deployment)
+        if access.can_open_console(self.actor, machine, lab):
+            return machine
+        if access.can_view_lab(self.actor, lab):
+            raise Forbidden(f"The console of {name} is not yours to open: only its student, the lab's "
+                            "teacher and admins may.")
+        raise NotFound(f"There is no machine named {name!r}.")
+
+    async def _console_ready(self, machine: Machine) -> None:
+        host = await Host.find_one(Host.name == machine.host) if machine.host else None
+        check_ready(machine, host_ready=None if host is None else self.services.host_ready(host))
+
+    async def console_ticket(self, name: str) -> str:
+        """A one-time ticket to open the console of `name` within a minute. A refusal is audited
+        as an `openConsole` attempt; a ticket is not (opening the console is)."""
+        try:
+            machine = await self.console_machine(name)
+            await self._console_ready(machine)
+            await self.services.consoles.check_room(self.actor.name)
+        except KubeKVMError as error:
+            await self.accounts.record(self.actor, action="openConsole", target=f"machine:{name}",
+                                       outcome=error.code, message=error.message)
+            raise
+        return await self.services.consoles.issue_ticket(user=self.actor.name, machine=name)
+
+    async def open_console(self, ticket: str) -> ConsoleSession:
+        """Redeem a ticket (it works once, for the user it was issued to), check again that the
+        console may be opened, and reserve the session for this replica (`Consoles.announce`
+        then calls the agent); audited either way."""
+        target = ""
+        try:
+            redeemed = await self.services.consoles.redeem_ticket(ticket)
+            if redeemed is None:
+                raise Unauthenticated("This console link has expired or was used already: reconnect for a new one.")
+            target = f"machine:{redeemed.machine}"
+            if not self.actor.is_user or self.actor.name != redeemed.user:
+                raise Unauthenticated("This console link was made for another account: sign in as "
+                                      f"{redeemed.user}, or open the console again.")
+            machine = await self.console_machine(redeemed.machine)
+            await self._console_ready(machine)
+            session = await self.services.consoles.reserve(machine=machine, user=self.actor.name)
+        except KubeKVMError as error:
+            await self.accounts.record(self.actor, action="openConsole", target=target, outcome=error.code,
+                                       message=error.message)
+            raise
+        await self.accounts.record(self.actor, action="openConsole", target=target, message=(
+            f"session {session.session[:8]} on host {session.host} via {session.replica}"))
+        return session
+
+    async def close_console(self, session: ConsoleSession, *, reason: str) -> None:
+        await self.services.consoles.close_session(session)
+        await self.accounts.record(self.actor, action="closeConsole", target=f"machine:{session.machine}",
+                                   message=f"session {session.session[:8]}: {reason}")
+
+    def may_serve_console(self, host: str) -> bool:
+        """Whether the actor may carry a console of `host`'s machines: that host's agent only."""
+        return access.may_serve_console(self.actor, host)
+
+    async def console_requests(self, host: str) -> AsyncIterator[ConsoleRequest]:
+        """The console requests for `host`'s agent (`follow_host` checks the caller first)."""
+        await self.follow_host(host)
+        async for request in self.services.consoles.requests(host=host):
+            yield request
 
     # ------------------------------------------------------------ live changes
 

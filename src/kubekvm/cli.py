@@ -15,9 +15,11 @@ import argparse
 import asyncio
 import dataclasses
 import getpass
+import ipaddress
 import logging
 import os
 import re
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -62,6 +64,16 @@ def main(argv: list[str] | None = None) -> None:
     host_token = host.add_parser("token", help="print a new token for a host's agent")
     host_token.add_argument("name")
     host_token.add_argument("--label", default="")
+    template = commands.add_parser("template", help="VM templates").add_subparsers(dest="action", required=True)
+    create_template = template.add_parser("create", help="add a template (its base image must be on the hosts)")
+    create_template.add_argument("name")
+    create_template.add_argument("--image", required=True, help="file name of the base qcow2 on each host")
+    create_template.add_argument("--title")
+    create_template.add_argument("--description")
+    create_template.add_argument("--os", choices=["linux", "windows"], default="linux")
+    create_template.add_argument("--vcpus", type=int, default=1)
+    create_template.add_argument("--memory-mib", type=int, default=1024)
+    create_template.add_argument("--disk-gib", type=int, default=10)
     args = parser.parse_args(argv)
     if args.command == "serve":
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -72,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         if not settings.public_url:
             shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104
             settings = dataclasses.replace(settings, public_url=f"http://{shown}:{args.port}")
+        if not settings.advertise_url:
+            settings = dataclasses.replace(settings, advertise_url=advertised_url(args.host, args.port))
         try:
             code = asyncio.run(_serve(settings=settings, embedded=embedded, host=args.host, port=args.port,
                                       log_level=args.log_level, forwarded=args.forwarded_allow_ips))
@@ -90,9 +104,31 @@ def main(argv: list[str] | None = None) -> None:
                              lambda _: f"user {args.name} ({args.role}) created"))
     if args.command == "token":
         sys.exit(_admin_task(lambda s: _user_token(s, args.name, args.label), lambda token: str(token)))
+    if args.command == "template":
+        sys.exit(_admin_task(lambda s: s.create_template(
+            name=args.name, title=args.title, description=args.description, os=args.os, image=args.image,
+            vcpus=args.vcpus, memory_mib=args.memory_mib, disk_gib=args.disk_gib),
+            lambda _: f"template {args.name} created"))
     if args.command == "host":
         sys.exit(_admin_task(lambda s: s.create_host_token(host=args.name, label=args.label),
                              lambda made: str(made[1])))  # type: ignore[index]
+
+
+def advertised_url(host: str, port: int) -> str:
+    """Where host agents reach this replica for a console when KUBEKVM_ADVERTISE_URL is unset:
+    the address it listens on, or, listening on every address, the one its hostname resolves
+    to (a pod's IP in Kubernetes, though the manifests set the variable from the pod's IP)."""
+    if host not in ("0.0.0.0", "::", ""):  # noqa: S104
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    try:
+        found = socket.getaddrinfo(socket.gethostname(), port, type=socket.SOCK_STREAM)
+    except OSError:
+        found = []
+    addresses = [str(info[4][0]) for info in found if not ipaddress.ip_address(info[4][0]).is_loopback]
+    if not addresses:
+        return f"http://127.0.0.1:{port}"
+    first = addresses[0]
+    return f"http://[{first}]:{port}" if ":" in first else f"http://{first}:{port}"
 
 
 def _read_password() -> str:

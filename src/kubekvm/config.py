@@ -66,6 +66,16 @@ class Settings:
     login_lockout_seconds: float = 60.0
     # Where people reach this server, for the first-start setup link in the log.
     public_url: str = ""
+    # This replica's own address, which host agents dial back for the consoles it serves (in
+    # Kubernetes the pod's IP: through the Service an agent would reach any replica, rarely the
+    # one holding the browser). Unset: the address `kubekvm serve` listens on.
+    advertise_url: str = ""
+    # Consoles: a ticket is good this long; a user has at most this many open at once; one
+    # without keyboard or mouse input this long is closed; a host's agent must dial in this fast.
+    console_ticket_seconds: float = 60.0
+    console_max_per_user: int = 3
+    console_idle_seconds: float = 1800.0
+    console_connect_seconds: float = 20.0
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -87,6 +97,11 @@ class Settings:
             login_window_seconds=_env_number("KUBEKVM_LOGIN_WINDOW", 900.0),
             login_lockout_seconds=_env_number("KUBEKVM_LOGIN_LOCKOUT", 60.0),
             public_url=os.environ.get("KUBEKVM_PUBLIC_URL", ""),
+            advertise_url=os.environ.get("KUBEKVM_ADVERTISE_URL", ""),
+            console_ticket_seconds=_env_number("KUBEKVM_CONSOLE_TICKET_SECONDS", 60.0),
+            console_max_per_user=_env_number("KUBEKVM_CONSOLE_MAX_PER_USER", 3),
+            console_idle_seconds=_env_number("KUBEKVM_CONSOLE_IDLE_TIMEOUT", 1800.0),
+            console_connect_seconds=_env_number("KUBEKVM_CONSOLE_CONNECT_TIMEOUT", 20.0),
         )
 
 

@@ -55,3 +55,21 @@ class Throttled(KubeKVMError):
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class MachineOff(Conflict):
+    """A console asked of a machine that is not running (the page offers to start it)."""
+
+    code = "MACHINE_OFF"
+
+
+class HostUnreachable(Unavailable):
+    """The machine's host has not been heard from, or its agent did not answer."""
+
+    code = "HOST_UNREACHABLE"
+
+
+class TooManyConsoles(KubeKVMError):
+    """The user has as many consoles open as one person may."""
+
+    code = "TOO_MANY_CONSOLES"

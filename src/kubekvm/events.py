@@ -1,9 +1,10 @@
-"""The event feed: every change to labs, machines and hosts, delivered to subscribers in this
-process (GraphQL subscriptions, the pages' live updates, the agents' assignment feeds).
+"""The event feed: every change to labs, machines, hosts and console sessions, delivered to
+subscribers in this process (GraphQL subscriptions, the pages' live updates, the agents'
+assignment and console-request feeds).
 
 Where the database has change streams (any replica set, and SecantusDB), one watcher per
-server process reads the `deployments`, `machines` and `hosts` collections, so a change
-written by any replica reaches subscribers of every replica. Where it has not, the service
+server process reads the `deployments`, `machines`, `hosts` and `console_sessions`
+collections, so a change written by any replica reaches subscribers of every replica. Where it has not, the service
 layer publishes its own writes here (`publish`), which only reaches this process: fine for one
 server, and said so in the log, because several replicas need a replica set.
 
@@ -29,7 +30,9 @@ from kubekvm.database import Database
 
 log = logging.getLogger(__name__)
 
-WATCHED = ("deployments", "machines", "hosts")
+# console_sessions: how a console request written by one replica reaches the replica that
+# holds the host agent's subscription (`kubekvm.consoles`).
+WATCHED = ("deployments", "machines", "hosts", "console_sessions")
 
 
 @dataclass(frozen=True)

@@ -279,5 +279,54 @@ class ServerSecret(Document):
         name = "server_secrets"
 
 
+class ConsoleTicket(Document):
+    """A one-time right to open one machine's console, handed to the console page and presented
+    by its websocket within a minute. Only the sha256 of the ticket is kept; redeeming deletes
+    the document (one atomic `find_one_and_delete`), so a ticket works once on any replica."""
+
+    ticket_hash: Indexed(str, unique=True)  # type: ignore[valid-type]
+    user: str
+    machine: str
+    expires: datetime
+
+    class Settings:
+        name = "console_tickets"
+        indexes = [pymongo.IndexModel([("expires", pymongo.ASCENDING)])]
+
+
+class ConsoleState(StrEnum):
+    RESERVED = "reserved"  # counted against the user's limit, not yet announced to the agent
+    REQUESTED = "requested"  # a browser waits for the host's agent to dial in
+    OPEN = "open"  # bytes flow (a closed console's session is deleted)
+
+
+class ConsoleSession(Document):
+    """One console connection: browser ⇄ `replica` ⇄ the agent of `host` ⇄ the VM's VNC display.
+
+    Inserting it (state `requested`) is how the agent hears of it: the change stream carries
+    the insert to whichever replica holds the agent's `consoleRequests` subscription, and the
+    agent dials `replica` (that replica's own address) with `session`. The replica renews
+    `lease_until` while the console is open, so the consoles of a replica that died stop counting
+    against their user's limit once their lease runs out."""
+
+    session: Indexed(str, unique=True)  # type: ignore[valid-type]
+    machine: str
+    machine_id: str
+    deployment: str
+    index: int
+    host: str
+    user: str
+    replica: str
+    state: ConsoleState = ConsoleState.REQUESTED
+    opened_at: datetime = Field(default_factory=utcnow)
+    lease_until: datetime
+
+    class Settings:
+        name = "console_sessions"
+        indexes = [pymongo.IndexModel([("user", pymongo.ASCENDING), ("state", pymongo.ASCENDING)]),
+                   pymongo.IndexModel([("host", pymongo.ASCENDING), ("state", pymongo.ASCENDING)])]
+
+
 DOCUMENT_MODELS: list[type[Document]] = [Template, Deployment, Machine, Host, LabEvent, User, ApiToken,
-                                         AuditEntry, LoginThrottle, ServerSecret]
+                                         AuditEntry, LoginThrottle, ServerSecret, ConsoleTicket,
+                                         ConsoleSession]

@@ -30,6 +30,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from kubekvm import __version__, lifecycle, placement, roster, validation
 from kubekvm.config import Settings
+from kubekvm.consoles import Consoles
 from kubekvm.errors import Conflict, NotFound, Unavailable, ValidationFailed
 from kubekvm.events import EventFeed
 from kubekvm.models import (
@@ -102,6 +103,8 @@ class Services:
     def __init__(self, *, settings: Settings, feed: EventFeed, database_description: str) -> None:
         self.settings = settings
         self.feed = feed
+        # Machines' consoles: tickets and sessions (the websockets are `kubekvm.console`'s).
+        self.consoles = Consoles(settings=settings, feed=feed)
         self.database_description = database_description
 
     # ------------------------------------------------------------------ events

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -160,6 +161,9 @@ MATRIX: dict[str, Entry] = {
                               outcomes(student=OK, other=NOT_FOUND, owner=OK), subscription=True),
     "hostAssignments": Entry(f'subscription {{ hostAssignments(host: "{HOST}") {{ kind assignments {{ vmName }} }} }}',
                              HOST_AGENT, subscription=True),
+    # Not even an admin: console requests are the host agent's alone.
+    "consoleRequests": Entry(f'subscription {{ consoleRequests(host: "{HOST}") {{ session url }} }}',
+                             outcomes(host=OK, admin=FORBIDDEN), subscription=True),
 }
 
 
@@ -225,12 +229,25 @@ async def _subscribe(ctx: Context, who: str, entry: Entry) -> str:
             # An allowed subscriber hears the next change of the lab.
             await asyncio.to_thread(ctx.admin, f'mutation {{ updateDeployment(name: "{LAB}", '
                                                f'input: {{title: "MX {who}"}}) {{ name }} }}')
+        if not task.done() and "consoleRequests" in entry.query:
+            # An allowed subscriber hears of the next console asked of its host.
+            await asyncio.to_thread(_request_console, ctx)
         try:
             await asyncio.wait_for(task, timeout=10)
         except TransportQueryError as error:
             return _code(error.errors)
         assert results, "an allowed subscription sent nothing"
         return OK
+
+
+def _request_console(ctx: Context) -> None:
+    """A console session waiting for the host's agent, as a replica writes one."""
+    now = datetime.now(UTC)
+    with MongoClient(ctx.server.database_uri) as client:
+        client[ctx.server.database_name]["console_sessions"].insert_one({
+            "session": f"mx-{ctx.fresh('console')}", "machine": f"{LAB}-1", "machine_id": ctx.machine_ids[f"{LAB}-1"],
+            "deployment": LAB, "index": 1, "host": HOST, "user": "stu", "replica": ctx.server.url,
+            "state": "requested", "opened_at": now, "lease_until": now + timedelta(seconds=60)})
 
 
 @pytest.mark.parametrize("operation", sorted(MATRIX))

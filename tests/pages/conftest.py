@@ -17,6 +17,8 @@ from tests.pages.fake_host import FakeHost, data
 from tests.support.processes import ROOT, Server
 
 CHROMIUM = os.environ.get("KUBEKVM_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 TEMPLATE = {"name": "tiny-linux", "title": "Tiny Linux", "os": "LINUX",
             "image": "tiny-linux.qcow2", "vcpus": 1, "memoryMib": 128, "diskGib": 1,
@@ -44,11 +46,7 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     playwright = sync_playwright().start()
-    chromium = playwright.chromium.launch(
-        executable_path=CHROMIUM, headless=True,
-        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-component-update", "--disable-sync", "--no-first-run"],
-    )
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
     yield chromium
     chromium.close()
     playwright.stop()

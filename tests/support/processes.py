@@ -203,7 +203,7 @@ class Server:
 
 def start_server(*, database_uri: str | None, database_name: str | None = None,
                  env: dict[str, str] | None = None, port: int | None = None,
-                 cwd: Path | None = None, timeout: float = 30.0) -> Server:
+                 cwd: Path | None = None, timeout: float = 30.0, log_level: str = "warning") -> Server:
     port = port or free_port()
     name = database_name or f"t{uuid.uuid4().hex[:12]}"
     log = _log_file(f"server-{port}")
@@ -223,7 +223,7 @@ def start_server(*, database_uri: str | None, database_name: str | None = None,
         environment.pop("MONGODB_URI", None)
     process = subprocess.Popen(
         [str(VENV_BIN / "kubekvm"), "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning"],
+         "--log-level", log_level],
         stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         env=environment, cwd=cwd or ROOT,
     )

@@ -16,7 +16,7 @@ from strawberry.types import ExecutionContext
 from kubekvm import models, streams
 from kubekvm.authorized import Authorized
 from kubekvm.config import Settings
-from kubekvm.errors import KubeKVMError
+from kubekvm.errors import Forbidden, KubeKVMError
 from kubekvm.graphql.errors import ErrorCodes, coded
 from kubekvm.graphql.types import (
     ApiToken,
@@ -24,6 +24,7 @@ from kubekvm.graphql.types import (
     AssignmentBatch,
     AuditEntry,
     AuditPage,
+    ConsoleRequest,
     Deployment,
     DeploymentEvent,
     DeploymentPage,
@@ -376,6 +377,20 @@ class Subscription:
             yield AssignmentBatch(kind=batch.kind, cursor=batch.cursor,
                                   assignments=[Assignment.of(m) for m in batch.machines],
                                   removed=[strawberry.ID(i) for i in batch.removed])
+
+    @strawberry.subscription(description=(
+        "The agent's console feed: each console a browser opens on one of `host`'s machines (those "
+        "still waiting first). Only that host's token may follow it."))
+    async def console_requests(self, info: strawberry.Info, host: str) -> AsyncGenerator[ConsoleRequest, None]:
+        services = _services(info)
+        try:
+            await services.follow_host(host)
+            if not services.may_serve_console(host):
+                raise Forbidden("Only the host's own agent (its host token) may carry its consoles.")
+        except KubeKVMError as error:
+            raise coded(error) from None
+        async for request in services.console_requests(host):
+            yield ConsoleRequest.of(request)
 
 
 class Schema(strawberry.Schema):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import strawberry
 
-from kubekvm import models, streams
+from kubekvm import consoles, models, streams
 
 if TYPE_CHECKING:
     from kubekvm.services import HostStatus
@@ -207,6 +207,25 @@ class AssignmentBatch:
     cursor: str | None
     assignments: list[Assignment]
     removed: list[strawberry.ID]
+
+
+@strawberry.type(description=(
+    "For host agents: a browser waits for a console of one of this host's machines. Connect to the "
+    "machine's VNC display on the host's loopback, then dial `url` (a websocket, with the host "
+    "token) and copy bytes both ways."))
+class ConsoleRequest:
+    session: str
+    machine_id: strawberry.ID
+    machine: str = strawberry.field(description="The machine's name, `<lab>-<index>`.")
+    deployment: str
+    index: int
+    url: str = strawberry.field(description=(
+        "The server replica holding the browser, as http(s)://host:port/consoles/agent/<session>."))
+
+    @classmethod
+    def of(cls, request: consoles.ConsoleRequest) -> ConsoleRequest:
+        return cls(session=request.session, machine_id=strawberry.ID(request.machine_id), machine=request.machine,
+                   deployment=request.deployment, index=request.index, url=request.url)
 
 
 DeploymentEventKind = strawberry.enum(streams.LabChangeKind, name="DeploymentEventKind")

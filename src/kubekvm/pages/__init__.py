@@ -18,6 +18,8 @@ session's CSRF token):
   POST /labs/{name}/start|stop          every machine of the lab
   GET|POST /labs/{name}/delete          confirmation (the lab's name, if machines run), delete
   POST /machines/{name}/start|stop|reset
+  GET  /machines/{name}/console          the machine's console (noVNC), a page of its own
+  POST /machines/{name}/console/ticket   a one-time ticket for the console's websocket (JSON)
   GET  /templates  GET /templates/new  POST /templates
   GET|POST /templates/{name}/edit   POST /templates/{name}/delete
   GET  /hosts   POST /hosts/tokens      hosts; admins issue host tokens
@@ -39,6 +41,7 @@ from kubekvm.models import Role
 from kubekvm.pages.accounts import AccountPages
 from kubekvm.pages.catalog import CatalogPages
 from kubekvm.pages.common import Handler, Renderer
+from kubekvm.pages.console import ConsolePages
 from kubekvm.pages.fragments import Fragments
 from kubekvm.pages.labs import LabPages
 
@@ -52,6 +55,7 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
     labs = LabPages(renderer=renderer, fragments=fragments, settings=settings)
     catalog = CatalogPages(renderer=renderer)
     accounts = AccountPages(renderer=renderer)
+    console = ConsolePages(renderer=renderer)
     live = LiveUpdates(fragments=fragments, heartbeat_seconds=settings.live_heartbeat_seconds)
     guard = renderer.guard
 
@@ -93,6 +97,8 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
         Route("/labs/{name}/delete", staff(labs.confirm_delete)),
         Route("/labs/{name}/delete", staff(labs.delete), methods=post),
         Route("/machines/{name}/{action}", guard(labs.machine_action), methods=post),
+        Route("/machines/{name}/console", guard(console.page)),
+        Route("/machines/{name}/console/ticket", guard(console.ticket), methods=post),
         Route("/templates", staff(catalog.templates)),
         Route("/templates", admin(catalog.create_template), methods=post),
         Route("/templates/new", admin(catalog.new_template)),

@@ -43,6 +43,7 @@ from kubekvm.errors import (
     KubeKVMError,
     NotFound,
     Throttled,
+    TooManyConsoles,
     Unauthenticated,
     Unavailable,
     ValidationFailed,
@@ -55,7 +56,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 # Domain errors whose rendered message htmx should swap in like a success (htmx leaves 4xx/5xx
 # responses unswapped by default); anything else is a bug and stays an error.
 _STATUS = {ValidationFailed: 422, NotFound: 404, Conflict: 409, Unavailable: 503, Unauthenticated: 401,
-           Forbidden: 403, Throttled: 429}
+           Forbidden: 403, Throttled: 429, TooManyConsoles: 429}
 CSRF_REFUSED = ("This request was refused: it did not carry this session's security token (CSRF), so it "
                 "may not have come from a KubeKVM page. Reload the page and try again.")
 

@@ -1,0 +1,217 @@
+"""Consoles: what every server replica must agree on about a machine's console — one-time
+tickets, console sessions, the per-user limit — and how a host's agent hears of a session.
+
+The bytes of a console go browser ⇄ the replica that accepted the browser's websocket ⇄ the
+agent of the machine's host ⇄ the VM's VNC display, which listens on the host's loopback only.
+The hypervisor opens no port: its agent dials out, once per console, to the replica holding the
+browser. That replica may not be the one holding the agent's GraphQL websocket, so they meet
+through MongoDB:
+
+1. The console page asks for a **ticket** (`issue_ticket`): 256 random bits, kept as their
+   sha256 with the user, the machine and an expiry a minute away. The browser's websocket
+   presents it; `redeem_ticket` deletes it in one atomic `find_one_and_delete`, so a ticket
+   opens one console, once, on whichever replica the websocket reaches.
+2. That replica writes a **console session** naming the machine's host and its own advertised
+   address (`Settings.advertise_url`), first as `reserved`, and counts the user's live sessions
+   (the limit: insert, then count, then back out if over, so two replicas racing never both
+   admit one too many). Once ready to pair the agent's socket with the browser's, it turns the
+   session `requested` (`announce`).
+3. The change stream carries that write to every replica; the one holding the host's
+   `consoleRequests` subscription (`requests`) hands it to the agent, which dials
+   `<replica>/consoles/agent/<session>` with its host token (`kubekvm.console` pipes the two
+   websockets together there).
+4. While the console is open its replica renews the session's lease; closing deletes it (the
+   audit log keeps the history). A replica that dies leaves sessions whose lease runs out, and
+   those no longer count against their user's limit.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from kubekvm.config import Settings
+from kubekvm.credentials import token_hash
+from kubekvm.errors import HostUnreachable, MachineOff, TooManyConsoles
+from kubekvm.events import EventFeed
+from kubekvm.models import ConsoleSession, ConsoleState, ConsoleTicket, Machine, ObservedState, utcnow
+from kubekvm.streams import FeedOverflow
+
+COLLECTION = "console_sessions"
+AGENT_PATH = "/consoles/agent/"
+# An open console's lease is renewed every third of this; a dead replica's sessions stop
+# counting against their users' limit at most this long after it died.
+LEASE = timedelta(seconds=60)
+# Session ids an agent's subscription has handed out, so the same request read twice (an insert
+# and an update of it, or the snapshot and then the feed) reaches the agent once.
+REMEMBERED_REQUESTS = 512
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsoleRequest:
+    """What a host's agent needs to serve one console."""
+
+    session: str
+    machine_id: str
+    machine: str
+    deployment: str
+    index: int
+    url: str  # the websocket the agent dials: the replica's address + /consoles/agent/<session>
+
+    @classmethod
+    def of(cls, session: ConsoleSession) -> ConsoleRequest:
+        return cls(session=session.session, machine_id=session.machine_id, machine=session.machine,
+                   deployment=session.deployment, index=session.index,
+                   url=session.replica.rstrip("/") + AGENT_PATH + session.session)
+
+
+def check_ready(machine: Machine, *, host_ready: bool | None) -> None:
+    """A console needs a running machine on a host whose agent is heard from; `host_ready` is
+    None when the machine has no host."""
+    if machine.observed != ObservedState.RUNNING:
+        if machine.observed == ObservedState.PENDING and machine.desired.value == "running":
+            raise MachineOff(f"{machine.name} is starting; its console opens once it runs.")
+        raise MachineOff(f"{machine.name} is off ({machine.observed.value}). Start it to use its console.")
+    if not host_ready:
+        raise HostUnreachable(f"The host of {machine.name} ({machine.host or 'none'}) is unreachable: its agent "
+                              "has not been heard from. Try again in a minute, or tell your teacher.")
+
+
+def _too_many(cap: int) -> TooManyConsoles:
+    return TooManyConsoles(f"You have {cap} console{'s' if cap != 1 else ''} open already, the most one person "
+                           "may: close one (its browser tab) and try again.")
+
+
+class Consoles:
+    def __init__(self, *, settings: Settings, feed: EventFeed) -> None:
+        self.settings = settings
+        self.feed = feed
+
+    # ------------------------------------------------------------------ tickets
+
+    async def issue_ticket(self, *, user: str, machine: str) -> str:
+        """A one-time ticket for `user` to open the console of `machine`; returned once, kept
+        only as its hash."""
+        now = utcnow()
+        # Tickets nobody redeemed would pile up: each new one sweeps the expired.
+        await ConsoleTicket.get_pymongo_collection().delete_many({"expires": {"$lt": now}})
+        ticket = secrets.token_urlsafe(32)
+        await ConsoleTicket(ticket_hash=token_hash(ticket), user=user, machine=machine,
+                            expires=now + timedelta(seconds=self.settings.console_ticket_seconds)).insert()
+        return ticket
+
+    async def redeem_ticket(self, ticket: str) -> ConsoleTicket | None:
+        """The ticket's record if it is good, consumed; None if it is unknown, used or expired."""
+        if not ticket:
+            return None
+        raw = await ConsoleTicket.get_pymongo_collection().find_one_and_delete(
+            {"ticket_hash": token_hash(ticket)})
+        if raw is None:
+            return None
+        redeemed = ConsoleTicket.model_validate(raw)
+        return redeemed if redeemed.expires > utcnow() else None
+
+    # ----------------------------------------------------------------- sessions
+
+    async def reserve(self, *, machine: Machine, user: str) -> ConsoleSession:
+        """Record a console of `machine` for `user` served by this replica (not yet announced to
+        the host's agent); TooManyConsoles if the user has their limit open already."""
+        assert machine.host is not None
+        now = utcnow()
+        collection = ConsoleSession.get_pymongo_collection()
+        # Sessions whose replica died without closing them: their lease ran out.
+        await collection.delete_many({"user": user, "lease_until": {"$lt": now}})
+        session = ConsoleSession(
+            session=secrets.token_urlsafe(24), machine=machine.name, machine_id=str(machine.id),
+            deployment=machine.deployment, index=machine.index, host=machine.host, user=user,
+            replica=self.settings.advertise_url, state=ConsoleState.RESERVED, lease_until=now + LEASE)
+        try:
+            await session.insert()
+        except DuplicateKeyError:  # 192 random bits collided: astronomically unlikely, say so plainly
+            raise HostUnreachable("Could not open a console session; try again.") from None
+        cap = self.settings.console_max_per_user
+        # Every replica sorts the user's live sessions the same way, so when several open at
+        # once they agree on which ones are within the limit.
+        live = await collection.find(
+            {"user": user, "lease_until": {"$gt": now}},
+            {"session": 1}).sort([("opened_at", 1), ("session", 1)]).limit(cap).to_list()
+        if session.session not in {row["session"] for row in live}:
+            await collection.delete_one({"session": session.session})
+            raise _too_many(cap)
+        return session
+
+    async def announce(self, session: ConsoleSession) -> None:
+        """Ask the host's agent to dial in (once this replica is ready to pair it)."""
+        await self._set(session, state=ConsoleState.REQUESTED)
+
+    async def mark_open(self, session: ConsoleSession) -> None:
+        await self._set(session, state=ConsoleState.OPEN, lease_until=utcnow() + LEASE)
+
+    async def renew(self, session: ConsoleSession) -> None:
+        await self._set(session, lease_until=utcnow() + LEASE)
+
+    async def close_session(self, session: ConsoleSession) -> None:
+        await ConsoleSession.get_pymongo_collection().delete_one({"session": session.session})
+        if self.feed.publishes_locally:
+            self.feed.publish(collection=COLLECTION, operation="delete", id=str(session.id), document=None)
+
+    async def check_room(self, user: str) -> None:
+        """TooManyConsoles if `user` has their limit open (a courtesy before a ticket: the limit
+        itself is enforced when a session opens)."""
+        cap = self.settings.console_max_per_user
+        if await ConsoleSession.get_pymongo_collection().count_documents(
+                {"user": user, "lease_until": {"$gt": utcnow()}}) >= cap:
+            raise _too_many(cap)
+
+    async def _set(self, session: ConsoleSession, **changes: Any) -> None:
+        for key, value in changes.items():
+            setattr(session, key, value)
+        fields = {key: getattr(value, "value", value) for key, value in changes.items()}
+        await ConsoleSession.get_pymongo_collection().update_one({"session": session.session}, {"$set": fields})
+        if self.feed.publishes_locally:
+            # Without change streams only this process hears of it: fine for one server.
+            self.feed.publish(collection=COLLECTION, operation="update", id=str(session.id),
+                              document=session.model_dump(by_alias=True))
+
+    # --------------------------------------------------------- agents' requests
+
+    async def waiting(self, host: str) -> list[ConsoleSession]:
+        """Sessions of `host` still waiting for its agent (the snapshot a subscriber starts with)."""
+        since = utcnow() - timedelta(seconds=self.settings.console_connect_seconds)
+        return await ConsoleSession.find(
+            {"host": host, "state": ConsoleState.REQUESTED.value, "opened_at": {"$gt": since}}).to_list()
+
+    async def requests(self, *, host: str) -> AsyncIterator[ConsoleRequest]:
+        """The console requests for `host`'s agent: those waiting now, then each new one as
+        the event feed brings it (from whichever replica wrote it)."""
+        handed: OrderedDict[str, None] = OrderedDict()
+
+        def first_time(session: str) -> bool:
+            if session in handed:
+                return False
+            handed[session] = None
+            if len(handed) > REMEMBERED_REQUESTS:
+                handed.popitem(last=False)
+            return True
+
+        async with self.feed.subscribe() as subscription:
+            for session in await self.waiting(host):
+                if first_time(session.session):
+                    yield ConsoleRequest.of(session)
+            while True:
+                change = await subscription.next()
+                if subscription.overflowed:
+                    raise FeedOverflow("the console request feed fell behind; resubscribe")
+                document = change.document
+                if (change.collection != COLLECTION or document is None or document.get("host") != host
+                        or document.get("state") != ConsoleState.REQUESTED.value):
+                    continue
+                session = ConsoleSession.model_validate(document)
+                if first_time(session.session):
+                    yield ConsoleRequest.of(session)
