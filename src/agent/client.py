@@ -4,8 +4,9 @@ One websocket (subprotocol ``graphql-transport-ws``) carries everything: on each
 (re)connection the agent registers its host, then subscribes to ``hostAssignments``. The
 first batch is a SNAPSHOT that replaces the reconciler's desired set; later CHANGE batches
 upsert assignments and drop the ``removed`` machine ids. Meanwhile a heartbeat mutation
-(with the re-scanned image list) goes out every ``heartbeat_interval`` and the outbox is
-drained through ``reportMachineState`` / ``reportOrphans``.
+(with the re-scanned image list) goes out every ``heartbeat_interval``, the outbox is
+drained through ``reportMachineState`` / ``reportOrphans``, and ``consoleRequests`` hands
+each console a browser opens on this host's machines to the tunnels (``agent.console``).
 
 Any failure closes the connection and the client moves on to the next server URL after an
 exponential, jittered backoff. Machines are never touched because the server went away:
@@ -27,6 +28,7 @@ from gql.transport.websockets import WebsocketsTransport
 
 from agent import __version__
 from agent.assignment import Assignment, AssignmentError
+from agent.console import ConsoleRequest, ConsoleRequestError
 from agent.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,11 @@ subscription HostAssignments($host: String!, $cursor: String) {
     }
     removed
   }
+}
+"""
+CONSOLE_REQUESTS = """
+subscription ConsoleRequests($host: String!) {
+  consoleRequests(host: $host) { session machineId machine deployment index url }
 }
 """
 
@@ -123,6 +130,7 @@ class ServerClient:
         token_source: Callable[[], str | None] | None = None,
         heartbeat_interval: float = 10.0,
         backoff_cap: float = 10.0,
+        consoles: Callable[[ConsoleRequest], None] | None = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one server URL is needed")
@@ -134,6 +142,7 @@ class ServerClient:
         self.token_source = token_source or (lambda: token)
         self.heartbeat_interval = heartbeat_interval
         self.backoff_cap = backoff_cap
+        self.consoles = consoles
         self.connected = asyncio.Event()
         self._cursor: str | None = None
 
@@ -186,6 +195,8 @@ class ServerClient:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._heartbeats(session))
                 group.create_task(self._drain(session))
+                if self.consoles is not None:
+                    group.create_task(self._console_requests(session, self.consoles))
                 await self._assignments(session)
                 raise ConnectionError("assignment stream ended")
 
@@ -195,6 +206,21 @@ class ServerClient:
         )
         async for batch in session.subscribe(request):
             self._apply(batch["hostAssignments"])
+
+    async def _console_requests(self, session: Any, serve: Callable[[ConsoleRequest], None]) -> None:
+        """Each console a browser opens on this host's machines, handed to the tunnels. A server
+        without consoles (older) refuses the subscription: the rest of the link carries on."""
+        request = GraphQLRequest(CONSOLE_REQUESTS, variable_values={"host": self.host.name})
+        try:
+            async for result in session.subscribe(request):
+                try:
+                    serve(ConsoleRequest.from_graphql(result["consoleRequests"]))
+                except ConsoleRequestError as error:
+                    log.warning("%s", error)
+        except TransportQueryError as error:
+            log.warning("the server offers no consoles: %s", _describe(error))
+            await asyncio.Event().wait()
+        raise ConnectionError("console request stream ended")
 
     def _apply(self, batch: dict[str, Any]) -> None:
         assignments = []

@@ -4,7 +4,8 @@ Start-up order matters: the libvirt connection is opened (with lifecycle events 
 loop) before anything else, the accelerator is chosen and logged in one line, the
 reconciler starts reconciling whatever desired set it has (none until the first
 snapshot arrives, so a restarted agent changes nothing before the server speaks), and only
-then does the client connect. Stopping cancels the work and leaves every machine as it is.
+then does the client connect. Stopping cancels the work, closes the consoles being tunnelled
+(``agent.console``) and leaves every machine as it is.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from agent.accelerator import choose_accelerator
 from agent.client import HostFacts, ServerClient
 from agent.config import AgentConfig
+from agent.console import ConsoleTunnels
 from agent.health import serve_health
 from agent.hypervisor import Hypervisor
 from agent.images import Images
@@ -59,6 +61,7 @@ async def run_host(config: AgentConfig, *, stop: asyncio.Event | None = None) ->
             resync_interval=config.resync_interval,
             gc_orphans=config.gc_orphans,
         )
+        tunnels = ConsoleTunnels(hypervisor=hypervisor, token_source=config.current_token)
         client = ServerClient(
             urls=config.servers,
             host=HostFacts(
@@ -72,6 +75,7 @@ async def run_host(config: AgentConfig, *, stop: asyncio.Event | None = None) ->
             outbox=outbox,
             token_source=config.current_token,
             heartbeat_interval=config.heartbeat_interval,
+            consoles=tunnels.open,
         )
         await reconciler.start()
         health = (await serve_health(address=config.health_address, port=config.health_port)
@@ -85,6 +89,7 @@ async def run_host(config: AgentConfig, *, stop: asyncio.Event | None = None) ->
                 health.close()
             connection.cancel()
             await asyncio.gather(connection, return_exceptions=True)
+            await tunnels.close()
             await reconciler.close()
     finally:
         await hypervisor.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -217,6 +218,17 @@ class Hypervisor:
             )
 
         await self._on_domain(name, write)
+
+    async def open_display(self, name: str) -> socket.socket:
+        """A new client connection to a running domain's display (its VNC server), handed over
+        by libvirtd as a connected socket (``virDomainOpenGraphicsFD``): the agent reaches the
+        display whatever network namespace it runs in, and never through the network."""
+
+        def open_fd(connection: libvirt.virConnect) -> socket.socket:
+            descriptor = connection.lookupByName(name).openGraphicsFD(0, 0)
+            return socket.socket(fileno=descriptor)
+
+        return await self._call(open_fd)
 
     async def create_transient(self, xml: str) -> None:
         await self._call(lambda connection: connection.createXML(xml, 0))
