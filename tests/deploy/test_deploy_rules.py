@@ -209,6 +209,16 @@ def test_server_gets_its_settings_and_secrets(manifests) -> None:
     assert {"KUBEKVM_MAX_REPLICAS", "KUBEKVM_HOST_TIMEOUT", "KUBEKVM_LOG_LEVEL"} <= set(config[0]["data"])
 
 
+def test_each_server_advertises_its_own_pod_address_for_consoles(manifests) -> None:
+    (container,) = manifests.containers(manifests.one("Deployment", "kubekvm"))
+    env = env_of(container)
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    port = container["ports"][0]["containerPort"]
+    assert env["KUBEKVM_ADVERTISE_URL"]["value"] == f"http://$(POD_IP):{port}"
+    names = list(env)
+    assert names.index("POD_IP") < names.index("KUBEKVM_ADVERTISE_URL")  # $(POD_IP) expands
+
+
 def test_dev_database_uri_uses_the_replica_set_with_majority_writes(dev) -> None:
     (secret,) = [s for s in dev.of_kind("Secret") if s["metadata"]["name"].startswith("kubekvm-server")]
     uri = urlsplit(base64.b64decode(secret["data"]["MONGODB_URI"]).decode())
