@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,10 +23,11 @@ import pytest
 from tests.support.processes import ROOT, free_port
 
 
-def start_make_run(clone: Path, port: int) -> subprocess.Popen[bytes]:
+def start_make_run(clone: Path, port: int, *, agent: str = "none") -> subprocess.Popen[bytes]:
     # The shared venv's editable install points at this checkout: PYTHONPATH makes the clone's
     # own sources win, so what runs is what was cloned.
-    env = {**os.environ, "KUBEKVM_AGENT": "none", "PYTHONPATH": str(clone / "src")}
+    env = {**os.environ, "KUBEKVM_AGENT": agent, "PYTHONPATH": str(clone / "src"),
+           "KUBEKVM_HOST_NAME": f"local-{port}"}
     env.pop("MONGODB_URI", None)
     return subprocess.Popen(["make", "run", f"PORT={port}"], cwd=clone, env=env,
                             stdout=(clone / "run.log").open("ab"), stderr=subprocess.STDOUT,
@@ -54,6 +56,39 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def create_first_admin(clone: Path, url: str, name: str, password: str) -> str:
+    """Follow the one-time setup link `make run` logged; returns its code."""
+    found = None
+    for _ in range(50):
+        found = re.search(r"open (http://\S+/setup\?code=(\S+)) to create the first one",
+                          (clone / "run.log").read_text())
+        if found:
+            break
+        time.sleep(0.1)
+    assert found, "no setup link in the log"
+    with httpx.Client(timeout=30) as setup:
+        form = setup.get(found.group(1))
+        assert form.status_code == 200
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert csrf
+        made = setup.post(f"{url}/setup", data={"code": found.group(2), "name": name, "password": password,
+                                                "again": password, "csrf_token": csrf.group(1)})
+        assert made.status_code == 303
+        assert setup.get(found.group(1)).status_code == 404  # once only
+    return found.group(2)
+
+
+def fresh_clone(tmp_path: Path) -> Path:
+    clone = tmp_path / "kubekvm"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    # Uncommitted files matter too when this runs on a developer's dirty checkout.
+    for name in ("Makefile", "pyproject.toml", "scripts/setup", "scripts/run-local"):
+        if (ROOT / name).exists():
+            (clone / name).write_bytes((ROOT / name).read_bytes())
+    (clone / ".venv").symlink_to(ROOT / ".venv")
+    return clone
+
+
 @contextmanager
 def signed_in(url: str, name: str, password: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=url, timeout=30) as client:
@@ -66,13 +101,7 @@ def signed_in(url: str, name: str, password: str) -> Iterator[httpx.Client]:
 
 @pytest.mark.timeout(180)
 def test_make_run_on_a_fresh_clone_serves_and_keeps_data(tmp_path: Path) -> None:
-    clone = tmp_path / "kubekvm"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    # Uncommitted files matter too when this runs on a developer's dirty checkout.
-    for name in ("Makefile", "pyproject.toml", "scripts/setup", "scripts/run-local"):
-        if (ROOT / name).exists():
-            (clone / name).write_bytes((ROOT / name).read_bytes())
-    (clone / ".venv").symlink_to(ROOT / ".venv")
+    clone = fresh_clone(tmp_path)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
 
@@ -82,23 +111,7 @@ def test_make_run_on_a_fresh_clone_serves_and_keeps_data(tmp_path: Path) -> None
         wait_healthy(url, first, timeout=30)
         anonymous = httpx.post(f"{url}/graphql", json={"query": "{ deployments { total } }"}).json()
         assert anonymous["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
-        found = None
-        for _ in range(50):
-            found = re.search(r"open (http://\S+/setup\?code=(\S+)) to create the first one",
-                              (clone / "run.log").read_text())
-            if found:
-                break
-            time.sleep(0.1)
-        assert found, "no setup link in the log"
-        with httpx.Client(timeout=30) as setup:
-            form = setup.get(found.group(1))
-            assert form.status_code == 200
-            csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
-            assert csrf
-            made = setup.post(f"{url}/setup", data={"code": found.group(2), "name": "boss", "password": password,
-                                                    "again": password, "csrf_token": csrf.group(1)})
-            assert made.status_code == 303
-            assert setup.get(found.group(1)).status_code == 404  # once only
+        code = create_first_admin(clone, url, "boss", password)
         with signed_in(url, "boss", password) as client:
             body = client.post("/graphql", json={"query": 'mutation { createDeployment(input: {name: "kept", '
                                'template: "redes-neuronales", replicas: 2}) { name owner } }'}).json()
@@ -120,7 +133,7 @@ def test_make_run_on_a_fresh_clone_serves_and_keeps_data(tmp_path: Path) -> None
     assert "Traceback" not in log
     assert password not in log
     assert log.count("to create the first one") == 1  # the second start has an admin: no link
-    assert log.count(found.group(2)) == 1  # the code is in that line only, not in the access log
+    assert log.count(code) == 1  # the code is in that line only, not in the access log
 
 
 def test_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:
@@ -131,3 +144,36 @@ def test_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("kubekvm: cannot reach MongoDB at mongodb://127.0.0.1:"), result.stderr
+
+
+@pytest.mark.timeout(180)
+def test_make_run_starts_a_local_agent_and_labs_become_active(tmp_path: Path) -> None:
+    """The local agent (here on libvirt's test driver, so nothing boots) registers its host
+    and the demo template; a lab of it goes Pending → Active."""
+    clone = fresh_clone(tmp_path)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_make_run(clone, port, agent="test")
+    try:
+        wait_healthy(url, process, timeout=30)
+        create_first_admin(clone, url, "boss", "local-agent-password")
+        with signed_in(url, "boss", "local-agent-password") as client:
+            def graphql(query: str) -> dict[str, Any]:
+                body: dict[str, Any] = client.post("/graphql", json={"query": query}).json()
+                assert not body.get("errors"), body
+                return body["data"]  # type: ignore[no-any-return]
+
+            deadline = time.monotonic() + 30
+            while not any(h["ready"] for h in graphql("{ hosts { name ready } }")["hosts"]):
+                assert time.monotonic() < deadline, "the local agent never registered"
+                time.sleep(0.2)
+            graphql('mutation { createDeployment(input: {name: "demo", template: "tiny-linux", replicas: 3}) { name } }')
+            deadline = time.monotonic() + 30
+            while graphql('{ deployment(name: "demo") { phase } }')["deployment"]["phase"] != "ACTIVE":
+                assert time.monotonic() < deadline, "the demo lab never became Active"
+                time.sleep(0.2)
+    finally:
+        stop(process)
+    log = (clone / "run.log").read_text()
+    assert "local agent for host local-" in log and "test driver" in log
+    assert "Traceback" not in log
