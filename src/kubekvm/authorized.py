@@ -64,8 +64,11 @@ class Authorized:
     def feed(self) -> EventFeed:
         return self.services.feed
 
-    async def _audited(self, action: str, target: str, work: Callable[[], Awaitable[T]]) -> T:
-        """Run a change (its checks included) and record how it ended."""
+    async def _audited(self, action: str, target: str, work: Callable[[], Awaitable[T]], *,
+                       routine: bool = False) -> T:
+        """Run a change (its checks included) and record how it ended. `routine` calls (an agent's
+        heartbeat and state reports, several a minute per host) are recorded only when refused:
+        their successes are telemetry, which would bury the decisions people made."""
         try:
             result = await work()
         except KubeKVMError as error:
@@ -75,7 +78,8 @@ class Authorized:
         except Exception:
             await self.accounts.record(self.actor, action=action, target=target, outcome="INTERNAL")
             raise
-        await self.accounts.record(self.actor, action=action, target=target)
+        if not routine:
+            await self.accounts.record(self.actor, action=action, target=target)
         return result
 
     # ----------------------------------------------------------------- lookups
@@ -294,7 +298,7 @@ class Authorized:
         async def work() -> Host:
             access.require_host_or_admin(self.actor, name)
             return await self.services.heartbeat(name=name, images=images)
-        return await self._audited("heartbeat", f"host:{name}", work)
+        return await self._audited("heartbeat", f"host:{name}", work, routine=True)
 
     async def report_orphans(self, *, host: str, domains: Sequence[str]) -> Host:
         async def work() -> Host:
@@ -309,7 +313,7 @@ class Authorized:
             return await self.services.report_machine_state(
                 machine_id=machine_id, host=host, state=state, message=message,
                 power_generation=power_generation)
-        return await self._audited("reportMachineState", f"machine-id:{machine_id}", work)
+        return await self._audited("reportMachineState", f"machine-id:{machine_id}", work, routine=True)
 
     async def host_assignments(self, host: str) -> list[Machine]:
         access.require_host_or_admin(self.actor, host)

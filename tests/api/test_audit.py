@@ -129,3 +129,21 @@ def test_no_secret_in_logs_pages_or_answers(server: Server) -> None:
         assert secret not in server_log, "a secret is in the server's log"
         for text in answers:
             assert secret not in text, "a secret is in a page, an answer or the database"
+
+
+def test_agent_telemetry_is_audited_only_when_refused(server: Server) -> None:
+    """Heartbeats and state reports come several times a minute per host: their successes are
+    not audit material, their refusals are."""
+    token = server.host_token("audit-host")
+    register = ('mutation { registerHost(input: {name: "audit-host", vcpus: 2, memoryMib: 2048, images: [], '
+                'domainType: "test", agentVersion: "t"}) { name } }')
+    data(server.graphql(register, token=token))
+    for _ in range(3):
+        data(server.graphql('mutation { heartbeat(input: {name: "audit-host"}) { name } }', token=token))
+    refused = server.graphql('mutation { heartbeat(input: {name: "someone-else"}) { name } }', token=token)
+    assert refused["errors"][0]["extensions"]["code"] in ("FORBIDDEN", "NOT_FOUND")  # type: ignore[index]
+    heartbeats = data(server.graphql(AUDIT, {"action": "heartbeat"}))["auditLog"]["items"]
+    assert [(e["target"], e["outcome"]) for e in heartbeats] == [
+        ("host:someone-else", refused["errors"][0]["extensions"]["code"])]  # type: ignore[index]
+    registered = data(server.graphql(AUDIT, {"action": "registerHost"}))["auditLog"]["items"]
+    assert [e["target"] for e in registered] == ["host:audit-host"]
