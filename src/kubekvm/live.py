@@ -100,9 +100,12 @@ class LabWatch:
         if any(change.kind == LabChangeKind.LAB_DELETED for change in batch):
             return self._gone()
         try:
-            lab = await summary(self.services, self.name)
-        except NotFound:
+            return await self._redraw(batch)
+        except NotFound:  # deleted while this batch was being drawn (the next batch says so)
             return self._gone()
+
+    async def _redraw(self, batch: Sequence[LabChange]) -> list[Message]:
+        lab = await summary(self.services, self.name)
         messages = [("lab", self.fragments.status(lab, oob=True))]
         phase_changed = lab.lab.phase != self.phase
         if phase_changed:
