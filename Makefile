@@ -18,7 +18,7 @@ test:
 	$(BIN)/pytest
 
 lint:
-	$(BIN)/ruff check src tests benchmarks scripts/run-local
+	$(BIN)/ruff check src tests scripts/run-local $(wildcard benchmarks)
 
 typecheck:
 	$(BIN)/mypy

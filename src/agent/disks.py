@@ -80,7 +80,7 @@ class Disks:
         return target
 
     async def _base_size(self, base: Path) -> int:
-        info = base.stat()
+        info = await asyncio.to_thread(base.stat)
         identity = (info.st_ino, info.st_size, info.st_mtime_ns)
         cached = self._base_sizes.get(base)
         if cached is not None and cached[0] == identity:
