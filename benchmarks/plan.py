@@ -1,0 +1,56 @@
+"""How big each benchmark runs: the full plan (``make bench``) and the quick one (``--quick``).
+
+The quick plan keeps every code path (real guests, server, agent, both baselines, load tool)
+with smaller sizes, so the whole run stays well under three minutes on two cores; its figures
+only show that the scripts work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    # P1: lab sizes, runs of ours and of the raw limit per size, base image size, and how
+    # long to wait at most for idle CPUs before each measurement.
+    p1_counts: tuple[int, ...]
+    p1_repeats: int
+    p1_base_mib: int
+    p1_settle_s: float
+    # P2: guests per round and rounds (events = guests x rounds); seconds a guest stays up.
+    p2_guests: int
+    p2_rounds: int
+    p2_poweroff_after: int
+    # P3: labs listed, wrk connections and seconds per run, alternating runs per endpoint,
+    # single requests per endpoint on the database with machines, and the subscriber levels
+    # of the subscription ramp with mutations fired per level.
+    p3_labs: int
+    p3_connections: tuple[int, ...]
+    p3_seconds: int
+    p3_runs: int
+    p3_fleet_requests: int
+    p3_subscriber_levels: tuple[int, ...]
+    p3_mutations_per_level: int
+    # P4: machines converged by one reconciler on libvirt's test driver.
+    p4_machines: int
+
+
+FULL = Plan(
+    name="full",
+    p1_counts=(1, 10, 30), p1_repeats=3, p1_base_mib=1024, p1_settle_s=15.0,
+    p2_guests=10, p2_rounds=5, p2_poweroff_after=6,
+    p3_labs=1000, p3_connections=(8, 32), p3_seconds=10, p3_runs=2, p3_fleet_requests=2,
+    p3_subscriber_levels=(100, 250, 500, 1000, 2000), p3_mutations_per_level=5,
+    p4_machines=2000,
+)
+
+QUICK = Plan(
+    name="quick",
+    p1_counts=(1, 3), p1_repeats=1, p1_base_mib=128, p1_settle_s=2.0,
+    p2_guests=4, p2_rounds=2, p2_poweroff_after=4,
+    p3_labs=200, p3_connections=(8,), p3_seconds=2, p3_runs=1, p3_fleet_requests=1,
+    p3_subscriber_levels=(20, 100), p3_mutations_per_level=2,
+    p4_machines=200,
+)
