@@ -292,11 +292,12 @@ class Hypervisor:
 
 def _status(domain: libvirt.virDomain) -> DomainStatus:
     state, reason = domain.state(0)
+    # A transient domain (someone's `virsh create`) has no persistent config to read; ours are
+    # always defined persistently, but a stranger's must not break the listing.
+    where = libvirt.VIR_DOMAIN_AFFECT_CONFIG if domain.isPersistent() else libvirt.VIR_DOMAIN_AFFECT_LIVE
     try:
         metadata = parse_machine_metadata(
-            domain.metadata(
-                libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_CONFIG
-            )
+            domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE, where)
         )
     except libvirt.libvirtError as error:
         if error.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_METADATA:
