@@ -167,6 +167,10 @@ class Authorized:
     async def get_deployment(self, name: str) -> Deployment:
         return await self._lab(name)
 
+    async def lab_counts(self, lab: Deployment) -> tuple[int, int]:
+        # Counts of a lab the caller already holds (it came through here or its event filter).
+        return await self.services.lab_counts(lab)
+
     async def running_counts(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
         # Counts of labs the caller already holds (they were listed or read through here).
         return await self.services.running_counts(names)

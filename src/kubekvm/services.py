@@ -13,6 +13,7 @@ Several server replicas run this code against one database at once, so:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import socket
@@ -106,6 +107,8 @@ class Services:
         # Machines' consoles: tickets and sessions (the websockets are `kubekvm.console`'s).
         self.consoles = Consoles(settings=settings, feed=feed)
         self.database_description = database_description
+        # One count per lab change, shared by every subscriber that shows it (see lab_counts).
+        self._lab_counts: dict[tuple[str, int], asyncio.Task[dict[str, tuple[int, int]]]] = {}
 
     # ------------------------------------------------------------------ events
 
@@ -249,6 +252,18 @@ class Services:
         async for row in cursor:
             counts[row["_id"]] = (int(row["running"]), int(row["total"]))
         return counts
+
+    async def lab_counts(self, lab: Deployment) -> tuple[int, int]:
+        """(running, kept) for one lab as of this change of it. Every subscriber of this process
+        shows the same change, so they share one aggregation instead of running one each."""
+        key = (str(lab.id), lab.version)
+        task = self._lab_counts.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self.running_counts([lab.name]))
+            self._lab_counts[key] = task
+            while len(self._lab_counts) > 512:  # only the latest changes are asked about
+                self._lab_counts.pop(next(iter(self._lab_counts)))
+        return (await asyncio.shield(task))[lab.name]
 
     async def create_deployment(
         self, *, name: str, template: str, replicas: int, title: str | None = None,

@@ -159,3 +159,25 @@ async def test_reports_from_the_wrong_host_are_refused(services: Services) -> No
         await services.report_machine_state(machine_id=str(m.id), host="other", state=RUNNING)
     with pytest.raises(NotFound):
         await services.report_machine_state(machine_id="nope", host="kvm1", state=RUNNING)
+
+
+async def test_subscribers_of_one_lab_change_share_one_count(services: Services) -> None:
+    import asyncio
+
+    await a_host(services)
+    lab = await services.create_deployment(name="shared", template="tiny-linux", replicas=3)
+    await report_all(services, "shared", RUNNING)
+    lab = await services.get_deployment("shared")
+    calls = 0
+    count = services.running_counts
+
+    async def counted(names: list[str]) -> dict[str, tuple[int, int]]:
+        nonlocal calls
+        calls += 1
+        return await count(names)
+
+    services.running_counts = counted  # type: ignore[method-assign]
+    results = await asyncio.gather(*(services.lab_counts(lab) for _ in range(50)))
+    assert set(results) == {(3, 3)} and calls == 1
+    await services.stop_deployment("shared")  # a new version of the lab: counted afresh
+    assert await services.lab_counts(await services.get_deployment("shared")) == (3, 3) and calls == 2

@@ -357,7 +357,8 @@ class Subscription:
         async for change in services.lab_changes(lab=name):
             deployment = None
             if change.deployment is not None:
-                deployment = await _deployment(services, change.deployment)
+                running, total = await services.lab_counts(change.deployment)
+                deployment = Deployment.of(change.deployment, running=running, machine_count=total)
             machine = Machine.of(change.machine) if change.machine is not None else None
             yield DeploymentEvent(kind=change.kind, lab=change.lab, deployment=deployment, machine=machine)
 
