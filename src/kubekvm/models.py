@@ -3,22 +3,112 @@
 The database is the only shared memory of the platform: several server replicas and the host
 agents meet here. Writes that several processes may race on are single-document atomic updates
 (conditional `$inc`, compare-and-set on `version`), never read-modify-write of a whole document.
+
+The database is also older and wider than this code: it may hold documents no model here
+describes (one written by the 2019 application this replaces, or by hand). Every model derives
+from `Stored`, whose reads skip such a document with a warning naming it instead of failing the
+whole read: one bad document never takes a page, a list or a subscription down.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any, TypeVar
 
 import pymongo
 from beanie import Document, Indexed
-from pydantic import BaseModel, Field
+from beanie.odm.queries.find import FindMany, FindOne
+from beanie.odm.utils.parsing import parse_obj
+from pydantic import BaseModel, Field, ValidationError
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+# Each unreadable document is warned about once per process (then at debug level): a labs page
+# polled by 30 browsers must not write 30 warnings a second about the same leftover.
+_WARNED_LIMIT = 10_000
+_warned: set[tuple[str, str]] = set()
 
 
 def utcnow() -> datetime:
     # Mongo keeps milliseconds; truncating here keeps a saved and a reloaded time equal.
     now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def readable(model: type[M], raw: Mapping[str, Any], *, lazy_parse: bool = False) -> M | None:
+    """`raw` as a `model`, or None (with a warning naming the document) when it does not fit:
+    the one place a stored document that this code cannot read is turned away."""
+    try:
+        parsed = parse_obj(model, raw, lazy_parse=lazy_parse)
+    except (ValidationError, ValueError, TypeError, KeyError) as error:
+        where = getattr(getattr(model, "Settings", None), "name", model.__name__)
+        key = (where, str(raw.get("_id")))
+        level = logging.DEBUG if key in _warned else logging.WARNING
+        if len(_warned) < _WARNED_LIMIT:
+            _warned.add(key)
+        # The fields at fault, never their values: a bad user document holds a password hash.
+        if isinstance(error, ValidationError):
+            why = ", ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                            for e in error.errors(include_input=False, include_url=False)[:5])
+        else:
+            why = type(error).__name__
+        log.log(level, "skipped a document of %s that this version cannot read: _id=%s (%s)",
+                where, key[1], why)
+        return None
+    assert isinstance(parsed, model)
+    return parsed
+
+
+class TolerantFindMany(FindMany[Any]):
+    """Beanie's many-document query, skipping documents the model cannot read."""
+
+    async def to_list(self, length: int | None = None) -> list[Any]:
+        projection = self.get_projection_model()
+        if projection is None:
+            return await super().to_list(length)
+        cursor = await self.get_cursor()
+        assert cursor is not None
+        raw: list[dict[str, Any]] | None = self._get_cache()  # type: ignore[no-untyped-call]
+        if raw is None:
+            raw = await cursor.to_list(length)
+            self._set_cache(raw)  # type: ignore[no-untyped-call]
+        parsed = (readable(projection, item, lazy_parse=self.lazy_parse) for item in raw)
+        return [item for item in parsed if item is not None]
+
+    async def __anext__(self) -> Any:
+        projection = self.get_projection_model()
+        while True:
+            if self.cursor is None:
+                self.cursor = await self.get_cursor()
+            assert self.cursor is not None
+            item = await self.cursor.__anext__()
+            if projection is None:
+                return item
+            parsed = readable(projection, item, lazy_parse=self.lazy_parse)
+            if parsed is not None:
+                return parsed
+
+
+class TolerantFindOne(FindOne[Any]):
+    """Beanie's one-document query: a document the model cannot read is as good as none."""
+
+    async def _find_one(self) -> Any:
+        found = await super()._find_one()  # type: ignore[no-untyped-call]
+        if isinstance(found, Mapping) and self.projection_model is not None:
+            return readable(self.projection_model, found)
+        return found
+
+
+class Stored(Document):
+    """The base of every KubeKVM document: Beanie's, with reads that skip unreadable documents."""
+
+    _find_many_query_class = TolerantFindMany
+    _find_one_query_class = TolerantFindOne
 
 
 class OSFamily(StrEnum):
@@ -59,7 +149,7 @@ class ObservedState(StrEnum):
     ERROR = "error"
 
 
-class Template(Document):
+class Template(Stored):
     name: Indexed(str, unique=True)  # type: ignore[valid-type]
     title: str
     description: str = ""
@@ -89,7 +179,7 @@ class MachineSpec(BaseModel):
     disk_gib: int
 
 
-class Deployment(Document):
+class Deployment(Stored):
     """A lab: `replicas` machines of one template."""
 
     name: Indexed(str, unique=True)  # type: ignore[valid-type]
@@ -116,7 +206,7 @@ class Deployment(Document):
                    pymongo.IndexModel([("roster", pymongo.ASCENDING)])]
 
 
-class Machine(Document):
+class Machine(Stored):
     """One VM of a lab. `name` is `<lab>-<index>`; the host's domain is `kubekvm-<name>`."""
 
     deployment: str
@@ -152,7 +242,7 @@ class Machine(Document):
         ]
 
 
-class Host(Document):
+class Host(Stored):
     """A hypervisor with an agent. `allocated_*` are reserved atomically at placement."""
 
     name: Indexed(str, unique=True)  # type: ignore[valid-type]
@@ -171,7 +261,7 @@ class Host(Document):
         name = "hosts"
 
 
-class LabEvent(Document):
+class LabEvent(Stored):
     """A line of a lab's history, shown on its page: what changed, when."""
 
     deployment: str
@@ -190,7 +280,7 @@ class Role(StrEnum):
     STUDENT = "student"
 
 
-class User(Document):
+class User(Stored):
     """A person who signs in. `password_hash` is argon2id, or None: no usable password yet
     (a student added to a roster, until someone sets one or they use a set-password link)."""
 
@@ -215,7 +305,7 @@ class TokenKind(StrEnum):
     HOST = "host"
 
 
-class ApiToken(Document):
+class ApiToken(Stored):
     """A bearer token for programs: a person's (acts as that user) or a host agent's (acts as
     that host only). Only the sha256 of the token is kept; the token is shown once."""
 
@@ -233,7 +323,7 @@ class ApiToken(Document):
         indexes = [pymongo.IndexModel([("kind", pymongo.ASCENDING), ("owner", pymongo.ASCENDING)])]
 
 
-class AuditEntry(Document):
+class AuditEntry(Stored):
     """One line of the audit log: who did what to which object, when, from where, and how it
     ended. The application only ever inserts these."""
 
@@ -254,7 +344,7 @@ class AuditEntry(Document):
                    pymongo.IndexModel([("action", pymongo.ASCENDING), ("at", pymongo.DESCENDING)])]
 
 
-class LoginThrottle(Document):
+class LoginThrottle(Stored):
     """Failed sign-ins of one account (`user:NAME`) or one address (`addr:IP`), counted with an
     atomic `$inc` so every server replica sees the same count."""
 
@@ -267,7 +357,7 @@ class LoginThrottle(Document):
         name = "login_throttle"
 
 
-class ServerSecret(Document):
+class ServerSecret(Stored):
     """Values every server replica must share: the session-signing key (unless
     KUBEKVM_SECRET_KEY is set) and the hashes of first-start setup codes."""
 
@@ -279,7 +369,7 @@ class ServerSecret(Document):
         name = "server_secrets"
 
 
-class ConsoleTicket(Document):
+class ConsoleTicket(Stored):
     """A one-time right to open one machine's console, handed to the console page and presented
     by its websocket within a minute. Only the sha256 of the ticket is kept; redeeming deletes
     the document (one atomic `find_one_and_delete`), so a ticket works once on any replica."""
@@ -300,7 +390,7 @@ class ConsoleState(StrEnum):
     OPEN = "open"  # bytes flow (a closed console's session is deleted)
 
 
-class ConsoleSession(Document):
+class ConsoleSession(Stored):
     """One console connection: browser ⇄ `replica` ⇄ the agent of `host` ⇄ the VM's VNC display.
 
     Inserting it (state `requested`) is how the agent hears of it: the change stream carries

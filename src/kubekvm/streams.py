@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from kubekvm.events import Change, EventFeed
-from kubekvm.models import Deployment, Host, Machine
+from kubekvm.models import Deployment, Host, Machine, readable
 
 
 class AssignmentSource(Protocol):
@@ -93,8 +93,12 @@ def _host_batch(changes: Iterable[Change], *, host: str, known: set[str],
             continue
         ours = document.get("host") == host and not document.get("retired", False)
         if ours:
-            known.add(change.id)
-            upserts[change.id] = Machine.model_validate(document)
+            machine = readable(Machine, document)
+            # One this version cannot read is left as the host has it (never taken for removed:
+            # the host would destroy a VM over a document it merely could not parse).
+            if machine is not None:
+                known.add(change.id)
+                upserts[change.id] = machine
         elif change.id in known or (replaying and document.get("host") == host):
             known.discard(change.id)
             upserts.pop(change.id, None)
@@ -155,7 +159,9 @@ def _lab_change(change: Change, *, names: dict[str, str], machine_labs: dict[str
         if document is None:
             name = names.pop(change.id, None)
             return None if name is None else LabChange(LabChangeKind.LAB_DELETED, name)
-        deployment = Deployment.model_validate(document)
+        deployment = readable(Deployment, document)
+        if deployment is None:  # not a lab this version can show (warned about)
+            return None
         names[change.id] = deployment.name
         return LabChange(LabChangeKind.LAB_CHANGED, deployment.name, deployment=deployment)
     if change.collection == "machines":
@@ -165,12 +171,15 @@ def _lab_change(change: Change, *, names: dict[str, str], machine_labs: dict[str
             # too: the machine is gone either way, and its subscribers must hear so once.
             lab = machine_labs.pop(change.id, None)
             return None if lab is None else LabChange(LabChangeKind.MACHINE_REMOVED, lab)
-        machine = Machine.model_validate(document)
+        machine = readable(Machine, document)
+        if machine is None:
+            return None
         if machine.retired:
             machine_labs.pop(change.id, None)
             return LabChange(LabChangeKind.MACHINE_REMOVED, machine.deployment, machine=machine)
         machine_labs[change.id] = machine.deployment
         return LabChange(LabChangeKind.MACHINE_CHANGED, machine.deployment, machine=machine)
     if change.collection == "hosts" and document is not None and include_hosts:
-        return LabChange(LabChangeKind.HOST_CHANGED, "", host=Host.model_validate(document))
+        host = readable(Host, document)
+        return None if host is None else LabChange(LabChangeKind.HOST_CHANGED, "", host=host)
     return None
