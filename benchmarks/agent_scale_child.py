@@ -24,7 +24,7 @@ from agent.accelerator import Accelerator
 from agent.assignment import Assignment, TemplateSpec
 from agent.hypervisor import Hypervisor
 from agent.images import Images
-from agent.machine_state import ObservedState
+from agent.machine_state import StateReport
 from agent.outbox import Outbox
 from agent.reconciler import Reconciler
 
@@ -50,14 +50,14 @@ async def converge(spec: dict[str, Any]) -> dict[str, Any]:
     running: set[str] = set()
     all_running = asyncio.Event()
 
-    async def report(machine_id: str, state: ObservedState, message: str | None) -> None:
-        await outbox.machine_state(machine_id, state, message)
-        if state == "running":
-            running.add(machine_id)
+    async def report(sent: StateReport) -> None:
+        await outbox.machine_state(sent)
+        if sent.state == "running":
+            running.add(sent.machine_id)
             if len(running) == count:
                 all_running.set()
         else:
-            running.discard(machine_id)
+            running.discard(sent.machine_id)
 
     hypervisor = Hypervisor(spec["uri"])
     reconciler = Reconciler(

@@ -11,6 +11,7 @@ each console a browser opens on this host's machines to the tunnels (``agent.con
 Any failure closes the connection and the client moves on to the next server URL after an
 exponential, jittered backoff. Machines are never touched because the server went away:
 the reconciler keeps the last desired set and the outbox keeps the reports until later.
+Every document sent is in ``agent.documents``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from gql import Client, GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
 
-from agent import __version__
+from agent import __version__, documents
 from agent.assignment import Assignment, AssignmentError
 from agent.console import ConsoleRequest, ConsoleRequestError
 from agent.outbox import Outbox
@@ -34,50 +35,6 @@ from agent.outbox import Outbox
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 15.0
-
-REGISTER_HOST = """
-mutation RegisterHost($name: String!, $vcpus: Int!, $memoryMib: Int!, $images: [String!]!,
-                      $domainType: String!, $agentVersion: String!) {
-  registerHost(input: {name: $name, vcpus: $vcpus, memoryMib: $memoryMib, images: $images,
-                       domainType: $domainType, agentVersion: $agentVersion}) { name ready }
-}
-"""
-HEARTBEAT = """
-mutation Heartbeat($name: String!, $images: [String!]!) {
-  heartbeat(input: {name: $name, images: $images}) { name }
-}
-"""
-REPORT_MACHINE_STATE = """
-mutation ReportMachineState($machineId: ID!, $host: String!, $state: ObservedMachineState!,
-                            $message: String) {
-  reportMachineState(input: {machineId: $machineId, host: $host, state: $state,
-                             message: $message}) { __typename }
-}
-"""
-REPORT_ORPHANS = """
-mutation ReportOrphans($host: String!, $domains: [String!]!) {
-  reportOrphans(input: {host: $host, domains: $domains}) { name }
-}
-"""
-HOST_ASSIGNMENTS = """
-subscription HostAssignments($host: String!, $cursor: String) {
-  hostAssignments(host: $host, cursor: $cursor) {
-    kind
-    cursor
-    assignments {
-      machineId vmName deployment index desired resetGeneration powerGeneration
-      template { name image os vcpus memoryMib diskGib }
-    }
-    removed
-  }
-}
-"""
-CONSOLE_REQUESTS = """
-subscription ConsoleRequests($host: String!) {
-  consoleRequests(host: $host) { session machineId machine deployment index url }
-}
-"""
-
 
 class DesiredSet(Protocol):
     """Where assignments go: the reconciler."""
@@ -179,14 +136,10 @@ class ServerClient:
         )
         async with Client(transport=transport, fetch_schema_from_transport=False) as session:
             images = self.images()
-            registered = await _execute(session, REGISTER_HOST, {
-                "name": self.host.name,
-                "vcpus": self.host.vcpus,
-                "memoryMib": self.host.memory_mib,
-                "images": images,
-                "domainType": self.host.domain_type,
-                "agentVersion": __version__,
-            })
+            registered = await _execute(session, documents.REGISTER_HOST, documents.register_host(
+                name=self.host.name, vcpus=self.host.vcpus, memory_mib=self.host.memory_mib,
+                images=images, domain_type=self.host.domain_type, agent_version=__version__,
+            ))
             log.info(
                 "connected to %s as host %s (ready: %s; %d images)", url, self.host.name,
                 registered["registerHost"].get("ready"), len(images),
@@ -202,7 +155,8 @@ class ServerClient:
 
     async def _assignments(self, session: Any) -> None:
         request = GraphQLRequest(
-            HOST_ASSIGNMENTS, variable_values={"host": self.host.name, "cursor": self._cursor}
+            documents.HOST_ASSIGNMENTS,
+            variable_values=documents.host_assignments(host=self.host.name, cursor=self._cursor),
         )
         async for batch in session.subscribe(request):
             self._apply(batch["hostAssignments"])
@@ -210,7 +164,8 @@ class ServerClient:
     async def _console_requests(self, session: Any, serve: Callable[[ConsoleRequest], None]) -> None:
         """Each console a browser opens on this host's machines, handed to the tunnels. A server
         without consoles (older) refuses the subscription: the rest of the link carries on."""
-        request = GraphQLRequest(CONSOLE_REQUESTS, variable_values={"host": self.host.name})
+        request = GraphQLRequest(documents.CONSOLE_REQUESTS,
+                                 variable_values=documents.console_requests(host=self.host.name))
         try:
             async for result in session.subscribe(request):
                 try:
@@ -242,24 +197,24 @@ class ServerClient:
     async def _heartbeats(self, session: Any) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            await _execute(session, HEARTBEAT, {"name": self.host.name, "images": self.images()})
+            await _execute(session, documents.HEARTBEAT,
+                           documents.heartbeat(name=self.host.name, images=self.images()))
 
     async def _drain(self, session: Any) -> None:
         while True:
             await self.outbox.wait()
             while (report := self.outbox.take_state()) is not None:
-                machine_id, state, message = report
                 try:
-                    await _execute(session, REPORT_MACHINE_STATE, {
-                        "machineId": machine_id,
-                        "host": self.host.name,
-                        "state": state.upper(),
-                        "message": message,
-                    })
+                    await _execute(session, documents.REPORT_MACHINE_STATE,
+                                   documents.report_machine_state(
+                                       machine_id=report.machine_id, host=self.host.name,
+                                       state=report.state, message=report.message,
+                                       power_generation=report.power_generation,
+                                   ))
                 except TransportQueryError as error:
                     # The server refused this report (e.g. the machine is gone): resending
                     # it would not help, and the next observation will report again.
-                    log.warning("server refused state of machine %s: %s", machine_id,
+                    log.warning("server refused state of machine %s: %s", report.machine_id,
                                 _describe(error))
                 except BaseException:
                     self.outbox.return_state(report)
@@ -267,8 +222,8 @@ class ServerClient:
             orphans = self.outbox.take_orphans()
             if orphans is not None:
                 try:
-                    await _execute(session, REPORT_ORPHANS,
-                                   {"host": self.host.name, "domains": orphans})
+                    await _execute(session, documents.REPORT_ORPHANS,
+                                   documents.report_orphans(host=self.host.name, domains=orphans))
                 except TransportQueryError as error:
                     log.warning("server refused the orphan list: %s", _describe(error))
                 except BaseException:

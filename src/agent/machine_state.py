@@ -7,6 +7,7 @@ agent and as the upper-case GraphQL enum values on the wire.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
 DesiredState = Literal["running", "stopped", "absent"]
@@ -14,3 +15,16 @@ ObservedState = Literal["running", "shutoff", "paused", "crashed", "pending", "a
 
 DESIRED_STATES: Final = frozenset(get_args(DesiredState))
 OBSERVED_STATES: Final = frozenset(get_args(ObservedState))
+
+
+@dataclass(frozen=True, slots=True)
+class StateReport:
+    """One ``reportMachineState``: what the machine is, why, and the latest start/stop request
+    carried out on it as recorded in its domain (None: this report does not know it, and the
+    server keeps what it had). The generation is what lets the server tell "not started yet"
+    from "a student powered it off"."""
+
+    machine_id: str
+    state: ObservedState
+    message: str | None = None
+    power_generation: int | None = None

@@ -10,26 +10,27 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.machine_state import ObservedState
+from agent.machine_state import ObservedState, StateReport
 
-StateReport = tuple[str, ObservedState, str | None]
+__all__ = ["Outbox", "StateReport"]
 
 
 class Outbox:
     def __init__(self) -> None:
-        self._states: dict[str, tuple[ObservedState, str | None]] = {}
+        self._states: dict[str, StateReport] = {}
         self._orphans: list[str] | None = None
         self._ready = asyncio.Event()
 
-    async def machine_state(
-        self, machine_id: str, state: ObservedState, message: str | None
-    ) -> None:
+    async def machine_state(self, report: StateReport) -> None:
         """The reconciler's ``report`` callback."""
-        self.put_state(machine_id, state, message)
+        self.put(report)
 
     def put_state(self, machine_id: str, state: ObservedState, message: str | None) -> None:
-        self._states.pop(machine_id, None)  # re-insert: oldest news goes out first
-        self._states[machine_id] = (state, message)
+        self.put(StateReport(machine_id, state, message))
+
+    def put(self, report: StateReport) -> None:
+        self._states.pop(report.machine_id, None)  # re-insert: oldest news goes out first
+        self._states[report.machine_id] = report
         self._ready.set()
 
     async def orphans(self, names: list[str]) -> None:
@@ -49,15 +50,12 @@ class Outbox:
     def take_state(self) -> StateReport | None:
         if not self._states:
             return None
-        machine_id = next(iter(self._states))
-        state, message = self._states.pop(machine_id)
-        return machine_id, state, message
+        return self._states.pop(next(iter(self._states)))
 
     def return_state(self, report: StateReport) -> None:
         """Puts back a report that could not be sent, unless a newer one arrived meanwhile."""
-        machine_id, state, message = report
-        if machine_id not in self._states:
-            self._states = {machine_id: (state, message), **self._states}
+        if report.machine_id not in self._states:
+            self._states = {report.machine_id: report, **self._states}
             self._ready.set()
 
     def take_orphans(self) -> list[str] | None:

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import NamedTuple
 
 from agent.accelerator import Accelerator
 from agent.assignment import Assignment
@@ -40,13 +41,21 @@ from agent.disks import DiskError, Disks
 from agent.domain_xml import NEVER_POWERED, MachineMetadata, domain_xml
 from agent.hypervisor import DomainStatus, Hypervisor, HypervisorError
 from agent.images import Images
-from agent.machine_state import ObservedState
+from agent.machine_state import ObservedState, StateReport
 
 log = logging.getLogger(__name__)
 
-Report = Callable[[str, ObservedState, str | None], Awaitable[None]]
+Report = Callable[[StateReport], Awaitable[None]]
 ReportOrphans = Callable[[list[str]], Awaitable[None]]
-Outcome = tuple[ObservedState, str | None]
+
+
+class Outcome(NamedTuple):
+    """Where a pass left a machine: its state, why, and the power generation recorded in its
+    domain (None when the pass did not read one)."""
+
+    state: ObservedState
+    message: str | None
+    power_generation: int | None = None
 
 
 @dataclass
@@ -93,7 +102,7 @@ class Reconciler:
         self._locks: dict[str, asyncio.Lock] = {}
         self._stop_deadlines: dict[str, float] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._reported: dict[str, tuple[ObservedState, str | None]] = {}
+        self._reported: dict[str, StateReport] = {}
         # Messages worth keeping while the state they explain lasts ("forced off ...").
         self._notes: dict[str, tuple[ObservedState, str]] = {}
         self._reported_orphans: list[str] | None = None
@@ -277,20 +286,25 @@ class Reconciler:
                 # way); it reports where it ends, and runs again to catch up with the event.
                 self._poke_machine(machine_id)
                 continue
-            task = asyncio.get_running_loop().create_task(self._report(machine_id, state, None))
+            # An event changes the state, never the generation recorded in the domain.
+            last = self._reported.get(machine_id)
+            recorded = last.power_generation if last is not None else None
+            task = asyncio.get_running_loop().create_task(
+                self._report(machine_id, Outcome(state, None, recorded)))
             # The loop keeps only weak references to tasks.
             self._background.add(task)
             task.add_done_callback(self._background.discard)
             self._poke_machine(machine_id)
 
-    async def _report(self, machine_id: str, state: ObservedState, message: str | None) -> None:
-        if machine_id not in self._desired or self._reported.get(machine_id) == (state, message):
+    async def _report(self, machine_id: str, outcome: Outcome) -> None:
+        report = StateReport(machine_id, *outcome)
+        if machine_id not in self._desired or self._reported.get(machine_id) == report:
             return
-        self._reported[machine_id] = (state, message)
+        self._reported[machine_id] = report
         try:
-            await self._report_callback(machine_id, state, message)
+            await self._report_callback(report)
         except Exception:
-            log.exception("reporting %s for machine %s failed", state, machine_id)
+            log.exception("reporting %s for machine %s failed", report.state, machine_id)
 
     # -- one machine --------------------------------------------------------------------
 
@@ -305,39 +319,39 @@ class Reconciler:
                 return
             self._in_pass.add(machine_id)
             try:
-                state, message = await self._converge(assignment)
+                outcome = await self._converge(assignment)
             except (HypervisorError, DiskError, OSError) as error:
                 log.warning("machine %s (%s): %s", machine_id, assignment.domain_name, error)
-                state, message = "error", str(error)
+                outcome = Outcome("error", str(error))
             finally:
                 self._in_pass.discard(machine_id)
         note = self._notes.get(machine_id)
-        if note is not None and note[0] != state:
+        if note is not None and note[0] != outcome.state:
             del self._notes[machine_id]
-        elif note is not None and message is None:
-            message = note[1]
-        await self._report(machine_id, state, message)
+        elif note is not None and outcome.message is None:
+            outcome = outcome._replace(message=note[1])
+        await self._report(machine_id, outcome)
 
     async def _converge(self, assignment: Assignment) -> Outcome:
         name = assignment.domain_name
         status = await self.hypervisor.status(name)
         if status is not None and status.metadata is None:
             if assignment.desired == "absent":
-                return "absent", f"libvirt domain {name} is not KubeKVM's; left alone"
-            return "error", f"libvirt domain {name} exists but is not managed by KubeKVM"
+                return Outcome("absent", f"libvirt domain {name} is not KubeKVM's; left alone")
+            return Outcome("error", f"libvirt domain {name} exists but is not managed by KubeKVM")
         if status is not None and status.metadata is not None and (
             status.metadata.machine_id != assignment.machine_id
         ):
             owner = status.metadata.machine_id
             if assignment.desired == "absent":
-                return "absent", None
+                return Outcome("absent", None)
             if not self._is_orphan(status):
-                return "pending", f"waiting for machine {owner} to release domain {name}"
+                return Outcome("pending", f"waiting for machine {owner} to release domain {name}")
             if not self.gc_orphans:
-                return "error", (
+                return Outcome("error", (
                     f"domain {name} belongs to machine {owner}, which is not assigned to this "
                     "host; remove it or run the agent with --gc-orphans"
-                )
+                ))
             await self._remove(name)
             status = None
 
@@ -350,10 +364,10 @@ class Reconciler:
             for other in self._claimants(name):
                 if other != assignment.machine_id:
                     self._poke_machine(other)
-            return "absent", None
+            return Outcome("absent", None)
 
         if not self.accelerator.usable:
-            return "error", self.accelerator.reason
+            return Outcome("error", self.accelerator.reason)
         provisioned = await self._provision(assignment, status)
         if isinstance(provisioned, tuple):
             return provisioned
@@ -364,8 +378,9 @@ class Reconciler:
             message = await self._power_off(assignment, provisioned)
         final = await self.hypervisor.status(name)
         if final is None:
-            return "absent", None
-        return final.state, message
+            return Outcome("absent", None)
+        recorded = final.metadata.power_generation if final.metadata is not None else None
+        return Outcome(final.state, message, recorded)
 
     async def _provision(
         self, assignment: Assignment, status: DomainStatus | None
@@ -382,10 +397,10 @@ class Reconciler:
             return status
         base = self.images.base(template.image)
         if not base.is_file():
-            return "error", self.images.missing_message(template.image)
+            return Outcome("error", self.images.missing_message(template.image))
         if reset:
-            await self._report(assignment.machine_id, "pending",
-                               f"resetting to a fresh copy of {template.image}")
+            await self._report(assignment.machine_id, Outcome(
+                "pending", f"resetting to a fresh copy of {template.image}"))
             self._cancel_stop(name)
             await self.hypervisor.destroy(name)
             await self.disks.create(name, base=base, size_gib=template.disk_gib)
@@ -393,14 +408,14 @@ class Reconciler:
             await self.hypervisor.define(self._definition(assignment, domain_uuid=status.uuid))
         else:
             if status is None:
-                await self._report(assignment.machine_id, "pending", "creating")
+                await self._report(assignment.machine_id, Outcome("pending", "creating"))
             if overlay_missing:
                 await self.disks.create(name, base=base, size_gib=template.disk_gib)
             if status is None:
                 await self.hypervisor.define(self._definition(assignment))
         defined = await self.hypervisor.status(name)
         if defined is None or defined.metadata is None:
-            return "error", f"libvirt did not keep the definition of {name}"
+            return Outcome("error", f"libvirt did not keep the definition of {name}")
         return defined
 
     async def _power_on(self, assignment: Assignment, status: DomainStatus) -> None:

@@ -23,7 +23,7 @@ from agent.accelerator import Accelerator
 from agent.assignment import Assignment, TemplateSpec
 from agent.hypervisor import Hypervisor
 from agent.images import Images
-from agent.machine_state import DesiredState, ObservedState
+from agent.machine_state import DesiredState, ObservedState, StateReport
 from agent.reconciler import Reconciler
 
 TEST_URI = "test:///default"
@@ -34,10 +34,13 @@ class Reports:
     """Records what a reconciler reports, with the time each report arrived."""
 
     states: list[tuple[float, str, ObservedState, str | None]] = field(default_factory=list)
+    # Every report as sent, generation included.
+    sent: list[StateReport] = field(default_factory=list)
     orphans: list[list[str]] = field(default_factory=list)
 
-    async def report(self, machine_id: str, state: ObservedState, message: str | None) -> None:
-        self.states.append((time.monotonic(), machine_id, state, message))
+    async def report(self, report: StateReport) -> None:
+        self.states.append((time.monotonic(), report.machine_id, report.state, report.message))
+        self.sent.append(report)
 
     async def report_orphans(self, names: list[str]) -> None:
         self.orphans.append(list(names))

@@ -17,6 +17,7 @@ from agent.accelerator import Accelerator
 from agent.assignment import Assignment
 from agent.hypervisor import Hypervisor
 from agent.images import Images
+from agent.machine_state import StateReport
 from agent.reconciler import Reconciler
 
 
@@ -24,9 +25,9 @@ async def main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     assignments = [Assignment.from_graphql(payload) for payload in spec["assignments"]]
 
-    async def report(machine_id: str, state: str, message: str | None) -> None:
-        print(json.dumps({"machine": machine_id, "state": state, "message": message}),
-              flush=True)
+    async def report(sent: StateReport) -> None:
+        print(json.dumps({"machine": sent.machine_id, "state": sent.state, "message": sent.message,
+                          "power_generation": sent.power_generation}), flush=True)
 
     async def report_orphans(names: list[str]) -> None:
         print(json.dumps({"orphans": names}), flush=True)
@@ -37,7 +38,7 @@ async def main(spec_path: str) -> None:
         images=Images(Path(spec["image_dir"])),
         state_dir=Path(spec["state_dir"]),
         accelerator=Accelerator(spec.get("domain_type", "qemu"), True, "harness"),
-        report=report,  # type: ignore[arg-type]
+        report=report,
         report_orphans=report_orphans,
         parallel=spec.get("parallel", 8),
         resync_interval=1.0,

@@ -2,7 +2,9 @@
 
 The schema below is the contract the real server implements (mutations, the assignment
 subscription, enums); it is served over a real websocket by uvicorn on 127.0.0.1, so the
-client's GraphQL documents are validated and its reconnection and queuing really happen.
+client's GraphQL documents (``agent.documents``) are validated and its reconnection and
+queuing really happen. ``test_documents`` checks the same documents against the real
+``schema.graphql``, and that this contract agrees with it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from strawberry.asgi import GraphQL
 
 from agent.assignment import Assignment
 from agent.client import HostFacts, ServerClient, backoff_delay, websocket_url
-from agent.outbox import Outbox
+from agent.outbox import Outbox, StateReport
 
 # -- the contract -----------------------------------------------------------------------
 
@@ -107,7 +109,7 @@ class RegisterHostInput:
 @strawberry.input
 class HeartbeatInput:
     name: str
-    images: list[str]
+    images: list[str] | None = None
 
 
 @strawberry.input
@@ -116,6 +118,7 @@ class ReportMachineStateInput:
     host: str
     state: ObservedMachineState
     message: str | None = None
+    power_generation: int | None = None
 
 
 @strawberry.input
@@ -131,6 +134,8 @@ class FakeServer:
     registrations: list[RegisterHostInput] = field(default_factory=list)
     heartbeats: list[HeartbeatInput] = field(default_factory=list)
     reports: list[tuple[str, str, str | None]] = field(default_factory=list)
+    # Machine id -> the power generation of each of its reports, in order.
+    generations: dict[str, list[int | None]] = field(default_factory=dict)
     orphans: list[list[str]] = field(default_factory=list)
     connection_params: list[dict[str, Any]] = field(default_factory=list)
     authorization_headers: list[str | None] = field(default_factory=list)
@@ -161,6 +166,7 @@ def build_schema(state: FakeServer) -> strawberry.Schema:
             if input.machine_id == "unknown":
                 raise ValueError("no such machine")
             state.reports.append((str(input.machine_id), input.state.value, input.message))
+            state.generations.setdefault(str(input.machine_id), []).append(input.power_generation)
             return Machine(id=input.machine_id)
 
         @strawberry.mutation
@@ -295,7 +301,7 @@ async def test_register_snapshot_changes_reports_and_reconnect(
         heartbeat_interval=0.2,
         backoff_cap=0.3,
     )
-    await outbox.machine_state("m1", "pending", "queued before connecting")
+    outbox.put_state("m1", "pending", "queued before connecting")
     running = asyncio.create_task(client.run())
     try:
         # The dead first URL is skipped; registration, then the snapshot.
@@ -322,19 +328,22 @@ async def test_register_snapshot_changes_reports_and_reconnect(
         assert [(a.machine_id, a.desired) for a in upserts] == [("m3", "stopped")]
         assert removed == ["m2"]
 
-        await outbox.machine_state("m1", "running", None)
-        await outbox.machine_state("unknown", "running", None)  # refused, then dropped
+        await outbox.machine_state(StateReport("m1", "running", None, power_generation=3))
+        outbox.put_state("unknown", "running", None)  # refused, then dropped
         await outbox.orphans(["kubekvm-old-0"])
         await wait_until(lambda: ("m1", "RUNNING", None) in state.reports and state.orphans)
         assert state.orphans == [["kubekvm-old-0"]]
+        # The generation the agent observed reaches the server with the state; a report
+        # that does not know it says so (null), and the server keeps what it had.
+        assert state.generations["m1"] == [None, 3]
         await wait_until(lambda: len(state.heartbeats) >= 2)
         assert state.heartbeats[0].images == ["tiny-linux.qcow2", "win10.qcow2"]
 
         # The server goes away: reports queue up (latest wins) and go out on reconnect.
         await fake_server.stop()
         await wait_until(lambda: not client.connected.is_set())
-        await outbox.machine_state("m1", "shutoff", "first")
-        await outbox.machine_state("m1", "crashed", "latest")
+        outbox.put_state("m1", "shutoff", "first")
+        outbox.put_state("m1", "crashed", "latest")
         before = len(state.reports)
         await fake_server.start()
         await wait_until(lambda: ("m1", "CRASHED", "latest") in state.reports)
@@ -370,6 +379,9 @@ async def test_the_agent_command_runs_a_snapshot_and_stops_on_sigterm(
         assert registration.images == ["tiny-linux.qcow2"]
         assert state.orphans == [[]]
         await wait_until(lambda: state.heartbeats)
+        # The running machine's report says which start request it carried out (the
+        # assignments' generation 1), so the server can tell "started" from "not yet".
+        assert state.generations["m1"][-1] == 1
         assert sorted(p.name for p in (tmp_path / "state" / "disks").iterdir()) == [
             "kubekvm-os101-0.qcow2", "kubekvm-os101-1.qcow2"]
     finally:

@@ -67,18 +67,27 @@ async def test_creates_and_starts_n_machines(make_rig: Make, make_assignment: Ma
     assert states[0] == "pending" and states[-1] == "running"
 
 
+def reported_generation(rig: Any, machine_id: str) -> int | None:
+    """The power generation of the latest report sent for the machine."""
+    return [report for report in rig.reports.sent if report.machine_id == machine_id][-1].power_generation
+
+
 async def test_stop_start_and_a_guest_powering_itself_off(make_rig: Make, make_assignment: Make,
                                                           lab: str) -> None:
     rig = await make_rig(stop_grace=2.0)
     machine = make_assignment(lab, 0, power_generation=1)
     rig.reconciler.replace_desired([machine])
     await converge(rig, [machine], "running")
+    # Each report says which start/stop request the machine is the result of: the server
+    # tells "not started yet" from "powered off" by it.
+    assert reported_generation(rig, machine.machine_id) == 1
 
     stopped = replace(machine, desired="stopped", power_generation=2)
     rig.reconciler.update_desired([stopped])
     await converge(rig, [machine], "shutoff")
     status = await rig.hypervisor.status(machine.domain_name)
     assert status.metadata.power_generation == 2
+    assert reported_generation(rig, machine.machine_id) == 2
 
     started = replace(machine, desired="running", power_generation=3)
     rig.reconciler.update_desired([started])
@@ -88,6 +97,7 @@ async def test_stop_start_and_a_guest_powering_itself_off(make_rig: Make, make_a
     # resync or a reconciler that starts from scratch, until the server asks again.
     await rig.hypervisor.destroy(machine.domain_name)
     await converge(rig, [machine], "shutoff")
+    assert reported_generation(rig, machine.machine_id) == 3  # off, after start request 3
     await rig.reconciler.resync()
     await rig.reconciler.wait_idle()
     assert rig.reports.state(machine.machine_id) == "shutoff"

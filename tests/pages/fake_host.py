@@ -1,5 +1,6 @@
 """A stand-in for the host agent, for page tests: it registers a host and reports machine
-states over GraphQL, exactly the calls the agent makes, but without libvirt.
+states over GraphQL, exactly the calls the agent makes (the agent's own documents and
+variables, from ``agent.documents``), but without libvirt.
 
 `converge` is one level-triggered pass of the agent: each machine of a lab assigned to this
 host is reported as what it should be (running, shut off, or gone). Tests call it when they
@@ -12,21 +13,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from agent import documents
 from tests.support.processes import Server
 
-REGISTER = """
-mutation($input: RegisterHostInput!) { registerHost(input: $input) { name ready } }
-"""
-HEARTBEAT = """
-mutation($name: String!) { heartbeat(input: {name: $name}) { name } }
-"""
+# Not an agent call (the agent learns its machines from hostAssignments): how the fake host
+# finds what it should report.
 MACHINES = """
 query($lab: String!) {
   machines(deployment: $lab) { id name host desired observed powerGeneration }
 }
-"""
-REPORT = """
-mutation($input: MachineReportInput!) { reportMachineState(input: $input) { name observed } }
 """
 # What the agent makes of a machine, by its desired state.
 OUTCOME = {"RUNNING": "RUNNING", "STOPPED": "SHUTOFF", "ABSENT": "ABSENT"}
@@ -48,24 +43,25 @@ class FakeHost:
         self.images = list(images)
 
     def register(self) -> FakeHost:
-        data(self.server.graphql(REGISTER, {"input": {
-            "name": self.name, "vcpus": self.vcpus, "memoryMib": self.memory_mib,
-            "images": self.images, "domainType": "test", "agentVersion": "t",
-        }}))
+        data(self.server.graphql(documents.REGISTER_HOST, documents.register_host(
+            name=self.name, vcpus=self.vcpus, memory_mib=self.memory_mib, images=self.images,
+            domain_type="test", agent_version="t",
+        )))
         return self
 
     def heartbeat(self) -> None:
-        data(self.server.graphql(HEARTBEAT, {"name": self.name}))
+        data(self.server.graphql(documents.HEARTBEAT, documents.heartbeat(name=self.name, images=None)))
 
     def machines(self, lab: str) -> list[dict[str, Any]]:
         machines: list[dict[str, Any]] = data(self.server.graphql(MACHINES, {"lab": lab}))["machines"]
         return machines
 
     def report(self, machine: dict[str, Any], state: str, message: str = "") -> None:
-        data(self.server.graphql(REPORT, {"input": {
-            "machineId": machine["id"], "host": self.name, "state": state, "message": message,
-            "powerGeneration": machine["powerGeneration"],
-        }}))
+        # As the agent does after carrying out the machine's latest start/stop request.
+        data(self.server.graphql(documents.REPORT_MACHINE_STATE, documents.report_machine_state(
+            machine_id=machine["id"], host=self.name, state=state, message=message,
+            power_generation=machine["powerGeneration"],
+        )))
 
     def converge(self, lab: str, *, only: Iterable[str] | None = None) -> int:
         """Report every machine of `lab` on this host (or just those named in `only`) as what

@@ -1,0 +1,107 @@
+"""Documents: every GraphQL operation the agent sends, and the variables each one takes.
+
+This module is the whole wire contract between the agent and the server. The real client
+(``agent.client``), the agent's client tests and the page tests' fake host
+(``tests/pages/fake_host.py``) all send these same documents built by these same functions,
+and a test validates each document against the repository's ``schema.graphql`` and checks
+that it passes every field of the server's input types: a stand-in that sent what the real
+agent does not (or the reverse) is how the server once saw a power generation from the fakes
+and never from production.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from agent.machine_state import ObservedState
+
+REGISTER_HOST: Final = """
+mutation RegisterHost($name: String!, $vcpus: Int!, $memoryMib: Int!, $images: [String!]!,
+                      $domainType: String!, $agentVersion: String!) {
+  registerHost(input: {name: $name, vcpus: $vcpus, memoryMib: $memoryMib, images: $images,
+                       domainType: $domainType, agentVersion: $agentVersion}) { name ready }
+}
+"""
+HEARTBEAT: Final = """
+mutation Heartbeat($name: String!, $images: [String!]) {
+  heartbeat(input: {name: $name, images: $images}) { name }
+}
+"""
+REPORT_MACHINE_STATE: Final = """
+mutation ReportMachineState($machineId: ID!, $host: String!, $state: ObservedMachineState!,
+                            $message: String, $powerGeneration: Int) {
+  reportMachineState(input: {machineId: $machineId, host: $host, state: $state,
+                             message: $message, powerGeneration: $powerGeneration}) {
+    __typename
+  }
+}
+"""
+REPORT_ORPHANS: Final = """
+mutation ReportOrphans($host: String!, $domains: [String!]!) {
+  reportOrphans(input: {host: $host, domains: $domains}) { name }
+}
+"""
+HOST_ASSIGNMENTS: Final = """
+subscription HostAssignments($host: String!, $cursor: String) {
+  hostAssignments(host: $host, cursor: $cursor) {
+    kind
+    cursor
+    assignments {
+      machineId vmName deployment index desired resetGeneration powerGeneration
+      template { name image os vcpus memoryMib diskGib }
+    }
+    removed
+  }
+}
+"""
+CONSOLE_REQUESTS: Final = """
+subscription ConsoleRequests($host: String!) {
+  consoleRequests(host: $host) { session machineId machine deployment index url }
+}
+"""
+
+# Every document above, by operation name (the schema test walks this).
+ALL: Final = {
+    "RegisterHost": REGISTER_HOST,
+    "Heartbeat": HEARTBEAT,
+    "ReportMachineState": REPORT_MACHINE_STATE,
+    "ReportOrphans": REPORT_ORPHANS,
+    "HostAssignments": HOST_ASSIGNMENTS,
+    "ConsoleRequests": CONSOLE_REQUESTS,
+}
+
+
+def register_host(
+    *, name: str, vcpus: int, memory_mib: int, images: list[str], domain_type: str,
+    agent_version: str,
+) -> dict[str, Any]:
+    return {"name": name, "vcpus": vcpus, "memoryMib": memory_mib, "images": images,
+            "domainType": domain_type, "agentVersion": agent_version}
+
+
+def heartbeat(*, name: str, images: list[str] | None) -> dict[str, Any]:
+    """``images=None`` leaves the host's image list as the server has it."""
+    return {"name": name, "images": images}
+
+
+def report_machine_state(
+    *, machine_id: str, host: str, state: ObservedState | str, message: str | None,
+    power_generation: int | None,
+) -> dict[str, Any]:
+    """``power_generation`` is the latest start/stop request the host has carried out, as
+    recorded in the domain; None when the report does not know it (the server keeps the
+    last one). Without it the server cannot tell "not started yet" from "powered off"."""
+    return {"machineId": machine_id, "host": host, "state": state.upper(), "message": message,
+            "powerGeneration": power_generation}
+
+
+def report_orphans(*, host: str, domains: list[str]) -> dict[str, Any]:
+    return {"host": host, "domains": domains}
+
+
+def host_assignments(*, host: str, cursor: str | None) -> dict[str, Any]:
+    return {"host": host, "cursor": cursor}
+
+
+def console_requests(*, host: str) -> dict[str, Any]:
+    return {"host": host}
