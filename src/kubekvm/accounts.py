@@ -26,7 +26,7 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from kubekvm import credentials, roster
+from kubekvm import credentials, roster, validation
 from kubekvm.access import Actor, ActorKind
 from kubekvm.config import Settings
 from kubekvm.errors import Conflict, NotFound, Throttled, Unauthenticated, ValidationFailed
@@ -201,9 +201,7 @@ class Accounts:
     async def create_token(self, *, kind: TokenKind, owner: str, label: str,
                            created_by: str) -> tuple[ApiToken, str]:
         """A new token and its record; the token itself is returned here and never again."""
-        label = label.strip()
-        if len(label) > TOKEN_LABEL_MAX:
-            raise ValidationFailed("label", f"A token's label has at most {TOKEN_LABEL_MAX} characters.")
+        label = validation.text(label, field="label", label="A token's label", max_length=TOKEN_LABEL_MAX)
         token = credentials.new_token(credentials.HOST_TOKEN_PREFIX if kind == TokenKind.HOST
                                       else credentials.USER_TOKEN_PREFIX)
         record = ApiToken(kind=kind, owner=owner, label=label or f"{kind.value} token",

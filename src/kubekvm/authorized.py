@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from datetime import datetime
 from typing import TypeVar
 
-from kubekvm import access
+from kubekvm import access, validation
 from kubekvm.access import Actor
 from kubekvm.accounts import Accounts, AuditPage
 from kubekvm.config import Settings
@@ -161,6 +161,8 @@ class Authorized:
     async def list_deployments(self, *, phase: Phase | None = None, offset: int = 0,
                                limit: int = 100) -> Page:
         access.require_user(self.actor)
+        offset = validation.offset(offset)
+        limit = validation.limit(limit, maximum=validation.DEPLOYMENTS_PAGE_MAX)
         return await self.services.list_deployments(phase=phase, offset=offset, limit=limit,
                                                     only=access.lab_filter(self.actor))
 
@@ -520,5 +522,7 @@ class Authorized:
                         target: str | None = None, outcome: str | None = None,
                         since: datetime | None = None, offset: int = 0, limit: int = 100) -> AuditPage:
         access.require_admin(self.actor)
+        offset = validation.offset(offset)
+        limit = validation.limit(limit, maximum=validation.AUDIT_PAGE_MAX)
         return await self.accounts.audit_log(actor=actor, action=action, target=target, outcome=outcome,
                                              since=since, offset=offset, limit=limit)

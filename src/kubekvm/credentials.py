@@ -51,7 +51,8 @@ def needs_rehash(stored: str) -> bool:
 
 
 def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    # surrogatepass: a token from JSON may hold a lone surrogate; it must match nothing, not crash.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def new_token(prefix: str = USER_TOKEN_PREFIX) -> str:
@@ -64,4 +65,4 @@ def new_code() -> str:
 
 
 def same(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
+    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))

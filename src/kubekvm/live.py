@@ -42,7 +42,7 @@ from starlette.routing import BaseRoute, Route
 from kubekvm.access import ActorKind
 from kubekvm.auth import services_for
 from kubekvm.authorized import Authorized
-from kubekvm.errors import NotFound
+from kubekvm.errors import NotFound, ValidationFailed
 from kubekvm.models import Machine, Phase
 from kubekvm.pages.fragments import (
     PAGE_SIZE,
@@ -235,8 +235,11 @@ class LiveUpdates:
         elif lab:
             watch = LabWatch(services, self.fragments, lab)
         else:
-            view = ListView.parse(request.query_params.get("phase"),
-                                  request.query_params.get("offset"))
+            try:
+                view = ListView.parse(request.query_params.get("phase"),
+                                      request.query_params.get("offset"))
+            except ValidationFailed as error:
+                return PlainTextResponse(error.message, status_code=422)
             watch = ListWatch(services, self.fragments, view)
         return StreamingResponse(
             self.stream(services, watch), media_type="text/event-stream",

@@ -63,6 +63,7 @@ SEED_TEMPLATES = (
 BY_LAB_AND_INDEX = [("deployment", SortDirection.ASCENDING), ("index", SortDirection.ASCENDING)]
 
 HOST_NAME_RULE = "letters, digits, '.', '_' and '-', at most 63 characters"
+HOST_TEXT_MAX = 200  # what an agent says of its host: a domain type, a version, a domain's name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -615,8 +616,12 @@ class Services:
         validation.whole_number(vcpus, field="vcpus", minimum=1, maximum=4096, unit="vCPUs")
         validation.whole_number(memory_mib, field="memoryMib", minimum=64, maximum=1 << 30, unit="MiB")
         now = utcnow()
-        fields = {"vcpus": vcpus, "memory_mib": memory_mib, "images": sorted(set(images)),
-                  "domain_type": domain_type, "agent_version": agent_version, "last_heartbeat": now}
+        fields = {"vcpus": vcpus, "memory_mib": memory_mib, "images": validation.image_names(images),
+                  "domain_type": validation.text(domain_type, field="domainType", label="The domain type",
+                                                 max_length=HOST_TEXT_MAX),
+                  "agent_version": validation.text(agent_version, field="agentVersion", label="The agent version",
+                                                   max_length=HOST_TEXT_MAX),
+                  "last_heartbeat": now}
         collection = Host.get_pymongo_collection()
         try:
             await collection.update_one(
@@ -636,7 +641,7 @@ class Services:
         host = await self.get_host(name)
         was_ready = self.host_ready(host)
         changes: dict[str, Any] = {"last_heartbeat": utcnow()}
-        new_images = sorted(set(images)) if images is not None else host.images
+        new_images = validation.image_names(images) if images is not None else host.images
         if new_images != host.images:
             changes["images"] = new_images
         await Host.get_pymongo_collection().update_one({"_id": host.id}, {"$set": changes})
@@ -647,6 +652,8 @@ class Services:
         return host
 
     async def report_orphans(self, *, host: str, domains: Sequence[str]) -> Host:
+        domains = [validation.text(d, field="domains", label="A domain name", max_length=HOST_TEXT_MAX, required=True)
+                   for d in domains]
         record = await self.get_host(host)
         if sorted(domains) != sorted(record.orphans):
             await Host.get_pymongo_collection().update_one(
@@ -668,7 +675,9 @@ class Services:
             raise NotFound(f"There is no machine with id {machine_id}; it was removed.")
         if machine.host != host:
             raise Conflict(f"Machine {machine.name} is assigned to {machine.host or 'no host'}, not {host}.")
-        message = message[:500]
+        message = validation.note(message)
+        if power_generation is not None:
+            validation.whole_number(power_generation, field="powerGeneration", minimum=0, maximum=2**63 - 1)
         seen = power_generation if power_generation is not None else machine.observed_power_generation
         unchanged = (machine.observed, machine.message, machine.observed_power_generation) == (
             state, message, seen)
@@ -764,10 +773,9 @@ class Services:
 
 def _template_sizes(*, vcpus: int, memory_mib: int, disk_gib: int) -> dict[str, int]:
     return {
-        "vcpus": validation.whole_number(vcpus, field="vcpus", minimum=1, maximum=64, unit="vCPUs"),
-        "memory_mib": validation.whole_number(memory_mib, field="memoryMib", minimum=64,
-                                              maximum=1024 * 1024, unit="MiB"),
-        "disk_gib": validation.whole_number(disk_gib, field="diskGib", minimum=1, maximum=16384, unit="GiB"),
+        "vcpus": validation.template_size(vcpus, field="vcpus"),
+        "memory_mib": validation.template_size(memory_mib, field="memoryMib"),
+        "disk_gib": validation.template_size(disk_gib, field="diskGib"),
     }
 
 

@@ -1,13 +1,28 @@
-"""Input rules shared by the pages and GraphQL.
+"""Input rules shared by the pages and GraphQL: names, free text and numbers.
 
-A lab name becomes part of VM, domain and disk names on the hosts, so it is held to the DNS
-label subset (lowercase letters, digits, inner hyphens, 1-40 characters): nothing in it can
-mean anything to a shell, a path or libvirt's XML.
+Everything a person or a program sends is judged here, by pure functions that raise
+`ValidationFailed` naming the field, so a form shows the message beside the field and GraphQL
+answers `VALIDATION_FAILED` with `extensions.field`, and nothing is written.
+
+- A lab name becomes part of VM, domain and disk names on the hosts, so it is held to the DNS
+  label subset (lowercase letters, digits, inner hyphens, 1-40 characters): nothing in it can
+  mean anything to a shell, a path or libvirt's XML.
+- Free text (titles, descriptions, labels, notes) goes through `text`: a length limit, and no
+  control characters (a text area may keep newlines and tabs), no lone surrogates (MongoDB's
+  BSON cannot store them) and no bidirectional overrides (they make a name read as another).
+- Every number goes through `whole_number`, whether it comes as a form's string or as a
+  GraphQL Int: ASCII digits only (no `+`, `²`, `٣`, `1_0`, `0x10`, `1e3` or spaces, which
+  Python's `int()` would take or choke on), at most 18 of them, then a range. Paging arguments
+  (`offset`, `limit`) are refused out of range rather than clamped, so a client learns that
+  its page does not exist instead of silently getting another one.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from kubekvm.errors import ValidationFailed
 
@@ -16,7 +31,20 @@ _NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?")
 _IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.qcow2")
 TITLE_MAX_LENGTH = 120
 DESCRIPTION_MAX_LENGTH = 2000
+NOTE_MAX_LENGTH = 500
 OS_FAMILIES = ("linux", "windows")
+
+# Numbers: an optional minus (so "-5" gets the range's message, not "not a number") and 1-18
+# ASCII digits, which always fit MongoDB's 64-bit integers.
+_WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}")
+OFFSET_MAX = 1_000_000  # further than any real list goes; beyond it a skip only costs the database
+DEPLOYMENTS_PAGE_MAX = 1000  # labs in one page of `deployments`
+AUDIT_PAGE_MAX = 500  # entries in one page of `auditLog`
+
+# Right-to-left/left-to-right embeddings, overrides and isolates: invisible, and they reorder
+# what a reader sees ("Trojan Source"), so a title could show another lab's name.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+_LINE_BREAKS = frozenset("\n\t")
 
 
 def name(value: str, *, field: str = "name") -> str:
@@ -36,38 +64,104 @@ def name(value: str, *, field: str = "name") -> str:
     return value
 
 
-def title(value: str | None, *, fallback: str) -> str:
-    text = (value or "").strip()
-    if len(text) > TITLE_MAX_LENGTH:
-        raise ValidationFailed("title", f"A title has at most {TITLE_MAX_LENGTH} characters.")
-    return text or fallback
+def unstorable(value: str) -> bool:
+    """Whether `value` holds a lone surrogate, which no UTF-8 (so no BSON, no page) can carry."""
+    return any("\ud800" <= char <= "\udfff" for char in value)
+
+
+def _refused_character(value: str, *, multiline: bool) -> str | None:
+    for char in value:
+        if multiline and char in _LINE_BREAKS:
+            continue
+        category = unicodedata.category(char)
+        if category == "Cc" or (category in ("Zl", "Zp") and not multiline):
+            return ("control characters (such as NUL); newlines and tabs are fine" if multiline
+                    else "control characters (such as NUL, tabs or line breaks)")
+        if category == "Cs":
+            return "broken characters (a lone UTF-16 surrogate)"
+        if char in _BIDI_CONTROLS:
+            return "invisible text-direction characters (bidirectional overrides)"
+    return None
+
+
+def text(value: str | None, *, field: str, label: str, max_length: int, multiline: bool = False,
+         required: bool = False) -> str:
+    """Free text as stored: stripped, CRLF (what browsers send from a text area) made LF, and
+    refused when too long or holding a character nobody types on purpose."""
+    cleaned = (value or "").replace("\r\n", "\n").strip()
+    refused = _refused_character(cleaned, multiline=multiline)
+    if refused:
+        raise ValidationFailed(field, f"{label} may not contain {refused}.")
+    if len(cleaned) > max_length:
+        raise ValidationFailed(field, f"{label} has at most {max_length} characters (this one has {len(cleaned)}).")
+    if required and not cleaned:
+        raise ValidationFailed(field, f"{label} is required.")
+    return cleaned
+
+
+def note(value: str, *, max_length: int = NOTE_MAX_LENGTH) -> str:
+    """Text a program reports (an agent's message about a machine): shown, never refused, as
+    refusing it would lose the report it comes with. Anything `text` refuses becomes U+FFFD."""
+    kept = "".join("\ufffd" if _refused_character(char, multiline=True) else char
+                   for char in value.replace("\r\n", "\n"))
+    return kept[:max_length]
+
+
+def title(value: str | None, *, fallback: str, field: str = "title") -> str:
+    return text(value, field=field, label="A title", max_length=TITLE_MAX_LENGTH) or fallback
 
 
 def description(value: str | None) -> str:
-    text = (value or "").strip()
-    if len(text) > DESCRIPTION_MAX_LENGTH:
-        raise ValidationFailed(
-            "description", f"A description has at most {DESCRIPTION_MAX_LENGTH} characters."
-        )
-    return text
+    return text(value, field="description", label="A description", max_length=DESCRIPTION_MAX_LENGTH,
+                multiline=True)
 
 
-def replicas(value: int, *, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationFailed("replicas", "Replicas must be a whole number.")
-    if value < 1 or value > maximum:
-        raise ValidationFailed(
-            "replicas", f"Replicas must be between 1 and {maximum} (one VM per student)."
-        )
-    return value
+def whole_number(value: int | str | None, *, field: str, minimum: int, maximum: int, unit: str = "",
+                 label: str | None = None, default: int | None = None) -> int:
+    """The one parser for numbers from people and programs: a form's or a query string's text,
+    or a GraphQL Int; `default` stands in for an empty or missing one where the field may be
+    left out."""
+    said = label or (unit.capitalize() if unit else "This")
+    if default is not None and (value is None or value == ""):
+        value = default
+    number: int
+    if isinstance(value, str):
+        if not _WHOLE_NUMBER.fullmatch(value):
+            raise ValidationFailed(field, f"{said} must be a whole number, typed with the digits 0-9.")
+        number = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        raise ValidationFailed(field, f"{said} must be a whole number.")
+    if number < minimum or number > maximum:
+        between = f"between {minimum} and {maximum}" + (f" {unit}" if unit else "")
+        raise ValidationFailed(field, f"{said} must be {between}." if label else f"Must be {between}.")
+    return number
 
 
-def whole_number(value: int, *, field: str, minimum: int, maximum: int, unit: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationFailed(field, f"{unit.capitalize()} must be a whole number.")
-    if value < minimum or value > maximum:
-        raise ValidationFailed(field, f"Must be between {minimum} and {maximum} {unit}.")
-    return value
+def replicas(value: int | str, *, maximum: int) -> int:
+    return whole_number(value, field="replicas", minimum=1, maximum=maximum, label="Replicas",
+                        unit="(one VM per student)")
+
+
+# A template's sizes, by the field names forms and GraphQL give them: (minimum, maximum, unit).
+TEMPLATE_SIZES = {"vcpus": (1, 64, "vCPUs"), "memoryMib": (64, 1024 * 1024, "MiB"), "diskGib": (1, 16384, "GiB")}
+
+
+def template_size(value: int | str, *, field: str, label: str | None = None) -> int:
+    """A template's `vcpus`, `memoryMib` or `diskGib`."""
+    minimum, maximum, unit = TEMPLATE_SIZES[field]
+    return whole_number(value, field=field, minimum=minimum, maximum=maximum, unit=unit, label=label)
+
+
+def offset(value: int | str | None, *, field: str = "offset") -> int:
+    """Where a page of a list starts: 0 to OFFSET_MAX (missing or empty: 0)."""
+    return whole_number(value, field=field, minimum=0, maximum=OFFSET_MAX, label="The offset", default=0)
+
+
+def limit(value: int | str | None, *, maximum: int, field: str = "limit") -> int:
+    """How many items a page holds: 1 to `maximum` (missing or empty: `maximum`)."""
+    return whole_number(value, field=field, minimum=1, maximum=maximum, label="The limit", default=maximum)
 
 
 def image(value: str) -> str:
@@ -80,7 +174,35 @@ def image(value: str) -> str:
     return value
 
 
+def image_names(values: Iterable[str]) -> list[str]:
+    """The images a host reports, less the file names no template could name (a template's
+    image must pass `image`): sorted, each once."""
+    return sorted({v for v in values if _IMAGE.fullmatch(v) and ".." not in v})
+
+
 def os_family(value: str) -> str:
     if value not in OS_FAMILIES:
         raise ValidationFailed("os", f"The OS must be one of: {', '.join(OS_FAMILIES)}.")
     return value
+
+
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(key, path)
+            yield from _strings(item, str(key) if isinstance(key, str) else path)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item, path)
+
+
+def storable(values: Mapping[str, Any]) -> None:
+    """Refuse a request whose arguments hold a lone surrogate anywhere (a JSON `\\ud800`): the
+    database cannot store or even look one up, and no person types one. The field named is
+    the innermost key holding it."""
+    for field, value in _strings(values, ""):
+        if unstorable(value):
+            raise ValidationFailed(field or "input", "This text contains a broken character (a lone UTF-16 "
+                                                     "surrogate), which cannot be stored.")

@@ -34,3 +34,75 @@ def test_bad_replicas(value: int) -> None:
 def test_bad_images(image: str) -> None:
     with pytest.raises(ValidationFailed):
         validation.image(image)
+
+
+# Everything `int()` (or a hand-made digit check) would take or choke on, and no teacher types.
+NOT_NUMBERS = ["+-5", "+5", "²", "٣", "1_0", " 5 ", "5 ", "0x10", "1e3", "5.0", "", "-", "--5", "five",
+               "99999999999999999999", "1" * 5000, "\uff15", "5\n", "\x005"]
+
+
+@pytest.mark.parametrize("raw", NOT_NUMBERS)
+def test_the_number_parser_refuses_what_is_not_plain_digits(raw: str) -> None:
+    with pytest.raises(ValidationFailed) as error:
+        validation.whole_number(raw, field="memoryMib", minimum=0, maximum=10**18, label="Memory")
+    assert error.value.field == "memoryMib"
+    assert "whole number" in error.value.message
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("5", 5), ("0", 0), ("007", 7), (12, 12), ("-3", -3)])
+def test_the_number_parser_takes_digits_and_ints(raw: str | int, expected: int) -> None:
+    assert validation.whole_number(raw, field="n", minimum=-10, maximum=100) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "201", 0, 2**31, True, None, 1.5])
+def test_replicas_from_a_form_or_graphql_out_of_range_or_no_int(value: object) -> None:
+    with pytest.raises(ValidationFailed) as error:
+        validation.replicas(value, maximum=200)  # type: ignore[arg-type]
+    assert error.value.field == "replicas"
+
+
+def test_paging_is_refused_out_of_range_not_clamped() -> None:
+    assert validation.offset(None) == 0 and validation.offset("") == 0 and validation.offset("100") == 100
+    for bad in ("-1", "99999999999999999999", "1e3", str(validation.OFFSET_MAX + 1), -1):
+        with pytest.raises(ValidationFailed) as error:
+            validation.offset(bad)
+        assert error.value.field == "offset"
+    assert validation.limit(None, maximum=500) == 500
+    for bad in (0, 501, -1, "x"):
+        with pytest.raises(ValidationFailed) as error:
+            validation.limit(bad, maximum=500)
+        assert error.value.field == "limit"
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "a\x1bb", "line\nbreak", "tab\there", "a\u2028b", "a\ud800b",
+                                   "admin\u202egnp.exe", "a\u2066b", "a\x7fb", "a\x85b"])
+def test_one_line_text_refuses_control_surrogate_and_bidi_characters(value: str) -> None:
+    with pytest.raises(ValidationFailed) as error:
+        validation.title(value, fallback="x")
+    assert error.value.field == "title"
+
+
+def test_multiline_text_keeps_newlines_and_tabs_but_not_nul() -> None:
+    assert validation.description("one\r\ntwo\tthree") == "one\ntwo\tthree"
+    for bad in ("a\x00", "a\rb", "a\ud800", "a\u202eb"):
+        with pytest.raises(ValidationFailed) as error:
+            validation.description(bad)
+        assert error.value.field == "description"
+
+
+def test_text_has_a_length_limit_and_keeps_ordinary_unicode() -> None:
+    assert validation.title("Redes Neuronales — ñandú 🧪 👩‍🔬", fallback="x") == "Redes Neuronales — ñandú 🧪 👩‍🔬"
+    with pytest.raises(ValidationFailed):
+        validation.title("x" * (validation.TITLE_MAX_LENGTH + 1), fallback="x")
+
+
+def test_a_report_note_is_kept_with_the_unprintable_replaced() -> None:
+    assert validation.note("boom\x00\ud800 ok\nnext") == "boom\ufffd\ufffd ok\nnext"
+    assert len(validation.note("x" * 5000)) == validation.NOTE_MAX_LENGTH
+
+
+def test_storable_names_the_innermost_field_holding_a_lone_surrogate() -> None:
+    validation.storable({"input": {"title": "fine", "teachers": ["ana"]}})
+    with pytest.raises(ValidationFailed) as error:
+        validation.storable({"input": {"title": "fine", "teachers": ["ana", "b\udc00"]}})
+    assert error.value.field == "teachers"

@@ -3,14 +3,18 @@
 Domain errors keep their message and code (and `field` for VALIDATION_FAILED). A query over
 the depth, alias or token limits is QUERY_TOO_COMPLEX; introspection, where it is switched
 off, is FORBIDDEN. Other errors the GraphQL layer finds itself (a string where an Int
-belongs, an unknown field) are VALIDATION_FAILED. Anything else is INTERNAL with a generic
+belongs, an unknown field) are VALIDATION_FAILED, with `field` naming the argument or input
+field when the error is about one. Anything else is INTERNAL with a generic
 message; the details go to the log, not to the client.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
 
+from graphql import ArgumentNode, Node, ObjectFieldNode, VariableNode, Visitor, parse, visit
 from graphql.error import GraphQLError
 from strawberry.extensions import MaskErrors
 
@@ -28,6 +32,55 @@ _LIMITS = (("aliases found. Allowed", "QUERY_TOO_COMPLEX"),
 
 def _limit_code(message: str) -> str | None:
     return next((code for text, code in _LIMITS if text.lower() in message.lower()), None)
+
+
+# graphql-core's words for an argument of the wrong type, and where they name the argument.
+_VARIABLE = re.compile(r"Variable '\$(\w+)' (?:has|got) invalid value(?: at ([^:;]+))?")
+_NAMED = (re.compile(r"required field '(\w+)'"), re.compile(r"^Unknown argument '(\w+)'"),
+          re.compile(r"^Field '(\w+)' is not defined by type"), re.compile(r"^Argument '(\w+)'"))
+
+
+def _field_of(error: GraphQLError) -> str | None:
+    """The argument or input field a GraphQL validation error is about (the innermost name), so
+    a client learns which of its values was refused, as with the domain's own errors."""
+    variable = _VARIABLE.match(error.message)
+    if variable:
+        inner = re.findall(r"\.(\w+)", variable.group(2) or "")
+        if inner:
+            return str(inner[-1])
+        # The whole variable was refused: name the argument it is given to.
+        name = variable.group(1)
+        return _holder(error, lambda value: isinstance(value, VariableNode) and value.name.value == name) or name
+    for pattern in _NAMED:
+        named = pattern.search(error.message)
+        if named:
+            return named.group(1)
+    node = error.nodes[0] if error.nodes else None
+    if node is None or node.loc is None or not node.kind.endswith("_value"):
+        return None
+    # A literal of the wrong type: the innermost argument or input field whose value holds it.
+    start = node.loc.start
+    return _holder(error, lambda value: value.loc is not None and value.loc.start <= start < value.loc.end)
+
+
+def _holder(error: GraphQLError, holds: Callable[[Node], bool]) -> str | None:
+    """The name of the innermost argument or input field of the erring document whose value
+    `holds` says yes to."""
+    if error.source is None:
+        return None
+    found: list[tuple[int, str]] = []
+
+    class Holders(Visitor):
+        def enter(self, node: Node, *_: object) -> None:
+            value = getattr(node, "value", None)
+            if isinstance(node, ArgumentNode | ObjectFieldNode) and isinstance(value, Node) and holds(value):
+                found.append((value.loc.end - value.loc.start if value.loc else 0, node.name.value))
+
+    try:
+        visit(parse(error.source), Holders())
+    except GraphQLError:
+        return None
+    return min(found)[1] if found else None
 
 
 def coded(error: KubeKVMError) -> GraphQLError:
@@ -56,10 +109,13 @@ class ErrorCodes(MaskErrors):
         if error.extensions and "code" in error.extensions:
             return error
         if original is None or isinstance(original, GraphQLError):
-            code = _limit_code(error.message) or "VALIDATION_FAILED"
+            code = _limit_code(error.message)
+            extensions = {**(error.extensions or {}), "code": code or "VALIDATION_FAILED"}
+            field = None if code else _field_of(error)
+            if field:
+                extensions["field"] = field
             return GraphQLError(error.message, nodes=error.nodes, source=error.source,
-                                positions=error.positions, path=error.path,
-                                extensions={**(error.extensions or {}), "code": code})
+                                positions=error.positions, path=error.path, extensions=extensions)
         log.error("unexpected error in %s", error.path, exc_info=original)
         return GraphQLError("Internal error; the server log has the details.", nodes=error.nodes,
                             source=error.source, positions=error.positions, path=error.path,

@@ -4,19 +4,25 @@ may use it) and wraps the result in a GraphQL type; no rule of the platform live
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from datetime import datetime
 from typing import Any
 
 import strawberry
 from graphql.error import GraphQLError
-from strawberry.extensions import DisableIntrospection, MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions import (
+    DisableIntrospection,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    QueryDepthLimiter,
+    SchemaExtension,
+)
 from strawberry.types import ExecutionContext
 
-from kubekvm import models, streams
+from kubekvm import models, streams, validation
 from kubekvm.authorized import Authorized
 from kubekvm.config import Settings
-from kubekvm.errors import Forbidden, KubeKVMError
+from kubekvm.errors import Forbidden, KubeKVMError, ValidationFailed
 from kubekvm.graphql.errors import ErrorCodes, coded
 from kubekvm.graphql.types import (
     ApiToken,
@@ -394,6 +400,22 @@ class Subscription:
             yield ConsoleRequest.of(request)
 
 
+class StorableArguments(SchemaExtension):
+    """Refuses, before anything runs, a request whose variables hold a lone surrogate (JSON's
+    `"\\ud800"`): no resolver could store or even look it up (BSON cannot encode it), and it
+    would otherwise surface as an internal error. GraphQL's own string literals cannot hold one
+    (graphql-core's lexer refuses them); every other text rule is the domain's (`validation`)."""
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        try:
+            validation.storable(context.variables or {})
+        except ValidationFailed as error:
+            # Set before validation runs: strawberry then skips it and answers with this.
+            context.pre_execution_errors = [coded(error)]
+        yield
+
+
 class Schema(strawberry.Schema):
     def process_errors(self, errors: list[GraphQLError],
                        execution_context: ExecutionContext | None = None) -> None:
@@ -407,7 +429,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
     one request cannot ask for the same costly list hundreds of times), and introspection
     unless KUBEKVM_GRAPHQL_INTROSPECTION=0."""
     settings = settings or Settings()
-    extensions: list[Any] = [ErrorCodes, lambda: QueryDepthLimiter(max_depth=10),
+    extensions: list[Any] = [ErrorCodes, StorableArguments, lambda: QueryDepthLimiter(max_depth=10),
                              lambda: MaxTokensLimiter(max_token_count=5000),
                              lambda: MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases)]
     if not settings.graphql_introspection:

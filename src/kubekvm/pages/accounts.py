@@ -9,11 +9,12 @@ the page that made it.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from kubekvm import access
+from kubekvm import access, validation
 from kubekvm.access import Actor, ActorKind
 from kubekvm.accounts import Accounts
 from kubekvm.auth import actor_of, services_for, sign_in, sign_out
@@ -247,14 +248,11 @@ class AccountPages:
         services = services_for(request)
         query = request.query_params
         filters = {key: query.get(key, "").strip() for key in ("actor", "action", "target", "outcome")}
-        try:
-            offset = max(int(query.get("offset", "0") or 0), 0)
-        except ValueError:
-            offset = 0
+        offset = validation.offset(query.get("offset"))
         page = await services.audit_log(actor=filters["actor"] or None, action=filters["action"] or None,
                                         target=filters["target"] or None, outcome=filters["outcome"] or None,
                                         offset=offset, limit=AUDIT_PAGE)
-        shown = "&".join(f"{k}={v}" for k, v in filters.items() if v)
+        shown = urlencode({k: v for k, v in filters.items() if v})
         return self.renderer.page(request, "accounts/audit.html", {
             "section": "audit", "entries": page.items, "total": page.total, "filters": filters,
             "offset": offset, "page_size": AUDIT_PAGE, "query": shown,

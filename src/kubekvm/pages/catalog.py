@@ -16,7 +16,7 @@ from starlette.responses import Response
 from kubekvm import validation
 from kubekvm.errors import Conflict, KubeKVMError, ValidationFailed
 from kubekvm.models import ApiToken, Template, utcnow
-from kubekvm.pages.common import Flash, FormState, Renderer, is_htmx, text, whole_number
+from kubekvm.pages.common import Flash, FormState, Renderer, is_htmx, raw, text
 from kubekvm.pages.labs import services_of
 
 TEMPLATE_FIELDS = ("name", "title", "description", "os", "image", "vcpus", "memoryMib", "diskGib", "teachers")
@@ -43,7 +43,7 @@ class CatalogPages:
 
     async def create_template(self, request: Request) -> Response:
         form = await request.form()
-        state = FormState(values={key: text(form, key) for key in TEMPLATE_FIELDS})
+        state = FormState(values={key: raw(form, key) if key in SIZES else text(form, key) for key in TEMPLATE_FIELDS})
         sizes = _check(state, creating=True)
         if not state.errors:
             values = state.values
@@ -76,7 +76,7 @@ class CatalogPages:
         services = services_of(request)
         template = await services.get_template(str(request.path_params["name"]))
         form = await request.form()
-        state = FormState(values={key: text(form, key) for key in TEMPLATE_FIELDS})
+        state = FormState(values={key: raw(form, key) if key in SIZES else text(form, key) for key in TEMPLATE_FIELDS})
         state.values["name"] = template.name
         sizes = _check(state, creating=False)
         if not state.errors:
@@ -157,8 +157,7 @@ def _names(raw: str) -> list[str]:
 
 
 def _check(state: FormState, *, creating: bool) -> dict[str, int]:
-    """Every template field against the shared rules; sizes parsed here, their ranges are the
-    service's to judge."""
+    """Every template field against the shared rules, collecting all the messages."""
     values = state.values
     checks: list[Callable[[], object]] = [
         lambda: validation.title(values["title"], fallback=values["name"]),
@@ -176,7 +175,7 @@ def _check(state: FormState, *, creating: bool) -> dict[str, int]:
     sizes: dict[str, int] = {}
     for key, label in SIZES.items():
         try:
-            sizes[key] = whole_number(values[key], field=key, label=label)
+            sizes[key] = validation.template_size(values[key], field=key, label=label)
         except ValidationFailed as error:
             state.fail(error)
     return sizes

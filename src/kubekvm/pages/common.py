@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from kubekvm import __version__
+from kubekvm import __version__, validation
 from kubekvm.access import ActorKind, require_user
 from kubekvm.auth import CSRF_FIELD, CSRF_HEADER, CSRF_KEY, actor_of, csrf_token
 from kubekvm.config import Settings
@@ -97,12 +97,17 @@ def text(form: FormData, key: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def whole_number(raw: str, *, field: str, label: str) -> int:
-    """A form's number field as an int; the range is the service's to judge."""
-    cleaned = raw.strip().replace("_", "")
-    if cleaned.lstrip("+-").isdigit() and len(cleaned) <= 18:
-        return int(cleaned)
-    raise ValidationFailed(field, f"{label} must be a whole number.")
+def raw(form: FormData, key: str) -> str:
+    """A field exactly as sent (a number field: `validation.whole_number` judges all of it)."""
+    value = form.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def storable_form(form: FormData) -> None:
+    """ValidationFailed for a form holding a lone surrogate in any field (a multipart body can
+    declare a charset such as `unicode_escape` that makes one): it could be neither stored nor
+    looked up, nor even hashed as a password."""
+    validation.storable({key: value for key, value in form.multi_items() if isinstance(value, str)})
 
 
 def safe_next(raw: str, default: str) -> str:
@@ -262,8 +267,13 @@ class Renderer:
         does not handle itself into pages or flashes."""
 
         async def guarded(request: Request) -> Response:
-            if request.method not in ("GET", "HEAD") and not await csrf_ok(request):
-                return self.refuse_csrf(request)
+            if request.method not in ("GET", "HEAD"):
+                try:
+                    storable_form(await request.form())
+                except ValidationFailed as error:
+                    return self.page(request, "error.html", {"error": error, "status": 422}, status=422)
+                if not await csrf_ok(request):
+                    return self.refuse_csrf(request)
             actor = actor_of(request)
             if not public and actor.kind == ActorKind.ANONYMOUS:
                 return self.sign_in_first(request)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from markupsafe import escape
 
-from kubekvm import lifecycle
+from kubekvm import lifecycle, validation
 from kubekvm.authorized import Authorized
 from kubekvm.models import Deployment, DesiredState, LabEvent, Machine, ObservedState, Phase
 from kubekvm.pages.common import Renderer
@@ -117,15 +117,14 @@ class ListView:
 
     @classmethod
     def parse(cls, phase: str | None, offset: str | None) -> ListView:
+        """The view a query string asks for; ValidationFailed for an offset that is no number
+        or out of range (an unknown phase shows every phase)."""
         try:
             chosen = Phase(phase) if phase else None
         except ValueError:
             chosen = None
-        try:
-            start = max(int(offset or 0), 0)
-        except ValueError:
-            start = 0
-        return cls(phase=chosen, offset=start)
+        # A bad offset is refused (422, naming it), never reaches the database: see `validation`.
+        return cls(phase=chosen, offset=validation.offset(offset))
 
     @property
     def query(self) -> str:

@@ -25,10 +25,10 @@ from kubekvm.pages.common import (
     Renderer,
     hx_target,
     is_htmx,
+    raw,
     safe_next,
     set_flash,
     text,
-    whole_number,
 )
 from kubekvm.pages.fragments import (
     PAGE_SIZE,
@@ -143,7 +143,7 @@ class LabPages:
 
     async def create(self, request: Request) -> Response:
         form = await request.form()
-        state = FormState(values={key: text(form, key) for key in LAB_FIELDS})
+        state = FormState(values={key: text(form, key) for key in LAB_FIELDS} | {"replicas": raw(form, "replicas")})
         values = state.values
         replicas = self._check(state, name=values["name"], title=values["title"],
                                replicas=values["replicas"])
@@ -174,7 +174,7 @@ class LabPages:
         services = services_of(request)
         lab = await services.get_deployment(_name(request))
         form = await request.form()
-        state = FormState(values={key: text(form, key) for key in EDIT_FIELDS})
+        state = FormState(values={key: text(form, key) for key in EDIT_FIELDS} | {"replicas": raw(form, "replicas")})
         values = state.values
         replicas = self._check(state, name=None, title=values["title"], replicas=values["replicas"],
                                fallback=lab.name)
@@ -208,8 +208,7 @@ class LabPages:
         except ValidationFailed as error:
             state.fail(error)
         try:
-            count = whole_number(replicas, field="replicas", label="Replicas")
-            return validation.replicas(count, maximum=self.settings.max_replicas)
+            return validation.replicas(replicas, maximum=self.settings.max_replicas)
         except ValidationFailed as error:
             state.fail(error)
             return None
