@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint typecheck schema bench bench-quick
+.PHONY: run test lint typecheck schema bench bench-quick classday classday-quick
 
 run:
 	scripts/setup run
@@ -35,3 +35,15 @@ bench-quick:
 	scripts/setup test
 	scripts/libvirtd-up
 	$(BIN)/python -m benchmarks --quick
+
+# The class day (benchmarks/classday.py): the whole system under a sign-in burst and faults.
+# It boots QEMU guests: on a shared machine, run it under `flock /tmp/kubekvm-qemu.lock`.
+classday:
+	scripts/setup test
+	scripts/libvirtd-up
+	$(BIN)/python -m benchmarks.classday
+
+classday-quick:
+	scripts/setup test
+	scripts/libvirtd-up
+	$(BIN)/python -m benchmarks.classday --quick

@@ -36,7 +36,7 @@ from tests.support.processes import LOG_DIR, ROOT, VENV_BIN, Server, free_port
 
 from benchmarks import wrk
 from benchmarks.plan import Plan
-from benchmarks.stack import Database, add_template, database, graphql, kubekvm_server, unique
+from benchmarks.stack import Database, add_template, database, graphql, kubekvm_server, stop_process, unique
 from benchmarks.stats import median, summary
 from kubekvm.database import connect
 from kubekvm.models import Deployment, Machine, MachineSpec, ObservedState, OSFamily, Phase
@@ -97,12 +97,7 @@ def plain_app(db: Database, database_name: str, log: Path) -> Iterator[str]:
             time.sleep(0.1)
         yield f"{url}/labs"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def _same_answers(server: Server, plain_url: str, labs: int) -> None:

@@ -26,7 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.processes import ROOT, VENV_BIN, Child, Server, start_secantus, start_server
+from tests.support.processes import (
+    ROOT,
+    VENV_BIN,
+    Child,
+    Server,
+    free_port,
+    start_secantus,
+    start_server,
+    wait_for_mongo,
+)
 
 LIBVIRT_URI = "qemu:///system"
 WORK_ROOT = Path("/var/tmp/kubekvm-bench")
@@ -112,6 +121,17 @@ def sweep(uri: str = LIBVIRT_URI, *, run: Path | None = None) -> list[str]:
     return removed
 
 
+def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within ``timeout``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def stop_and_undefine(item: Any) -> None:
     """Destroys (if active) and undefines a libvirt domain or storage pool; either step may
     find it already done."""
@@ -156,6 +176,48 @@ def database() -> Iterator[Database]:
         child.stop()
 
 
+class DiskDatabase:
+    """A SecantusDB process with its data on disk, on a fixed port, so it can be SIGKILLed and
+    started again on the same data and address (the class-day run's "database fails over")."""
+
+    def __init__(self, storage: Path, log: Path) -> None:
+        self.storage = storage
+        self.log = log
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def start(self, *, timeout: float = 60.0) -> None:
+        self.storage.mkdir(parents=True, exist_ok=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [str(VENV_BIN / "secantusd-py"), "--host", "127.0.0.1", "--port", str(self.port),
+             "--storage-path", str(self.storage)],
+            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_for_mongo(self.uri, timeout=timeout, process=self.process)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush beyond what the storage engine already made durable."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
 @contextlib.contextmanager
 def kubekvm_server(db: Database, *, database_name: str | None = None,
                    env: dict[str, str] | None = None) -> Iterator[Server]:
@@ -193,21 +255,33 @@ class Agent:
     state_dir: Path
     log: Path
     extra: list[str] = field(default_factory=list)
+    libvirt_uri: str = LIBVIRT_URI
+    # More server replicas the agent tries in turn when the first does not answer.
+    fallbacks: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    token: str = ""
 
     def start(self) -> Agent:
-        token = self.server.host_token(self.host_name)
+        # One token for the agent's lifetime: a restart (after a kill) needs no server round trip.
+        self.token = self.token or self.server.host_token(self.host_name)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         # The token goes in the environment, not on the command line (ps shows arguments).
-        environment = {**os.environ, "KUBEKVM_HOST_TOKEN": token}
+        environment = {**os.environ, "KUBEKVM_HOST_TOKEN": self.token}
         self.process = subprocess.Popen(
-            [str(VENV_BIN / "kubekvm-agent"), "--server", self.server.url, "--host-name", self.host_name,
-             "--libvirt-uri", LIBVIRT_URI, "--image-dir", str(self.image_dir),
+            [str(VENV_BIN / "kubekvm-agent"), "--server", ",".join([self.server.url, *self.fallbacks]),
+             "--host-name", self.host_name, "--libvirt-uri", self.libvirt_uri, "--image-dir", str(self.image_dir),
              "--state-dir", str(self.state_dir), "--domain-type", "qemu", *self.extra],
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=environment,
+            env=environment, start_new_session=True,
         )
         return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would end it: no cleanup of any kind."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

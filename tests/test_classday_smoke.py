@@ -1,0 +1,47 @@
+"""The class-day run still holds: `python -m benchmarks.classday --quick` ends with every check met.
+
+The quick plan runs every step of `make classday` smaller (a few students, three simulated
+hosts, the real QEMU host, one server and one database kill, a few agent kills mid-provision),
+so CI sees the whole system converge under faults: the lab Active with every machine running,
+exactly the desired domains and overlays on every host, every subscriber and student page at
+the final state, nothing left after delete, and no failed request outside the kill windows.
+Only outcomes are asserted, never timings (the loop-probe target is judged by the full run).
+It boots real QEMU guests (TCG) through libvirtd: run it under `flock /tmp/kubekvm-qemu.lock`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from benchmarks.classday import QUICK
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.qemu
+
+
+@pytest.mark.timeout(200)
+def test_quick_class_day_converges_with_no_error_outside_the_kill_windows(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    run = subprocess.run([sys.executable, "-m", "benchmarks.classday", "--quick", "--out", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=190)
+    assert (out / "classday.json").is_file(), run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads((out / "classday.json").read_text())
+    summary = (out / "classday.txt").read_text()
+
+    assert "error" not in result, summary
+    failed = [check for check in result["checks"] if not check["ok"]]
+    assert not failed, summary
+    assert result["passed"] and run.returncode == 0, summary
+    # The faults really happened: one server replica, the database, and every agent kill.
+    kinds = [window["what"] for window in result["kill_windows"]]
+    assert kinds.count("server replica b SIGKILL") == 1, kinds
+    assert kinds.count("database SIGKILL") == 1, kinds
+    assert kinds.count("real agent SIGKILL") == QUICK.agent_kills, kinds
+    assert all(window["back_at_s"] is not None for window in result["kill_windows"]), result["kill_windows"]
+    assert result["failures_outside_windows"] == [], summary
+    assert result["figures"]["machines_on_real_host"] >= 1 and sum(result["placement"].values()) == QUICK.replicas
