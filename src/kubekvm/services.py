@@ -670,14 +670,14 @@ class Services:
         self, *, machine_id: str, host: str, state: ObservedState, message: str = "",
         power_generation: int | None = None,
     ) -> Machine:
+        if power_generation is not None:
+            validation.whole_number(power_generation, field="powerGeneration", minimum=0, maximum=2**63 - 1)
         machine = await Machine.get(object_id(machine_id, what="machine"))
         if machine is None or machine.retired:
             raise NotFound(f"There is no machine with id {machine_id}; it was removed.")
         if machine.host != host:
             raise Conflict(f"Machine {machine.name} is assigned to {machine.host or 'no host'}, not {host}.")
         message = validation.note(message)
-        if power_generation is not None:
-            validation.whole_number(power_generation, field="powerGeneration", minimum=0, maximum=2**63 - 1)
         seen = power_generation if power_generation is not None else machine.observed_power_generation
         unchanged = (machine.observed, machine.message, machine.observed_power_generation) == (
             state, message, seen)

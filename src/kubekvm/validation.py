@@ -186,23 +186,23 @@ def os_family(value: str) -> str:
     return value
 
 
-def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+def _strings(value: Any, field: str) -> Iterator[tuple[str, str]]:
     if isinstance(value, str):
-        yield path, value
+        yield field, value
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            yield from _strings(key, path)
-            yield from _strings(item, str(key) if isinstance(key, str) else path)
+            yield from _strings(key, field)
+            yield from _strings(item, str(key))
     elif isinstance(value, list | tuple):
         for item in value:
-            yield from _strings(item, path)
+            yield from _strings(item, field)
 
 
-def storable(values: Mapping[str, Any]) -> None:
-    """Refuse a request whose arguments hold a lone surrogate anywhere (a JSON `\\ud800`): the
-    database cannot store or even look one up, and no person types one. The field named is
-    the innermost key holding it."""
-    for field, value in _strings(values, ""):
-        if unstorable(value):
-            raise ValidationFailed(field or "input", "This text contains a broken character (a lone UTF-16 "
-                                                     "surrogate), which cannot be stored.")
+def storable(value: Any, *, field: str) -> None:
+    """Refuse a value (a string, or lists and mappings of them) holding a lone surrogate
+    anywhere, as a JSON `\\ud800` can: the database cannot store or even look one up, and no
+    person types one. The field named is the innermost mapping key holding it, else `field`."""
+    for where, text_ in _strings(value, field):
+        if unstorable(text_):
+            raise ValidationFailed(where, "This text contains a broken character (a lone UTF-16 surrogate), "
+                                          "which cannot be stored.")

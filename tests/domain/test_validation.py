@@ -102,7 +102,10 @@ def test_a_report_note_is_kept_with_the_unprintable_replaced() -> None:
 
 
 def test_storable_names_the_innermost_field_holding_a_lone_surrogate() -> None:
-    validation.storable({"input": {"title": "fine", "teachers": ["ana"]}})
+    validation.storable({"title": "fine", "teachers": ["ana"]}, field="input")
     with pytest.raises(ValidationFailed) as error:
-        validation.storable({"input": {"title": "fine", "teachers": ["ana", "b\udc00"]}})
+        validation.storable({"title": "fine", "teachers": ["ana", "b\udc00"]}, field="input")
     assert error.value.field == "teachers"
+    with pytest.raises(ValidationFailed) as error:
+        validation.storable(["a", "\ud800"], field="students")
+    assert error.value.field == "students"

@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Callable
 
-from graphql import ArgumentNode, Node, ObjectFieldNode, VariableNode, Visitor, parse, visit
+from graphql import ArgumentNode, DocumentNode, Node, ObjectFieldNode, VariableNode, Visitor, parse, visit
 from graphql.error import GraphQLError
 from strawberry.extensions import MaskErrors
 
@@ -50,7 +50,7 @@ def _field_of(error: GraphQLError) -> str | None:
             return str(inner[-1])
         # The whole variable was refused: name the argument it is given to.
         name = variable.group(1)
-        return _holder(error, lambda value: isinstance(value, VariableNode) and value.name.value == name) or name
+        return argument_of(_document(error), name) or name
     for pattern in _NAMED:
         named = pattern.search(error.message)
         if named:
@@ -60,13 +60,25 @@ def _field_of(error: GraphQLError) -> str | None:
         return None
     # A literal of the wrong type: the innermost argument or input field whose value holds it.
     start = node.loc.start
-    return _holder(error, lambda value: value.loc is not None and value.loc.start <= start < value.loc.end)
+    return _holder(_document(error), lambda value: value.loc is not None and value.loc.start <= start < value.loc.end)
 
 
-def _holder(error: GraphQLError, holds: Callable[[Node], bool]) -> str | None:
-    """The name of the innermost argument or input field of the erring document whose value
-    `holds` says yes to."""
-    if error.source is None:
+def _document(error: GraphQLError) -> DocumentNode | None:
+    try:
+        return parse(error.source) if error.source is not None else None
+    except GraphQLError:
+        return None
+
+
+def argument_of(document: DocumentNode | None, variable: str) -> str | None:
+    """The argument or input field that variable `$variable` is given to in `document`."""
+    return _holder(document, lambda value: isinstance(value, VariableNode) and value.name.value == variable)
+
+
+def _holder(document: DocumentNode | None, holds: Callable[[Node], bool]) -> str | None:
+    """The name of the innermost argument or input field of `document` whose value `holds`
+    says yes to."""
+    if document is None:
         return None
     found: list[tuple[int, str]] = []
 
@@ -76,10 +88,7 @@ def _holder(error: GraphQLError, holds: Callable[[Node], bool]) -> str | None:
             if isinstance(node, ArgumentNode | ObjectFieldNode) and isinstance(value, Node) and holds(value):
                 found.append((value.loc.end - value.loc.start if value.loc else 0, node.name.value))
 
-    try:
-        visit(parse(error.source), Holders())
-    except GraphQLError:
-        return None
+    visit(document, Holders())
     return min(found)[1] if found else None
 
 

@@ -23,7 +23,7 @@ from kubekvm import models, streams, validation
 from kubekvm.authorized import Authorized
 from kubekvm.config import Settings
 from kubekvm.errors import Forbidden, KubeKVMError, ValidationFailed
-from kubekvm.graphql.errors import ErrorCodes, coded
+from kubekvm.graphql.errors import ErrorCodes, argument_of, coded
 from kubekvm.graphql.types import (
     ApiToken,
     Assignment,
@@ -409,7 +409,8 @@ class StorableArguments(SchemaExtension):
     def on_validate(self) -> Iterator[None]:
         context = self.execution_context
         try:
-            validation.storable(context.variables or {})
+            for variable, value in (context.variables or {}).items():
+                validation.storable(value, field=argument_of(context.graphql_document, variable) or variable)
         except ValidationFailed as error:
             # Set before validation runs: strawberry then skips it and answers with this.
             context.pre_execution_errors = [coded(error)]

@@ -107,7 +107,9 @@ def storable_form(form: FormData) -> None:
     """ValidationFailed for a form holding a lone surrogate in any field (a multipart body can
     declare a charset such as `unicode_escape` that makes one): it could be neither stored nor
     looked up, nor even hashed as a password."""
-    validation.storable({key: value for key, value in form.multi_items() if isinstance(value, str)})
+    for key, value in form.multi_items():
+        if isinstance(value, str):
+            validation.storable(value, field=key)
 
 
 def safe_next(raw: str, default: str) -> str:
