@@ -12,7 +12,9 @@ the same pass after a crash or a restart does the right thing. Per machine:
   the assignment's. A guest that powered itself off is reported ``shutoff`` and stays off
   until the server asks again with a new generation; a never-started domain records
   ``NEVER_POWERED`` and so always starts;
-- stopped: press the ACPI button, and destroy the domain once the grace period is over;
+- stopped: press the ACPI button (again every ``ACPI_PRESS_INTERVAL``: a guest still booting
+  at the first press had nothing listening to it yet), and destroy the domain once the grace
+  period is over;
 - absent: destroy, delete the overlay, undefine (in that order: a crash in between leaves a
   domain that still says whose it was, never an unowned overlay reused by a new machine).
 
@@ -56,6 +58,12 @@ class Outcome(NamedTuple):
     state: ObservedState
     message: str | None
     power_generation: int | None = None
+
+# A guest hears the power button only once its ACPI button driver (and, on most systems, a
+# daemon such as acpid or logind) is up; a press before that is lost, and a stop asked while
+# the guest boots would wait out the whole grace and end forced off. So the button is pressed
+# again at this interval until the guest goes or the grace is over (as OpenStack Nova does).
+ACPI_PRESS_INTERVAL = 10.0
 
 
 @dataclass
@@ -101,6 +109,7 @@ class Reconciler:
         self._workers: dict[str, _Worker] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._stop_deadlines: dict[str, float] = {}
+        self._next_presses: dict[str, float] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._reported: dict[str, StateReport] = {}
         # Messages worth keeping while the state they explain lasts ("forced off ...").
@@ -450,15 +459,18 @@ class Reconciler:
                 if deadline is not None:
                     message = f"forced off: no ACPI shutdown within {self.stop_grace:g} s"
                     self._notes[assignment.machine_id] = ("shutoff", message)
-            elif deadline is None:
-                await self.hypervisor.shutdown(name)
-                deadline = loop.time() + self.stop_grace
-                self._stop_deadlines[name] = deadline
-                self._timers[name] = loop.call_at(
-                    deadline, self._poke_machine, assignment.machine_id
-                )
-                return f"shutting down; forcing off after {self.stop_grace:g} s"
             else:
+                now = loop.time()
+                next_press = self._next_presses.get(name, now)
+                if now >= next_press:
+                    await self.hypervisor.shutdown(name)
+                    next_press = loop.time() + ACPI_PRESS_INTERVAL
+                    self._next_presses[name] = next_press
+                if deadline is None:  # the grace runs from the first press that went through
+                    deadline = loop.time() + self.stop_grace
+                    self._stop_deadlines[name] = deadline
+                # The next press, or the end of the grace: a pass then looks again.
+                self._set_timer(name, min(next_press, deadline), assignment.machine_id)
                 return f"shutting down; forcing off after {self.stop_grace:g} s"
         else:
             self._cancel_stop(name)
@@ -468,8 +480,15 @@ class Reconciler:
             )
         return message
 
+    def _set_timer(self, name: str, when: float, machine_id: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        self._timers[name] = asyncio.get_running_loop().call_at(when, self._poke_machine, machine_id)
+
     def _cancel_stop(self, name: str) -> None:
         self._stop_deadlines.pop(name, None)
+        self._next_presses.pop(name, None)
         timer = self._timers.pop(name, None)
         if timer is not None:
             timer.cancel()

@@ -22,6 +22,7 @@ from typing import Any
 
 import libvirt
 import pytest
+from tests.support.waiting import wait_until_async
 
 from agent.domain_xml import parse_machine_metadata
 from agent.tiny_linux import MARKER
@@ -42,11 +43,7 @@ def our_domains(prefix: str) -> dict[str, int]:
 
 
 async def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    await wait_until_async(predicate, timeout=timeout, what=what)
 
 
 def booted(site: Any, domain: str, hostname: str) -> bool:
@@ -113,8 +110,7 @@ async def test_a_guest_powering_itself_off_is_reported_within_a_second(
     assert booted(qemu_site, machine.domain_name, f"{lab}-0")
     # Desired is still running, but the server did not ask again: the guest stays off.
     await rig.reconciler.resync()
-    await rig.reconciler.wait_idle()
-    await asyncio.sleep(0.5)
+    await rig.reconciler.wait_idle()  # the resync's passes are over: a start would have happened
     assert our_domains(machine.domain_name)[machine.domain_name] == libvirt.VIR_DOMAIN_SHUTOFF
 
 
@@ -147,6 +143,25 @@ async def test_acpi_stop_and_force_off_after_the_grace(
     assert "forced off" in (rig.reports.latest(stubborn.machine_id)[1] or "")
     states = our_domains(f"kubekvm-{lab}")
     assert set(states.values()) == {libvirt.VIR_DOMAIN_SHUTOFF}
+
+
+async def test_a_stop_asked_while_the_guest_boots_is_a_clean_acpi_shutdown(
+    make_qemu_rig: Make, make_assignment: Make, qemu_site: Any, lab: str
+) -> None:
+    """The first press of the power button comes before the booting guest listens to it (the
+    stop follows the start at once): the button is pressed again, and the guest shuts down
+    cleanly long before the grace would force it off."""
+    rig = await make_qemu_rig(stop_grace=60.0)
+    machine = make_assignment(lab, 0, memory_mib=96)
+    rig.reconciler.replace_desired([machine])
+    await rig.reports.wait_states({machine.machine_id: "running"}, timeout=30)
+    assert not booted(qemu_site, machine.domain_name, f"{lab}-0"), "booted before the stop: no race to test"
+    started = time.monotonic()
+    rig.reconciler.update_desired([replace(machine, desired="stopped", power_generation=2)])
+    await rig.reports.wait(lambda: rig.reports.state(machine.machine_id) == "shutoff", timeout=45)
+    assert rig.reports.latest(machine.machine_id) == ("shutoff", None), "forced off, not shut down"
+    assert time.monotonic() - started < 45
+    assert booted(qemu_site, machine.domain_name, f"{lab}-0"), "it shut down only once it listened"
 
 
 def graphql_payload(assignment: Any) -> dict[str, object]:
@@ -185,7 +200,7 @@ async def test_sigkill_at_random_moments_then_restart_converges(
     for generation in range(10):
         write_spec(generation)
         process = subprocess.Popen(harness, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        await asyncio.sleep(chance.uniform(0.3, 1.5))
+        await asyncio.sleep(chance.uniform(0.3, 1.5))  # not synchronisation: a random moment to kill
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1
