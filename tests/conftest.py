@@ -1,4 +1,5 @@
-"""Shared fixtures: real database servers and real `kubekvm serve` processes."""
+"""Shared fixtures: real database servers and real `kubekvm serve` processes; and the hooks
+that fail a run on a skip not in tests/skip-allowlist.txt (`tests.support.skips`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,15 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.support.processes import Server, start_mongoeco, start_secantus, start_server
+
+# Every skip is printed with its reason, and one not in tests/skip-allowlist.txt fails the run.
+from tests.support.skips import (  # noqa: F401 (pytest finds hooks by name)
+    pytest_collectreport,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    pytest_sessionstart,
+    pytest_terminal_summary,
+)
 
 
 @pytest.fixture(scope="session")
