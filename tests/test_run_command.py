@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.support.processes import ROOT, free_port
+from tests.support.waiting import wait_until
 
 
 def start_make_run(clone: Path, port: int, *, agent: str = "none") -> subprocess.Popen[bytes]:
@@ -36,15 +37,16 @@ def start_make_run(clone: Path, port: int, *, agent: str = "none") -> subprocess
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes], *, timeout: float) -> float:
     started = time.monotonic()
-    while time.monotonic() - started < timeout:
+
+    def healthy() -> bool:
         assert process.poll() is None, "make run exited early"
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).text == "ok":
-                return time.monotonic() - started
+            return httpx.get(f"{url}/healthz", timeout=1).text == "ok"
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"not healthy within {timeout} s")
+            return False
+
+    wait_until(healthy, timeout=timeout, interval=0.2, what=f"{url}/healthz to answer ok")
+    return time.monotonic() - started
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -58,14 +60,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 def create_first_admin(clone: Path, url: str, name: str, password: str) -> str:
     """Follow the one-time setup link `make run` logged; returns its code."""
-    found = None
-    for _ in range(50):
-        found = re.search(r"open (http://\S+/setup\?code=(\S+)) to create the first one",
-                          (clone / "run.log").read_text())
-        if found:
-            break
-        time.sleep(0.1)
-    assert found, "no setup link in the log"
+    found = wait_until(lambda: re.search(r"open (http://\S+/setup\?code=(\S+)) to create the first one",
+                                         (clone / "run.log").read_text()),
+                       timeout=5, what="the setup link in the log")
     with httpx.Client(timeout=30) as setup:
         form = setup.get(found.group(1))
         assert form.status_code == 200
@@ -163,15 +160,11 @@ def test_make_run_starts_a_local_agent_and_labs_become_active(tmp_path: Path) ->
                 assert not body.get("errors"), body
                 return body["data"]  # type: ignore[no-any-return]
 
-            deadline = time.monotonic() + 30
-            while not any(h["ready"] for h in graphql("{ hosts { name ready } }")["hosts"]):
-                assert time.monotonic() < deadline, "the local agent never registered"
-                time.sleep(0.2)
+            wait_until(lambda: any(h["ready"] for h in graphql("{ hosts { name ready } }")["hosts"]),
+                       timeout=30, interval=0.2, what="the local agent to register")
             graphql('mutation { createDeployment(input: {name: "demo", template: "tiny-linux", replicas: 3}) { name } }')
-            deadline = time.monotonic() + 30
-            while graphql('{ deployment(name: "demo") { phase } }')["deployment"]["phase"] != "ACTIVE":
-                assert time.monotonic() < deadline, "the demo lab never became Active"
-                time.sleep(0.2)
+            wait_until(lambda: graphql('{ deployment(name: "demo") { phase } }')["deployment"]["phase"] == "ACTIVE",
+                       timeout=30, interval=0.2, what="the demo lab to become Active")
     finally:
         stop(process)
     log = (clone / "run.log").read_text()

@@ -60,7 +60,7 @@ class Reports:
         while not predicate():
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out; reports so far: {self.states[-12:]}")
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # the poll interval
 
     async def wait_states(
         self, expected: dict[str, ObservedState], *, timeout: float = 10.0

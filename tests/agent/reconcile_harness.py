@@ -54,7 +54,7 @@ async def main(spec_path: str) -> None:
             for status in statuses
         ):
             break
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # the poll interval; the test's subprocess timeout is the deadline
     print("CONVERGED", flush=True)
     await reconciler.close()
     await hypervisor.close()

@@ -23,6 +23,7 @@ import pytest
 import strawberry
 import uvicorn
 from strawberry.asgi import GraphQL
+from tests.support.waiting import wait_until_async
 
 from agent.assignment import Assignment
 from agent.client import HostFacts, ServerClient, backoff_delay, websocket_url
@@ -220,8 +221,8 @@ class ServerProcess:
                                 log_level="warning", lifespan="off")
         self.server = uvicorn.Server(config)
         self.task = asyncio.create_task(self.server.serve())
-        while not self.server.started:
-            await asyncio.sleep(0.01)
+        server = self.server
+        await wait_until_async(lambda: server.started, timeout=10, what=f"uvicorn on port {self.port} to start")
 
     async def stop(self) -> None:
         assert self.server is not None and self.task is not None
@@ -254,9 +255,9 @@ def assignment_type(machine_id: str, index: int, *, desired: str = "RUNNING",
 
 
 async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
+    code = predicate.__code__  # the awaited condition, named by where it is written
+    await wait_until_async(predicate, timeout=timeout, interval=0.02,
+                           what=f"the condition at {Path(code.co_filename).name}:{code.co_firstlineno}")
 
 
 @pytest.fixture

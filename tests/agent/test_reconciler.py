@@ -257,7 +257,7 @@ class CountingHypervisor(Hypervisor):
         self.most_active = max(self.most_active, self.active)
         self.calls.append((name, action))
         try:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # not synchronisation: a slow libvirt, so steps could overlap
             await work
         finally:
             self.active -= 1
@@ -297,6 +297,8 @@ async def test_one_machines_steps_run_in_order_and_end_at_the_latest_wish(
     rig.reconciler.replace_desired([machine])
     # Change the wish repeatedly while the first pass is still working.
     for generation, desired in [(2, "stopped"), (3, "running"), (4, "stopped"), (5, "running")]:
+        # Not synchronisation: the wishes land at moments spread over the first pass's steps;
+        # what is asserted holds whichever step each lands on.
         await asyncio.sleep(0.03)
         rig.reconciler.update_desired(
             [replace(machine, desired=desired, power_generation=generation)]

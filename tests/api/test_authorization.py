@@ -224,14 +224,23 @@ async def _subscribe(ctx: Context, who: str, entry: Entry) -> str:
                 return
 
         task = asyncio.create_task(follow())
-        await asyncio.sleep(0.3)
-        if not task.done() and "deploymentEvents" in entry.query:
-            # An allowed subscriber hears the next change of the lab.
-            await asyncio.to_thread(ctx.admin, f'mutation {{ updateDeployment(name: "{LAB}", '
-                                               f'input: {{title: "MX {who}"}}) {{ name }} }}')
-        if not task.done() and "consoleRequests" in entry.query:
-            # An allowed subscriber hears of the next console asked of its host.
-            await asyncio.to_thread(_request_console, ctx)
+        # A refusal comes at once. An allowed subscriber of changes hears the next one, but
+        # graphql-transport-ws does not say when the server has registered it: the change is
+        # made again until the subscriber hears one.
+        await asyncio.wait({task}, timeout=0.3)
+        for poke in range(30):
+            if task.done():
+                break
+            if "deploymentEvents" in entry.query:
+                # An allowed subscriber hears the next change of the lab.
+                await asyncio.to_thread(ctx.admin, f'mutation {{ updateDeployment(name: "{LAB}", '
+                                                   f'input: {{title: "MX {who} {poke}"}}) {{ name }} }}')
+            elif "consoleRequests" in entry.query:
+                # An allowed subscriber hears of the next console asked of its host.
+                await asyncio.to_thread(_request_console, ctx)
+            else:
+                break
+            await asyncio.wait({task}, timeout=0.3)
         try:
             await asyncio.wait_for(task, timeout=10)
         except TransportQueryError as error:

@@ -6,7 +6,7 @@ The host side is played by these tests through the agent's own mutations
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,8 @@ def count_labs(server: Server) -> int:
 
 
 CREATE = "mutation($i: DeploymentInput!) { createDeployment(input: $i) { name } }"
+# A harmless change to a lab, made until a subscriber hears it (the proof it is subscribed).
+RETITLE = "mutation($n: String!, $t: String!) { updateDeployment(name: $n, input: {title: $t}) { name } }"
 
 
 @pytest.mark.parametrize(("field", "value", "code"), [
@@ -257,9 +259,12 @@ async def test_deployment_events_cross_server_replicas(start_kubekvm: Callable[.
     """Two server processes on one database: a mutation on one reaches a subscriber of the other."""
     first = start_kubekvm()
     second = start_kubekvm(database_name=first.database_name)
+    data(first.graphql(CREATE, {"i": {"name": "across-probe", "template": "redes-neuronales", "replicas": 1}}))
+    titles = itertools.count()
     async with websocket_session(second.ws_url, second.admin_token) as session:
         events = Subscriber(session, "subscription { deploymentEvents { kind lab deployment { phase } machine { name observed } } }")
-        await asyncio.sleep(0.3)  # the subscription is registered once the server has its first message
+        await events.until_live(lambda: data(first.graphql(RETITLE, {"n": "across-probe", "t": f"probe {next(titles)}"})),
+                                lambda r: r["deploymentEvents"]["lab"] == "across-probe")
         data(first.graphql(CREATE, {"i": {"name": "across", "template": "redes-neuronales", "replicas": 2}}))
         lab_event = await events.wait_for(lambda r: r["deploymentEvents"]["kind"] == "LAB_CHANGED"
                                           and r["deploymentEvents"]["lab"] == "across")
@@ -272,11 +277,15 @@ async def test_deployment_events_cross_server_replicas(start_kubekvm: Callable[.
 async def test_deployment_events_for_one_lab_and_unknown_lab(server: Server) -> None:
     data(server.graphql(CREATE, {"i": {"name": "watched", "template": "redes-neuronales", "replicas": 1}}))
     async with websocket_session(server.ws_url, server.admin_token) as session:
-        events = Subscriber(session, "subscription($n: String) { deploymentEvents(name: $n) { kind lab } }", n="watched")
-        await asyncio.sleep(0.3)
+        events = Subscriber(session, "subscription($n: String) { deploymentEvents(name: $n) { kind lab deployment { power } } }",
+                            n="watched")
+        titles = itertools.count()
+        await events.until_live(lambda: data(server.graphql(RETITLE, {"n": "watched", "t": f"probe {next(titles)}"})),
+                                lambda r: r["deploymentEvents"]["kind"] == "LAB_CHANGED")
         data(server.graphql(CREATE, {"i": {"name": "other", "template": "redes-neuronales", "replicas": 1}}))
         data(server.graphql("mutation { stopDeployment(name: \"watched\") { name } }"))
-        await events.wait_for(lambda r: r["deploymentEvents"]["kind"] == "LAB_CHANGED")
+        await events.wait_for(lambda r: r["deploymentEvents"]["kind"] == "LAB_CHANGED"
+                              and r["deploymentEvents"]["deployment"]["power"] == "STOPPED")
         assert {r["deploymentEvents"]["lab"] for r in events.results} == {"watched"}
         await events.close()
     async with websocket_session(server.ws_url, server.admin_token) as session:

@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.pages.fake_host import FakeHost, data
 from tests.support.graphql import websocket_session
 from tests.support.processes import Server
+from tests.support.waiting import wait_until_async
 
 HOST = "console-host"
 LAB = "cons"
@@ -103,20 +104,46 @@ class StandInAgent:
                 await display.send(message)
 
 
+def _probe_request(world: World, session: str, *, remove: bool = False) -> None:
+    """A console request of the host written straight into the database (as a replica writes
+    one), for no user's console: the stand-in hears it once it follows the requests."""
+    with MongoClient(world.server.database_uri) as client:
+        sessions = client[world.server.database_name]["console_sessions"]
+        if remove:
+            sessions.delete_one({"session": session})
+            return
+        now = datetime.now(UTC)
+        sessions.insert_one({
+            "session": session, "machine": f"{LAB}-1", "machine_id": "probe", "deployment": LAB, "index": 1,
+            "host": HOST, "user": "stand-in-probe", "replica": world.server.url, "state": "requested",
+            "opened_at": now, "lease_until": now + timedelta(seconds=60)})
+
+
 @contextlib.asynccontextmanager
 async def stand_in(world: World, behaviour: str = "echo") -> AsyncIterator[StandInAgent]:
     agent = StandInAgent(world, behaviour)
+    probe = f"stand-in-probe-{time.monotonic_ns()}"
+    following = asyncio.Event()
     async with websocket_session(world.server.ws_url, world.host_token) as session:
         async def follow() -> None:
             query = f'subscription {{ consoleRequests(host: "{HOST}") {{ session machine url }} }}'
             async for result in session.subscribe(GraphQLRequest(query)):
+                if result["consoleRequests"]["session"] == probe:
+                    following.set()
+                    continue
                 agent.requests.append(result["consoleRequests"])
                 if behaviour != "ignore":
                     agent._tasks.append(asyncio.create_task(agent.serve(result["consoleRequests"])))
 
         follower = asyncio.create_task(follow())
-        await asyncio.sleep(0.3)  # subscribed
         try:
+            # Subscribed once the probe request arrives (the subscription starts with the
+            # requests still waiting, so one written before it registered arrives too).
+            await asyncio.to_thread(_probe_request, world, probe)
+            try:
+                await asyncio.wait_for(following.wait(), timeout=20)
+            finally:
+                await asyncio.to_thread(_probe_request, world, probe, remove=True)
             yield agent
         finally:
             for task in [follower, *agent._tasks]:
@@ -152,12 +179,9 @@ async def test_a_console_pipes_bytes_both_ways_and_is_audited(world: World) -> N
         assert agent.requests[0]["url"].startswith(world.server.url + "/consoles/agent/")
     opened = await asyncio.to_thread(audit, world, "openConsole", f"machine:{LAB}-1")
     assert opened[0]["actor"] == "cstu1" and opened[0]["outcome"] == "ok"
-    closed: list[dict[str, Any]] = []
-    for _ in range(50):  # the close is recorded as the server notices the browser left
-        closed = await asyncio.to_thread(audit, world, "closeConsole", f"machine:{LAB}-1")
-        if closed:
-            break
-        await asyncio.sleep(0.1)
+    # The close is recorded as the server notices the browser left.
+    closed = await wait_until_async(lambda: asyncio.to_thread(audit, world, "closeConsole", f"machine:{LAB}-1"),
+                                    timeout=5, interval=0.1, what="the console's close in the audit log")
     assert closed and "closed by the browser" in closed[0]["message"], closed
     assert f"{len(marker)} bytes to the machine" in closed[0]["message"]
     log = world.server.child.log.read_bytes()
@@ -176,7 +200,9 @@ async def test_a_ticket_opens_one_console_once(world: World) -> None:
 
 async def test_an_expired_ticket_is_refused(world: World) -> None:
     ticket = await asyncio.to_thread(world.good_ticket, "cstu1", f"{LAB}-1")
-    await asyncio.sleep(3.5)  # KUBEKVM_CONSOLE_TICKET_SECONDS=3
+    # Not synchronisation: the ticket's age is what is tested (KUBEKVM_CONSOLE_TICKET_SECONDS=3),
+    # and a ticket cannot be probed for expiry without spending it.
+    await asyncio.sleep(3.5)
     async with world.socket(ticket, "cstu1") as socket:
         assert await close_of(socket) == (4401, "This console link has expired or was used already: reconnect "
                                                 "for a new one.")
@@ -257,10 +283,7 @@ async def test_the_agents_verdict_reaches_the_browser(world: World) -> None:
 async def test_only_the_hosts_agent_may_dial_in(world: World) -> None:
     async with stand_in(world, "ignore") as agent:
         async with world.socket(await asyncio.to_thread(world.good_ticket, "cstu1", f"{LAB}-1"), "cstu1") as socket:
-            for _ in range(50):
-                if agent.requests:
-                    break
-                await asyncio.sleep(0.05)
+            await wait_until_async(lambda: agent.requests, timeout=5, what="the console request to reach the agent")
             url = agent.requests[0]["url"].replace("http://", "ws://")
             other_host = await asyncio.to_thread(world.server.host_token, "another-host")
             for token in (None, world.tokens["cstu1"], world.server.admin_token, other_host):
@@ -293,12 +316,9 @@ async def test_one_person_has_a_limited_number_of_consoles(world: World) -> None
             async with world.socket(await asyncio.to_thread(world.good_ticket, "ctea", f"{LAB}-1"), "ctea") as theirs:
                 assert await theirs.recv() == GREETING
         # Closed consoles free their places.
-        for _ in range(50):
-            if (await asyncio.to_thread(world.ticket, "cstu1", f"{LAB}-1")).status_code == 200:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("closing the consoles did not free their places")
+        async def free() -> bool:
+            return (await asyncio.to_thread(world.ticket, "cstu1", f"{LAB}-1")).status_code == 200
+        await wait_until_async(free, timeout=5, interval=0.1, what="closing the consoles to free their places")
 
 
 async def test_a_console_without_input_is_closed(world: World) -> None:
@@ -311,7 +331,7 @@ async def test_a_console_without_input_is_closed(world: World) -> None:
                 with contextlib.suppress(ConnectionClosed):
                     while True:
                         await socket.send(frame)
-                        await asyncio.sleep(0.4)
+                        await asyncio.sleep(0.4)  # not synchronisation: a steady stream of frames
 
             # Screen refreshes alone are not input; a pointer moving is.
             keepers = [asyncio.create_task(keep(idle, FRAMEBUFFER_UPDATE_REQUEST)),
@@ -319,6 +339,7 @@ async def test_a_console_without_input_is_closed(world: World) -> None:
             code, reason = await close_of(idle)
             assert code == 4408 and "without keyboard or mouse input" in (reason or "")
             assert 2.5 < time.monotonic() - started < 6  # KUBEKVM_CONSOLE_IDLE_TIMEOUT=3
+            # Not synchronisation: time passing is the test, busy must outlive the idle timeout.
             await asyncio.sleep(1.5)
             await busy.send(POINTER_EVENT)  # still open
             assert busy.close_code is None

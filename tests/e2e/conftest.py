@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import pytest
 
 from tests.support.processes import LOG_DIR, VENV_BIN, Server
 from tests.support.qemu import QEMU_URI, build_tiny_linux, ensure_libvirtd, scratch_dir, traversable_dir
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="session")
@@ -125,17 +125,6 @@ def destroy_test_domains(prefix: str = "kubekvm-e2e") -> None:
 
 def unique_lab() -> str:
     return f"e2e{uuid.uuid4().hex[:6]}"
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.1, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}: last={last!r}")
 
 
 def gql(server: Server, query: str, **variables: Any) -> dict[str, Any]:

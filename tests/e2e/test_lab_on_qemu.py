@@ -100,7 +100,7 @@ def test_agent_killed_at_random_moments_converges(start_kubekvm: Callable[..., S
     gql(server, "mutation($n: String!) { createDeployment(input: {name: $n, template: \"tiny-linux\", replicas: 6}) { name } }", n=lab)
     rng = random.Random(7)
     for _ in range(10):
-        time.sleep(rng.uniform(0.05, 1.5))
+        time.sleep(rng.uniform(0.05, 1.5))  # not synchronisation: the kill lands at a random moment
         agent.kill()
         agent = agents(server, state, images, host_name=host)
     wait_until(lambda: phase(server, lab) == "ACTIVE", timeout=180, what="lab Active after the kills")
@@ -128,15 +128,17 @@ def test_server_restart_while_the_agent_runs(start_kubekvm: Callable[..., Server
     conn = libvirt.open("qemu:///system")
     ids_before = conn.lookupByName(f"kubekvm-{lab}-1").ID()
     port = int(first.url.rsplit(":", 1)[1])
-    first.stop()
-    time.sleep(1.0)
+    first.stop()  # returns once the process is gone, its port free
     second = start_server(database_uri=first.database_uri, database_name=first.database_name, port=port)
     try:
         # the agent reconnects by itself and keeps reporting: a stop request is carried out
         wait_host_ready(second, agent.host_name, timeout=60)
         assert conn.lookupByName(f"kubekvm-{lab}-1").ID() == ids_before, "the VM was restarted"
         gql(second, "mutation($n: String!) { stopDeployment(name: $n) { name } }", n=lab)
-        wait_until(lambda: phase(second, lab) == "INACTIVE", timeout=60, what="stopped through the new server")
+        # The first press of the power button may come before the guest listens to it: the agent
+        # presses again, so this is well within the 60 s grace after which it would force it off.
+        wait_until(lambda: phase(second, lab) == "INACTIVE", timeout=60, what="stopped through the new server",
+                   detail=lambda: lab_state(second, lab))
         gql(second, "mutation($n: String!) { deleteDeployment(name: $n) { name } }", n=lab)
         wait_until(lambda: lab_state(second, lab) is None, timeout=60, what="deleted")
     finally:
@@ -181,7 +183,8 @@ def test_agent_fails_over_when_a_server_replica_dies(start_kubekvm: Callable[...
     wait_host_ready(first, agent.host_name)
     lab = unique_lab()
     gql(first, "mutation($n: String!) { createDeployment(input: {name: $n, template: \"tiny-linux\", replicas: 4}) { name } }", n=lab)
-    time.sleep(0.5)  # the agent is at work on the assignments it got from the first replica
+    # The agent is at work on the assignments it got from the first replica.
+    wait_until(lambda: domains(f"kubekvm-{lab}-"), timeout=60, what="the agent's first domains of the lab")
     first.stop(signal.SIGKILL)
     wait_until(lambda: phase(second, lab) == "ACTIVE", timeout=120, what="lab Active through the second replica")
     assert len(domains(f"kubekvm-{lab}-")) == 4

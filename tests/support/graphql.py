@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from gql import Client, GraphQLRequest
@@ -54,6 +54,24 @@ class Subscriber:
                         raise AssertionError("subscription ended")
                     await self._changed.wait()
         return await asyncio.wait_for(scan(), timeout)
+
+    async def until_live(self, poke: Callable[[], object], predicate: Callable[[dict[str, Any]], bool], *,
+                         timeout: float = 20.0, interval: float = 0.3) -> dict[str, Any]:
+        """Proof that the subscription is registered on the server: graphql-transport-ws
+        acknowledges nothing, so `poke` (a blocking call, run in a thread) makes a change and is
+        repeated every `interval` until a result satisfying `predicate` arrives, which is
+        returned. Changes after that reach this subscriber."""
+        async def poked() -> dict[str, Any]:
+            while True:
+                await asyncio.to_thread(poke)
+                with contextlib.suppress(TimeoutError):
+                    return await self.wait_for(predicate, timeout=interval)
+
+        try:
+            return await asyncio.wait_for(poked(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"the subscription gave no sign of life in {timeout:g} s: "
+                                 f"{len(self.results)} results") from None
 
     async def close(self) -> None:
         self._task.cancel()

@@ -52,7 +52,7 @@ def wait_for_mongo(uri: str, *, timeout: float = 20.0, process: subprocess.Popen
                 client.admin.command("ping")
                 return
         except Exception:
-            time.sleep(0.1)
+            time.sleep(0.1)  # the poll interval
     raise RuntimeError(f"database at {uri} did not answer in {timeout} s")
 
 
@@ -239,6 +239,6 @@ def start_server(*, database_uri: str | None, database_name: str | None = None,
                 return server
         except httpx.HTTPError:
             pass
-        time.sleep(0.1)
+        time.sleep(0.1)  # the poll interval
     server.stop()
     raise RuntimeError(f"kubekvm serve did not become ready in {timeout} s; see {log}")
