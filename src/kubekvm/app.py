@@ -1,6 +1,13 @@
 """The ASGI application: GraphQL at /graphql, the pages, static files, the consoles'
 websockets (`kubekvm.console`), and the probes.
 
+Middlewares, outermost first: `kubekvm.headers.SecurityHeaders` (CSP and the other security
+headers on every answer), `kubekvm.boundary.OriginCheck` (no websocket or live stream from a
+foreign page), `kubekvm.boundary.BodyLimit` (no body over the limit is read), then
+`kubekvm.auth.AuthMiddleware`. Every answer of /graphql is GraphQL-shaped JSON with
+`extensions.code`, the transport's refusals included (a body that is not one JSON object, a
+wrong content type or method: `GraphQLApp`).
+
 `create_app` gets an open database connection (the CLI or a test made it) and, on start-up,
 starts the event feed, builds the service layer and seeds the default templates. Every
 request passes `kubekvm.auth.AuthMiddleware`, which finds its actor; GraphQL and the pages
@@ -13,16 +20,19 @@ First start: while no admin account exists, each replica logs a one-time setup l
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from cross_web import HTTPException
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
@@ -34,19 +44,63 @@ from kubekvm.access import ActorKind
 from kubekvm.accounts import Accounts
 from kubekvm.auth import AuthMiddleware, actor_of, bearer, serializer
 from kubekvm.authorized import Authorized
+from kubekvm.boundary import BodyLimit, OriginCheck, allowed_origins, send_refusal
 from kubekvm.config import Settings
 from kubekvm.console import ConsoleSockets
 from kubekvm.database import Connection, describe_uri
 from kubekvm.events import ChangeStreamFeed, EventFeed
 from kubekvm.graphql.schema import build_schema
+from kubekvm.graphql.websocket import CheckedTransportWS
+from kubekvm.headers import SecurityHeaders, explorer_policy
+from kubekvm.quotas import SubscriptionQuotas
 from kubekvm.services import Services
 
 log = logging.getLogger(__name__)
 
 
+# What the transport's refusals (Strawberry's HTTPException) are called in `extensions.code`.
+_TRANSPORT_CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE",
+                    415: "UNSUPPORTED_MEDIA_TYPE"}
+
+
 class GraphQLApp(GraphQL[dict[str, Any], None]):
+    quotas: SubscriptionQuotas
+    graphql_transport_ws_handler_class = CheckedTransportWS
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        request = Request(scope=scope, receive=receive)
+        try:
+            response = await self.run(request)
+        except HTTPException as refusal:
+            status = 415 if refusal.reason == "Unsupported content type" else refusal.status_code
+            reason = ("GraphQL takes a JSON body (Content-Type: application/json)." if status == 415
+                      else refusal.reason)
+            await send_refusal(send, status=status, message=reason, graphql=True,
+                               code=_TRANSPORT_CODES.get(status, "BAD_REQUEST"),
+                               headers={"Allow": "GET, POST"} if status == 405 else None)
+            return
+        await response(scope, receive, send)
+
+    def parse_json(self, data: str | bytes) -> Any:
+        """One operation, as a JSON object: a batch (an array) or any other JSON value is refused
+        here, with a sentence, rather than failing deeper down."""
+        try:
+            parsed = self.decode_json(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise HTTPException(400, "The request body is not valid JSON.") from None
+        if isinstance(parsed, list):
+            raise HTTPException(400, "Batched operations (a JSON array) are not accepted: send one operation "
+                                     "per request.")
+        if not isinstance(parsed, dict):
+            raise HTTPException(400, "The request body must be a JSON object with a `query`.")
+        return parsed
+
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> dict[str, Any]:
-        return {"request": request, "response": response, "services": request.state.services}
+        return {"request": request, "response": response, "services": request.state.services,
+                "quotas": self.quotas}
 
     async def on_ws_connect(self, context: dict[str, Any]) -> UnsetType | dict[str, object] | None:
         """A websocket client may authenticate in `connection_init` (`{"authorization": "Bearer
@@ -74,7 +128,9 @@ class GraphQLApp(GraphQL[dict[str, Any], None]):
         # The explorer is for people who are signed in; programs POST and need no page.
         if actor_of(request).kind == ActorKind.ANONYMOUS:
             return RedirectResponse("/login?next=/graphql", status_code=303)
-        return await super().render_graphql_ide(request)
+        page = await super().render_graphql_ide(request)
+        page.headers["Content-Security-Policy"] = explorer_policy(bytes(page.body).decode())
+        return page
 
 
 async def healthz(request: Request) -> Response:
@@ -123,15 +179,27 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
         finally:
             await feed.stop()
 
+    origins = allowed_origins(settings)
     graphql = GraphQLApp(build_schema(settings), subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
-                         graphql_ide="graphiql")
+                         graphql_ide="graphiql", allowed_origins=sorted(origins),
+                         # Strawberry's own cap counts queries in flight too, and answers without
+                         # a code: a backstop above ours (kubekvm.quotas), which says why.
+                         max_subscriptions_per_connection=settings.graphql_max_subscriptions_per_connection + 10)
+    graphql.quotas = SubscriptionQuotas(per_connection=settings.graphql_max_subscriptions_per_connection,
+                                        per_user=settings.graphql_max_subscriptions_per_user)
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
-        Route("/graphql", graphql, methods=["GET", "POST"]),
+        # Every method reaches GraphQLApp, which answers the wrong ones in GraphQL's shape.
+        Route("/graphql", graphql),
         WebSocketRoute("/graphql", graphql),
         Mount("/static", app=StaticFiles(directory=settings.static_dir, check_dir=False), name="static"),
         *ConsoleSockets(settings=settings).routes(),
         *pages.routes(settings=settings),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(AuthMiddleware)])
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[
+        Middleware(SecurityHeaders, public_url=settings.public_url, hsts_seconds=settings.hsts_seconds),
+        Middleware(OriginCheck, allowed=origins),
+        Middleware(BodyLimit, max_bytes=settings.max_body_bytes),
+        Middleware(AuthMiddleware),
+    ])

@@ -214,7 +214,9 @@ async def _serve(*, settings: Settings, embedded: EmbeddedDatabase | None, host:
         # for them forever, so after a short grace it cancels them (browsers reconnect elsewhere).
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level, ws="websockets-sansio",
                                 lifespan="on", proxy_headers=True, forwarded_allow_ips=forwarded,
-                                timeout_graceful_shutdown=3)
+                                timeout_graceful_shutdown=3,
+                                # A bigger websocket message closes its socket (1009) unread.
+                                ws_max_size=settings.websocket_max_message_bytes)
         # Access-log lines carry query strings: one-time codes of setup and set-password links
         # must not outlive their use in a log file.
         logging.getLogger("uvicorn.access").addFilter(_RedactCodes())

@@ -76,6 +76,22 @@ class Settings:
     console_max_per_user: int = 3
     console_idle_seconds: float = 1800.0
     console_connect_seconds: float = 20.0
+    # Transport limits (kubekvm.graphql.transport, kubekvm.quotas): a /graphql request body and
+    # a websocket message are refused above this size, before they are parsed.
+    max_body_bytes: int = 1024 * 1024
+    websocket_max_message_bytes: int = 1024 * 1024
+    # Per user (an account, an API token's owner or a host's agent), counted by each replica on
+    # its own: live-update streams of the pages, GraphQL subscriptions on one websocket and in
+    # all. A replica's counts are not shared, so behind N replicas one user may reach N times as
+    # many; a load balancer spreads one user's connections, it does not multiply the cap by N.
+    live_max_streams_per_user: int = 20
+    graphql_max_subscriptions_per_connection: int = 20
+    graphql_max_subscriptions_per_user: int = 50
+    # Websocket handshakes and live streams from pages of another origin are refused; these are
+    # trusted besides this server's own (the Host it was reached at, and KUBEKVM_PUBLIC_URL's).
+    allowed_origins: tuple[str, ...] = ()
+    # Strict-Transport-Security's max-age, sent on answers over HTTPS; 0 sends none.
+    hsts_seconds: int = 31_536_000
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -102,6 +118,15 @@ class Settings:
             console_max_per_user=_env_number("KUBEKVM_CONSOLE_MAX_PER_USER", 3),
             console_idle_seconds=_env_number("KUBEKVM_CONSOLE_IDLE_TIMEOUT", 1800.0),
             console_connect_seconds=_env_number("KUBEKVM_CONSOLE_CONNECT_TIMEOUT", 20.0),
+            max_body_bytes=_env_number("KUBEKVM_MAX_BODY_BYTES", 1024 * 1024),
+            websocket_max_message_bytes=_env_number("KUBEKVM_WEBSOCKET_MAX_MESSAGE_BYTES", 1024 * 1024),
+            live_max_streams_per_user=_env_number("KUBEKVM_LIVE_MAX_STREAMS_PER_USER", 20),
+            graphql_max_subscriptions_per_connection=_env_number(
+                "KUBEKVM_GRAPHQL_MAX_SUBSCRIPTIONS_PER_CONNECTION", 20),
+            graphql_max_subscriptions_per_user=_env_number("KUBEKVM_GRAPHQL_MAX_SUBSCRIPTIONS_PER_USER", 50),
+            allowed_origins=tuple(o.strip() for o in os.environ.get("KUBEKVM_ALLOWED_ORIGINS", "").split(",")
+                                  if o.strip()),
+            hsts_seconds=_env_number("KUBEKVM_HSTS_SECONDS", 31_536_000),
         )
 
 

@@ -73,3 +73,9 @@ class TooManyConsoles(KubeKVMError):
     """The user has as many consoles open as one person may."""
 
     code = "TOO_MANY_CONSOLES"
+
+
+class TooManySubscriptions(KubeKVMError):
+    """The user (or the websocket) holds as many live streams or subscriptions as allowed."""
+
+    code = "TOO_MANY_SUBSCRIPTIONS"

@@ -25,6 +25,10 @@ The page listens with htmx's SSE extension: one hidden `sse-swap="lab,labs,..."`
 `hx-swap="none"`, so only the out-of-band parts land. A comment line goes out every
 `live_heartbeat_seconds` so idle proxies keep the stream and a vanished client is noticed;
 when the client goes, Starlette cancels the generator and the feed subscription is dropped.
+
+A user holds at most `live_max_streams_per_user` streams on this replica (`kubekvm.quotas`);
+one more is refused with 429 and a sentence, and the slot is given back when a stream ends.
+Streams asked for by a page of another origin never get here (`kubekvm.boundary.OriginCheck`).
 """
 
 from __future__ import annotations
@@ -32,17 +36,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from typing import Protocol
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from kubekvm.access import ActorKind
 from kubekvm.auth import services_for
 from kubekvm.authorized import Authorized
-from kubekvm.errors import NotFound, ValidationFailed
+from kubekvm.errors import NotFound, TooManySubscriptions, ValidationFailed
 from kubekvm.models import Machine, Phase
 from kubekvm.pages.fragments import (
     PAGE_SIZE,
@@ -54,6 +59,7 @@ from kubekvm.pages.fragments import (
     summaries,
     summary,
 )
+from kubekvm.quotas import Quota, holder
 from kubekvm.streams import FeedOverflow, LabChange, LabChangeKind
 
 log = logging.getLogger(__name__)
@@ -216,10 +222,25 @@ def message(event: str, html: str) -> str:
     return f"event: {event}\n" + "".join(f"data: {line}\n" for line in lines) + "\n"
 
 
+class HeldStream(StreamingResponse):
+    """An event stream holding its slot of the user's quota for as long as it is answered,
+    whether it ends, fails or is cancelled (the generator's own `finally` would not run for a
+    client gone before the first byte)."""
+
+    def __init__(self, content: AsyncIterator[str], *, slot: ExitStack, headers: dict[str, str]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with self.slot:
+            await super().__call__(scope, receive, send)
+
+
 class LiveUpdates:
-    def __init__(self, *, fragments: Fragments, heartbeat_seconds: float) -> None:
+    def __init__(self, *, fragments: Fragments, heartbeat_seconds: float, max_streams_per_user: int) -> None:
         self.fragments = fragments
         self.heartbeat_seconds = heartbeat_seconds
+        self.quota = Quota(limit=max_streams_per_user, what="live-update streams (pages open)")
 
     def routes(self) -> list[BaseRoute]:
         return [Route("/events", self.events)]
@@ -241,8 +262,14 @@ class LiveUpdates:
             except ValidationFailed as error:
                 return PlainTextResponse(error.message, status_code=422)
             watch = ListWatch(services, self.fragments, view)
-        return StreamingResponse(
-            self.stream(services, watch), media_type="text/event-stream",
+        slot = ExitStack()
+        try:
+            slot.enter_context(self.quota.hold(holder(services.actor)))
+        except TooManySubscriptions as error:
+            # The page's SSE extension tries again later, with a growing delay.
+            return PlainTextResponse(error.message, status_code=429)
+        return HeldStream(
+            self.stream(services, watch), slot=slot,
             # X-Accel-Buffering: an nginx ingress would otherwise hold events back.
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )

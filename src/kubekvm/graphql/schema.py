@@ -4,6 +4,7 @@ may use it) and wraps the result in a GraphQL type; no rule of the platform live
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, Iterator
 from datetime import datetime
 from typing import Any
@@ -43,11 +44,23 @@ from kubekvm.graphql.types import (
     Template,
     User,
 )
+from kubekvm.quotas import SubscriptionQuotas
 
 
 def _services(info: strawberry.Info) -> Authorized:
     services: Authorized = info.context["services"]
     return services
+
+
+def _subscription_slot(info: strawberry.Info) -> contextlib.ExitStack:
+    """This subscription's slot in its websocket's and its user's counts (`kubekvm.quotas`),
+    held until the returned stack is closed; TooManySubscriptions if either is full."""
+    stack = contextlib.ExitStack()
+    quotas: SubscriptionQuotas | None = info.context.get("quotas")
+    if quotas is not None:  # None: a schema run outside the server (no transport to limit)
+        connection = info.context.setdefault("connection_quota", quotas.for_connection())
+        stack.enter_context(quotas.hold(actor=_services(info).actor, connection=connection))
+    return stack
 
 
 async def _deployment(services: Authorized, lab: models.Deployment) -> Deployment:
@@ -358,15 +371,17 @@ class Subscription:
                 await services.get_deployment(name)
             else:
                 await services.list_deployments(limit=1)  # signed in at all?
+            slot = _subscription_slot(info)
         except KubeKVMError as error:
             raise coded(error) from None
-        async for change in services.lab_changes(lab=name):
-            deployment = None
-            if change.deployment is not None:
-                running, total = await services.lab_counts(change.deployment)
-                deployment = Deployment.of(change.deployment, running=running, machine_count=total)
-            machine = Machine.of(change.machine) if change.machine is not None else None
-            yield DeploymentEvent(kind=change.kind, lab=change.lab, deployment=deployment, machine=machine)
+        with slot:
+            async for change in services.lab_changes(lab=name):
+                deployment = None
+                if change.deployment is not None:
+                    running, total = await services.lab_counts(change.deployment)
+                    deployment = Deployment.of(change.deployment, running=running, machine_count=total)
+                machine = Machine.of(change.machine) if change.machine is not None else None
+                yield DeploymentEvent(kind=change.kind, lab=change.lab, deployment=deployment, machine=machine)
 
     @strawberry.subscription(description=(
         "The agent's feed: a SNAPSHOT of every machine assigned to `host`, then CHANGE batches. "
@@ -377,13 +392,15 @@ class Subscription:
         services = _services(info)
         try:
             await services.follow_host(host)
+            slot = _subscription_slot(info)
         except KubeKVMError as error:
             raise coded(error) from None
-        async for batch in streams.host_assignments(services=services, feed=services.feed,
-                                                    host=host, cursor=cursor):
-            yield AssignmentBatch(kind=batch.kind, cursor=batch.cursor,
-                                  assignments=[Assignment.of(m) for m in batch.machines],
-                                  removed=[strawberry.ID(i) for i in batch.removed])
+        with slot:
+            async for batch in streams.host_assignments(services=services, feed=services.feed,
+                                                        host=host, cursor=cursor):
+                yield AssignmentBatch(kind=batch.kind, cursor=batch.cursor,
+                                      assignments=[Assignment.of(m) for m in batch.machines],
+                                      removed=[strawberry.ID(i) for i in batch.removed])
 
     @strawberry.subscription(description=(
         "The agent's console feed: each console a browser opens on one of `host`'s machines (those "
@@ -394,10 +411,12 @@ class Subscription:
             await services.follow_host(host)
             if not services.may_serve_console(host):
                 raise Forbidden("Only the host's own agent (its host token) may carry its consoles.")
+            slot = _subscription_slot(info)
         except KubeKVMError as error:
             raise coded(error) from None
-        async for request in services.console_requests(host):
-            yield ConsoleRequest.of(request)
+        with slot:
+            async for request in services.console_requests(host):
+                yield ConsoleRequest.of(request)
 
 
 class StorableArguments(SchemaExtension):

@@ -56,7 +56,8 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
     catalog = CatalogPages(renderer=renderer)
     accounts = AccountPages(renderer=renderer)
     console = ConsolePages(renderer=renderer)
-    live = LiveUpdates(fragments=fragments, heartbeat_seconds=settings.live_heartbeat_seconds)
+    live = LiveUpdates(fragments=fragments, heartbeat_seconds=settings.live_heartbeat_seconds,
+                       max_streams_per_user=settings.live_max_streams_per_user)
     guard = renderer.guard
 
     def staff(handler: Handler) -> Handler:
