@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,12 @@ from tests.support.processes import Server
 
 pytestmark = pytest.mark.qemu
 MARKER = "KUBEKVM-GUEST-UP"
+
+
+def heard_from_since(server: Server, host: str, moment: datetime) -> bool:
+    hosts = gql(server, "{ hosts { name lastHeartbeat } }")["hosts"]
+    beats = [datetime.fromisoformat(h["lastHeartbeat"]) for h in hosts if h["name"] == host]
+    return any((beat if beat.tzinfo else beat.replace(tzinfo=UTC)) > moment for beat in beats)
 
 
 def phase(server: Server, lab: str) -> str | None:
@@ -129,10 +136,15 @@ def test_server_restart_while_the_agent_runs(start_kubekvm: Callable[..., Server
     ids_before = conn.lookupByName(f"kubekvm-{lab}-1").ID()
     port = int(first.url.rsplit(":", 1)[1])
     first.stop()  # returns once the process is gone, its port free
+    stopped_at = datetime.now(UTC)
     second = start_server(database_uri=first.database_uri, database_name=first.database_name, port=port)
     try:
         # the agent reconnects by itself and keeps reporting: a stop request is carried out
         wait_host_ready(second, agent.host_name, timeout=60)
+        # "ready" may still be the old server's heartbeat: the agent has reconnected once it
+        # has registered (or beaten) since.
+        wait_until(lambda: heard_from_since(second, agent.host_name, stopped_at), timeout=60,
+                   what="the agent to reconnect to the new server")
         assert conn.lookupByName(f"kubekvm-{lab}-1").ID() == ids_before, "the VM was restarted"
         gql(second, "mutation($n: String!) { stopDeployment(name: $n) { name } }", n=lab)
         # The first press of the power button may come before the guest listens to it: the agent

@@ -4,6 +4,7 @@ everyone. Each read skips it with a warning naming its _id, and shows the rest."
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -46,16 +47,11 @@ async def test_a_2019_lab_document_does_not_take_the_labs_down(start_kubekvm: Ca
     async with websocket_session(server.ws_url, server.admin_token) as session:
         events = Subscriber(session, "subscription { deploymentEvents { kind lab } }")
         # The subscription is live once a change made after it arrives (no sleep: an acknowledgement).
-        for attempt in range(100):
-            _data(server.graphql('mutation($t: String!) { updateDeployment(name: "good", input: {title: $t}) '
-                                 '{ name } }', {"t": f"probe {attempt}"}))
-            if any(r["deploymentEvents"]["lab"] == "good" for r in events.results):
-                break
-            try:
-                await events.wait_for(lambda r: r["deploymentEvents"]["lab"] == "good", timeout=0.2)
-                break
-            except TimeoutError:
-                continue
+        attempts = itertools.count()
+        await events.until_live(
+            lambda: _data(server.graphql('mutation($t: String!) { updateDeployment(name: "good", input: {title: $t}) '
+                                         '{ name } }', {"t": f"probe {next(attempts)}"})),
+            lambda r: r["deploymentEvents"]["lab"] == "good")
 
         planted = _plant(server, "deployments", LEGACY_LAB)
         legacy_machine = _plant(server, "machines", {"name": "D2-1", "deployment": "D2", "estado": "Pendiente"})
