@@ -13,6 +13,13 @@ host). The rules:
   and console requests.
 - a machine's console (its screen and keyboard): the student bound to it, the teacher whose
   lab it is, admins. A classmate on the same roster is FORBIDDEN (they see the lab already).
+- passwords, so that no teacher can take over a student's account (and with it the student's
+  machines in another teacher's lab): an existing password is changed only by its owner (who
+  must give the current one) or by an admin; a teacher may only make a first-time
+  set-password link, for a student who has no password yet and whose every lab is that
+  teacher's own; such a link stops working once that no longer holds (the student gained a
+  password or landed on another teacher's roster). Ending all of a user's sessions is an
+  admin's act.
 
 Refusals say as little as they must: what a role may never do is FORBIDDEN without looking
 anything up; an object the actor may not even see is NOT_FOUND, so that teacher B learns
@@ -26,7 +33,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from kubekvm.errors import Forbidden, Unauthenticated
+from kubekvm.errors import Forbidden, NotFound, Unauthenticated
 from kubekvm.models import Deployment, Machine, Role, Template
 
 
@@ -44,6 +51,9 @@ class Actor:
     address: str = ""
     # "session" (a browser's cookie: state-changing requests need the CSRF token) or "token".
     via: str = ""
+    # The id of the session document a cookie-signed-in actor acts through ("" otherwise): a
+    # password change keeps this one, and long-lived connections check it is still live.
+    session: str = ""
 
     @property
     def is_admin(self) -> bool:
@@ -151,6 +161,66 @@ def can_use_template(actor: Actor, template: Template) -> bool:
     if actor.is_teacher:
         return not template.teachers or actor.name in template.teachers
     return False
+
+
+# -------------------------------------------------------------- accounts
+
+@dataclass(frozen=True, kw_only=True)
+class AccountFacts:
+    """What the password rules need to know of an account."""
+
+    name: str
+    role: Role
+    has_password: bool
+    # Owners of the labs whose roster holds the account (None: a lab of no one's).
+    lab_owners: frozenset[str | None]
+
+
+def check_set_password(actor: Actor, target: AccountFacts) -> None:
+    """Setting a password without knowing the current one: an admin's act only. One's own is
+    changed by giving the current password (`changePassword`), even for an admin, so that a
+    stolen session cannot lock its owner out."""
+    require_user(actor)
+    if actor.name == target.name:
+        raise Forbidden("Change your own password with your current one (the Account page, or changePassword).")
+    if not actor.is_admin:
+        raise Forbidden("Only the account's owner or an admin may change a password; a teacher may make a "
+                        "first-time set-password link for a student of theirs who has none.")
+
+
+def _teacher_may_link(teacher: str, target: AccountFacts) -> bool:
+    return target.role == Role.STUDENT and not target.has_password and target.lab_owners == {teacher}
+
+
+def check_password_link(actor: Actor, target: AccountFacts | None, *, name: str) -> None:
+    """A set-password link: admins for anyone; a teacher only a first-time one, for a student
+    without a password whose every lab is the teacher's own. A student on none of the
+    teacher's rosters (or no account at all) is NOT_FOUND: the teacher learns nothing of it."""
+    require_staff(actor)
+    if actor.is_admin:
+        if target is None:
+            raise NotFound(f"There is no user named {name!r}.")
+        return
+    if target is None or target.role != Role.STUDENT or actor.name not in target.lab_owners:
+        raise NotFound(f"There is no student named {name!r} on your labs' rosters.")
+    if target.has_password:
+        raise Forbidden(f"{name} has set a password: only they (or an admin) can change it.")
+    if not _teacher_may_link(actor.name, target):
+        raise Forbidden(f"{name} is also on another teacher's lab: ask an admin for their set-password link.")
+
+
+def link_still_good(*, issuer: str | None, issuer_role: Role | None, target: AccountFacts) -> bool:
+    """Whether a set-password link may still be used: one an admin made, yes; one a teacher
+    made, while the rule that let them make it still holds."""
+    if issuer is None:  # made before links named their maker: the rule cannot be checked
+        return False
+    if issuer_role == Role.ADMIN:
+        return True
+    return issuer_role == Role.TEACHER and _teacher_may_link(issuer, target)
+
+
+def check_end_sessions(actor: Actor) -> None:
+    require_admin(actor)
 
 
 # ------------------------------------------------------- filters for queries

@@ -39,7 +39,7 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UnsetType
 
-from kubekvm import pages
+from kubekvm import credentials, pages
 from kubekvm.access import ActorKind
 from kubekvm.accounts import Accounts
 from kubekvm.auth import AuthMiddleware, actor_of, bearer, serializer
@@ -157,6 +157,7 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
                 "running several server replicas needs MongoDB as a replica set"
             )
         await feed.start()
+        credentials.configure(workers=settings.password_hash_workers)
         services = Services(settings=settings, feed=feed,
                             database_description=database_label or describe_uri(connection.uri))
         accounts = Accounts(settings=settings)

@@ -6,10 +6,14 @@ runs before every route:
 - it reads the signed session cookie into `scope["session"]` (what `request.session` shows)
   and writes it back when a handler changed it: HttpOnly, SameSite=Lax, and Secure when the
   request came over HTTPS (uvicorn's proxy headers turn a trusted proxy's X-Forwarded-Proto
-  into the request's scheme);
+  into the request's scheme). Signed in, the cookie carries only the random id of a session
+  document in MongoDB (`kubekvm.accounts`): the server decides whether that session still
+  exists, so signing out, a password change or an admin ends it on every replica at once, and
+  an idle one lapses. Before signing in, it carries only the sign-in form's CSRF token;
 - it finds the actor: an `Authorization: Bearer` token (API or host token) wins, else the
   session's user, else anonymous. An unknown or revoked token is refused outright (401, or a
-  refused websocket handshake) rather than quietly treated as anonymous;
+  refused websocket handshake) rather than quietly treated as anonymous; a cookie of a session
+  that ended is dropped (the browser is anonymous again);
 - it puts the actor and its authorization facade (`kubekvm.authorized.Authorized`) in
   `request.state`, so handlers and resolvers have one way to reach the services.
 
@@ -35,10 +39,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kubekvm.access import Actor, ActorKind, anonymous
 from kubekvm.accounts import Accounts
 from kubekvm.authorized import Authorized
+from kubekvm.config import Settings
+from kubekvm.models import User
 from kubekvm.services import Services
 
 SESSION_COOKIE = "kubekvm_session"
-SESSION_MAX_AGE = 12 * 3600  # a school day; then sign in again
+SESSION_ID_KEY = "sid"
 CSRF_KEY = "csrf"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
@@ -76,14 +82,30 @@ def services_for(request: Request) -> Authorized:
     return services
 
 
-def sign_in(request: Request, *, name: str, epoch: int) -> None:
-    """A fresh session for `name` (a new CSRF token too: nothing from before sign-in carries over)."""
+async def sign_in(request: Request, *, user: User) -> None:
+    """A fresh session for `user` (a new CSRF token too: nothing from before sign-in carries
+    over, and a session id planted before cannot be ridden)."""
+    accounts: Accounts = request.app.state.accounts
+    session_id, record = await accounts.start_session(user, address=actor_of(request).address)
     request.session.clear()
-    request.session.update({"user": name, "epoch": epoch, CSRF_KEY: secrets.token_urlsafe(24)})
+    request.session.update({SESSION_ID_KEY: session_id, CSRF_KEY: record.csrf})
 
 
-def sign_out(request: Request) -> None:
+async def sign_out(request: Request) -> None:
+    """End this browser's session on the server (a copy of its cookie is worthless after)."""
+    session_id = request.session.get(SESSION_ID_KEY)
+    if isinstance(session_id, str) and session_id:
+        accounts: Accounts = request.app.state.accounts
+        await accounts.end_session(session_id)
     request.session.clear()
+
+
+def _cookie_value(session: dict[str, Any]) -> dict[str, Any]:
+    """What the cookie carries: a signed-in session's id only (its CSRF token is kept with it on
+    the server), else the little an anonymous visitor has (the sign-in form's CSRF token)."""
+    if isinstance(session.get(SESSION_ID_KEY), str):
+        return {SESSION_ID_KEY: session[SESSION_ID_KEY]}
+    return dict(session)
 
 
 class AuthMiddleware:
@@ -101,16 +123,17 @@ class AuthMiddleware:
         request = HTTPConnection(scope)
         address = scope["client"][0] if scope.get("client") else ""
 
+        settings: Settings = state.settings
         raw_cookie = request.cookies.get(SESSION_COOKIE)
         session: dict[str, Any] = {}
         if raw_cookie:
             try:
-                loaded = signer.loads(raw_cookie, max_age=SESSION_MAX_AGE)
+                loaded = signer.loads(raw_cookie, max_age=int(settings.session_max_seconds))
                 session = loaded if isinstance(loaded, dict) else {}
             except BadSignature:  # tampered with, or too old
                 session = {}
         scope["session"] = session
-        before = json.dumps(session, sort_keys=True)
+        before = json.dumps(_cookie_value(session), sort_keys=True)
 
         actor = anonymous(address)
         token = bearer(request.headers.get("authorization"))
@@ -120,14 +143,15 @@ class AuthMiddleware:
                 await _refuse(scope, receive, send, "The bearer token is unknown or revoked.")
                 return
             actor = found
-        elif isinstance(session.get("user"), str):
-            user = await accounts.find_user(session["user"])
-            if user is not None and user.session_epoch == session.get("epoch") and user.password_hash:
+        elif isinstance(session.get(SESSION_ID_KEY), str):
+            resumed = await accounts.resume_session(session[SESSION_ID_KEY])
+            if resumed is not None:
+                record, user = resumed
+                session[CSRF_KEY] = record.csrf
                 actor = Actor(kind=ActorKind.USER, name=user.name, role=user.role, address=address,
-                              via="session")
-            else:  # the account is gone or its password changed since: sign out
-                session.pop("user", None)
-                session.pop("epoch", None)
+                              via="session", session=str(record.id))
+            else:  # signed out, ended by a password change or an admin, or lapsed
+                session.clear()
         scope.setdefault("state", {})
         scope["state"]["actor"] = actor
         scope["state"]["services"] = Authorized(services, accounts, actor)
@@ -143,16 +167,16 @@ class AuthMiddleware:
 
         async def send_with_cookie(message: Message) -> None:
             if message["type"] == "http.response.start":
-                after = json.dumps(session, sort_keys=True)
-                if after != before:
+                value = _cookie_value(session)
+                if json.dumps(value, sort_keys=True) != before:
                     headers = MutableHeaders(scope=message)
                     cookie: SimpleCookie = SimpleCookie()
-                    cookie[SESSION_COOKIE] = signer.dumps(session) if session else ""
+                    cookie[SESSION_COOKIE] = signer.dumps(value) if value else ""
                     morsel = cookie[SESSION_COOKIE]
                     morsel["path"] = "/"
                     morsel["httponly"] = True
                     morsel["samesite"] = "Lax"
-                    morsel["max-age"] = SESSION_MAX_AGE if session else 0
+                    morsel["max-age"] = int(settings.session_max_seconds) if value else 0
                     if secure:
                         morsel["secure"] = True
                     headers.append("Set-Cookie", morsel.OutputString())

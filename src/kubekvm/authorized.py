@@ -12,6 +12,7 @@ service layer without passing through here.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TypeVar
@@ -48,6 +49,8 @@ from kubekvm.services import HostStatus, Page, ServerInfo, Services, host_name
 from kubekvm.streams import LabChange, LabChangeKind, lab_changes
 
 T = TypeVar("T")
+# How often an open stream re-checks that the session it was opened with still exists.
+SESSION_RECHECK_SECONDS = 5.0
 
 
 class Authorized:
@@ -409,8 +412,15 @@ class Authorized:
         not see gives nothing, as a lab that does not exist)."""
         access.require_user(self.actor)
         visible: dict[str, bool] = {}
+        checked = time.monotonic()
         async for change in lab_changes(feed=self.feed, lab=lab, include_hosts=include_hosts,
                                         subscribed=subscribed):
+            # A cookie's session may end while the stream is open: it is checked again before a
+            # change is passed on, at most every few seconds (the stream ends when it is gone).
+            if time.monotonic() - checked >= SESSION_RECHECK_SECONDS:
+                if not await self.still_signed_in():
+                    raise Unauthenticated("Your session has ended: sign in again.")
+                checked = time.monotonic()
             if await self._sees(change, visible):
                 yield change
 
@@ -452,31 +462,79 @@ class Authorized:
             return await self.accounts.create_user(name=name, role=role, password=password)
         return await self._audited("createUser", f"user:{name}", work)
 
-    async def _may_manage_user(self, name: str) -> User:
-        """Admins manage every account; a teacher, the students on their labs' rosters."""
-        access.require_staff(self.actor)
+    async def _account_facts(self, name: str) -> access.AccountFacts | None:
         user = await self.accounts.find_user(name)
-        if user is not None and self.actor.is_admin:
-            return user
-        if user is not None and user.role == Role.STUDENT:
-            page = await self.services.list_deployments(owner=self.actor.name, student=name, limit=1)
-            if page.total:
-                return user
-        raise NotFound(f"There is no student named {name!r} on your labs' rosters.")
+        if user is None:
+            return None
+        return access.AccountFacts(name=user.name, role=user.role, has_password=bool(user.password_hash),
+                                   lab_owners=frozenset(await self.accounts.lab_owners_of(user.name)))
 
     async def set_user_password(self, name: str, password: str) -> User:
+        """An admin sets someone's password (every session of theirs ends)."""
         async def work() -> User:
-            if self.actor.is_user and self.actor.name == name:
-                return await self.accounts.set_password(name, password)
-            await self._may_manage_user(name)
+            access.require_user(self.actor)
+            facts = await self._account_facts(name)
+            if facts is None:
+                access.require_admin(self.actor)
+                raise NotFound(f"There is no user named {name!r}.")
+            access.check_set_password(self.actor, facts)
             return await self.accounts.set_password(name, password)
         return await self._audited("setUserPassword", f"user:{name}", work)
 
+    async def change_password(self, *, current: str, new: str) -> User:
+        """One's own password, given the current one; one's other sessions end (the one this
+        request came through, if any, stays)."""
+        async def work() -> User:
+            access.require_user(self.actor)
+            return await self.accounts.change_password(name=self.actor.name, current=current, new=new,
+                                                       address=self.actor.address,
+                                                       keep_session=self.actor.session or None)
+        return await self._audited("changePassword", f"user:{self.actor.name}", work)
+
     async def password_link(self, name: str) -> str:
         async def work() -> str:
-            await self._may_manage_user(name)
-            return await self.accounts.password_link(name)
+            access.require_staff(self.actor)
+            access.check_password_link(self.actor, await self._account_facts(name), name=name)
+            return await self.accounts.password_link(name, issuer=self.actor.name)
         return await self._audited("createPasswordLink", f"user:{name}", work)
+
+    async def password_link_user(self, code: str) -> User:
+        """The account a set-password link is for, if the link is still good (anyone holding
+        the link may use it: it is the credential)."""
+        user = await self.accounts.user_for_code(code)
+        facts = await self._account_facts(user.name)
+        issuer = await self.accounts.find_user(user.password_code_issuer) if user.password_code_issuer else None
+        if facts is None or not access.link_still_good(issuer=user.password_code_issuer,
+                                                       issuer_role=issuer.role if issuer else None, target=facts):
+            raise NotFound("This set-password link no longer works (the account has a password now, or is on "
+                           "another teacher's lab): ask an admin for a new one.")
+        return user
+
+    async def set_password_with_code(self, code: str, password: str) -> User:
+        await self.password_link_user(code)
+        return await self.accounts.set_password_with_code(code, password)
+
+    async def end_user_sessions(self, name: str) -> int:
+        """End every session of `name` (signed in anywhere); how many ended."""
+        async def work() -> int:
+            access.check_end_sessions(self.actor)
+            await self.accounts.get_user(name)
+            return await self.accounts.end_sessions(name)
+        return await self._audited("endUserSessions", f"user:{name}", work)
+
+    async def session_counts(self, names: Sequence[str]) -> dict[str, int]:
+        access.require_admin(self.actor)
+        return await self.accounts.count_sessions(names)
+
+    async def still_signed_in(self, *, touch: bool = False) -> bool:
+        """For long-lived connections (consoles, live streams, subscriptions): whether the
+        session the actor came through still exists (`touch`: and it is in use, which keeps it
+        from lapsing). Tokens and hosts are checked when they connect."""
+        if self.actor.via != "session" or not self.actor.session:
+            return True
+        if touch:
+            await self.accounts.touch_session(self.actor.session)
+        return await self.accounts.session_alive(self.actor.session)
 
     # ------------------------------------------------------------------ tokens
 

@@ -59,11 +59,22 @@ class Settings:
     bootstrap_admin_token_file: Path | None = None
     graphql_introspection: bool = True
     graphql_max_aliases: int = 30
-    # Failed sign-ins before a lockout, per account and per client address, within the window.
+    # Sign-in throttling (the rules: `kubekvm.throttle`): failures of one account from one
+    # address before that pair is locked out; failures of one account from all addresses before
+    # addresses that keep failing on it are slowed down (never locked out); failures from one
+    # address before it waits, except for accounts that signed in from it before (a class
+    # behind one NAT address); the counting window; the first lockout, doubling up to the window.
     login_max_failures: int = 5
-    login_max_failures_per_address: int = 30
+    login_slow_after: int = 10
+    login_max_failures_per_address: int = 100
     login_window_seconds: float = 900.0
     login_lockout_seconds: float = 60.0
+    # Sessions: one unused this long ends (idle expiry); none lasts longer than the maximum.
+    session_idle_seconds: float = 3600.0
+    session_max_seconds: float = 12 * 3600.0
+    # Threads that hash and check passwords (argon2id: ~0.5 s of one core and 64 MiB each), so
+    # sign-ins never run on the event loop and at most this many run at once.
+    password_hash_workers: int = 2
     # Where people reach this server, for the first-start setup link in the log.
     public_url: str = ""
     # This replica's own address, which host agents dial back for the consoles it serves (in
@@ -109,9 +120,13 @@ class Settings:
             graphql_introspection=os.environ.get("KUBEKVM_GRAPHQL_INTROSPECTION", "1") != "0",
             graphql_max_aliases=_env_number("KUBEKVM_GRAPHQL_MAX_ALIASES", 30),
             login_max_failures=_env_number("KUBEKVM_LOGIN_MAX_FAILURES", 5),
-            login_max_failures_per_address=_env_number("KUBEKVM_LOGIN_MAX_FAILURES_PER_ADDRESS", 30),
+            login_slow_after=_env_number("KUBEKVM_LOGIN_SLOW_AFTER", 10),
+            login_max_failures_per_address=_env_number("KUBEKVM_LOGIN_MAX_FAILURES_PER_ADDRESS", 100),
             login_window_seconds=_env_number("KUBEKVM_LOGIN_WINDOW", 900.0),
             login_lockout_seconds=_env_number("KUBEKVM_LOGIN_LOCKOUT", 60.0),
+            session_idle_seconds=_env_number("KUBEKVM_SESSION_IDLE_TIMEOUT", 3600.0),
+            session_max_seconds=_env_number("KUBEKVM_SESSION_MAX_AGE", 12 * 3600.0),
+            password_hash_workers=_env_number("KUBEKVM_PASSWORD_HASH_WORKERS", 2),
             public_url=os.environ.get("KUBEKVM_PUBLIC_URL", ""),
             advertise_url=os.environ.get("KUBEKVM_ADVERTISE_URL", ""),
             console_ticket_seconds=_env_number("KUBEKVM_CONSOLE_TICKET_SECONDS", 60.0),

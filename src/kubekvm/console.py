@@ -235,6 +235,11 @@ class ConsoleSockets:
                     return Ending(Close.IDLE, f"Closed after {said} without keyboard or mouse input; reconnect "
                                               "to go on.", "idle")
                 if now - renewed >= renew_every:
+                    # A console opened through a session that has ended since (signed out, or
+                    # ended by a password change or an admin) closes here, at its next renewal.
+                    # Keyboard or mouse input since the last renewal counts as use of the session.
+                    if not await services.still_signed_in(touch=traffic.last_input > renewed):
+                        return Ending(Close.TICKET, "Your session has ended: sign in again.", "session ended")
                     await services.services.consoles.renew(session)
                     renewed = now
                 await asyncio.sleep(min(traffic.last_input + idle - now, renewed + renew_every - now) + 0.01)

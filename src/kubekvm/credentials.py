@@ -1,15 +1,25 @@
 """Secrets: password hashes (argon2id) and bearer tokens (random, kept as sha256).
 
 Passwords are low-entropy, so they get a slow, memory-hard hash (argon2-cffi's argon2id
-defaults). Tokens are 256 random bits: a fast sha256 is enough to make a stolen database
-useless for signing in, and lets a request's token be found by an indexed lookup.
+defaults: about half a second and 64 MiB each on a small server). That work never runs on the
+event loop: `hash_password` and `verify_password` are coroutines that hand it to a small pool
+of worker threads (argon2-cffi releases the GIL while it hashes), so thirty students signing
+in at once queue for the pool while every live page, console and agent link of the replica
+goes on being served. The pool's size (`KUBEKVM_PASSWORD_HASH_WORKERS`, default 2) bounds the
+CPU and memory sign-ins may take; `configure` sets it at server start.
+
+Tokens are 256 random bits: a fast sha256 is enough to make a stolen database useless for
+signing in, and lets a request's token be found by an indexed lookup.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -21,10 +31,31 @@ PASSWORD_MIN_LENGTH = 10
 PASSWORD_MAX_LENGTH = 1024
 USER_TOKEN_PREFIX = "kk_"  # noqa: S105 (a prefix, not a secret)
 HOST_TOKEN_PREFIX = "kkh_"  # noqa: S105
+DEFAULT_HASH_WORKERS = 2
 
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_workers = DEFAULT_HASH_WORKERS
 # Verifying against this when the account does not exist (or has no password) makes a wrong
 # name take as long as a wrong password: timing tells nothing about which accounts exist.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+# Made on first need, in a worker (never at import, never on the loop).
+_dummy_hash: str | None = None
+
+
+def configure(*, workers: int) -> None:
+    """The number of threads that hash passwords (takes effect for a pool not yet started)."""
+    global _workers
+    if workers < 1:
+        raise ValueError("at least one password-hashing worker")
+    _workers = workers
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_workers, thread_name_prefix="password-hash")
+        return _pool
 
 
 def check_password_rules(password: str, *, field: str = "password") -> str:
@@ -35,18 +66,36 @@ def check_password_rules(password: str, *, field: str = "password") -> str:
     return password
 
 
-def hash_password(password: str) -> str:
-    return _hasher.hash(check_password_rules(password))
+def _dummy() -> str:
+    global _dummy_hash
+    if _dummy_hash is None:  # two workers racing make two equally good dummies
+        _dummy_hash = _hasher.hash(secrets.token_urlsafe(16))
+    return _dummy_hash
 
 
-def verify_password(stored: str | None, password: str) -> bool:
+def _verify(stored: str | None, password: str) -> bool:
     try:
-        return _hasher.verify(stored or _DUMMY_HASH, password) and stored is not None
+        return _hasher.verify(stored or _dummy(), password) and stored is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
 
+async def hash_password(password: str) -> str:
+    """The argon2id hash of `password` (after the length rules), computed in the pool."""
+    check_password_rules(password)
+    return await asyncio.get_running_loop().run_in_executor(_executor(), _hasher.hash, password)
+
+
+async def verify_password(stored: str | None, password: str) -> bool:
+    """Whether `password` matches `stored` (None: no password, always False, taking as long as
+    a real check), computed in the pool. Over-long input is refused before any hashing."""
+    if len(password) > PASSWORD_MAX_LENGTH:
+        return False
+    return await asyncio.get_running_loop().run_in_executor(_executor(), _verify, stored, password)
+
+
 def needs_rehash(stored: str) -> bool:
+    # Cheap: it reads the parameters written in the hash.
     return _hasher.check_needs_rehash(stored)
 
 

@@ -291,6 +291,9 @@ class LiveUpdates:
                 try:
                     first = await asyncio.wait_for(queue.get(), timeout=self.heartbeat_seconds)
                 except TimeoutError:
+                    # The session this stream was opened with may have ended since.
+                    if not await services.still_signed_in():
+                        return
                     yield ": heartbeat\n\n"
                     continue
                 await asyncio.sleep(COALESCE_SECONDS)

@@ -287,11 +287,11 @@ class User(Stored):
     name: Indexed(str, unique=True)  # type: ignore[valid-type]
     role: Role
     password_hash: str | None = None
-    # Bumped when the password changes: signed session cookies made before stop working.
-    session_epoch: int = 0
-    # sha256 of a one-time set-password code, and until when it is good.
+    # sha256 of a one-time set-password code, until when it is good, and who made it (a
+    # teacher's link stops working when the rule that let them make it no longer holds).
     password_code_hash: str | None = None
     password_code_expires: datetime | None = None
+    password_code_issuer: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
     class Settings:
@@ -345,16 +345,40 @@ class AuditEntry(Stored):
 
 
 class LoginThrottle(Stored):
-    """Failed sign-ins of one account (`user:NAME`) or one address (`addr:IP`), counted with an
-    atomic `$inc` so every server replica sees the same count."""
+    """Failed sign-ins of one (account, address) pair (`pair:NAME|ADDRESS`), one account
+    (`user:NAME`) or one address (`addr:ADDRESS`), counted with an atomic `$inc` so every
+    server replica sees the same count; `good_at` (pairs only) is the last successful sign-in
+    of that account from that address. The rules are `kubekvm.throttle`'s."""
 
     key: Indexed(str, unique=True)  # type: ignore[valid-type]
     failures: int = 0
     window_start: datetime = Field(default_factory=utcnow)
-    blocked_until: datetime | None = None
+    last_failure: datetime | None = None
+    good_at: datetime | None = None
 
     class Settings:
         name = "login_throttle"
+
+
+class UserSession(Stored):
+    """A signed-in browser. Its cookie carries a random id (signed); only the sha256 of that id
+    is kept here, so a copy of the database signs nobody in. Deleting the document ends the
+    session on every replica at once: signing out, a password change (the user's other
+    sessions), an admin ending all of a user's sessions. `expires_at` moves forward with use,
+    never past `created_at` plus the maximum age, so an idle session lapses (and MongoDB's TTL
+    monitor removes it)."""
+
+    key_hash: Indexed(str, unique=True)  # type: ignore[valid-type]
+    user: Indexed(str)  # type: ignore[valid-type]
+    csrf: str
+    address: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    last_seen: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+
+    class Settings:
+        name = "sessions"
+        indexes = [pymongo.IndexModel([("expires_at", pymongo.ASCENDING)], expireAfterSeconds=0)]
 
 
 class ServerSecret(Stored):
@@ -418,5 +442,5 @@ class ConsoleSession(Stored):
 
 
 DOCUMENT_MODELS: list[type[Document]] = [Template, Deployment, Machine, Host, LabEvent, User, ApiToken,
-                                         AuditEntry, LoginThrottle, ServerSecret, ConsoleTicket,
+                                         AuditEntry, LoginThrottle, UserSession, ServerSecret, ConsoleTicket,
                                          ConsoleSession]

@@ -26,9 +26,9 @@ def class_lab(server: Server, fake_host: FakeHost, tiny_template: str) -> str:
     token = server.token_for("ta", "teacher")
     data(server.graphql(CREATE, {"i": {"name": "class-a", "template": "tiny-linux", "replicas": 2}}, token=token))
     data(server.graphql(ROSTER, {"n": "class-a", "s": ["stud1", "stud2"]}, token=token))
-    # Rostered students have no password until someone sets one: here, their teacher.
+    # Rostered students have no password until someone sets one: here, an admin.
     data(server.graphql('mutation($p: String!) { setUserPassword(name: "stud1", password: $p) { name } }',
-                        {"p": STUDENT_PASSWORD}, token=token))
+                        {"p": STUDENT_PASSWORD}))
     fake_host.converge("class-a")
     return "class-a"
 
@@ -58,7 +58,8 @@ def test_a_wrong_password_then_throttling(anonymous_tab: Any, server: Server) ->
         anonymous_tab.get_by_label("Password").fill(f"not-it-{attempt}")
         anonymous_tab.get_by_role("button", name="Sign in").click()
         expect(anonymous_tab.locator("#login-error")).to_have_text("Wrong username or password.")
-    # Five failures lock the account for a while, whichever password comes next (even the right one).
+    # Five failures lock the account out from this address for a while, whichever password
+    # comes next (even the right one).
     anonymous_tab.get_by_label("Username").fill("victim")
     anonymous_tab.get_by_label("Password").fill(server.passwords["victim"])
     anonymous_tab.get_by_role("button", name="Sign in").click()

@@ -333,13 +333,25 @@ class Mutation:
                                                          password=input.password))
 
     @strawberry.mutation(description=(
-        "Set a password: your own, or (admins) anyone's, or (teachers) a student's on your rosters."))
+        "Admins only: set someone else's password (every session of theirs ends). Your own: changePassword."))
     async def set_user_password(self, info: strawberry.Info, name: str, password: str) -> User:
         return User.of(await _services(info).set_user_password(name, password))
 
     @strawberry.mutation(description=(
-        "A one-time set-password link (a path on this server) for a student on your rosters, "
-        "good for 7 days; it replaces an older one."))
+        "Change your own password, giving the current one; your other sessions end (the one "
+        "this request came through stays). A wrong current password counts as a failed sign-in."))
+    async def change_password(self, info: strawberry.Info, current_password: str, new_password: str) -> User:
+        return User.of(await _services(info).change_password(current=current_password, new=new_password))
+
+    @strawberry.mutation(description=(
+        "Admins only: end every session of a user (signed in anywhere); returns how many ended."))
+    async def end_user_sessions(self, info: strawberry.Info, name: str) -> int:
+        return await _services(info).end_user_sessions(name)
+
+    @strawberry.mutation(description=(
+        "A one-time set-password link (a path on this server), good for 7 days; it replaces an "
+        "older one. Admins: for anyone. Teachers: only for a student of theirs who has no password "
+        "yet and is on no other teacher's lab (the link stops working if that changes)."))
     async def create_password_link(self, info: strawberry.Info, name: str) -> str:
         code = await _services(info).password_link(name)
         return f"/set-password?code={code}"

@@ -23,7 +23,7 @@ session's CSRF token):
   GET  /templates  GET /templates/new  POST /templates
   GET|POST /templates/{name}/edit   POST /templates/{name}/delete
   GET  /hosts   POST /hosts/tokens      hosts; admins issue host tokens
-  GET  /users   POST /users   POST /users/{name}/link    (admins)
+  GET  /users   POST /users   POST /users/{name}/link   POST /users/{name}/sessions/end    (admins)
   GET  /audit                           the audit log, filtered (admins)
   GET  /server
   GET  /events                          live updates (server-sent events, see `kubekvm.live`)
@@ -83,6 +83,7 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
         Route("/users", admin(accounts.users)),
         Route("/users", admin(accounts.create_user), methods=post),
         Route("/users/{name}/link", admin(accounts.user_link), methods=post),
+        Route("/users/{name}/sessions/end", admin(accounts.end_sessions), methods=post),
         Route("/audit", admin(accounts.audit)),
         Route("/", guard(labs.index)),
         Route("/labs", staff(labs.index)),

@@ -75,7 +75,7 @@ class AccountPages:
                                   message="unknown user or wrong password")
             state.errors["form"] = error.message
             return self._login(request, state, status=401)
-        sign_in(request, name=user.name, epoch=user.session_epoch)
+        await sign_in(request, user=user)
         who = Actor(kind=ActorKind.USER, name=user.name, role=user.role, address=actor.address)
         await accounts.record(who, action="login", target=f"user:{user.name}")
         home = "/my" if user.role == Role.STUDENT else "/"
@@ -85,7 +85,7 @@ class AccountPages:
         actor = actor_of(request)
         if actor.is_user:
             await _accounts(request).record(actor, action="logout", target=f"user:{actor.name}")
-        sign_out(request)
+        await sign_out(request)
         return _go("/login", Flash("You are signed out."))
 
     # --------------------------------------------------------- the first admin
@@ -117,7 +117,7 @@ class AccountPages:
             else:
                 who = Actor(kind=ActorKind.USER, name=user.name, role=user.role, address=actor.address)
                 await accounts.record(who, action="setup", target=f"user:{user.name}")
-                sign_in(request, name=user.name, epoch=user.session_epoch)
+                await sign_in(request, user=user)
                 return _go("/", Flash(f"Welcome, {user.name}: you are the first admin. "
                                       "Add teachers on the Users page."))
         return self.renderer.page(request, "accounts/setup.html", {"state": state, "section": "login"}, status=422)
@@ -126,7 +126,7 @@ class AccountPages:
 
     async def set_password_form(self, request: Request) -> Response:
         code = request.query_params.get("code", "")
-        user = await _accounts(request).user_for_code(code)
+        user = await services_for(request).password_link_user(code)
         return self.renderer.page(request, "accounts/set_password.html", {
             "state": FormState(values={"code": code}), "user": user, "section": "login"})
 
@@ -134,13 +134,14 @@ class AccountPages:
         form = await request.form()
         state = FormState(values={"code": text(form, "code")})
         accounts = _accounts(request)
-        user = await accounts.user_for_code(state.values["code"])
+        services = services_for(request)
+        user = await services.password_link_user(state.values["code"])
         password, again = form.get("password"), form.get("again")
         if password != again:
             state.errors["again"] = "The two passwords differ."
         else:
             try:
-                user = await accounts.set_password_with_code(state.values["code"],
+                user = await services.set_password_with_code(state.values["code"],
                                                              password if isinstance(password, str) else "")
             except ValidationFailed as error:
                 state.fail(error)
@@ -185,14 +186,14 @@ class AccountPages:
     async def change_password(self, request: Request) -> Response:
         services = services_for(request)
         form = await request.form()
-        password, again = form.get("password"), form.get("again")
+        current, password, again = form.get("current"), form.get("password"), form.get("again")
         if password != again or not isinstance(password, str):
-            return _go("/account", Flash("The two passwords differ; nothing changed.", "error"))
+            return _go("/account", Flash("The two new passwords differ; nothing changed.", "error"))
         try:
-            user = await services.set_user_password(services.actor.name, password)
-        except ValidationFailed as error:
+            # This session stays; every other one of the user's ends.
+            await services.change_password(current=current if isinstance(current, str) else "", new=password)
+        except (ValidationFailed, Throttled) as error:
             return _go("/account", Flash(error.message, "error"))
-        sign_in(request, name=user.name, epoch=user.session_epoch)  # this session stays; others end
         return _go("/account", Flash("Password changed. Other sessions of yours are signed out."))
 
     # ------------------------------------------------------------------ users
@@ -200,12 +201,20 @@ class AccountPages:
     async def users(self, request: Request) -> Response:
         return await self._users(request, FormState(values={"name": "", "role": "teacher"}))
 
-    async def _users(self, request: Request, state: FormState, *, status: int = 200) -> Response:
+    async def _users(self, request: Request, state: FormState, *, status: int = 200,
+                     link: tuple[str, str] | None = None) -> Response:
         services = services_for(request)
+        users = await services.list_users()
         return self.renderer.page(request, "accounts/users.html", {
-            "section": "users", "users": await services.list_users(), "state": state,
-            "roles": [r.value for r in Role], "link": None,
+            "section": "users", "users": users, "state": state, "roles": [r.value for r in Role],
+            "link": link, "sessions": await services.session_counts([u.name for u in users]),
         }, status=status)
+
+    async def end_sessions(self, request: Request) -> Response:
+        services = services_for(request)
+        name = str(request.path_params["name"])
+        ended = await services.end_user_sessions(name)
+        return _go("/users", Flash(f"{name}: {ended} session(s) ended; they must sign in again."))
 
     async def create_user(self, request: Request) -> Response:
         services = services_for(request)
@@ -236,11 +245,7 @@ class AccountPages:
         name = str(request.path_params["name"])
         code = await services.password_link(name)
         link = str(request.url_for("set_password_page").include_query_params(code=code))
-        return self.renderer.page(request, "accounts/users.html", {
-            "section": "users", "users": await services.list_users(),
-            "state": FormState(values={"name": "", "role": "teacher"}), "roles": [r.value for r in Role],
-            "link": (name, link),
-        })
+        return await self._users(request, FormState(values={"name": "", "role": "teacher"}), link=(name, link))
 
     # ------------------------------------------------------------------ audit
 

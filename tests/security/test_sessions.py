@@ -1,0 +1,178 @@
+"""Attacks on sessions (issue 11, item 6): a session must end on the server when it should.
+
+Each test is the request an attacker (or a lost laptop) makes with a session cookie that ought
+to be dead, against a real server: after sign-out, after the owner changed their password, after
+an admin ended the user's sessions, after the session sat idle. Each asserts the refusal and
+that nothing was written with the dead cookie.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import httpx
+
+from tests.security.signin import browser, csrf_of, database, session_count, signed_in, try_sign_in, user_doc, who
+from tests.support.processes import Server
+
+CREATE_TOKEN = 'mutation { createApiToken(label: "stolen") { token } }'
+
+
+def _tokens_of(server: Server, name: str) -> list[str]:
+    body = server.graphql("{ apiTokens(everyone: true) { owner label } }")
+    return [t["label"] for t in body["data"]["apiTokens"] if t["owner"] == name]  # type: ignore[index]
+
+
+def _refused_everywhere(server: Server, cookie: str, name: str) -> None:
+    """The copied cookie is anonymous now: pages send it to sign in, GraphQL knows no one, and
+    a change made with it is refused without writing anything."""
+    thief = httpx.Client(base_url=server.url, cookies={"kubekvm_session": cookie}, timeout=30)
+    with thief:
+        page = thief.get("/account")
+        assert page.status_code == 303 and page.headers["location"].startswith("/login"), page.status_code
+        assert who(thief) is None
+        tokens_before = _tokens_of(server, name)
+        made = thief.post("/graphql", json={"query": CREATE_TOKEN}).json()
+        assert made["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+        assert _tokens_of(server, name) == tokens_before
+
+
+def test_a_copied_cookie_is_refused_after_sign_out(server: Server) -> None:
+    password = server.user("sess-out", "teacher")
+    owner = signed_in(server, "sess-out", password)
+    cookie = owner.cookies["kubekvm_session"]
+    assert who(owner, cookie) == "sess-out"  # the copy works while the session lives
+    assert session_count(server, "sess-out") == 1
+    answer = owner.post("/logout")
+    assert answer.status_code == 303 and answer.headers["location"] == "/login"
+    assert session_count(server, "sess-out") == 0
+    _refused_everywhere(server, cookie, "sess-out")
+
+
+def test_a_password_change_asks_for_the_current_one_and_ends_the_other_sessions(server: Server) -> None:
+    password = server.user("sess-pw", "teacher")
+    laptop = signed_in(server, "sess-pw", password)
+    lab_pc = signed_in(server, "sess-pw", password, address="10.20.0.5")
+    lab_cookie = lab_pc.cookies["kubekvm_session"]
+    before = user_doc(server, "sess-pw")["password_hash"]
+    # Someone at the lab PC (still signed in) tries to lock the owner out: without the current
+    # password, through the page and through GraphQL, nothing changes.
+    wrong = lab_pc.post("/account/password", data={"current": "not-the-password", "password": "taken-over-1",
+                                                   "again": "taken-over-1"})
+    assert wrong.status_code == 303
+    assert "not right" in lab_pc.get("/account").text
+    refused = lab_pc.post("/graphql", json={"query": 'mutation { changePassword(currentPassword: "guess-guess", '
+                                                     'newPassword: "taken-over-2") { name } }'}).json()
+    assert refused["errors"][0]["extensions"]["code"] == "VALIDATION_FAILED"
+    assert refused["errors"][0]["extensions"]["field"] == "currentPassword"
+    # setUserPassword on oneself is refused too (it would skip the current password).
+    itself = lab_pc.post("/graphql", json={"query": 'mutation { setUserPassword(name: "sess-pw", '
+                                                    'password: "taken-over-3") { name } }'}).json()
+    assert itself["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    assert user_doc(server, "sess-pw")["password_hash"] == before
+    assert session_count(server, "sess-pw") == 2
+    # The owner changes it, on the laptop: the laptop stays signed in, the lab PC's session ends.
+    changed = laptop.post("/account/password", data={"current": password, "password": "a-new-password-1",
+                                                     "again": "a-new-password-1"})
+    assert changed.status_code == 303
+    assert "Password changed" in laptop.get("/account").text
+    server.passwords["sess-pw"] = "a-new-password-1"
+    assert user_doc(server, "sess-pw")["password_hash"] != before
+    assert who(laptop) == "sess-pw"
+    assert session_count(server, "sess-pw") == 1
+    _refused_everywhere(server, lab_cookie, "sess-pw")
+
+
+def test_an_admin_ends_all_of_a_users_sessions(server: Server) -> None:
+    password = server.user("sess-all", "student")
+    cookies = [signed_in(server, "sess-all", password, address=f"10.21.0.{i}").cookies["kubekvm_session"]
+               for i in (1, 2)]
+    teacher = signed_in(server, "sess-teacher", server.user("sess-teacher", "teacher"))
+    # A teacher may not end someone's sessions (nor may the student, through GraphQL).
+    refused = teacher.post("/graphql", json={"query": 'mutation { endUserSessions(name: "sess-all") }'}).json()
+    assert refused["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    page = teacher.post("/users/sess-all/sessions/end", headers={"HX-Request": "true"})
+    assert page.status_code == 403
+    assert session_count(server, "sess-all") == 2
+    # An admin, with the button on the users page.
+    admin = signed_in(server, "sess-admin", server.user("sess-admin", "admin"))
+    users = admin.get("/users").text
+    assert 'action="/users/sess-all/sessions/end"' in users
+    ended = admin.post("/users/sess-all/sessions/end")
+    assert ended.status_code == 303
+    assert "2 session(s) ended" in admin.get("/users").text
+    assert session_count(server, "sess-all") == 0
+    for cookie in cookies:
+        _refused_everywhere(server, cookie, "sess-all")
+    audit = server.graphql('{ auditLog(action: "endUserSessions") { items { actor target outcome } } }')
+    outcomes = {(e["actor"], e["outcome"]) for e in audit["data"]["auditLog"]["items"]}  # type: ignore[index]
+    assert ("sess-admin", "ok") in outcomes and ("sess-teacher", "FORBIDDEN") in outcomes
+    # And over GraphQL (an admin's token): the number of sessions ended.
+    signed_in(server, "sess-all", password)
+    body = server.graphql('mutation { endUserSessions(name: "sess-all") }')
+    assert body["data"] == {"endUserSessions": 1}
+    assert session_count(server, "sess-all") == 0
+
+
+def _live_sessions(server: Server, name: str) -> int:
+    client, db = database(server)
+    with client:
+        return int(db["sessions"].count_documents({"user": name, "expires_at": {"$gt": datetime.now(UTC)}}))
+
+
+def test_an_idle_session_lapses_and_a_used_one_does_not(start_kubekvm: Callable[..., Server]) -> None:
+    server = start_kubekvm(env={"KUBEKVM_SESSION_IDLE_TIMEOUT": "2"})
+    try:
+        password = server.user("sess-idle", "teacher")
+        used = signed_in(server, "sess-idle", password)
+        idle = signed_in(server, "sess-idle", password)
+        idle_cookie = idle.cookies["kubekvm_session"]
+        started = time.monotonic()
+        # One session is used every few tenths of a second for longer than the idle timeout;
+        # the other is left alone (watched in the database: asking the server with its cookie
+        # would be using it) until it has lapsed.
+        while time.monotonic() - started < 4 or _live_sessions(server, "sess-idle") > 1:
+            assert who(used) == "sess-idle"
+            assert time.monotonic() - started < 15, "the idle session never lapsed"
+            time.sleep(0.2)
+        assert _live_sessions(server, "sess-idle") == 1
+        assert who(used) == "sess-idle"
+        _refused_everywhere(server, idle_cookie, "sess-idle")
+    finally:
+        server.stop()
+
+
+def test_a_live_stream_stops_once_its_session_ends(start_kubekvm: Callable[..., Server]) -> None:
+    server = start_kubekvm(env={"KUBEKVM_LIVE_HEARTBEAT": "0.5"})
+    try:
+        password = server.user("sess-live", "teacher")
+        owner = signed_in(server, "sess-live", password)
+        cookie = owner.cookies["kubekvm_session"]
+        with httpx.Client(base_url=server.url, cookies={"kubekvm_session": cookie}, timeout=30) as watcher, \
+                watcher.stream("GET", "/events") as stream:
+            assert stream.status_code == 200
+            lines = stream.iter_lines()
+            assert next(lines).startswith("retry:")
+            assert owner.post("/logout").status_code == 303
+            # The stream ends (at its next check, a heartbeat) instead of serving a dead session.
+            heartbeats = 0
+            for line in lines:
+                heartbeats += line.startswith(": heartbeat")
+                assert heartbeats < 5, "the stream went on after its session ended"
+        reopened = httpx.get(f"{server.url}/events", cookies={"kubekvm_session": cookie}, timeout=10)
+        assert reopened.status_code == 401
+    finally:
+        server.stop()
+
+
+def test_sign_in_rotates_the_session_and_a_planted_cookie_gives_nothing(server: Server) -> None:
+    password = server.user("sess-fix", "teacher")
+    client = browser(server)
+    client.get("/login")
+    planted = client.cookies["kubekvm_session"]  # what an attacker could have set beforehand
+    assert try_sign_in(client, "sess-fix", password).status_code == 303
+    assert client.cookies["kubekvm_session"] != planted
+    assert who(client, planted) is None
+    assert csrf_of(client)
