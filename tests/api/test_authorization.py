@@ -28,10 +28,12 @@ from tests.support.processes import Server
 
 IDENTITIES = ("anonymous", "student", "other", "host", "owner", "admin")
 OK, FORBIDDEN, NOT_FOUND, UNAUTH = "ok", "FORBIDDEN", "NOT_FOUND", "UNAUTHENTICATED"
+VALIDATION_FAILED = "VALIDATION_FAILED"
 # Collections a refused call may (must) write to.
 WRITTEN_BY_REFUSALS = {"audit_log", "login_throttle"}
 HOST = "mx-host"
-LAB = "mx-lab"  # owned by "ta"; machines mx-lab-1 (student "stu") and mx-lab-2 ("stu2")
+LAB = "mx-lab"  # owned by "ta"; machines mx-lab-1 (student "stu") and mx-lab-2 ("stu2", no password)
+USERS = {"student": "stu", "other": "tb", "owner": "ta", "admin": "admin"}
 
 
 def outcomes(anonymous: str = UNAUTH, student: str = FORBIDDEN, other: str = FORBIDDEN, host: str = FORBIDDEN,
@@ -103,6 +105,17 @@ def _token_of_ta(ctx: Context) -> str:
     return str(made["createApiToken"]["apiToken"]["id"])
 
 
+def _password_change(ctx: Context, who: str) -> dict[str, Any]:
+    """The caller's current password and a new one (remembered: the call is expected to work
+    for everyone with a password)."""
+    name = USERS.get(who, "")
+    current = ctx.server.passwords.get(name, "not-a-password")
+    new = f"{ctx.fresh('changed')}-password"
+    if name in ctx.server.passwords:
+        ctx.server.passwords[name] = new
+    return {"c": current, "n": new}
+
+
 MATRIX: dict[str, Entry] = {
     # ------------------------------------------------------------------ queries
     "templates": Entry("{ templates { name } }", STAFF_READ),
@@ -148,8 +161,17 @@ MATRIX: dict[str, Entry] = {
                            HOST_AGENT),
     "createUser": Entry("mutation($i: UserInput!) { createUser(input: $i) { name } }", ADMIN_ONLY,
                         lambda ctx, who: {"i": {"name": ctx.fresh("user"), "role": "TEACHER"}}),
-    "setUserPassword": Entry('mutation { setUserPassword(name: "stu2", password: "another-long-one") { name } }',
-                             outcomes(other=NOT_FOUND, owner=OK)),
+    # Someone else's password: an admin's act only (a teacher setting a rostered student's
+    # password could sign in as them: see test_a_teacher_cannot_take_over_a_students_account).
+    "setUserPassword": Entry('mutation { setUserPassword(name: "mx-pw", password: "another-long-one") { name } }',
+                             ADMIN_ONLY),
+    # One's own, with the current one (the bootstrap admin has none, so theirs cannot match).
+    "changePassword": Entry("mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, "
+                            "newPassword: $n) { name } }",
+                            outcomes(student=OK, other=OK, owner=OK, admin=VALIDATION_FAILED),
+                            lambda ctx, who: _password_change(ctx, who)),
+    "endUserSessions": Entry('mutation { endUserSessions(name: "stu") }', ADMIN_ONLY),
+    # A first-time link for a student of the teacher's own lab who has no password yet.
     "createPasswordLink": Entry('mutation { createPasswordLink(name: "stu2") }', outcomes(other=NOT_FOUND, owner=OK)),
     "createApiToken": Entry('mutation { createApiToken(label: "m") { apiToken { label } } }', USER_READ),
     "createHostToken": Entry(f'mutation {{ createHostToken(host: "{HOST}") {{ apiToken {{ label }} }} }}', ADMIN_ONLY),
@@ -193,6 +215,7 @@ def ctx(start_kubekvm: Callable[..., Server]) -> Context:
     context.as_("owner", "mutation($i: DeploymentInput!) { createDeployment(input: $i) { name } }",
                 i={"name": LAB, "template": "mx-tpl", "replicas": 2})
     context.as_("owner", f'mutation {{ setRoster(name: "{LAB}", students: ["stu", "stu2"]) {{ unbound }} }}')
+    server.user("mx-pw", "student")
     for machine in context.admin(f'{{ machines(deployment: "{LAB}") {{ id name student host }} }}')["machines"]:
         context.machine_ids[machine["name"]] = machine["id"]
         assert machine["host"] == HOST
@@ -277,6 +300,58 @@ async def test_matrix(ctx: Context, operation: str) -> None:
         if before is not None:
             assert await asyncio.to_thread(dump, ctx.server) == before, f"{operation} as {who} changed the database"
     assert seen == entry.expected
+
+
+def test_a_teacher_cannot_take_over_a_students_account(ctx: Context) -> None:
+    """The takeover path: teacher tb rosters students of teacher ta's lab onto a lab of their own,
+    then tries to give themselves a student's password (directly, or with a set-password link)
+    and reach the student's machine in ta's lab. Rostering is allowed (students take several
+    courses) and grants nothing; every later step is refused, and nothing is written."""
+    # A student of ta's who has no password yet, and ta's first-time link for them.
+    fresh_lab = ctx.fresh("take-a")
+    ctx.as_("owner", "mutation($i: DeploymentInput!) { createDeployment(input: $i) { name } }",
+            i={"name": fresh_lab, "template": "mx-tpl", "replicas": 1})
+    ctx.as_("owner", 'mutation($n: String!) { setRoster(name: $n, students: ["stu4"]) { unbound } }', n=fresh_lab)
+    link = ctx.as_("owner", 'mutation { createPasswordLink(name: "stu4") }')["createPasswordLink"]
+    # tb rosters stu (who has a password) and stu4 onto a lab of tb's.
+    theirs = ctx.fresh("take-b")
+    ctx.as_("other", "mutation($i: DeploymentInput!) { createDeployment(input: $i) { name } }",
+            i={"name": theirs, "template": "mx-tpl", "replicas": 2})
+    ctx.as_("other", 'mutation($n: String!) { setRoster(name: $n, students: ["stu", "stu4"]) { unbound } }', n=theirs)
+    before = dump(ctx.server)
+    tb = ctx.tokens["other"]
+    steps = {
+        'mutation { setUserPassword(name: "stu", password: "taken-over-pw") { name } }': FORBIDDEN,
+        'mutation { setUserPassword(name: "stu4", password: "taken-over-pw") { name } }': FORBIDDEN,
+        'mutation { createPasswordLink(name: "stu") }': FORBIDDEN,  # stu has a password
+        'mutation { createPasswordLink(name: "stu4") }': FORBIDDEN,  # stu4 is on ta's lab too
+        'mutation { endUserSessions(name: "stu") }': FORBIDDEN,
+        f'mutation {{ startMachine(name: "{LAB}-1") {{ name }} }}': NOT_FOUND,
+        f'mutation {{ resetMachine(name: "{LAB}-1") {{ name }} }}': NOT_FOUND,
+        f'mutation {{ stopMachine(name: "{LAB}-1") {{ name }} }}': NOT_FOUND,
+    }
+    seen = {query: _code(ctx.server.graphql(query, token=tb).get("errors")) for query in steps}  # type: ignore[arg-type]
+    assert seen == steps
+    bearer = {"Authorization": f"Bearer {tb}"}
+    # The same through the pages: the roster's link button, and the machine's console.
+    assert httpx.post(f"{ctx.server.url}/labs/{theirs}/roster/stu/link", headers={**bearer, "HX-Request": "true"},
+                      timeout=30).status_code == 403
+    assert httpx.get(f"{ctx.server.url}/machines/{LAB}-1/console", headers=bearer, timeout=30).status_code == 404
+    assert httpx.post(f"{ctx.server.url}/machines/{LAB}-1/console/ticket", headers={**bearer, "HX-Request": "true"},
+                      timeout=30).status_code == 404
+    # The link ta made before stu4 was on tb's lab no longer works: whoever holds it (ta, say)
+    # could otherwise set stu4's password and reach stu4's machine in tb's lab.
+    assert httpx.get(f"{ctx.server.url}{link}", timeout=30).status_code == 404
+    form = httpx.get(f"{ctx.server.url}/login", timeout=30)
+    csrf = form.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    used = httpx.post(f"{ctx.server.url}/set-password", cookies=form.cookies, timeout=30,
+                      data={"code": link.split("code=", 1)[1], "password": "taken-over-pw",
+                            "again": "taken-over-pw", "csrf_token": csrf})
+    # (A refused form post goes back with the reason; a used link would go on to /login.)
+    assert used.status_code == 303 and used.headers["location"] != "/login"
+    assert dump(ctx.server) == before, "a refused takeover step changed the database"
+    # An admin can still help stu4.
+    assert _code(ctx.server.graphql('mutation { createPasswordLink(name: "stu4") }').get("errors")) == OK  # type: ignore[arg-type]
 
 
 def test_lists_show_only_what_the_caller_may_see(ctx: Context) -> None:

@@ -1,0 +1,126 @@
+"""Sign-ins must not freeze the server (issue 12, item 2): argon2 (about half a second of CPU
+each) ran on the event loop, so thirty students signing in stalled every page, console and
+agent link of the replica; and a dummy hash was computed at import.
+
+The attack is a burst of sign-ins. The hasher is instrumented in-process: each hashing call
+records its thread and holds there until the test lets it go, so the test can assert, without
+timing anything, that while the sign-ins are hashing the loop still answers a cheap request,
+that no hashing call ran on the loop's thread, and that no more run at once than the pool's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from argon2 import PasswordHasher
+
+from kubekvm import credentials
+from kubekvm.accounts import Accounts
+from kubekvm.config import Settings
+from kubekvm.database import Connection, connect
+from kubekvm.errors import Unauthenticated
+from kubekvm.models import Role, User
+
+PASSWORD = "a-long-enough-password"
+WORKERS = 2
+
+
+class HeldHasher:
+    """argon2's PasswordHasher, but each hash or verify waits at a gate the test opens."""
+
+    def __init__(self, real: PasswordHasher) -> None:
+        self.real = real
+        self.threads: list[threading.Thread] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.inside = 0
+        self.most_inside = 0
+
+    def _held(self, work: Any, *args: Any) -> Any:
+        with self.lock:
+            self.threads.append(threading.current_thread())
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        self.entered.set()
+        try:
+            # On the loop's thread this wait freezes everything (that is the defect): it gives
+            # up after a while so the test can fail instead of hanging.
+            self.release.wait(timeout=10)
+            return work(*args)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+    def hash(self, password: str) -> str:
+        return str(self._held(self.real.hash, password))
+
+    def verify(self, stored: str, password: str) -> bool:
+        return bool(self._held(self.real.verify, stored, password))
+
+    def check_needs_rehash(self, stored: str) -> bool:
+        return self.real.check_needs_rehash(stored)
+
+
+@pytest.fixture
+async def accounts(secantus_uri: str) -> AsyncIterator[Accounts]:
+    connection: Connection = await connect(secantus_uri, database=f"t{uuid.uuid4().hex[:12]}")
+    try:
+        yield Accounts(settings=Settings())
+    finally:
+        await connection.client.drop_database(connection.database.name)
+        await connection.close()
+
+
+async def test_sign_ins_hash_off_the_loop_in_a_bounded_pool(accounts: Accounts,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    real = PasswordHasher()
+    for i in range(4):
+        await User(name=f"burst-{i}", role=Role.STUDENT, password_hash=real.hash(PASSWORD)).insert()
+    held = HeldHasher(real)
+    monkeypatch.setattr(credentials, "_hasher", held)
+    monkeypatch.setattr(credentials, "_pool", None)  # a fresh pool of WORKERS threads for this test
+    monkeypatch.setattr(credentials, "_workers", WORKERS)
+    monkeypatch.setattr(credentials, "_dummy_hash", real.hash("dummy"))
+    loop_thread = threading.current_thread()
+    # Four students and one mistyped name sign in at once.
+    sign_ins = [asyncio.create_task(accounts.authenticate(name=f"burst-{i}", password=PASSWORD,
+                                                         address=f"10.9.0.{i}")) for i in range(4)]
+    sign_ins.append(asyncio.create_task(accounts.authenticate(name="burst-nobody", password=PASSWORD,
+                                                              address="10.9.0.9")))
+    try:
+        # Once a hash is in flight (acknowledged by the hasher itself) ...
+        await asyncio.wait_for(asyncio.to_thread(held.entered.wait, 10), timeout=20)
+        # ... a cheap request on the same loop is answered while every sign-in is still hashing.
+        cheap = await asyncio.wait_for(accounts.find_user("burst-0"), timeout=20)
+        assert cheap is not None
+        assert not any(task.done() for task in sign_ins), "a sign-in finished while its hash was held"
+        assert not held.release.is_set()
+    finally:
+        held.release.set()
+        results = await asyncio.gather(*sign_ins, return_exceptions=True)
+        pool = credentials._pool
+        if pool is not None:
+            pool.shutdown(wait=True)
+    assert [r.name for r in results[:4] if isinstance(r, User)] == [f"burst-{i}" for i in range(4)]
+    assert isinstance(results[4], Unauthenticated)
+    assert held.threads and loop_thread not in held.threads
+    assert all(t.name.startswith("password-hash") for t in held.threads)
+    assert held.most_inside <= WORKERS
+
+
+def test_importing_the_credentials_module_hashes_nothing() -> None:
+    probe = ("import argon2\n"
+             "calls = []\n"
+             "real = argon2.PasswordHasher.hash\n"
+             "argon2.PasswordHasher.hash = lambda self, *a, **k: calls.append(1) or real(self, *a, **k)\n"
+             "import kubekvm.credentials, kubekvm.accounts, kubekvm.app\n"
+             "assert not calls, calls\n")
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
