@@ -136,7 +136,7 @@ def test_an_idle_session_lapses_and_a_used_one_does_not(start_kubekvm: Callable[
         while time.monotonic() - started < 4 or _live_sessions(server, "sess-idle") > 1:
             assert who(used) == "sess-idle"
             assert time.monotonic() - started < 15, "the idle session never lapsed"
-            time.sleep(0.2)
+            time.sleep(0.2)  # the pace of use of the used session, not a synchronisation
         assert _live_sessions(server, "sess-idle") == 1
         assert who(used) == "sess-idle"
         _refused_everywhere(server, idle_cookie, "sess-idle")
