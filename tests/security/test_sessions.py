@@ -8,14 +8,20 @@ that nothing was written with the dead cookie.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import httpx
+from gql import Client
+from gql.transport.exceptions import TransportQueryError
+from gql.transport.websockets import WebsocketsTransport
 
 from tests.security.signin import browser, csrf_of, database, session_count, signed_in, try_sign_in, user_doc, who
+from tests.support.graphql import Subscriber
 from tests.support.processes import Server
+from tests.support.waiting import wait_until_async
 
 CREATE_TOKEN = 'mutation { createApiToken(label: "stolen") { token } }'
 
@@ -176,3 +182,44 @@ def test_sign_in_rotates_the_session_and_a_planted_cookie_gives_nothing(server: 
     assert client.cookies["kubekvm_session"] != planted
     assert who(client, planted) is None
     assert csrf_of(client)
+
+
+async def test_a_graphql_subscription_stops_once_its_session_ends(server: Server) -> None:
+    password = server.user("sess-sub", "teacher")
+    owner = signed_in(server, "sess-sub", password)
+    token = server.token_for("sess-sub")
+    server.graphql("mutation($i: TemplateInput!) { createTemplate(input: $i) { name } }",
+                   {"i": {"name": "sess-tpl", "image": "x.qcow2", "memoryMib": 128, "diskGib": 1}})
+    made = server.graphql('mutation { createDeployment(input: {name: "sess-lab", template: "sess-tpl", '
+                          'replicas: 1}) { name } }', token=token)
+    assert not made.get("errors"), made
+    counter = iter(range(10_000))
+
+    def poke() -> None:
+        server.graphql(f'mutation {{ updateDeployment(name: "sess-lab", input: {{title: "t{next(counter)}"}}) '
+                       "{ name } }", token=token)
+
+    cookie = owner.cookies["kubekvm_session"]
+    transport = WebsocketsTransport(url=server.ws_url, headers={"Cookie": f"kubekvm_session={cookie}"},
+                                    subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL])
+    async with Client(transport=transport, fetch_schema_from_transport=False) as session:
+        subscriber = Subscriber(session, 'subscription { deploymentEvents(name: "sess-lab") { kind lab } }')
+        await subscriber.until_live(poke, lambda r: r["deploymentEvents"]["lab"] == "sess-lab")
+        assert (await asyncio.to_thread(owner.post, "/logout")).status_code == 303
+        # Changes go on; the subscription ends with UNAUTHENTICATED at its next check.
+        ended: list[BaseException] = []
+
+        async def stopped() -> bool:
+            await asyncio.to_thread(poke)
+            try:
+                await subscriber.wait_for(lambda r: False, timeout=0.3)
+            except TransportQueryError as error:
+                ended.append(error)
+                return True
+            except (TimeoutError, AssertionError):
+                return False
+            return False
+
+        await wait_until_async(stopped, timeout=20, what="the subscription to end after sign-out")
+        assert isinstance(ended[0], TransportQueryError)
+        assert ended[0].errors and ended[0].errors[0]["extensions"]["code"] == "UNAUTHENTICATED"
