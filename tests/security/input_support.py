@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import cache
 from typing import Any
 
 import httpx
@@ -23,11 +24,21 @@ TEMPLATE = {"name": "sec-tiny", "title": "Tiny", "os": "LINUX", "image": "tiny-l
             "vcpus": 1, "memoryMib": 128, "diskGib": 1}
 
 
+@cache
+def _database_client(uri: str) -> MongoClient[dict[str, Any]]:
+    return MongoClient(uri)
+
+
+@cache
+def _http(base_url: str) -> httpx.Client:
+    # One client per server: the fuzz sends hundreds of requests, each on a kept-alive connection.
+    return httpx.Client(base_url=base_url, timeout=30)
+
+
 def snapshot(server: Server) -> dict[str, list[dict[str, Any]]]:
     """Every document of every writable collection, in a stable order."""
-    with MongoClient(server.database_uri) as client:
-        database = client[server.database_name]
-        return {name: sorted(database[name].find(), key=lambda d: str(d["_id"])) for name in WRITABLE}
+    database = _database_client(server.database_uri)[server.database_name]
+    return {name: sorted(database[name].find(), key=lambda d: str(d["_id"])) for name in WRITABLE}
 
 
 def admin_session(server: Server, name: str = "sec-admin") -> httpx.Client:
@@ -42,7 +53,7 @@ def post_graphql(server: Server, query: str, variables: dict[str, Any] | None = 
     """POST as the bootstrap admin (or `token`); any status but a 5xx, and a JSON body."""
     # json.dumps escapes what UTF-8 cannot carry (a lone surrogate becomes "\\ud800"), as any
     # client's JSON may.
-    response = httpx.post(server.graphql_url, content=json.dumps({"query": query, "variables": variables or {}}),
+    response = _http(server.url).post("/graphql", content=json.dumps({"query": query, "variables": variables or {}}),
                           headers={"Authorization": f"Bearer {token or server.admin_token}",
                                    "Content-Type": "application/json"}, timeout=30)
     assert response.status_code < 500, response.text

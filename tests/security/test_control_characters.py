@@ -9,8 +9,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from gql import GraphQLRequest
+from gql.transport.exceptions import TransportQueryError
 
 from tests.security.input_support import TEMPLATE, admin_session, field_error, post_graphql, refused, snapshot
+from tests.support.graphql import websocket_session
 from tests.support.processes import Server
 
 LAB = "text-lab"
@@ -135,3 +138,18 @@ def test_a_lone_surrogate_in_graphql_is_refused_not_an_internal_error(server: Se
     error = refused(post_graphql(server, query, variables), field=field)
     assert "surrogate" in error["message"]
     assert snapshot(server) == before
+
+
+@pytest.mark.parametrize(("query", "variables", "field"), [
+    ("subscription($n: String) { deploymentEvents(name: $n) { kind } }", {"n": "lab\ud800"}, "name"),
+    ("subscription($h: String!, $c: String) { hostAssignments(host: \"h\", cursor: $c) { kind } }",
+     {"h": "h", "c": "\udfff"}, "cursor"),
+])
+async def test_a_lone_surrogate_in_a_subscription_is_refused(server: Server, query: str, variables: dict[str, object],
+                                                             field: str) -> None:
+    async with websocket_session(server.ws_url, server.admin_token) as session:
+        with pytest.raises(TransportQueryError) as refusal:
+            async for _ in session.subscribe(GraphQLRequest(query, variable_values=variables)):
+                pass
+    error = refusal.value.errors[0]  # type: ignore[index]
+    assert error["extensions"]["code"] == "VALIDATION_FAILED" and error["extensions"]["field"] == field, error
