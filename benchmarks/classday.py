@@ -66,7 +66,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -481,13 +482,18 @@ class Outcome:
         return bool(ok)
 
 
-async def day(system: System, rng: random.Random) -> dict[str, Any]:
+def say(began: float, message: str) -> None:
+    print(f"[{time.monotonic() - began:6.1f} s] {message}", flush=True)
+
+
+async def day(system: System, rng: random.Random, outcome: Outcome, *, began: float) -> dict[str, Any]:
+    """The class day on ``system``; ``outcome`` collects the checks as they are made, so a run
+    that fails half-way still reports what it had checked."""
     plan, lab = system.plan, system.lab
-    began = time.monotonic()
     failures = Failures()
-    outcome = Outcome()
     monitor = Monitor(system.urls, system.admin_token, failures)
     students_names = [f"student{i:02d}-cd" for i in range(1, plan.students + 1)]
+    say(began, f"making the teacher and {plan.students} student accounts")
     passwords = await _create_accounts(system, students_names)
     teacher = await _teacher_token(system, passwords["teacher-cd"])
 
@@ -504,6 +510,7 @@ async def day(system: System, rng: random.Random) -> dict[str, Any]:
     await asyncio.sleep(1.0)  # a second of calm samples before the burst, for comparison
 
     # -- the sign-in burst
+    say(began, f"sign-in burst: {plan.students} students within {plan.sign_in_window_s:g} s")
     students = [Student(name, passwords[name], home=i, replicas=system.urls, failures=failures)
                 for i, name in enumerate(students_names)]
     burst_began = time.monotonic()
@@ -520,6 +527,11 @@ async def day(system: System, rng: random.Random) -> dict[str, Any]:
                   f"{len(signed_in)} of {plan.students}")
 
     # -- the lab, under faults
+    # Placement takes only hosts whose heartbeat is recent: how many were, just before.
+    hosts_before = (await monitor.query("{ hosts { name ready } }") or {}).get("hosts", [])
+    our_hosts = {a.host_name for a in [system.real, *system.sims]}
+    ready_at_create = sum(1 for h in hosts_before if h["ready"] and h["name"] in our_hosts)
+    say(began, f"the teacher creates a {plan.replicas}-machine lab {lab}; faults begin")
     async with client(60) as http:
         created_at = time.monotonic()
         await post_graphql(http, system.urls[0], "mutation($n: String!, $t: String!, $r: Int!) { createDeployment("
@@ -548,6 +560,9 @@ async def day(system: System, rng: random.Random) -> dict[str, Any]:
                    asyncio.create_task(faults.database_kill(db_at)),
                    asyncio.create_task(faults.agent_kills(agent_moments))]
 
+    agent_at = ", ".join(f"+{m - created_returned:.1f}" for m in agent_moments)
+    say(began, f"kills: server at +{server_at - created_returned:.1f} s, "
+               f"database at +{db_at - created_returned:.1f} s, agent at {agent_at} s")
     first_converged: float | None = None
     truth: dict[str, Any] | None = None
     deadline = created_returned + plan.converge_timeout_s
@@ -555,6 +570,7 @@ async def day(system: System, rng: random.Random) -> dict[str, Any]:
         truth = await _converged(monitor, lab, plan.replicas)
         if truth is not None and first_converged is None:
             first_converged = time.monotonic()
+            say(began, "every machine running")
         if truth is not None and all(t.done() for t in fault_tasks):
             break
         await asyncio.sleep(0.5)
@@ -573,6 +589,7 @@ async def day(system: System, rng: random.Random) -> dict[str, Any]:
     lister_result = await listing
 
     # -- afterwards: the exact set, on every host
+    say(began, "converged after the faults; checking every host" if truth else "did NOT converge; checking anyway")
     truth = await _settled_truth(monitor, lab, plan.replicas) or truth
     machines = (truth or {}).get("machines", [])
     expected_names = {f"{lab}-{i}" for i in range(1, plan.replicas + 1)}
@@ -611,6 +628,7 @@ async def day(system: System, rng: random.Random) -> dict[str, Any]:
                   set(students_names), f"{len(set(students_of))} students on {len(students_of)} machines")
 
     # -- every subscriber and every student page saw the final state
+    say(began, "waiting for subscribers and students' pages to show the final state")
     final = {m["name"]: "RUNNING" for m in machines}
     mine = {m["student"]: m["name"] for m in machines if m["student"]}
 
@@ -640,6 +658,7 @@ async def day(system: System, rng: random.Random) -> dict[str, Any]:
                                           f"{what}: {message}"))
 
     # -- delete: nothing may be left anywhere
+    say(began, "deleting the lab")
     deleted_at = time.monotonic()
     async with client(60) as http:
         await post_graphql(http, system.urls[0], "mutation($n: String!) { deleteDeployment(name: $n) { name } }",
@@ -654,7 +673,7 @@ async def day(system: System, rng: random.Random) -> dict[str, Any]:
     outcome.check("after delete: the lab is gone", gone_at is not None)
     leftovers = []
     for _ in range(40):  # the agents remove domains and files as the server drops the machines
-        domains, _running = await asyncio.to_thread(_virsh_domains, f"kubekvm-{lab}-")
+        domains = (await asyncio.to_thread(_virsh_domains, f"kubekvm-{lab}-"))[0]
         leftovers = sorted(domains) + [f"{a.host_name}:{f}" for a in [system.real, *system.sims] for f in _overlays(a)]
         if not leftovers:
             break
@@ -663,6 +682,7 @@ async def day(system: System, rng: random.Random) -> dict[str, Any]:
     await monitor.close()
 
     # -- figures
+    say(began, "done; reading the probe's samples")
     stack.stop_process(probe, timeout=15)
     samples = _probe_samples(probe_out)
     burst = [s["seconds"] for s in samples if burst_began <= s["sent"] <= burst_ended and not s["error"]]
@@ -673,7 +693,7 @@ async def day(system: System, rng: random.Random) -> dict[str, Any]:
                                           sample["sent"] + sample["seconds"], sample["error"]))
     windows = faults.windows
     inside = [(f, w) for f in failures.items if (w := excused(f, windows)) is not None]
-    outside = [f for f in failures.items if excused(f, windows) is None]
+    outside = sorted((f for f in failures.items if excused(f, windows) is None), key=lambda f: f.started)
     outcome.check("no failed request outside the kill windows", not outside,
                   "; ".join(f"{f.who} -> {f.target}: {f.what}" for f in outside[:8]))
     outcome.check("every kill happened", len(windows) == plan.agent_kills + 2,
@@ -691,7 +711,8 @@ async def day(system: System, rng: random.Random) -> dict[str, Any]:
         "placement": {host: len(names) for host, names in sorted(by_host.items())},
         "figures": {
             "students": plan.students, "hosts_real": 1, "hosts_simulated": plan.simulated_hosts,
-            "lab_replicas": plan.replicas, "machines_on_real_host": len(real_expected),
+            "lab_replicas": plan.replicas, "hosts_ready_at_create": ready_at_create,
+            "machines_on_real_host": len(real_expected),
             "sign_in_burst_s": round(burst_ended - burst_began, 3),
             "sign_in_p50_s": round(percentile(sign_ins, 50), 3) if sign_ins else None,
             "sign_in_max_s": round(max(sign_ins), 3) if sign_ins else None,
@@ -726,6 +747,8 @@ async def day(system: System, rng: random.Random) -> dict[str, Any]:
                           "back_at_s": rel(w.back_at), "window_ends_s": rel(w.ends) if w.ends != math.inf else None,
                           "mid_provision": first_converged is None or w.killed_at < first_converged}
                          for w in windows],
+        "failure_kinds_outside_windows": _kinds((f, None) for f in outside),
+        "failure_kinds_in_windows": _kinds(inside),
         "failures_in_windows": [{"who": f.who, "target": f.target, "at_s": rel(f.started), "what": f.what,
                                  "window": w.what} for f, w in inside],
         "failures_outside_windows": [{"who": f.who, "target": f.target, "at_s": rel(f.started),
@@ -763,8 +786,19 @@ def _difference(found: set[str], wanted: set[str]) -> str:
             (f"; missing {missing[:5]}" if missing else ""))
 
 
+def _kinds(failures: Iterable[tuple[Failure, Window | None]]) -> list[dict[str, Any]]:
+    """Failures counted by who (without the numbers), what (its first words) and window."""
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for failure, window in failures:
+        who = re.sub(r"\b(student\d+-cd|\d+)\b", "N", failure.who)
+        counts[(who, failure.what.split(":", 1)[0], window.what if window else "")] += 1
+    return [{"who": who, "what": what, "window": window, "count": count}
+            for (who, what, window), count in counts.most_common()]
+
+
 def _log_findings(system: System) -> dict[str, Any]:
-    """Tracebacks and ERROR lines in every server and agent log of the run, with a sample."""
+    """Tracebacks and ERROR lines in every server and agent log of the run, with a sample, and
+    the agents' lost server links (WARNING agent.client: server ...)."""
     found: dict[str, Any] = {}
     logs = [("server-a", system.servers[0].child.log), ("server-b", system.servers[1].child.log),
             ("agent-real", system.real.log), *((f"agent-{s.host_name}", s.log) for s in system.sims)]
@@ -772,8 +806,13 @@ def _log_findings(system: System) -> dict[str, Any]:
         with contextlib.suppress(OSError):
             lines = path.read_text(errors="replace").splitlines()
             errors = [line for line in lines if re.search(r"\bERROR\b|Traceback", line)]
-            if errors:
-                found[name] = {"log": str(path), "error_lines": len(errors), "first": errors[:5]}
+            links = [line for line in lines if "WARNING agent.client: server" in line]
+            exceptions = Counter(line.split(":", 1)[0] for line in lines
+                                 if re.match(r"^[a-z_.]+\.[A-Za-z]+(Error|Exception|Disconnect|Disconnected)\b", line))
+            if errors or links:
+                found[name] = {"log": str(path), "error_lines": len(errors), "first": errors[:5],
+                               "exceptions": dict(exceptions.most_common(8)),
+                               "server_link_lost": len(links), "server_link_lost_first": links[:5]}
     return found
 
 
@@ -790,25 +829,29 @@ def run(plan: DayPlan, work: Path, *, seed: int | None = None) -> dict[str, Any]
     began = time.monotonic()
     system: System | None = None
     sampler: RssSampler | None = None
+    outcome = Outcome()
     context = {"plan": asdict(plan), "seed": seed, "machine": machine_info.describe(),
                "load_average_at_start": report.load_average(),
                "other_benchmark_runs_at_start": stack.live_runs(),
                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
+        say(began, f"starting the database, 2 server replicas, 1 real and {plan.simulated_hosts} simulated agents")
         system = build(plan, work, children)
         sampler = RssSampler(system.pids)
         context["setup_s"] = round(time.monotonic() - began, 1)
         context["real_host"] = {"name": system.real.host_name, "vcpus": system.real_vcpus,
                                 "cpu_overcommit": system.overcommit}
         budget = plan.budget_s - (time.monotonic() - began) - 20  # 20 s kept for clean-up
-        result = asyncio.run(asyncio.wait_for(day(system, rng), timeout=budget))
+        result = asyncio.run(asyncio.wait_for(day(system, rng, outcome, began=began), timeout=budget))
         context["load_average_at_end"] = report.load_average()
         result["rss"] = sampler.stop()
+        say(began, "stopping everything")
         result["log_findings"] = _log_findings(system)
         result["logs"] = str(LOG_DIR / f"classday-{work.name}")
     except BaseException as error:
         context["load_average_at_end"] = report.load_average()
         result = {"error": f"{type(error).__name__}: {error}", "passed": False,
+                  "checks": [asdict(c) for c in outcome.checks],
                   "rss": sampler.stop() if sampler else {},
                   "log_findings": _log_findings(system) if system else {}}
         if not isinstance(error, Exception):
@@ -840,15 +883,18 @@ def text_summary(result: dict[str, Any]) -> str:
     for window in result.get("kill_windows", []):
         lines.append(f"  window {window['what']} ({window['target']}): {window['killed_at_s']} -> "
                      f"{window['back_at_s']} s{' mid-provision' if window['mid_provision'] else ''}")
-    for failure in result.get("failures_outside_windows", [])[:20]:
-        lines.append(f"  OUTSIDE a window at {failure['at_s']} s: {failure['who']} -> {failure['target']}: "
-                     f"{failure['what']}")
+    for kind in result.get("failure_kinds_outside_windows", []):
+        lines.append(f"  OUTSIDE the windows: {kind['count']} x {kind['who']}: {kind['what']}")
+    for failure in result.get("failures_outside_windows", [])[:5]:
+        lines.append(f"    e.g. at {failure['at_s']} s: {failure['who']} -> {failure['target']}: {failure['what']}")
+    for kind in result.get("failure_kinds_in_windows", []):
+        lines.append(f"  in window {kind['window']}: {kind['count']} x {kind['who']}: {kind['what']}")
     if result.get("rss"):
         lines.append("resident memory (MiB, peak per process / last total):")
         lines += [f"  {role}: {v['peak_mib_per_process']} / {v['last_total_mib']}" for role, v in result["rss"].items()]
     for name, finding in result.get("log_findings", {}).items():
-        lines.append(f"  log {name}: {finding['error_lines']} ERROR/Traceback line(s), "
-                     f"e.g. {finding['first'][0][:160]}")
+        lines.append(f"  log {name}: {finding['error_lines']} ERROR/Traceback line(s) {finding['exceptions']}; "
+                     f"{finding['server_link_lost']} lost server link(s) ({finding['log']})")
     return "\n".join(lines)
 
 
