@@ -9,7 +9,9 @@ foreign page), `kubekvm.boundary.BodyLimit` (no body over the limit is read), th
 wrong content type or method: `GraphQLApp`).
 
 `create_app` gets an open database connection (the CLI or a test made it) and, on start-up,
-starts the event feed, builds the service layer and seeds the default templates. Every
+starts the event feed, builds the service layer, seeds the default templates and starts the
+janitor (`kubekvm.janitor`, active on whichever replica holds its lease); on shutdown it stops
+the janitor and hands its lease over. Every
 request passes `kubekvm.auth.AuthMiddleware`, which finds its actor; GraphQL and the pages
 reach the services only through that actor's authorization facade.
 
@@ -19,6 +21,7 @@ First start: while no admin account exists, each replica logs a one-time setup l
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -53,6 +56,8 @@ from kubekvm.graphql.schema import build_schema
 from kubekvm.graphql.websocket import CheckedTransportWS
 from kubekvm.headers import SecurityHeaders, explorer_policy
 from kubekvm.quotas import SubscriptionQuotas
+from kubekvm.janitor import LEASE_NAME, Janitor
+from kubekvm.lease import Lease
 from kubekvm.services import Services
 
 log = logging.getLogger(__name__)
@@ -175,9 +180,17 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
             # it works once, and it stops working as soon as any admin exists.
             log.warning("no admin account exists yet: open %s/setup?code=%s to create the first one "
                         "(or run `kubekvm user create NAME --role admin`)", settings.public_url, code)
+        janitor_task: asyncio.Task[None] | None = None
+        janitor = Janitor(services=services, interval_seconds=settings.janitor_interval_seconds,
+                          lease=Lease(collection=connection.database["leases"], name=LEASE_NAME,
+                                      ttl_seconds=3 * settings.janitor_interval_seconds or 1.0))
+        if settings.janitor_interval_seconds > 0:
+            janitor_task = asyncio.create_task(janitor.run(), name="janitor")
         try:
             yield
         finally:
+            if janitor_task is not None:
+                await janitor.stop(janitor_task)
             await feed.stop()
 
     origins = allowed_origins(settings)

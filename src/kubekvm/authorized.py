@@ -45,7 +45,7 @@ from kubekvm.models import (
     TokenKind,
     User,
 )
-from kubekvm.services import HostStatus, Page, ServerInfo, Services, host_name
+from kubekvm.services import HostStatus, Page, ServerInfo, Services, finish, host_name
 from kubekvm.streams import LabChange, LabChangeKind, lab_changes
 
 T = TypeVar("T")
@@ -71,7 +71,12 @@ class Authorized:
                        routine: bool = False) -> T:
         """Run a change (its checks included) and record how it ended. `routine` calls (an agent's
         heartbeat and state reports, several a minute per host) are recorded only when refused:
-        their successes are telemetry, which would bury the decisions people made."""
+        their successes are telemetry, which would bury the decisions people made.
+        The change runs to its end even if the client leaves meanwhile (`services.finish`)."""
+        return await finish(self._audited_work(action, target, work, routine=routine))
+
+    async def _audited_work(self, action: str, target: str, work: Callable[[], Awaitable[T]], *,
+                            routine: bool) -> T:
         try:
             result = await work()
         except KubeKVMError as error:
@@ -241,8 +246,10 @@ class Authorized:
         """The lab, the students left without a machine, and the accounts created."""
         async def work() -> tuple[Deployment, list[str], list[str]]:
             await self._managed_lab(name)
-            created = await self.accounts.ensure_students(students)
-            lab, unbound = await self.services.set_roster(name, students=students, match_replicas=match_replicas)
+            # The whole request is checked before anything is written, accounts included.
+            names = await self.services.check_roster(name, students=students, match_replicas=match_replicas)
+            created = await self.accounts.ensure_students(names)
+            lab, unbound = await self.services.set_roster(name, students=names, match_replicas=match_replicas)
             return lab, unbound, created
         return await self._audited("setRoster", f"lab:{name}", work)
 

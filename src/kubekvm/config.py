@@ -103,6 +103,10 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     # Strict-Transport-Security's max-age, sent on answers over HTTPS; 0 sends none.
     hsts_seconds: int = 31_536_000
+    # The janitor (kubekvm.janitor) recounts host allocations and lab phases from the machines
+    # this often, on the one replica holding its lease; the lease lasts three intervals, so a
+    # replica that dies hands the job over within that. 0 turns the janitor off.
+    janitor_interval_seconds: float = 60.0
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -142,6 +146,7 @@ class Settings:
             allowed_origins=tuple(o.strip() for o in os.environ.get("KUBEKVM_ALLOWED_ORIGINS", "").split(",")
                                   if o.strip()),
             hsts_seconds=_env_number("KUBEKVM_HSTS_SECONDS", 31_536_000),
+            janitor_interval_seconds=_env_number("KUBEKVM_JANITOR_INTERVAL", 60.0),
         )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kubekvm.errors import ValidationFailed
@@ -53,8 +53,23 @@ def parse(text: str) -> list[str]:
             if name and name not in names:
                 names.append(username(name, field="students"))
     if len(names) > MAX_ROSTER:
-        raise ValidationFailed("students", f"A roster has at most {MAX_ROSTER} students.")
+        raise ValidationFailed("students", f"A roster has at most {MAX_ROSTER} students (got {len(names)}).")
     return names
+
+
+def students(names: Sequence[str]) -> list[str]:
+    """A roster as a program sends it (GraphQL `setRoster`, or the form once parsed): every
+    name a valid username, none twice, at most MAX_ROSTER; else ValidationFailed on
+    `students`, checked in full before the caller writes anything."""
+    if len(names) > MAX_ROSTER:
+        raise ValidationFailed("students", f"A roster has at most {MAX_ROSTER} students (got {len(names)}).")
+    checked = [username(name, field="students") for name in names]
+    seen: set[str] = set()
+    for name in checked:
+        if name in seen:
+            raise ValidationFailed("students", f"{name!r} is listed twice.")
+        seen.add(name)
+    return checked
 
 
 @dataclass(frozen=True)

@@ -6,28 +6,37 @@ raises a `KubeKVMError` having written nothing (a half-made lab is removed again
 
 Several server replicas run this code against one database at once, so:
 - creating something unique relies on the unique index, not on a prior lookup;
-- host capacity is reserved with a conditional `$inc`, never read-then-write;
-- a lab's phase is written with compare-and-set on `Deployment.version`, recomputed from a
-  fresh read after every change, so the last writer always saw the latest machine states.
+- host capacity is reserved with a conditional `$inc`, never read-then-write (and recounted
+  from the machines by the janitor, `kubekvm.janitor`, should a crash leave it wrong);
+- every write of a lab is compare-and-set on `Deployment.version` (`_change_lab`): it is
+  computed from the lab as read and stored only if nobody wrote the lab since, else read again
+  and recomputed, with a bounded, jittered backoff. Its phase is recomputed from a fresh read
+  of its machines after every change, so the last writer always saw the latest machine states;
+- machine writes that follow a lab change (scale, power, roster binding) are conditional on
+  the machine as read, and checked afterwards against the lab read again: if another replica
+  changed the lab meanwhile, they are made again for the newer lab (`_apply_spec`);
+- a change and its consequences are one unit: `finish` runs them as a task of their own, so a
+  client that drops its connection (its request cancelled mid-await) cannot cut them in half.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
 import socket
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from beanie import PydanticObjectId
 from beanie.odm.enums import SortDirection
 from bson import ObjectId
 from bson.errors import InvalidId
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from kubekvm import __version__, lifecycle, placement, roster, validation
 from kubekvm.config import Settings
@@ -64,6 +73,46 @@ BY_LAB_AND_INDEX = [("deployment", SortDirection.ASCENDING), ("index", SortDirec
 
 HOST_NAME_RULE = "letters, digits, '.', '_' and '-', at most 63 characters"
 HOST_TEXT_MAX = 200  # what an agent says of its host: a domain type, a version, a domain's name
+
+# A conditional write that lost to another replica is computed again from a fresh read, at most
+# this many times, waiting a random fraction of a doubling delay (capped) between attempts.
+WRITE_ATTEMPTS = 20
+BACKOFF_FIRST_SECONDS = 0.005
+BACKOFF_MAX_SECONDS = 0.25
+
+T = TypeVar("T")
+LabUpdate = dict[str, Any]
+
+# Tasks `finish` started, kept referenced until they end (the event loop holds tasks weakly).
+_finishing: set[asyncio.Task[Any]] = set()
+
+
+async def backoff(attempt: int) -> None:
+    """Wait before attempt `attempt + 1` of a contended write: full jitter, so replicas that
+    collided once do not collide again in lockstep."""
+    delay = min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * (2 ** attempt))
+    await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 (jitter, not a secret)
+
+
+def _log_orphan(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        error = task.exception()
+        log.warning("a change finished after its client left, and failed: %r", error, exc_info=error)
+
+
+async def finish(work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` to its end even if the caller is cancelled (a client dropped its connection:
+    starlette and strawberry cancel the request's task mid-await). The caller still gets the
+    result, or CancelledError at once if it was cancelled; the work goes on either way, so a
+    state change is never separated from its consequences (the janitor re-runs those too)."""
+    task = asyncio.ensure_future(work)
+    _finishing.add(task)
+    task.add_done_callback(_finishing.discard)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_log_orphan)  # nobody is left to hear how it ended
+        raise
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -295,46 +344,74 @@ class Services:
             raise Unavailable(f"Could not create the machines of lab {name!r}: {exc}") from None
         self._published(lab, operation="insert")
         await self._publish_machines({"deployment": name})
+        # Deleted by another replica while its machines were being made: they go too.
+        await self._apply_spec(name, power_request=False)
         await self.place_pending(deployment=name)
         return await self.refresh_phase(name)
+
+    async def _read_lab(self, name: str) -> Deployment:
+        """The lab as stored now: every conditional write of a lab starts from this read."""
+        return await self.get_deployment(name)
+
+    async def _change_lab(self, name: str,
+                          change: Callable[[Deployment], LabUpdate | None]) -> tuple[Deployment, bool]:
+        """Write `change(lab)` (an update document; None: nothing to write) to the lab, on the
+        condition that it is still the lab `change` saw (same `version`); otherwise read it again
+        and recompute. `change` may raise to refuse. Returns the lab as read before the write
+        that succeeded, and whether anything was written."""
+        collection = Deployment.get_pymongo_collection()
+        for attempt in range(WRITE_ATTEMPTS):
+            lab = await self._read_lab(name)
+            update = change(lab)
+            if update is None:
+                return lab, False
+            update.setdefault("$inc", {})["version"] = 1
+            result = await collection.update_one({"_id": lab.id, "version": lab.version}, update)
+            if result.matched_count:
+                return lab, True
+            await backoff(attempt)
+        raise Unavailable(f"Lab {name!r} is changing too fast; try again.")
 
     async def update_deployment(
         self, name: str, *, title: str | None = None, replicas: int | None = None,
         power: Power | None = None, template: str | None = None,
     ) -> Deployment:
-        lab = await self.get_deployment(name)
-        if lab.phase == Phase.DELETING:
-            raise Conflict(f"Lab {name!r} is being deleted.")
-        if template is not None and template != lab.template:
-            raise ValidationFailed(
-                "template",
-                "The template of an existing lab cannot change: its machines' disks were made "
-                "from it. Create a new lab with the other template instead.",
-            )
-        if replicas is not None:
-            validation.replicas(replicas, maximum=self.settings.max_replicas)
-        changes: dict[str, Any] = {}
-        if title is not None:
-            changes["title"] = validation.title(title, fallback=name)
-        spec_changed = (replicas is not None and replicas != lab.replicas) or (
-            power is not None and power != lab.power)
-        if replicas is not None:
-            changes["replicas"] = replicas
-        if power is not None:
-            changes["power"] = power
-        if changes:
+        new_title = validation.title(title, fallback=name) if title is not None else None
+
+        def change(lab: Deployment) -> LabUpdate | None:
+            if lab.phase == Phase.DELETING:
+                raise Conflict(f"Lab {name!r} is being deleted.")
+            if template is not None and template != lab.template:
+                raise ValidationFailed(
+                    "template",
+                    "The template of an existing lab cannot change: its machines' disks were made "
+                    "from it. Create a new lab with the other template instead.",
+                )
+            if replicas is not None:
+                validation.replicas(replicas, maximum=self.settings.max_replicas)
+            changes: dict[str, Any] = {}
+            if new_title is not None:
+                changes["title"] = new_title
+            if replicas is not None:
+                changes["replicas"] = replicas
+            if power is not None:
+                changes["power"] = power.value
+            if not changes:
+                return None
             changes["updated_at"] = utcnow()
-            update: dict[str, Any] = {"$set": changes, "$inc": {"version": 1}}
-            if spec_changed:
-                update["$inc"]["generation"] = 1
-            await Deployment.find_one(Deployment.id == lab.id).update(update)
-        if replicas is not None and replicas != lab.replicas:
-            await self._scale(lab, replicas=replicas, power=power or lab.power)
-            if lab.roster:
-                await self._bind_roster(name, lab.roster)
-        if power is not None and power != lab.power:
-            await self._set_power(name, power)
-        return await self.refresh_phase(name, always_publish=bool(changes))
+            spec_changed = (replicas is not None and replicas != lab.replicas) or (
+                power is not None and power != lab.power)
+            return {"$set": changes, "$inc": {"generation": 1 if spec_changed else 0}}
+
+        before, written = await self._change_lab(name, change)
+        if written and replicas is not None and replicas != before.replicas:
+            await self._note(name, f"scaled from {before.replicas} to {replicas} machine(s)")
+        power_changed = written and power is not None and power != before.power
+        if power_changed:
+            await self._note(name, "start requested" if power == Power.RUNNING else "stop requested")
+        if written and (replicas is not None or power is not None):
+            await self._apply_spec(name, power_request=power_changed)
+        return await self.refresh_phase(name, always_publish=written)
 
     async def start_deployment(self, name: str) -> Deployment:
         return await self._power_request(name, Power.RUNNING)
@@ -343,15 +420,46 @@ class Services:
         return await self._power_request(name, Power.STOPPED)
 
     async def _power_request(self, name: str, power: Power) -> Deployment:
-        lab = await self.get_deployment(name)
-        if lab.phase == Phase.DELETING:
-            raise Conflict(f"Lab {name!r} is being deleted.")
-        await Deployment.find_one(Deployment.id == lab.id).update(
-            {"$set": {"power": power, "updated_at": utcnow()},
-             "$inc": {"version": 1, "generation": 1 if power != lab.power else 0}}
-        )
-        await self._set_power(name, power)
+        def change(lab: Deployment) -> LabUpdate:
+            if lab.phase == Phase.DELETING:
+                raise Conflict(f"Lab {name!r} is being deleted.")
+            return {"$set": {"power": power.value, "updated_at": utcnow()},
+                    "$inc": {"generation": 1 if power != lab.power else 0}}
+
+        await self._change_lab(name, change)
+        await self._note(name, "start requested" if power == Power.RUNNING else "stop requested")
+        # Asked again for the power it has: still a request (students' powered-off machines start).
+        await self._apply_spec(name, power_request=True)
         return await self.refresh_phase(name, always_publish=True)
+
+    async def _apply_spec(self, name: str, *, power_request: bool) -> None:
+        """Make the lab's machines follow its replicas, power and roster as stored now.
+
+        Another replica may change the lab while this one writes machines, and its machine
+        writes may land before or after ours. So after each pass the lab is read again: if its
+        spec (`generation`) or roster moved, the pass is made again for the newer lab. The
+        replica whose machine writes land last therefore always ends on the latest lab.
+        `power_request`: the lab's power is a new request, so every kept machine gets it (its
+        power generation bumped) even where its desired state is already that."""
+        applied_power: Power | None = None
+        for attempt in range(WRITE_ATTEMPTS):
+            lab = await self._read_lab(name)
+            if lab.phase == Phase.DELETING:
+                await self._remove_machines(name)
+            else:
+                await self._scale(lab, replicas=lab.replicas, power=lab.power)
+                if (power_request and applied_power is None) or (
+                        applied_power is not None and applied_power != lab.power):
+                    await self._set_power(name, lab.power)
+                applied_power = lab.power
+                if lab.roster or await self._anyone_bound(name):
+                    await self._bind_roster(name)
+            fresh = await self._read_lab(name)
+            if (fresh.generation, fresh.roster, fresh.phase == Phase.DELETING) == (
+                    lab.generation, lab.roster, lab.phase == Phase.DELETING):
+                return
+            await backoff(attempt)
+        raise Unavailable(f"Lab {name!r} is changing too fast; try again.")
 
     async def _set_power(self, name: str, power: Power) -> None:
         desired = lifecycle.desired_for(power)
@@ -361,9 +469,9 @@ class Services:
                     "$inc": {"power_generation": 1}},
         )
         await self._publish_machines(query)
-        await self._note(name, "start requested" if power == Power.RUNNING else "stop requested")
 
     async def _scale(self, lab: Deployment, *, replicas: int, power: Power) -> None:
+        """Machines 1..replicas kept, the others on their way out; idempotent."""
         existing = {
             m.index: m.desired
             for m in await Machine.find(Machine.deployment == lab.name, Machine.retired == False).to_list()  # noqa: E712
@@ -371,83 +479,149 @@ class Services:
         plan = lifecycle.scale(existing=existing, replicas=replicas)
         collection = Machine.get_pymongo_collection()
         if plan.retire:
-            query = {"deployment": lab.name, "index": {"$in": plan.retire}}
+            query = {"deployment": lab.name, "index": {"$in": plan.retire}, "retired": False}
             await collection.update_many(query, {"$set": {"desired": DesiredState.ABSENT.value,
-                                                          "updated_at": utcnow()}})
+                                                          "student": None, "updated_at": utcnow()}})
             await self._publish_machines(query)
             await self._drop_unplaced(lab.name)
         if plan.revive:
-            query = {"deployment": lab.name, "index": {"$in": plan.revive}}
+            query = {"deployment": lab.name, "index": {"$in": plan.revive}, "retired": False,
+                     "desired": DesiredState.ABSENT.value}
             await collection.update_many(query, {"$set": {"desired": lifecycle.desired_for(power).value},
                                                  "$inc": {"power_generation": 1}})
-            await self._publish_machines(query)
+            await self._publish_machines({"deployment": lab.name, "index": {"$in": plan.revive}})
         if plan.create:
             source = await self.get_template(lab.template)
             new = [_new_machine(lab=lab.name, index=i, spec=_spec_of(source), power=power)
                    for i in plan.create]
             try:
-                await Machine.insert_many(new)
-            except DuplicateKeyError:
-                pass  # a concurrent scale of the same lab made them; same indexes, same spec
+                await Machine.insert_many(new, ordered=False)
+            except (DuplicateKeyError, BulkWriteError):
+                pass  # a concurrent scale of the same lab made some; same indexes, same spec
             await self._publish_machines({"deployment": lab.name, "index": {"$in": plan.create}})
             await self.place_pending(deployment=lab.name)
-        await self._note(lab.name, f"scaled from {lab.replicas} to {replicas} machine(s)")
+
+    async def check_roster(self, name: str, *, students: Sequence[str],
+                           match_replicas: bool = False) -> list[str]:
+        """The usernames of a roster request, or ValidationFailed/NotFound/Conflict having
+        written nothing: everything a roster change can refuse is checked here, before anything
+        (the students' accounts included) is made."""
+        names = roster.students(students)
+        lab = await self.get_deployment(name)
+        if lab.phase == Phase.DELETING:
+            raise Conflict(f"Lab {name!r} is being deleted.")
+        if match_replicas and len(names) > self.settings.max_replicas:
+            raise ValidationFailed("students", (
+                f"A lab has at most {self.settings.max_replicas} machines: {len(names)} students "
+                "cannot each get one."))
+        return names
 
     async def set_roster(self, name: str, *, students: Sequence[str],
                          match_replicas: bool = False) -> tuple[Deployment, list[str]]:
         """Make `students` the lab's roster and bind each to a machine; with `match_replicas`
         the lab is first scaled to one machine per student. Returns the lab and the students
         left without a machine (more students than machines)."""
-        names = [roster.username(s, field="students") for s in students]
-        if len(set(names)) != len(names):
-            raise ValidationFailed("students", "A student is listed twice.")
-        lab = await self.get_deployment(name)
-        if lab.phase == Phase.DELETING:
-            raise Conflict(f"Lab {name!r} is being deleted.")
-        if match_replicas and names and len(names) != lab.replicas:
-            await self.update_deployment(name, replicas=len(names))
-        await Deployment.find_one(Deployment.id == lab.id).update(
-            {"$set": {"roster": names, "updated_at": utcnow()}, "$inc": {"version": 1}})
-        unbound = await self._bind_roster(name, names)
-        added = sorted(set(names) - set(lab.roster))
-        removed = sorted(set(lab.roster) - set(names))
+        names = await self.check_roster(name, students=students, match_replicas=match_replicas)
+
+        def change(lab: Deployment) -> LabUpdate:
+            if lab.phase == Phase.DELETING:
+                raise Conflict(f"Lab {name!r} is being deleted.")
+            changes: dict[str, Any] = {"roster": names, "updated_at": utcnow()}
+            scaled = match_replicas and names and len(names) != lab.replicas
+            if scaled:
+                changes["replicas"] = len(names)
+            return {"$set": changes, "$inc": {"generation": 1 if scaled else 0}}
+
+        before, _ = await self._change_lab(name, change)
+        if match_replicas and names and len(names) != before.replicas:
+            await self._note(name, f"scaled from {before.replicas} to {len(names)} machine(s)")
+        await self._apply_spec(name, power_request=False)
+        added = sorted(set(names) - set(before.roster))
+        removed = sorted(set(before.roster) - set(names))
         if added or removed:
             said = [f"added {', '.join(added)}" if added else "", f"removed {', '.join(removed)}" if removed else ""]
             await self._note(name, "roster: " + "; ".join(x for x in said if x))
-        return await self.refresh_phase(name, always_publish=True), unbound
+        lab = await self.refresh_phase(name, always_publish=True)
+        return lab, await self._unbound(lab)
 
-    async def _bind_roster(self, name: str, students: Sequence[str]) -> list[str]:
-        kept = await Machine.find({"deployment": name, "retired": False,
-                                   "desired": {"$ne": DesiredState.ABSENT.value}}).to_list()
-        plan = roster.bind(roster=students, machines={m.index: m.student for m in kept})
+    async def _unbound(self, lab: Deployment) -> list[str]:
+        bound = {m.student for m in await self.list_machines(deployment=lab.name)
+                 if m.desired != DesiredState.ABSENT}
+        return [student for student in lab.roster if student not in bound]
+
+    async def _anyone_bound(self, name: str) -> bool:
+        return await Machine.find({"deployment": name, "student": {"$ne": None}}).count() > 0
+
+    async def _bind_roster(self, name: str) -> None:
+        """Bind the lab's roster to its kept machines (`roster.bind`). Each machine is written
+        only if it still has the student it was read with; afterwards no student may hold two
+        machines of the lab and the roster must be the one bound, or it is done again."""
         collection = Machine.get_pymongo_collection()
-        for machine in kept:
-            wanted = plan.machines.get(machine.index)
-            if wanted != machine.student:
-                await collection.update_one({"_id": machine.id}, {"$set": {"student": wanted,
-                                                                           "updated_at": utcnow()}})
-                machine.student = wanted
+        for attempt in range(WRITE_ATTEMPTS):
+            lab = await self._read_lab(name)
+            # A machine on its way out belongs to nobody any more.
+            await collection.update_many({"deployment": name, "desired": DesiredState.ABSENT.value,
+                                          "student": {"$ne": None}}, {"$set": {"student": None}})
+            kept = await Machine.find({"deployment": name, "retired": False,
+                                       "desired": {"$ne": DesiredState.ABSENT.value}}).to_list()
+            plan = roster.bind(roster=lab.roster, machines={m.index: m.student for m in kept})
+            # Free first, then bind: a student moving between machines never holds two.
+            moves: list[tuple[Machine, str | None]] = [
+                (m, None) for m in kept if m.student is not None and plan.machines.get(m.index) != m.student]
+            moves += [(m, plan.machines[m.index]) for m in kept
+                      if plan.machines.get(m.index) is not None and plan.machines[m.index] != m.student]
+            lost = False
+            for machine, student in moves:
+                result = await collection.update_one(
+                    {"_id": machine.id, "student": machine.student, "retired": False,
+                     "desired": {"$ne": DesiredState.ABSENT.value}},
+                    {"$set": {"student": student, "updated_at": utcnow()}})
+                if not result.matched_count:
+                    lost = True  # changed since read: bind again from a fresh read
+                    break
+                machine.student = student
                 self._published(machine)
-        # A machine on its way out belongs to nobody any more.
-        await collection.update_many({"deployment": name, "desired": DesiredState.ABSENT.value,
-                                      "student": {"$ne": None}}, {"$set": {"student": None}})
-        return plan.unbound
+            if not lost and (await self._read_lab(name)).roster == lab.roster and not await self._doubly_bound(name):
+                return
+            await backoff(attempt)
+        raise Unavailable(f"The roster of lab {name!r} is changing too fast; try again.")
+
+    async def _doubly_bound(self, name: str) -> list[str]:
+        """Students holding more than one kept machine of the lab (there must be none)."""
+        cursor = await Machine.get_pymongo_collection().aggregate([
+            {"$match": {"deployment": name, "retired": False, "student": {"$ne": None},
+                        "desired": {"$ne": DesiredState.ABSENT.value}}},
+            {"$group": {"_id": "$student", "n": {"$sum": 1}}},
+            {"$match": {"n": {"$gt": 1}}},
+        ])
+        return [str(row["_id"]) async for row in cursor]
 
     async def delete_deployment(self, name: str, *, force: bool = False) -> Deployment:
         lab = await self.get_deployment(name)
         if force:
             return await self._force_delete(lab)
-        await Deployment.find_one(Deployment.id == lab.id).update(
-            {"$set": {"phase": Phase.DELETING, "updated_at": utcnow()}, "$inc": {"version": 1}}
-        )
-        query = {"deployment": name, "retired": False}
-        await Machine.get_pymongo_collection().update_many(
-            query, {"$set": {"desired": DesiredState.ABSENT.value, "updated_at": utcnow()}}
-        )
-        await self._publish_machines(query)
-        await self._note(name, "delete requested")
-        await self._drop_unplaced(name)
+
+        def change(lab: Deployment) -> LabUpdate | None:
+            if lab.phase == Phase.DELETING:
+                return None  # asked again: the machines' removal below is still made sure of
+            return {"$set": {"phase": Phase.DELETING.value, "updated_at": utcnow()}, "$inc": {"generation": 1}}
+
+        _, written = await self._change_lab(name, change)
+        await self._remove_machines(name)
+        if written:
+            await self._note(name, "delete requested")
         return await self.refresh_phase(name, always_publish=True)
+
+    async def _remove_machines(self, name: str) -> None:
+        """Every machine of a lab being deleted on its way out; idempotent (the janitor and a
+        scale that lost the race to the deletion call it again)."""
+        query = {"deployment": name, "retired": False, "desired": {"$ne": DesiredState.ABSENT.value}}
+        result = await Machine.get_pymongo_collection().update_many(
+            query, {"$set": {"desired": DesiredState.ABSENT.value, "student": None, "updated_at": utcnow()}}
+        )
+        if result.modified_count:
+            await self._publish_machines({"deployment": name, "retired": False})
+        await self._drop_unplaced(name)
 
     async def _force_delete(self, lab: Deployment) -> Deployment:
         machines = await Machine.find(Machine.deployment == lab.name).to_list()
@@ -461,7 +635,8 @@ class Services:
             )
         for machine in machines:
             await self._forget_machine(machine)
-        await self._retire_lab(lab)
+        await Deployment.get_pymongo_collection().delete_one({"_id": lab.id})
+        await self._lab_removed(lab)
         return lab
 
     async def _drop_unplaced(self, name: str) -> None:
@@ -488,40 +663,63 @@ class Services:
         await Machine.get_pymongo_collection().delete_one({"_id": machine.id})
         self.feed.publish(collection="machines", operation="delete", id=str(machine.id), document=None)
 
-    async def _retire_lab(self, lab: Deployment) -> None:
-        await Deployment.get_pymongo_collection().delete_one({"_id": lab.id})
+    async def _lab_removed(self, lab: Deployment) -> None:
         self.feed.publish(collection="deployments", operation="delete", id=str(lab.id), document=None)
         await LabEvent.find(LabEvent.deployment == lab.name).delete()
 
+    async def converge_lab(self, name: str) -> tuple[Deployment | None, Deployment | None]:
+        """The follow-up of every lab change, run again (by the janitor) in case a crash cut it
+        short: the machines follow the lab's replicas and roster (a lab being deleted has every
+        machine on its way out), and its phase is recomputed. Returns the lab before and after
+        (None after: it was removed; None before: there is no such lab, or none this version
+        can read)."""
+        try:
+            before = await self.get_deployment(name)
+        except NotFound:
+            return None, None
+        await self._apply_spec(name, power_request=False)
+        after = await self.refresh_phase(name)
+        gone = before.phase == Phase.DELETING and await Deployment.find_one(Deployment.id == before.id) is None
+        return before, None if gone else after
+
     async def refresh_phase(self, name: str, *, always_publish: bool = False) -> Deployment:
         """Recompute a lab's phase from a fresh read of its machines and write it with
-        compare-and-set; returns the lab as written (or as found, if nothing changed)."""
+        compare-and-set; returns the lab as written (or as found, if nothing changed, after
+        making sure nobody wrote it meanwhile). A lab being deleted whose machines are all gone
+        is removed here, on the same condition. Idempotent: the janitor calls it for every lab."""
         collection = Deployment.get_pymongo_collection()
-        for _ in range(20):
-            lab = await Deployment.find_one(Deployment.name == name)
-            if lab is None:
-                raise NotFound(f"There is no lab named {name!r}.")
+        for attempt in range(WRITE_ATTEMPTS):
+            lab = await self._read_lab(name)
             machines = await Machine.find(Machine.deployment == name, Machine.retired == False).to_list()  # noqa: E712
             deleting = lab.phase == Phase.DELETING
             if deleting and not machines:
-                await self._retire_lab(lab)
-                return lab
+                removed = await collection.delete_one({"_id": lab.id, "version": lab.version})
+                if removed.deleted_count:
+                    await self._lab_removed(lab)
+                    return lab
+                await backoff(attempt)
+                continue
             decision = lifecycle.lab_phase(deleting=deleting, power=lab.power, machines=machines)
             if decision.phase == lab.phase and decision.message == lab.message:
-                if always_publish:
-                    self._published(lab)
-                return lab
+                # Nothing to write, if the lab is still the one this decision was made from.
+                if await collection.count_documents({"_id": lab.id, "version": lab.version}, limit=1):
+                    if always_publish:
+                        self._published(lab)
+                    return lab
+                await backoff(attempt)
+                continue
             result = await collection.update_one(
                 {"_id": lab.id, "version": lab.version},
                 {"$set": {"phase": decision.phase.value, "message": decision.message,
                           "updated_at": utcnow()}, "$inc": {"version": 1}},
             )
-            if result.modified_count:
+            if result.matched_count:
                 if decision.phase != lab.phase:
                     await self._note(name, f"phase {lab.phase.value} → {decision.phase.value}: {decision.message}")
                 lab.phase, lab.message, lab.version = decision.phase, decision.message, lab.version + 1
                 self._published(lab)
                 return lab
+            await backoff(attempt)
         raise Unavailable(f"Lab {name!r} is changing too fast; try again.")
 
     # ---------------------------------------------------------------- machines
@@ -573,7 +771,12 @@ class Services:
         if reset:
             update["$inc"]["reset_generation"] = 1
             update["$set"].update({"observed": ObservedState.PENDING.value, "message": "resetting"})
-        await Machine.get_pymongo_collection().update_one({"_id": machine.id}, update)
+        # Only a machine still kept: one the lab's deletion or a scale-down took meanwhile must
+        # not be brought back to life by a request made from an older read.
+        result = await Machine.get_pymongo_collection().update_one(
+            {"_id": machine.id, "retired": False, "desired": {"$ne": DesiredState.ABSENT.value}}, update)
+        if not result.matched_count:
+            raise Conflict(f"Cannot change {name}: this machine is being removed.")
         await self._note(machine.deployment, note, machine=name)
         fresh = await self.get_machine(name)
         self._published(fresh)
@@ -670,8 +873,18 @@ class Services:
         self, *, machine_id: str, host: str, state: ObservedState, message: str = "",
         power_generation: int | None = None,
     ) -> Machine:
+        """Record what a host observed and what follows from it (a machine confirmed gone is
+        forgotten, its lab's phase recomputed) as one unit: an agent whose connection drops
+        right after reporting cannot leave the state written and its consequences not."""
         if power_generation is not None:
             validation.whole_number(power_generation, field="powerGeneration", minimum=0, maximum=2**63 - 1)
+        return await finish(self._record_report(machine_id=machine_id, host=host, state=state,
+                                                message=message, power_generation=power_generation))
+
+    async def _record_report(
+        self, *, machine_id: str, host: str, state: ObservedState, message: str,
+        power_generation: int | None,
+    ) -> Machine:
         machine = await Machine.get(object_id(machine_id, what="machine"))
         if machine is None or machine.retired:
             raise NotFound(f"There is no machine with id {machine_id}; it was removed.")
@@ -685,9 +898,11 @@ class Services:
             return machine
         changes = {"observed": state.value, "message": message, "observed_at": utcnow(),
                    "observed_power_generation": seen}
-        await Machine.get_pymongo_collection().update_one(
-            {"_id": machine.id, "retired": False}, {"$set": changes}
+        written = await Machine.get_pymongo_collection().update_one(
+            {"_id": machine.id, "retired": False, "host": host}, {"$set": changes}
         )
+        if not written.matched_count:
+            raise NotFound(f"There is no machine with id {machine_id} on {host}; it was removed.")
         previous = machine.observed
         machine.observed, machine.message, machine.observed_power_generation = state, message, seen
         machine.observed_at = changes["observed_at"]  # type: ignore[assignment]
