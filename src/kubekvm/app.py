@@ -11,9 +11,9 @@ wrong content type or method: `GraphQLApp`).
 `create_app` gets an open database connection (the CLI or a test made it) and, on start-up,
 starts the event feed, builds the service layer, seeds the default templates and starts the
 janitor (`kubekvm.janitor`, active on whichever replica holds its lease); on shutdown it stops
-the janitor and hands its lease over. Every
-request passes `kubekvm.auth.AuthMiddleware`, which finds its actor; GraphQL and the pages
-reach the services only through that actor's authorization facade.
+the janitor and hands its lease over. Every request passes `kubekvm.auth.AuthMiddleware`,
+which finds its actor; GraphQL and the pages reach the services only through that actor's
+authorization facade.
 
 First start: while no admin account exists, each replica logs a one-time setup link
 (/setup?code=...) that creates the first admin; there is never a default password.
@@ -55,9 +55,9 @@ from kubekvm.events import ChangeStreamFeed, EventFeed
 from kubekvm.graphql.schema import build_schema
 from kubekvm.graphql.websocket import CheckedTransportWS
 from kubekvm.headers import SecurityHeaders, explorer_policy
-from kubekvm.quotas import SubscriptionQuotas
 from kubekvm.janitor import LEASE_NAME, Janitor
 from kubekvm.lease import Lease
+from kubekvm.quotas import SubscriptionQuotas
 from kubekvm.services import Services
 
 log = logging.getLogger(__name__)
