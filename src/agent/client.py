@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,6 +28,7 @@ from gql.transport.websockets import WebsocketsTransport
 
 from agent import __version__, documents
 from agent.assignment import Assignment, AssignmentError
+from agent.backoff import backoff_delay
 from agent.console import ConsoleRequest, ConsoleRequestError
 from agent.outbox import Outbox
 
@@ -66,12 +66,6 @@ def websocket_url(server: str) -> str:
     if "/" not in rest:
         rest = f"{rest}/graphql"
     return f"{scheme}://{rest}"
-
-
-def backoff_delay(failures: int, *, cap: float = 10.0, base: float = 0.5) -> float:
-    """Exponential with jitter: half the step fixed, half random, never above ``cap``."""
-    step = min(cap, base * 2.0 ** min(failures, 16))
-    return step / 2 + random.uniform(0, step / 2)  # noqa: S311 (jitter, not crypto)
 
 
 class ServerClient:

@@ -34,6 +34,7 @@ class AgentConfig:
     stop_grace: float = 60.0
     resync_interval: float = 30.0
     heartbeat_interval: float = 10.0
+    libvirt_timeout: float = 60.0
     gc_orphans: bool = False
     token: str | None = None
     # Kubernetes mounts per-node tokens as files; re-read at each reconnect, so a rotated
@@ -73,7 +74,7 @@ class AgentConfig:
             parser.error("--health-port must be 0 (off) to 65535")
         if args.parallel < 1:
             parser.error("--parallel must be at least 1")
-        for option in ("stop_grace", "resync_interval", "heartbeat_interval"):
+        for option in ("stop_grace", "resync_interval", "heartbeat_interval", "libvirt_timeout"):
             if getattr(args, option) <= 0:
                 parser.error(f"--{option.replace('_', '-')} must be positive")
         try:
@@ -91,6 +92,7 @@ class AgentConfig:
             stop_grace=args.stop_grace,
             resync_interval=args.resync_interval,
             heartbeat_interval=args.heartbeat_interval,
+            libvirt_timeout=args.libvirt_timeout,
             gc_orphans=gc_orphans,
             token=args.token or None,
             token_file=Path(args.token_file) if args.token_file else None,
@@ -149,6 +151,10 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--heartbeat-interval", type=float,
                         default=env("HEARTBEAT_INTERVAL", "10"), metavar="S",
                         help="[KUBEKVM_HEARTBEAT_INTERVAL; 10]")
+    parser.add_argument("--libvirt-timeout", type=float,
+                        default=env("LIBVIRT_TIMEOUT", "60"), metavar="S",
+                        help="seconds a libvirt call may take before its connection is "
+                        "replaced and the step retried [KUBEKVM_LIBVIRT_TIMEOUT; 60]")
     parser.add_argument("--gc-orphans", action="store_true",
                         help="remove KubeKVM domains the server no longer assigns here "
                         "[KUBEKVM_GC_ORPHANS]")

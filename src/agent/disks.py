@@ -7,6 +7,9 @@ directory and then renamed over the real name, so a crash at any moment leaves e
 old overlay, the new one or a temporary file, never a half-written overlay under the real
 name; temporary files are removed when the agent starts (one agent per host, so none of
 them can belong to a live operation then).
+
+Every ``qemu-img`` run has a timeout (``qemu_img_timeout``): one stuck on a hung storage
+mount or an unreadable base must fail its machine's step with a clear error, and is killed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 
 GIB = 1024**3
 _PARTIAL_MARK = ".partial-"
+# Overlays are metadata-only (milliseconds); a minute means qemu-img is stuck, not busy.
+QEMU_IMG_TIMEOUT = 60.0
 
 
 class DiskError(RuntimeError):
@@ -26,8 +31,9 @@ class DiskError(RuntimeError):
 
 
 class Disks:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, qemu_img_timeout: float = QEMU_IMG_TIMEOUT) -> None:
         self.directory = directory.absolute()
+        self.qemu_img_timeout = qemu_img_timeout
         # Base image -> (its inode, size and mtime; its virtual size). Every overlay of a
         # template needs the base's virtual size: asking qemu-img once per machine would cost
         # a process per machine. A base replaced or resized has another identity.
@@ -73,7 +79,7 @@ class Disks:
         if wanted and wanted > await self._base_size(base):
             command.append(str(wanted))
         try:
-            await _run(command)
+            await _run(command, timeout=self.qemu_img_timeout)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
@@ -85,7 +91,7 @@ class Disks:
         cached = self._base_sizes.get(base)
         if cached is not None and cached[0] == identity:
             return cached[1]
-        size = await virtual_size(base)
+        size = await virtual_size(base, timeout=self.qemu_img_timeout)
         self._base_sizes[base] = (identity, size)
         return size
 
@@ -96,14 +102,14 @@ class Disks:
         return existed
 
 
-async def virtual_size(image: Path) -> int:
+async def virtual_size(image: Path, *, timeout: float = QEMU_IMG_TIMEOUT) -> int:
     # -U: running machines hold locks on their base images; reading the header is safe.
-    output = await _run(["qemu-img", "info", "-U", "--output=json", str(image)])
+    output = await _run(["qemu-img", "info", "-U", "--output=json", str(image)], timeout=timeout)
     size = json.loads(output)["virtual-size"]
     return int(size)
 
 
-async def _run(command: list[str]) -> str:
+async def _run(command: list[str], *, timeout: float) -> str:
     process = await asyncio.create_subprocess_exec(
         *command,
         stdin=asyncio.subprocess.DEVNULL,
@@ -111,12 +117,18 @@ async def _run(command: list[str]) -> str:
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        stdout, stderr = await process.communicate()
-    except BaseException:
-        # Cancelled (agent stopping): do not leave qemu-img writing a file we then delete.
+        async with asyncio.timeout(timeout):
+            stdout, stderr = await process.communicate()
+    except BaseException as error:
+        # Timed out, or cancelled (agent stopping): do not leave qemu-img running, nor
+        # writing a file we then delete.
         if process.returncode is None:
             process.kill()
             await asyncio.shield(process.wait())
+        if isinstance(error, TimeoutError):
+            raise DiskError(
+                f"{command[0]} {command[1]} did not finish within {timeout:g} s (killed)"
+            ) from None
         raise
     if process.returncode != 0:
         detail = stderr.decode(errors="replace").strip() or f"exit status {process.returncode}"

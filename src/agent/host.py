@@ -31,7 +31,7 @@ log = logging.getLogger("agent")
 async def run_host(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None:
     """Runs until ``stop`` is set (or the task is cancelled)."""
     stop = stop or asyncio.Event()
-    hypervisor = Hypervisor(config.libvirt_uri)
+    hypervisor = Hypervisor(config.libvirt_uri, call_timeout=config.libvirt_timeout)
     await hypervisor.open()
     try:
         accelerator = await choose_accelerator(

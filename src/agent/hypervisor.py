@@ -1,11 +1,27 @@
-"""Hypervisor: a thin asyncio adapter over one libvirt connection.
+"""Hypervisor: a thin asyncio adapter over a libvirt connection, that never trusts it too far.
 
 The reconciler speaks in domain names, observed states and KubeKVM metadata; this module
-translates that to libvirt-python. Calls that may take a while (define, start, destroy,
-listing) run in a worker thread so the event loop stays free to deliver lifecycle events,
-which libvirt dispatches on the agent's own asyncio loop through ``libvirtaio`` (registered
-before the connection is opened, as libvirt requires). A dropped connection, e.g. libvirtd
-restarting, is reopened on the next call; the periodic resync makes up for missed events.
+translates that to libvirt-python. Every libvirt call is blocking, so each one runs in a
+worker thread, and every call has a timeout (``call_timeout``): a libvirtd busy re-probing
+QEMU once held an agent's first ``createXML`` for minutes, and nothing may wait on it for
+ever. Lifecycle events are dispatched on the agent's own asyncio loop through ``libvirtaio``
+(registered before the connection is opened, as libvirt requires).
+
+One connection at a time, with its own thread pool of ``MAX_CALLS_PER_CONNECTION`` threads
+and as many call slots: libvirtd serves one client at most ``max_client_requests`` calls at
+once (5 by default) and stops *reading* from a client that sends more; its keepalive
+answers then go unread and libvirtd drops the client ("Client hit max requests limit 5",
+then a keepalive timeout). Four calls in flight stay below that with room for libvirt's own
+keepalive and event traffic.
+
+A connection that is lost (libvirtd restarting, a keepalive timeout, an RPC error) or that
+let a call time out is *retired*: its calls fail with ``HypervisorUnavailable`` (not a
+machine error: nothing is known about the machine, and the step is worth retrying), the next
+call opens a new connection, and the connection listeners are told so that the reconciler
+re-reads everything (events were missed). A timed-out call's thread cannot be stopped; it
+stays in the retired connection's pool, holding no lock of ours, and the connection is closed
+once its last call returns. At most ``MAX_STUCK_CALLS`` such threads may exist; beyond that
+calls fail at once until libvirtd answers again.
 
 Errors that only mean "already done" (destroying a stopped domain, starting a running one,
 undefining a missing one) are swallowed: every step the reconciler takes must be idempotent.
@@ -14,11 +30,13 @@ undefining a missing one) are swallowed: every step the reconciler takes must be
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import socket
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import libvirt
@@ -31,12 +49,34 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 LifecycleListener = Callable[[str, ObservedState], None]
+ConnectionListener = Callable[[], None]
 
 _ALREADY_DONE = frozenset({libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_NO_DOMAIN})
+# Errors that are about the link to libvirtd, never about a domain.
+_CONNECTION_ERRORS = frozenset({
+    libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_RPC,
+})
+
+# Below libvirtd's default max_client_requests (5); see the module docstring.
+MAX_CALLS_PER_CONNECTION = 4
+# Generous: a define or start on a healthy host takes milliseconds to a few seconds, and a
+# start under load tens of seconds; a call still unanswered after a minute is stuck.
+CALL_TIMEOUT = 60.0
+# Threads of timed-out calls the agent tolerates before it stops sending libvirtd more work.
+MAX_STUCK_CALLS = 4 * MAX_CALLS_PER_CONNECTION
 
 
 class HypervisorError(RuntimeError):
     """A libvirt call failed for a reason worth reporting."""
+
+
+class HypervisorUnavailable(HypervisorError):
+    """libvirtd could not be asked: the connection is lost, or it did not answer in time.
+    Says nothing about the machine; the step is retried on a new connection."""
+
+
+class HypervisorTimeout(HypervisorUnavailable):
+    """A libvirt call did not return within the call timeout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +93,23 @@ class DomainStatus:
     # False only when libvirt has no process for the domain.
     active: bool
     metadata: MachineMetadata | None
+
+
+@dataclass(eq=False)
+class _Link:
+    """One libvirt connection with its own threads and call slots."""
+
+    connection: libvirt.virConnect
+    executor: concurrent.futures.ThreadPoolExecutor
+    # Passed as the opaque value of this connection's callbacks: how a late event of a
+    # retired connection is told from the current one's.
+    token: object
+    slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(MAX_CALLS_PER_CONNECTION))
+    callback_id: int | None = None
+    in_flight: int = 0
+    lost: bool = False
+    closed: concurrent.futures.Future[None] | None = None
 
 
 def observed_state(state: int, reason: int) -> ObservedState:
@@ -103,12 +160,14 @@ def _silence(_context: object, _error: object) -> None:
 
 
 class Hypervisor:
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, *, call_timeout: float = CALL_TIMEOUT) -> None:
         self.uri = uri
-        self._connection: libvirt.virConnect | None = None
+        self.call_timeout = call_timeout
+        self._link: _Link | None = None
         self._opening = asyncio.Lock()
         self._listeners: list[LifecycleListener] = []
-        self._callback_id: int | None = None
+        self._connection_listeners: list[ConnectionListener] = []
+        self._stuck = 0
 
     def add_lifecycle_listener(self, listener: LifecycleListener) -> None:
         self._listeners.append(listener)
@@ -117,27 +176,38 @@ class Hypervisor:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
+    def add_connection_listener(self, listener: ConnectionListener) -> None:
+        """``listener()`` runs whenever a connection is lost: events may have been missed."""
+        self._connection_listeners.append(listener)
+
+    def remove_connection_listener(self, listener: ConnectionListener) -> None:
+        if listener in self._connection_listeners:
+            self._connection_listeners.remove(listener)
+
+    @property
+    def stuck_calls(self) -> int:
+        """Timed-out calls whose threads have not returned yet."""
+        return self._stuck
+
     async def open(self) -> None:
-        await self._connect()
+        await self._current()
 
     async def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is None:
+        link, self._link = self._link, None
+        if link is None:
             return
-        try:
-            if self._callback_id is not None:
-                connection.domainEventDeregisterAny(self._callback_id)
-            connection.close()
-        except libvirt.libvirtError:
-            pass
-        self._callback_id = None
+        self._retire(link, "closed", notify=False)
+        if link.closed is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.wrap_future(link.closed), self.call_timeout)
 
     async def capacity(self) -> Capacity:
-        info = await self._call(lambda connection: connection.getInfo())
+        info = await self._call(lambda connection: connection.getInfo(), what="getInfo")
         return Capacity(vcpus=int(info[2]), memory_mib=int(info[1]))
 
     async def capabilities(self) -> str:
-        return await self._call(lambda connection: str(connection.getCapabilities()))
+        return await self._call(lambda connection: str(connection.getCapabilities()),
+                                what="getCapabilities")
 
     async def offers_domain_type(self, domain_type: str) -> bool:
         root = ET.fromstring(await self.capabilities())  # noqa: S314 (from libvirtd)
@@ -158,7 +228,7 @@ class Hypervisor:
                 found[status.name] = status
             return found
 
-        return await self._call(collect)
+        return await self._call(collect, what="listAllDomains")
 
     async def status(self, name: str) -> DomainStatus | None:
         def read(connection: libvirt.virConnect) -> DomainStatus | None:
@@ -169,26 +239,26 @@ class Hypervisor:
                     return None
                 raise
 
-        return await self._call(read)
+        return await self._call(read, what=f"reading {name}")
 
     async def define(self, xml: str) -> None:
         """Defines a persistent domain; defining an existing name updates it in place."""
-        await self._call(lambda connection: connection.defineXML(xml))
+        await self._call(lambda connection: connection.defineXML(xml), what="defineXML")
 
     async def start(self, name: str) -> None:
-        await self._on_domain(name, lambda domain: domain.create())
+        await self._on_domain(name, lambda domain: domain.create(), what="starting")
 
     async def shutdown(self, name: str) -> None:
         """Asks the guest to power off; the guest decides when (or whether) it does."""
         # No flags: QEMU then presses the ACPI power button (our domains have no guest
         # agent), and drivers that know no ACPI still get a request they understand.
-        await self._on_domain(name, lambda domain: domain.shutdown())
+        await self._on_domain(name, lambda domain: domain.shutdown(), what="shutting down")
 
     async def destroy(self, name: str) -> None:
-        await self._on_domain(name, lambda domain: domain.destroy())
+        await self._on_domain(name, lambda domain: domain.destroy(), what="destroying")
 
     async def resume(self, name: str) -> None:
-        await self._on_domain(name, lambda domain: domain.resume())
+        await self._on_domain(name, lambda domain: domain.resume(), what="resuming")
 
     async def undefine(self, name: str) -> None:
         def undefine(domain: libvirt.virDomain) -> None:
@@ -205,7 +275,7 @@ class Hypervisor:
                 flags |= libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
             domain.undefineFlags(flags)
 
-        await self._on_domain(name, undefine)
+        await self._on_domain(name, undefine, what="undefining")
 
     async def set_metadata(self, name: str, metadata: MachineMetadata) -> None:
         def write(domain: libvirt.virDomain) -> None:
@@ -217,7 +287,7 @@ class Hypervisor:
                 flags,
             )
 
-        await self._on_domain(name, write)
+        await self._on_domain(name, write, what="recording metadata of")
 
     async def open_display(self, name: str) -> socket.socket:
         """A new client connection to a running domain's display (its VNC server), handed over
@@ -228,12 +298,14 @@ class Hypervisor:
             descriptor = connection.lookupByName(name).openGraphicsFD(0, 0)
             return socket.socket(fileno=descriptor)
 
-        return await self._call(open_fd)
+        return await self._call(open_fd, what=f"opening the display of {name}")
 
     async def create_transient(self, xml: str) -> None:
-        await self._call(lambda connection: connection.createXML(xml, 0))
+        await self._call(lambda connection: connection.createXML(xml, 0), what="createXML")
 
-    async def _on_domain(self, name: str, action: Callable[[libvirt.virDomain], Any]) -> None:
+    async def _on_domain(
+        self, name: str, action: Callable[[libvirt.virDomain], Any], *, what: str
+    ) -> None:
         def run(connection: libvirt.virConnect) -> None:
             try:
                 action(connection.lookupByName(name))
@@ -241,44 +313,170 @@ class Hypervisor:
                 if error.get_error_code() not in _ALREADY_DONE:
                     raise
 
-        await self._call(run)
+        await self._call(run, what=f"{what} {name}")
 
-    async def _call(self, function: Callable[[libvirt.virConnect], T]) -> T:
-        connection = await self._connect()
-        try:
-            return await asyncio.to_thread(function, connection)
-        except libvirt.libvirtError as error:
-            raise HypervisorError(str(error.get_error_message() or error)) from error
+    async def _call(self, function: Callable[[libvirt.virConnect], T], *, what: str = "call") -> T:
+        """Runs ``function(connection)`` in the connection's threads, within the timeout.
 
-    async def _connect(self) -> libvirt.virConnect:
-        async with self._opening:
-            connection = self._connection
-            if connection is not None and connection.isAlive():
-                return connection
-            if connection is not None:
-                log.warning("libvirt connection to %s lost; reconnecting", self.uri)
-                await self.close()
-            loop = asyncio.get_running_loop()
-            implementation = libvirtaio.getCurrentImpl()
-            if implementation is None or implementation.loop is not loop:
-                libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
-            libvirt.registerErrorHandler(_silence, None)
+        Waiting for a free slot does not count against the timeout: it is bounded by the
+        timeouts of the calls that hold the slots."""
+        while True:
+            link = await self._current()
+            async with link.slots:
+                if link.lost:
+                    continue  # retired while this call waited for a slot: use the next one
+                return await self._run(link, function, what=what)
+
+    async def _run(self, link: _Link, function: Callable[[libvirt.virConnect], T], *,
+                   what: str) -> T:
+        if self._stuck >= MAX_STUCK_CALLS:
+            raise HypervisorUnavailable(
+                f"libvirt {what}: libvirtd at {self.uri} has left {self._stuck} calls "
+                "unanswered; no more are sent until it answers"
+            )
+
+        def work() -> T:
             try:
-                opened: libvirt.virConnect = await asyncio.to_thread(libvirt.open, self.uri)
+                return function(link.connection)
             except libvirt.libvirtError as error:
-                raise HypervisorError(
+                raise _translate(error, link.connection, what=what) from error
+
+        loop = asyncio.get_running_loop()
+        future = link.executor.submit(work)
+        link.in_flight += 1
+        future.add_done_callback(lambda _: _on_loop(loop, self._call_ended, link))
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.call_timeout)
+        except TimeoutError:
+            self._abandon(loop, future)
+            self._retire(link, f"left {what} unanswered for {self.call_timeout:g} s")
+            raise HypervisorTimeout(
+                f"libvirt {what} did not answer within {self.call_timeout:g} s "
+                f"(libvirtd at {self.uri} busy or stuck); retrying on a new connection"
+            ) from None
+        except HypervisorUnavailable as error:
+            self._retire(link, f"is lost ({error})")
+            raise
+
+    def _call_ended(self, link: _Link) -> None:
+        link.in_flight -= 1
+        if link.lost and link.in_flight == 0:
+            self._close_link(link)
+
+    def _abandon(self, loop: asyncio.AbstractEventLoop, future: concurrent.futures.Future[Any]) -> None:
+        """Counts a timed-out call's thread as stuck until it returns."""
+        if future.cancel():
+            return  # it had not started: nothing is stuck
+        self._stuck += 1
+        future.add_done_callback(lambda _: _on_loop(loop, self._unstick))
+
+    def _unstick(self) -> None:
+        self._stuck -= 1
+
+    async def _current(self) -> _Link:
+        link = self._link
+        if link is not None and not link.lost and link.connection.isAlive():
+            return link
+        async with self._opening:
+            link = self._link
+            if link is not None and not link.lost:
+                if link.connection.isAlive():
+                    return link
+                self._retire(link, "was closed")
+            self._link = await self._open()
+            return self._link
+
+    async def _open(self) -> _Link:
+        loop = asyncio.get_running_loop()
+        implementation = libvirtaio.getCurrentImpl()
+        if implementation is None or implementation.loop is not loop:
+            libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
+        libvirt.registerErrorHandler(_silence, None)
+        executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=MAX_CALLS_PER_CONNECTION, thread_name_prefix="libvirt")
+
+        token = object()
+
+        def connect() -> tuple[libvirt.virConnect, int]:
+            connection = self._libvirt_open()
+            try:
+                callback_id = connection.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, token)
+                with contextlib.suppress(libvirt.libvirtError):  # not every driver has it
+                    connection.registerCloseCallback(self._on_closed, token)
+            except BaseException:
+                with contextlib.suppress(libvirt.libvirtError):
+                    connection.close()
+                raise
+            return connection, callback_id
+
+        future = executor.submit(connect)
+        try:
+            connection, callback_id = await asyncio.wait_for(
+                asyncio.wrap_future(future), self.call_timeout)
+        except BaseException as error:
+            executor.shutdown(wait=False)
+            if not future.done():
+                # Timed out or cancelled: should it connect after all, nobody will use it.
+                future.add_done_callback(_close_late_connection)
+            if isinstance(error, TimeoutError):
+                self._abandon(loop, future)
+                raise HypervisorTimeout(
+                    f"libvirtd at {self.uri} did not accept a connection within "
+                    f"{self.call_timeout:g} s"
+                ) from None
+            if isinstance(error, libvirt.libvirtError):
+                raise HypervisorUnavailable(
                     f"cannot connect to libvirt at {self.uri}: {error.get_error_message()}"
                 ) from error
-            self._callback_id = opened.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
-            )
-            self._connection = opened
-            return opened
+            raise
+        return _Link(connection=connection, executor=executor, token=token,
+                     callback_id=callback_id)
+
+    def _libvirt_open(self) -> libvirt.virConnect:
+        """Opens a connection (in a worker thread); the fault tests wrap what it returns."""
+        connection: libvirt.virConnect = libvirt.open(self.uri)
+        return connection
+
+    def _retire(self, link: _Link, reason: str, *, notify: bool = True) -> None:
+        """Stops using a connection; it is closed once no call of it is running."""
+        if link.lost:
+            return
+        link.lost = True
+        if self._link is link:
+            self._link = None
+        if notify:
+            log.warning("libvirt connection to %s %s; the next call opens a new one",
+                        self.uri, reason)
+        if link.in_flight == 0:
+            self._close_link(link)
+        if notify:
+            for listener in list(self._connection_listeners):
+                try:
+                    listener()
+                except Exception:
+                    log.exception("connection listener failed")
+
+    def _close_link(self, link: _Link) -> None:
+        if link.closed is not None:
+            return
+        # Closing is a libvirt call too, and may block: it runs on the link's own thread.
+        link.closed = link.executor.submit(_close_connection, link.connection, link.callback_id)
+        link.executor.shutdown(wait=False)
+
+    def _on_closed(self, _connection: libvirt.virConnect, reason: int, token: object) -> None:
+        """libvirt's close callback (on the loop): keepalive timeout, EOF, libvirtd gone."""
+        link = self._link
+        if link is not None and link.token is token:
+            self._retire(link, f"was closed by libvirt (reason {reason})")
 
     def _on_lifecycle(
-        self, _connection: object, domain: libvirt.virDomain, event: int, detail: int,
-        _opaque: object,
+        self, _connection: libvirt.virConnect, domain: libvirt.virDomain, event: int, detail: int,
+        token: object,
     ) -> None:
+        link = self._link
+        if link is None or link.token is not token:
+            return  # a retired connection's late event; the new one's resync has it
         state = event_state(event, detail)
         if state is None:
             return
@@ -288,6 +486,46 @@ class Hypervisor:
                 listener(name, state)
             except Exception:
                 log.exception("lifecycle listener failed for %s", name)
+
+
+def connection_lost(error: libvirt.libvirtError, connection: libvirt.virConnect) -> bool:
+    """Whether a libvirt error means "the link to libvirtd is gone", not "the call failed":
+    RPC-layer errors (a closed socket, a keepalive timeout), no or an invalid connection,
+    and any error after which the connection reports itself dead."""
+    if error.get_error_code() in _CONNECTION_ERRORS:
+        return True
+    if error.get_error_domain() == libvirt.VIR_FROM_RPC:
+        return True
+    try:
+        return bool(connection.isAlive() != 1)
+    except libvirt.libvirtError:
+        return True
+
+
+def _translate(error: libvirt.libvirtError, connection: libvirt.virConnect, *,
+               what: str) -> HypervisorError:
+    message = error.get_error_message() or str(error)
+    if connection_lost(error, connection):
+        return HypervisorUnavailable(f"libvirt {what}: connection lost: {message}")
+    return HypervisorError(message)
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    """Runs ``callback`` on the loop from a worker thread (nothing to do once it is closed)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
+
+
+def _close_connection(connection: libvirt.virConnect, callback_id: int | None) -> None:
+    with contextlib.suppress(libvirt.libvirtError):
+        if callback_id is not None:
+            connection.domainEventDeregisterAny(callback_id)
+        connection.close()
+
+
+def _close_late_connection(future: concurrent.futures.Future[tuple[libvirt.virConnect, int]]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        _close_connection(*future.result())
 
 
 def _status(domain: libvirt.virDomain) -> DomainStatus:

@@ -23,6 +23,15 @@ it run again afterwards), passes on the same domain name are serialized by a loc
 most ``parallel`` passes run at once. Domains carrying KubeKVM metadata whose machine is not
 desired are orphans: reported, and removed only with ``gc_orphans``. Lifecycle events are
 reported at once and trigger a pass; a periodic full resync is the safety net.
+
+Each report carries the power generation recorded in the domain (the latest start/stop
+request carried out on it), so the server can tell "not started yet" from "powered off".
+
+libvirtd being unreachable or not answering (``HypervisorUnavailable``: a dropped connection,
+a keepalive timeout, a call past its timeout) is not a machine error: a machine that was
+running still runs. The pass reports nothing it does not know (a machine not yet reported, or
+being made, is reported pending with the reason), and is retried with backoff; when the
+hypervisor reconnects, a full resync re-reads every domain and reports what libvirt shows.
 """
 
 from __future__ import annotations
@@ -39,9 +48,10 @@ from typing import NamedTuple
 
 from agent.accelerator import Accelerator
 from agent.assignment import Assignment
+from agent.backoff import backoff_delay
 from agent.disks import DiskError, Disks
 from agent.domain_xml import NEVER_POWERED, MachineMetadata, domain_xml
-from agent.hypervisor import DomainStatus, Hypervisor, HypervisorError
+from agent.hypervisor import DomainStatus, Hypervisor, HypervisorError, HypervisorUnavailable
 from agent.images import Images
 from agent.machine_state import ObservedState, StateReport
 
@@ -120,6 +130,10 @@ class Reconciler:
         self._background: set[asyncio.Task[None]] = set()
         # Machines whose pass is acting on libvirt right now.
         self._in_pass: set[str] = set()
+        # Machines whose last pass found libvirtd unreachable: failures in a row, and the
+        # timer of the next attempt.
+        self._unavailable: dict[str, int] = {}
+        self._retries: dict[str, asyncio.TimerHandle] = {}
         self._closed = False
 
     @property
@@ -135,6 +149,7 @@ class Reconciler:
         for partial in self.disks.remove_partials():
             log.info("removed %s left by an interrupted overlay creation", partial)
         self.hypervisor.add_lifecycle_listener(self._on_lifecycle)
+        self.hypervisor.add_connection_listener(self.request_resync)
         await self.hypervisor.open()
         self._resync_task = asyncio.create_task(self._resync_loop(), name="resync")
 
@@ -142,11 +157,12 @@ class Reconciler:
         """Stops all work; domains are left exactly as they are."""
         self._closed = True
         self.hypervisor.remove_lifecycle_listener(self._on_lifecycle)
+        self.hypervisor.remove_connection_listener(self.request_resync)
         tasks = [worker.task for worker in self._workers.values() if worker.task]
         tasks.extend(self._background)
         if self._resync_task is not None:
             tasks.append(self._resync_task)
-        for timer in self._timers.values():
+        for timer in [*self._timers.values(), *self._retries.values()]:
             timer.cancel()
         for task in tasks:
             task.cancel()
@@ -238,6 +254,8 @@ class Reconciler:
                 async with self._slots:
                     try:
                         await job()
+                    except HypervisorUnavailable as error:
+                        log.warning("%s: %s", key, error)
                     except Exception:
                         log.exception("%s: pass failed", key)
                 if not worker.again:
@@ -252,6 +270,10 @@ class Reconciler:
     def _forget(self, machine_id: str) -> None:
         self._reported.pop(machine_id, None)
         self._notes.pop(machine_id, None)
+        self._unavailable.pop(machine_id, None)
+        retry = self._retries.pop(machine_id, None)
+        if retry is not None:
+            retry.cancel()
         assignment = self._desired.get(machine_id)
         if assignment is not None:
             self._cancel_stop(assignment.domain_name)
@@ -277,14 +299,23 @@ class Reconciler:
                 del self._claims[assignment.domain_name]
 
     async def _resync_loop(self) -> None:
+        failures = 0
         while True:
             self._resync_wanted.clear()
+            wait = self.resync_interval
             try:
                 await self.resync()
+                failures = 0
+            except HypervisorUnavailable as error:
+                # Soon again, not in a whole interval: this resync is what re-reads
+                # every domain once libvirtd is back.
+                log.warning("resync: %s", error)
+                wait = min(wait, backoff_delay(failures))
+                failures += 1
             except Exception as error:
                 log.warning("resync failed: %s", error)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._resync_wanted.wait(), self.resync_interval)
+                await asyncio.wait_for(self._resync_wanted.wait(), wait)
 
     # -- events and reports -------------------------------------------------------------
 
@@ -329,17 +360,40 @@ class Reconciler:
             self._in_pass.add(machine_id)
             try:
                 outcome = await self._converge(assignment)
+            except HypervisorUnavailable as error:
+                log.warning("machine %s (%s): %s", machine_id, assignment.domain_name, error)
+                await self._libvirt_unavailable(machine_id, str(error))
+                return
             except (HypervisorError, DiskError, OSError) as error:
                 log.warning("machine %s (%s): %s", machine_id, assignment.domain_name, error)
                 outcome = Outcome("error", str(error))
             finally:
                 self._in_pass.discard(machine_id)
+        self._unavailable.pop(machine_id, None)
         note = self._notes.get(machine_id)
         if note is not None and note[0] != outcome.state:
             del self._notes[machine_id]
         elif note is not None and outcome.message is None:
             outcome = outcome._replace(message=note[1])
         await self._report(machine_id, outcome)
+
+    async def _libvirt_unavailable(self, machine_id: str, reason: str) -> None:
+        """Not a machine error: keep what was reported, unless that was nothing or "pending"
+        (the pass was making the machine), and try again after a backoff."""
+        failures = self._unavailable.get(machine_id, 0)
+        self._unavailable[machine_id] = failures + 1
+        last = self._reported.get(machine_id)
+        if last is None or last.state == "pending":
+            await self._report(machine_id, Outcome("pending", f"waiting for libvirtd: {reason}"))
+        previous = self._retries.pop(machine_id, None)
+        if previous is not None:
+            previous.cancel()
+        self._retries[machine_id] = asyncio.get_running_loop().call_later(
+            backoff_delay(failures), self._retry_machine, machine_id)
+
+    def _retry_machine(self, machine_id: str) -> None:
+        self._retries.pop(machine_id, None)
+        self._poke_machine(machine_id)
 
     async def _converge(self, assignment: Assignment) -> Outcome:
         name = assignment.domain_name
@@ -386,6 +440,12 @@ class Reconciler:
         else:
             message = await self._power_off(assignment, provisioned)
         final = await self.hypervisor.status(name)
+        if (assignment.desired == "stopped" and provisioned.active and final is not None
+                and not final.active):
+            # The guest went off during this pass: finish the stop (record the generation)
+            # rather than report "shutting down" for a machine that is off.
+            message = await self._power_off(assignment, final)
+            final = await self.hypervisor.status(name)
         if final is None:
             return Outcome("absent", None)
         recorded = final.metadata.power_generation if final.metadata is not None else None

@@ -26,7 +26,8 @@ from strawberry.asgi import GraphQL
 from tests.support.waiting import wait_until_async
 
 from agent.assignment import Assignment
-from agent.client import HostFacts, ServerClient, backoff_delay, websocket_url
+from agent.backoff import backoff_delay
+from agent.client import HostFacts, ServerClient, websocket_url
 from agent.outbox import Outbox, StateReport
 
 # -- the contract -----------------------------------------------------------------------

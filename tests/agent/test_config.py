@@ -22,6 +22,7 @@ def test_defaults_and_environment() -> None:
     assert config.state_dir == Path("/var/lib/kubekvm/state")
     assert (config.domain_type, config.parallel, config.stop_grace) == ("auto", 8, 2.5)
     assert (config.resync_interval, config.heartbeat_interval) == (30.0, 10.0)
+    assert config.libvirt_timeout == 60.0
     assert config.gc_orphans is True
     assert config.token == "t"
 
@@ -31,7 +32,7 @@ def test_options_win_over_the_environment() -> None:
         ["--server", "wss://s/graphql", "--host-name", "h", "--libvirt-uri", "test:///default",
          "--image-dir", "/img", "--state-dir", "/st", "--domain-type", "qemu", "--parallel",
          "3", "--stop-grace", "2", "--resync-interval", "5", "--heartbeat-interval", "1",
-         "--gc-orphans", "--token", "x"],
+         "--gc-orphans", "--token", "x", "--libvirt-timeout", "7.5"],
         {"KUBEKVM_SERVER": "other", "KUBEKVM_PARALLEL": "9"},
     )
     assert config.servers == ("wss://s/graphql",)
@@ -39,6 +40,7 @@ def test_options_win_over_the_environment() -> None:
         "test:///default", "qemu", 3)
     assert config.image_dir == Path("/img")
     assert config.gc_orphans and config.token == "x"
+    assert config.libvirt_timeout == 7.5
 
 
 @pytest.mark.parametrize(
@@ -50,6 +52,7 @@ def test_options_win_over_the_environment() -> None:
         (["--server", "s", "--domain-type", "xen"], {}),
         (["--server", "ftp://s"], {}),
         (["--server", "s", "--stop-grace", "-1"], {}),
+        (["--server", "s"], {"KUBEKVM_LIBVIRT_TIMEOUT": "0"}),
         (["--server", "s"], {"KUBEKVM_GC_ORPHANS": "maybe"}),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -74,3 +75,16 @@ async def test_stale_partials_are_removed_and_overlays_deleted(tmp_path: Path, i
     assert await disks.delete("kubekvm-lab-0")
     assert not await disks.delete("kubekvm-lab-0")
     assert disks.domains() == set()
+
+
+async def test_a_hung_qemu_img_fails_with_a_timeout_and_is_killed(tmp_path: Path) -> None:
+    # qemu-img opening a FIFO blocks until a writer comes: a real hang, like a dead mount's.
+    base = tmp_path / "base.qcow2"
+    os.mkfifo(base)
+    disks = Disks(tmp_path / "disks", qemu_img_timeout=0.5)
+    with pytest.raises(DiskError, match=r"qemu-img info did not finish within 0.5 s \(killed\)"):
+        await disks.create("kubekvm-lab-0", base=base, size_gib=1)
+    assert not disks.exists("kubekvm-lab-0")
+    hung = subprocess.run(["pgrep", "-f", f"qemu-img info -U --output=json {base}"],
+                          capture_output=True, text=True)
+    assert hung.stdout == "", "the hung qemu-img was left running"

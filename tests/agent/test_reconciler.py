@@ -88,6 +88,10 @@ async def test_stop_start_and_a_guest_powering_itself_off(make_rig: Make, make_a
     status = await rig.hypervisor.status(machine.domain_name)
     assert status.metadata.power_generation == 2
     assert reported_generation(rig, machine.machine_id) == 2
+    # The test driver's guests obey ACPI at once: off within the stopping pass, which says
+    # so (no "shutting down" for a machine that is off).
+    assert [message for _, mid, state, message in rig.reports.states
+            if mid == machine.machine_id and state == "shutoff"] == [None]
 
     started = replace(machine, desired="running", power_generation=3)
     rig.reconciler.update_desired([started])

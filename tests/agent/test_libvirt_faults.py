@@ -1,0 +1,361 @@
+"""The agent when libvirtd misbehaves: it drops the connection, refuses new ones, or does not
+answer a call. libvirt's test driver runs the domains (real libvirt semantics and events); a
+thin wrapper around each connection plays the faults the driver cannot: a connection closed
+under the agent ("client socket is closed", as after libvirtd's keepalive timeout), refused
+reconnections, and a call that hangs until the test lets it go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import libvirt
+import pytest
+
+from agent.hypervisor import (
+    MAX_CALLS_PER_CONNECTION,
+    MAX_STUCK_CALLS,
+    Hypervisor,
+    HypervisorError,
+    HypervisorTimeout,
+    HypervisorUnavailable,
+    connection_lost,
+)
+
+TEST_URI = "test:///default"
+Make = Callable[..., Any]
+
+
+class FakeLibvirtError(libvirt.libvirtError):
+    """A libvirt error with the code and domain libvirt gives the real one."""
+
+    def __init__(self, message: str, *, code: int, domain: int) -> None:
+        super().__init__(message)
+        self.code, self.domain, self.message = code, domain, message
+
+    def get_error_code(self) -> int:
+        return self.code
+
+    def get_error_domain(self) -> int:
+        return self.domain
+
+    def get_error_message(self) -> str:
+        return self.message
+
+
+def socket_closed() -> FakeLibvirtError:
+    # What libvirt's RPC client raises on a connection libvirtd has dropped.
+    return FakeLibvirtError("internal error: client socket is closed",
+                            code=libvirt.VIR_ERR_INTERNAL_ERROR, domain=libvirt.VIR_FROM_RPC)
+
+
+@dataclass
+class Hold:
+    """Holds the first call that matches until released (or 30 s, so no thread outlives a test)."""
+
+    matches: Callable[[str, tuple[Any, ...]], bool]
+    once: bool = True
+    held: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Libvirtd:
+    """The faults, shared by every connection a ``FaultyHypervisor`` opens."""
+
+    generation: int = 0  # connections opened in an older generation are closed
+    cut_on: str | None = None  # the next call of this method closes every connection first
+    refuse: int = 0  # connection attempts still to refuse
+    opened: int = 0
+    refused: int = 0
+    cuts: int = 0
+    holds: list[Hold] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def cut(self) -> None:
+        self.generation += 1
+        self.cuts += 1
+
+    def hold(self, matches: Callable[[str, tuple[Any, ...]], bool], *, once: bool = True) -> Hold:
+        hold = Hold(matches, once)
+        self.holds.append(hold)
+        return hold
+
+    def before(self, method: str, args: tuple[Any, ...], generation: int) -> None:
+        with self.lock:
+            if self.cut_on == method:
+                self.cut_on = None
+                self.cut()
+            if generation != self.generation:
+                raise socket_closed()
+            hold = next((h for h in self.holds if h.matches(method, args)), None)
+            if hold is not None and hold.once:
+                self.holds.remove(hold)
+        if hold is not None:
+            hold.held.set()
+            hold.released.wait(30)
+
+
+class _Faulty:
+    """Forwards to a libvirt object, through the faults."""
+
+    def __init__(self, real: Any, libvirtd: Libvirtd, generation: int) -> None:
+        self._real, self._libvirtd, self._generation = real, libvirtd, generation
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._real, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._libvirtd.before(name, args, self._generation)
+            return self._wrap(attribute(*args, **kwargs))
+
+        return call
+
+    def _wrap(self, value: Any) -> Any:
+        if isinstance(value, libvirt.virDomain):
+            return _Faulty(value, self._libvirtd, self._generation)
+        if isinstance(value, list):
+            return [self._wrap(item) for item in value]
+        return value
+
+
+class FaultyConnection(_Faulty):
+    def isAlive(self) -> int:
+        return int(self._generation == self._libvirtd.generation)
+
+    # Closing must work on a dead connection, as libvirt's does.
+    def close(self) -> int:
+        return int(self._real.close())
+
+    def domainEventDeregisterAny(self, callback_id: int) -> None:
+        self._real.domainEventDeregisterAny(callback_id)
+
+
+class FaultyHypervisor(Hypervisor):
+    def __init__(self, libvirtd: Libvirtd, **options: Any) -> None:
+        super().__init__(TEST_URI, **options)
+        self.libvirtd = libvirtd
+
+    def _libvirt_open(self) -> libvirt.virConnect:
+        with self.libvirtd.lock:
+            if self.libvirtd.refuse > 0:
+                self.libvirtd.refuse -= 1
+                self.libvirtd.refused += 1
+                raise FakeLibvirtError(
+                    "Failed to connect socket to '/run/libvirt/libvirt-sock': Connection refused",
+                    code=libvirt.VIR_ERR_SYSTEM_ERROR, domain=libvirt.VIR_FROM_RPC)
+            self.libvirtd.opened += 1
+            generation = self.libvirtd.generation
+        return FaultyConnection(super()._libvirt_open(), self.libvirtd, generation)  # type: ignore[return-value]
+
+
+async def wait_for(predicate: Callable[[], bool], *, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def own_connection() -> Iterator[libvirt.virConnect]:
+    """The test's own connection to the test driver. It also keeps the driver's shared state
+    alive while the agent has none open (the driver drops it with its last connection)."""
+    connection = libvirt.open(TEST_URI)
+    yield connection
+    connection.close()
+
+
+# -- telling a lost connection from a failed call ---------------------------------------
+
+def test_connection_errors_are_told_from_machine_errors() -> None:
+    connection = libvirt.open(TEST_URI)
+    try:
+        assert connection_lost(socket_closed(), connection)
+        for code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_RPC):
+            assert connection_lost(FakeLibvirtError("x", code=code, domain=libvirt.VIR_FROM_NONE),
+                                   connection)
+        keepalive = FakeLibvirtError("internal error: connection closed due to keepalive timeout",
+                                     code=libvirt.VIR_ERR_INTERNAL_ERROR, domain=libvirt.VIR_FROM_RPC)
+        assert connection_lost(keepalive, connection)
+        # A real error from a live connection is the machine's.
+        with pytest.raises(libvirt.libvirtError) as real:
+            connection.lookupByName("kubekvm-no-such-domain")
+        assert not connection_lost(real.value, connection)
+        failed = FakeLibvirtError("internal error: process exited while connecting to monitor",
+                                  code=libvirt.VIR_ERR_INTERNAL_ERROR, domain=libvirt.VIR_FROM_QEMU)
+        assert not connection_lost(failed, connection)
+    finally:
+        connection.close()
+    # The same error on a connection that says it is dead is a lost connection.
+    dead = FaultyConnection(libvirt.open(TEST_URI), Libvirtd(generation=1), 0)
+    try:
+        assert connection_lost(failed, dead)  # type: ignore[arg-type]
+    finally:
+        dead.close()
+
+
+# -- the hypervisor adapter ---------------------------------------------------------------
+
+async def test_a_dropped_connection_fails_the_call_as_unavailable_and_the_next_call_reconnects() -> None:
+    libvirtd = Libvirtd()
+    hypervisor = FaultyHypervisor(libvirtd)
+    lost: list[None] = []
+    hypervisor.add_connection_listener(lambda: lost.append(None))
+    try:
+        await hypervisor.capacity()
+        libvirtd.cut()
+        libvirtd.refuse = 1
+        # Whether the call finds the connection dead before or after sending it, the caller
+        # learns "libvirtd unreachable", never a plain error it would blame on a machine.
+        with pytest.raises(HypervisorUnavailable):
+            await hypervisor.capacity()
+        assert lost, "the reconciler must hear that events may have been missed"
+        assert (await hypervisor.capacity()).vcpus > 0
+        assert (libvirtd.opened, libvirtd.refused) == (2, 1)
+        # A call that failed for its own reason stays a plain error, on the same connection.
+        with pytest.raises(HypervisorError) as error:
+            await hypervisor.define("<domain type='test'><name>no memory</name></domain>")
+        assert not isinstance(error.value, HypervisorUnavailable)
+        assert libvirtd.opened == 2
+    finally:
+        await hypervisor.close()
+
+
+async def test_calls_per_connection_stay_within_libvirtds_request_limit() -> None:
+    libvirtd = Libvirtd()
+    hypervisor = FaultyHypervisor(libvirtd)
+    running = 0
+    most = 0
+    gate = threading.Lock()
+
+    def busy(connection: libvirt.virConnect) -> None:
+        nonlocal running, most
+        with gate:
+            running += 1
+            most = max(most, running)
+        threading.Event().wait(0.05)  # a libvirt call that takes a while (in its worker thread)
+        with gate:
+            running -= 1
+        connection.getInfo()
+
+    try:
+        await asyncio.gather(*(hypervisor._call(busy) for _ in range(3 * MAX_CALLS_PER_CONNECTION)))
+    finally:
+        await hypervisor.close()
+    # libvirtd's default max_client_requests is 5: one more and it stops reading the client.
+    assert most == MAX_CALLS_PER_CONNECTION < 5
+
+
+async def test_a_hung_call_times_out_and_its_connection_is_replaced() -> None:
+    libvirtd = Libvirtd()
+    hypervisor = FaultyHypervisor(libvirtd, call_timeout=0.3)
+    hold = libvirtd.hold(lambda method, _: method == "getCapabilities")
+    try:
+        await hypervisor.open()
+        with pytest.raises(HypervisorTimeout, match=r"did not answer within 0\.3 s"):
+            await hypervisor.capabilities()
+        assert hypervisor.stuck_calls == 1
+        # Nothing waits for the stuck thread: the next call runs on a new connection.
+        assert (await hypervisor.capacity()).vcpus > 0
+        assert libvirtd.opened == 2
+        hold.released.set()
+        await wait_for(lambda: hypervisor.stuck_calls == 0)
+    finally:
+        hold.released.set()
+        await hypervisor.close()
+
+
+async def test_threads_stuck_in_libvirt_are_bounded() -> None:
+    libvirtd = Libvirtd()
+    hypervisor = FaultyHypervisor(libvirtd, call_timeout=0.2)
+    hold = libvirtd.hold(lambda method, _: method == "getInfo", once=False)
+    try:
+        while hypervisor.stuck_calls < MAX_STUCK_CALLS:
+            results = await asyncio.gather(
+                *(hypervisor.capacity() for _ in range(MAX_CALLS_PER_CONNECTION)),
+                return_exceptions=True)
+            assert all(isinstance(result, HypervisorTimeout) for result in results)
+        # libvirtd answers nothing: the agent stops feeding it threads, and says why at once.
+        with pytest.raises(HypervisorUnavailable, match=f"{MAX_STUCK_CALLS} calls unanswered"):
+            await asyncio.wait_for(hypervisor.capacity(), 0.1)
+        libvirtd.holds.clear()
+        hold.released.set()
+        await wait_for(lambda: hypervisor.stuck_calls == 0)
+        assert (await hypervisor.capacity()).vcpus > 0
+    finally:
+        hold.released.set()
+        await hypervisor.close()
+
+
+# -- the reconciler -----------------------------------------------------------------------
+
+async def test_a_lost_libvirt_connection_is_not_a_machine_error(
+    make_rig: Make, make_assignment: Make, lab: str, own_connection: libvirt.virConnect
+) -> None:
+    """libvirtd drops the agent while it creates two machines and re-reads three running ones,
+    then refuses it for a while; a guest powers itself off meanwhile. No machine is reported
+    ERROR, the running ones are never reported otherwise, and once the agent is back it
+    reports what libvirt then shows."""
+    libvirtd = Libvirtd()
+    rig = await make_rig(hypervisor=FaultyHypervisor(libvirtd), resync_interval=60.0)
+    running = [make_assignment(lab, i) for i in range(3)]
+    rig.reconciler.replace_desired(running)
+    await rig.reports.wait_states({m.machine_id: "running" for m in running})
+    await rig.reconciler.wait_idle()
+    mark = len(rig.reports.sent)
+
+    libvirtd.cut_on = "defineXML"
+    libvirtd.refuse = 1000
+    created = [make_assignment(lab, i) for i in range(3, 5)]
+    rig.reconciler.request_resync()
+    rig.reconciler.update_desired(created)
+    await wait_for(lambda: libvirtd.cuts == 1 and libvirtd.refused >= 2)
+    own_connection.lookupByName(running[1].domain_name).destroy()  # the guest powers off
+    libvirtd.refuse = 0
+
+    await rig.reports.wait_states({
+        running[0].machine_id: "running", running[1].machine_id: "shutoff",
+        running[2].machine_id: "running",
+        **{m.machine_id: "running" for m in created},
+    }, timeout=30)
+    await rig.reconciler.wait_idle()
+    after = rig.reports.sent[mark:]
+    assert [r for r in after if r.state == "error"] == []
+    assert {r.state for r in after if r.machine_id in (running[0].machine_id, running[2].machine_id)} <= {"running"}
+    assert [r.state for r in after if r.machine_id == running[1].machine_id] == ["shutoff"]
+    waiting = [r for r in after if r.state == "pending" and "waiting for libvirtd" in (r.message or "")]
+    assert waiting and {r.machine_id for r in waiting} <= {m.machine_id for m in created}
+    assert libvirtd.opened >= 2
+
+
+async def test_a_hung_libvirt_call_holds_up_only_its_own_machine(make_rig: Make, make_assignment: Make,
+                                                                 lab: str) -> None:
+    libvirtd = Libvirtd()
+    hypervisor = FaultyHypervisor(libvirtd, call_timeout=2.0)
+    rig = await make_rig(hypervisor=hypervisor)
+    stuck, free = make_assignment(lab, 0), make_assignment(lab, 1)
+    hold = libvirtd.hold(lambda method, args: method == "defineXML"
+                         and f"<name>{stuck.domain_name}</name>" in args[0])
+    try:
+        rig.reconciler.replace_desired([stuck, free])
+        # The other machine is made and started while the first one's define hangs.
+        await rig.reports.wait_states({free.machine_id: "running"})
+        assert hold.held.is_set() and not hold.released.is_set()
+        assert rig.reports.state(stuck.machine_id) == "pending"
+        # The hung call fails with a clear timeout, not as a machine error, and the machine
+        # is tried again on a new connection.
+        await rig.reports.wait(lambda: any(
+            state == "pending" and "defineXML did not answer within 2 s" in (message or "")
+            for _, machine_id, state, message in rig.reports.states if machine_id == stuck.machine_id))
+        hold.released.set()
+        await rig.reports.wait_states({stuck.machine_id: "running", free.machine_id: "running"})
+        await rig.reconciler.wait_idle()
+        assert "error" not in {r.state for r in rig.reports.sent}
+        await wait_for(lambda: hypervisor.stuck_calls == 0)
+    finally:
+        hold.released.set()
