@@ -5,6 +5,10 @@ says nothing about the server connection: a server outage must not make Kubernet
 agents (restarting cannot help, and the VMs are fine). Off unless a port is given; it binds
 to loopback unless told otherwise, because a hypervisor should open no port to the network
 (in a pod, the pod's own network namespace is not the host's).
+
+The body is ``ok`` followed by one ``warning:`` line per condition an operator should fix
+on the host (e.g. a ``/dev/kvm`` libvirtd cannot use, see ``agent.kvm_device``): still 200,
+because restarting the agent would not fix them either.
 """
 
 from __future__ import annotations
@@ -12,19 +16,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 log = logging.getLogger("agent.health")
 
-_OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
 _NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
+Warnings = Callable[[], list[str]]
 
-async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+def health_body(warnings: list[str]) -> bytes:
+    return "".join(["ok\n", *(f"warning: {warning}\n" for warning in warnings)]).encode()
+
+
+def _ok(body: bytes) -> bytes:
+    head = (f"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode() + body
+
+
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                  warnings: Warnings) -> None:
     try:
         request_line = await asyncio.wait_for(reader.readline(), timeout=5)
         parts = request_line.split()
         healthy = len(parts) >= 2 and parts[0] in (b"GET", b"HEAD") and parts[1] in (b"/healthz", b"/readyz")
-        writer.write(_OK if healthy else _NOT_FOUND)
+        writer.write(_ok(health_body(warnings())) if healthy else _NOT_FOUND)
         await writer.drain()
     except (TimeoutError, ConnectionError):
         pass
@@ -34,7 +51,10 @@ async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
             await writer.wait_closed()
 
 
-async def serve_health(*, address: str, port: int) -> asyncio.Server:
-    server = await asyncio.start_server(_answer, address, port)
+async def serve_health(*, address: str, port: int, warnings: Warnings = list) -> asyncio.Server:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _answer(reader, writer, warnings=warnings)
+
+    server = await asyncio.start_server(answer, address, port)
     log.info("health endpoint on http://%s:%d/healthz", address, port)
     return server

@@ -6,6 +6,9 @@ reconciler starts reconciling whatever desired set it has (none until the first
 snapshot arrives, so a restarted agent changes nothing before the server speaks), and only
 then does the client connect. Stopping cancels the work, closes the consoles being tunnelled
 (``agent.console``) and leaves every machine as it is.
+
+Conditions an operator must fix on the host (a ``/dev/kvm`` libvirtd cannot use, libvirt
+calls left unanswered) are logged at start-up and listed on the health endpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from agent.console import ConsoleTunnels
 from agent.health import serve_health
 from agent.hypervisor import Hypervisor
 from agent.images import Images
+from agent.kvm_device import check_kvm_device
 from agent.outbox import Outbox
 from agent.reconciler import Reconciler
 
@@ -47,6 +51,9 @@ async def run_host(config: AgentConfig, *, stop: asyncio.Event | None = None) ->
         )
         for directory in (config.image_dir, config.state_dir):
             _warn_if_unreachable_by_qemu(directory)
+        kvm_problem = check_kvm_device()
+        if kvm_problem is not None:
+            log.warning("%s", kvm_problem)
         images = Images(config.image_dir)
         outbox = Outbox()
         reconciler = Reconciler(
@@ -78,7 +85,8 @@ async def run_host(config: AgentConfig, *, stop: asyncio.Event | None = None) ->
             consoles=tunnels.open,
         )
         await reconciler.start()
-        health = (await serve_health(address=config.health_address, port=config.health_port)
+        health = (await serve_health(address=config.health_address, port=config.health_port,
+                                     warnings=lambda: host_warnings(hypervisor))
                   if config.health_port else None)
         connection = asyncio.create_task(client.run(), name="server")
         try:
@@ -93,6 +101,19 @@ async def run_host(config: AgentConfig, *, stop: asyncio.Event | None = None) ->
             await reconciler.close()
     finally:
         await hypervisor.close()
+
+
+def host_warnings(hypervisor: Hypervisor) -> list[str]:
+    """What the health endpoint lists for an operator to look at, checked at each request
+    (a stat and a counter), so a fixed host stops saying so without a restart."""
+    warnings = []
+    kvm_problem = check_kvm_device()
+    if kvm_problem is not None:
+        warnings.append(kvm_problem)
+    if hypervisor.stuck_calls:
+        warnings.append(f"{hypervisor.stuck_calls} libvirt call(s) to {hypervisor.uri} timed out "
+                        "and have not returned yet (libvirtd busy or stuck)")
+    return warnings
 
 
 def _warn_if_unreachable_by_qemu(directory: Path) -> None:
