@@ -13,7 +13,9 @@ starts the event feed, builds the service layer, seeds the default templates and
 janitor (`kubekvm.janitor`, active on whichever replica holds its lease); on shutdown it stops
 the janitor and hands its lease over. Every request passes `kubekvm.auth.AuthMiddleware`,
 which finds its actor; GraphQL and the pages reach the services only through that actor's
-authorization facade.
+authorization facade. Outside it, `kubekvm.faults.DatabaseFaults` answers "unavailable" when
+the database cannot be reached. `/readyz` fails while the database does not answer or the
+event feed is down.
 
 First start: while no admin account exists, each replica logs a one-time setup link
 (/setup?code=...) that creates the first admin; there is never a default password.
@@ -52,6 +54,7 @@ from kubekvm.config import Settings
 from kubekvm.console import ConsoleSockets
 from kubekvm.database import Connection, describe_uri
 from kubekvm.events import ChangeStreamFeed, EventFeed
+from kubekvm.faults import DatabaseFaults
 from kubekvm.graphql.schema import build_schema
 from kubekvm.graphql.websocket import CheckedTransportWS
 from kubekvm.headers import SecurityHeaders, explorer_policy
@@ -143,10 +146,15 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready: the database answers within a second, and the event feed is following it (a
+    replica whose feed is down would serve stale live pages and agent feeds)."""
     connection: Connection = request.app.state.connection
-    if await connection.ping():
-        return JSONResponse({"status": "ready", "eventStream": request.app.state.services.feed.mode})
-    return JSONResponse({"status": "database unreachable"}, status_code=503)
+    feed: EventFeed = request.app.state.services.feed
+    if not await connection.ping():
+        return JSONResponse({"status": "database unreachable"}, status_code=503)
+    if not feed.healthy:
+        return JSONResponse({"status": "event feed down", "eventStream": feed.mode}, status_code=503)
+    return JSONResponse({"status": "ready", "eventStream": feed.mode})
 
 
 def create_app(*, settings: Settings, connection: Connection, database_label: str | None = None) -> Starlette:
@@ -211,8 +219,10 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
         *ConsoleSockets(settings=settings).routes(),
         *pages.routes(settings=settings),
     ]
+    # DatabaseFaults outside the rest: the auth middleware's lookups need the database too.
     return Starlette(routes=routes, lifespan=lifespan, middleware=[
         Middleware(SecurityHeaders, public_url=settings.public_url, hsts_seconds=settings.hsts_seconds),
+        Middleware(DatabaseFaults),
         Middleware(OriginCheck, allowed=origins),
         Middleware(BodyLimit, max_bytes=settings.max_body_bytes),
         Middleware(AuthMiddleware),

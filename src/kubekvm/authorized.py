@@ -22,6 +22,7 @@ from kubekvm.access import Actor
 from kubekvm.accounts import Accounts, AuditPage
 from kubekvm.config import Settings
 from kubekvm.consoles import ConsoleRequest, check_ready
+from kubekvm.database import unavailable
 from kubekvm.errors import (
     Forbidden,
     KubeKVMError,
@@ -83,8 +84,10 @@ class Authorized:
             await self.accounts.record(self.actor, action=action, target=target, outcome=error.code,
                                        message=error.message)
             raise
-        except Exception:
-            await self.accounts.record(self.actor, action=action, target=target, outcome="INTERNAL")
+        except Exception as error:
+            # A database fault cannot be recorded either (and trying would double the wait).
+            if unavailable(error) is None:
+                await self.accounts.record(self.actor, action=action, target=target, outcome="INTERNAL")
             raise
         if not routine:
             await self.accounts.record(self.actor, action=action, target=target)
@@ -432,6 +435,9 @@ class Authorized:
                 yield change
 
     async def _sees(self, change: LabChange, visible: dict[str, bool]) -> bool:
+        if change.kind == LabChangeKind.RESYNC:
+            visible.clear()  # who sees what may have changed in the gap too
+            return True
         if self.actor.is_admin:
             return True
         if change.kind == LabChangeKind.HOST_CHANGED:

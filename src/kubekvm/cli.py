@@ -1,7 +1,8 @@
 """`kubekvm`: run the server, export the GraphQL schema, manage accounts and tokens.
 
 `kubekvm serve` opens the database before the web server starts, so a missing or unreachable
-database is one clear line and exit code 1, not a traceback from inside uvicorn.
+database is one clear line and exit code 1, not a traceback from inside uvicorn. Once serving,
+it keeps the embedded database alive (`EmbeddedDatabase.supervise`) for as long as it runs.
 
 `kubekvm user create NAME --role ROLE` (password prompted, or read from standard input when
 it is not a terminal), `kubekvm token create USER` and `kubekvm host token HOST` work on the
@@ -31,7 +32,7 @@ from kubekvm.accounts import Accounts
 from kubekvm.app import create_app
 from kubekvm.authorized import Authorized
 from kubekvm.config import Settings
-from kubekvm.database import DatabaseUnavailable, EmbeddedDatabase, connect, describe_uri
+from kubekvm.database import DatabaseTimeouts, DatabaseUnavailable, EmbeddedDatabase, connect, describe_uri
 from kubekvm.errors import KubeKVMError
 from kubekvm.events import EventFeed
 from kubekvm.models import Role
@@ -164,7 +165,7 @@ def _admin_task(task: Callable[[Authorized], Awaitable[object]], said: Callable[
     async def run() -> int:
         uri = await embedded.start() if embedded is not None else settings.mongodb_uri
         assert uri is not None
-        connection = await connect(uri, database=settings.database_name)
+        connection = await connect(uri, database=settings.database_name, timeouts=timeouts(settings))
         try:
             services = Services(settings=settings, feed=EventFeed(), database_description="cli")
             operator = Actor(kind=ActorKind.USER, name="cli", role=Role.ADMIN, address="console")
@@ -195,6 +196,12 @@ def _embedded_in_use(pid_file: Path) -> bool:
         return False
 
 
+def timeouts(settings: Settings) -> DatabaseTimeouts:
+    return DatabaseTimeouts(operation=settings.db_timeout_seconds,
+                            server_selection=settings.db_server_selection_seconds,
+                            write_concern=settings.db_write_timeout_seconds)
+
+
 async def _serve(*, settings: Settings, embedded: EmbeddedDatabase | None, host: str, port: int,
                  log_level: str, forwarded: str = "127.0.0.1") -> int:
     try:
@@ -204,10 +211,16 @@ async def _serve(*, settings: Settings, embedded: EmbeddedDatabase | None, host:
         else:
             assert settings.mongodb_uri is not None
             uri, label = settings.mongodb_uri, describe_uri(settings.mongodb_uri)
-        connection = await connect(uri, database=settings.database_name)
+        connection = await connect(uri, database=settings.database_name, timeouts=timeouts(settings),
+                                   embedded=embedded)
     except DatabaseUnavailable as error:
         print(f"kubekvm: {error}", file=sys.stderr)
         return 1
+    # A killed embedded database comes back by itself (same port, same files); meanwhile
+    # requests are answered UNAVAILABLE and the client reconnects once it answers again.
+    supervisor = None
+    if embedded is not None:
+        supervisor = asyncio.create_task(embedded.supervise(), name="kubekvm-embedded-database")
     try:
         app = create_app(settings=settings, connection=connection, database_label=label)
         # The pages' live-update streams never end by themselves: on shutdown uvicorn would wait
@@ -227,6 +240,8 @@ async def _serve(*, settings: Settings, embedded: EmbeddedDatabase | None, host:
         await server.serve()
         return 0
     finally:
+        if supervisor is not None:
+            supervisor.cancel()
         await connection.close()
 
 

@@ -107,6 +107,15 @@ class Settings:
     # this often, on the one replica holding its lease; the lease lasts three intervals, so a
     # replica that dies hands the job over within that. 0 turns the janitor off.
     janitor_interval_seconds: float = 60.0
+    # The database: every call ends within `db_timeout_seconds` (pymongo's timeoutMS; 0: no
+    # limit), finding a server to send it to within `db_server_selection_seconds` (so while the
+    # database is down or electing a primary a request is answered UNAVAILABLE in about that
+    # long, not after pymongo's default 30 s), and a majority write waits for its replicas at
+    # most `db_write_timeout_seconds` (wtimeoutMS; with timeoutMS set, pymongo bounds that wait
+    # by the operation's own deadline instead).
+    db_timeout_seconds: float = 10.0
+    db_server_selection_seconds: float = 2.0
+    db_write_timeout_seconds: float = 5.0
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -147,6 +156,9 @@ class Settings:
                                   if o.strip()),
             hsts_seconds=_env_number("KUBEKVM_HSTS_SECONDS", 31_536_000),
             janitor_interval_seconds=_env_number("KUBEKVM_JANITOR_INTERVAL", 60.0),
+            db_timeout_seconds=_env_number("KUBEKVM_DB_TIMEOUT", 10.0),
+            db_server_selection_seconds=_env_number("KUBEKVM_DB_SERVER_SELECTION_TIMEOUT", 2.0),
+            db_write_timeout_seconds=_env_number("KUBEKVM_DB_WRITE_TIMEOUT", 5.0),
         )
 
 

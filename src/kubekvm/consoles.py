@@ -208,6 +208,11 @@ class Consoles:
                 change = await subscription.next()
                 if subscription.overflowed:
                     raise FeedOverflow("the console request feed fell behind; resubscribe")
+                if change.resync:  # requests may have been missed: hand over those still waiting
+                    for session in await self.waiting(host):
+                        if first_time(session.session):
+                            yield ConsoleRequest.of(session)
+                    continue
                 document = change.document
                 if (change.collection != COLLECTION or document is None or document.get("host") != host
                         or document.get("state") != ConsoleState.REQUESTED.value):

@@ -10,6 +10,17 @@ server, and said so in the log, because several replicas need a replica set.
 
 Subscribers get a bounded queue. One that falls too far behind is marked `overflowed` and must
 resynchronise from a snapshot rather than silently miss changes.
+
+The watcher never dies silently: it is supervised (any failure is logged and the stream is
+reopened, resuming after the last change seen, with a backoff while it keeps failing), and
+`healthy` says whether it is following the database right now (`/readyz` fails while not).
+When changes may have been missed without a trace — the change history no longer reaches back
+to where the stream stopped, a watched collection or the database was dropped or renamed (a
+`mongorestore --drop` does that), the stream was invalidated, or an event could not be read —
+the watcher starts again from "now" and, once the new stream is open, delivers one `RESYNC`
+change to every subscriber: each reloads what it shows (an agent's feed sends a fresh
+SNAPSHOT, a page redraws its lists). The replay buffer is emptied too, so nobody resumes
+across the gap.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo.errors import PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
 from kubekvm.database import Database
 
@@ -34,14 +45,30 @@ log = logging.getLogger(__name__)
 # holds the host agent's subscription (`kubekvm.consoles`).
 WATCHED = ("deployments", "machines", "hosts", "console_sessions")
 
+# The operation of the change that tells every subscriber to reload what it shows.
+RESYNC = "resync"
+# Change events that carry one document's new state (or its deletion).
+DOCUMENT_OPERATIONS = frozenset({"insert", "update", "replace", "delete"})
+# Events after which documents may have vanished or changed without an event of their own.
+LOSSY_OPERATIONS = frozenset({"drop", "rename", "dropDatabase", "invalidate"})
+# The server no longer has the history to resume from the token it was given.
+HISTORY_LOST_CODES = frozenset({286, 280, 136})  # ChangeStreamHistoryLost, ChangeStreamFatalError, CappedPositionLost
+FIRST_RETRY_SECONDS = 0.2
+MAX_RETRY_SECONDS = 5.0
+
 
 @dataclass(frozen=True)
 class Change:
-    collection: str
-    operation: str  # insert | update | replace | delete
+    collection: str  # "" for RESYNC
+    operation: str  # insert | update | replace | delete | resync
     id: str
     document: Mapping[str, Any] | None  # the whole document after the change; None on delete
     cursor: str
+
+    @property
+    def resync(self) -> bool:
+        """Changes may have been missed: reload whatever is shown from the database."""
+        return self.operation == RESYNC
 
 
 @dataclass(eq=False)
@@ -68,6 +95,11 @@ class EventFeed:
     @property
     def publishes_locally(self) -> bool:
         return self.mode == "in-process"
+
+    @property
+    def healthy(self) -> bool:
+        """Delivering changes as they happen (an in-process feed always is)."""
+        return True
 
     async def start(self) -> None:
         return None
@@ -109,6 +141,13 @@ class EventFeed:
         cursor = f"local-{os.getpid()}-{next(self._sequence)}"
         self._deliver(Change(collection, operation, id, document, cursor))
 
+    def resync(self, reason: str) -> None:
+        """Tell every subscriber to reload from the database, and forget the replay buffer (a
+        cursor from before this point cannot be resumed from: the gap is not in it)."""
+        log.warning("event feed: %s; every subscriber reloads what it shows", reason)
+        self._history.clear()
+        self._deliver(Change("", RESYNC, "", None, f"resync-{os.getpid()}-{next(self._sequence)}"))
+
     def _deliver(self, change: Change) -> None:
         self._history.append(change)
         for subscriber in self._subscribers:
@@ -128,34 +167,118 @@ class EventFeed:
 class ChangeStreamFeed(EventFeed):
     database: Database | None = None
     mode: str = "change-streams"
+    start_timeout: float = 10.0
     _resume_token: Mapping[str, Any] | None = None
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _open: bool = False
+    _resync_reason: str | None = None  # set when the next stream opened must be followed by a RESYNC
+
+    @property
+    def healthy(self) -> bool:
+        return self._open and self._task is not None and not self._task.done()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._watch(), name="kubekvm-change-stream")
+        self._task = asyncio.create_task(self._supervise(), name="kubekvm-change-stream")
         # Subscribers that arrive before the stream is open would miss the first changes.
-        await asyncio.wait_for(self._ready.wait(), timeout=10)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready.wait()), timeout=self.start_timeout)
+        except TimeoutError:
+            log.error("the change stream did not open within %.0f s; /readyz fails until it does",
+                      self.start_timeout)
 
-    async def _watch(self) -> None:
-        assert self.database is not None
-        pipeline = [{"$match": {"ns.coll": {"$in": list(WATCHED)}}}]
-        delay = 0.2
+    async def _supervise(self) -> None:
+        """Follow the database until cancelled, whatever happens to one stream."""
+        delay = FIRST_RETRY_SECONDS
         while True:
             try:
-                async with await self.database.watch(
-                    pipeline, full_document="updateLookup", resume_after=self._resume_token
-                ) as stream:
-                    self._ready.set()
-                    delay = 0.2
-                    async for event in stream:
-                        self._resume_token = stream.resume_token
-                        self._deliver(_to_change(event))
+                await self._follow()
+                delay = FIRST_RETRY_SECONDS
+                continue  # the stream ended by itself (invalidated): reopen from now at once
             except asyncio.CancelledError:
                 raise
+            except OperationFailure as exc:
+                if self._resume_token is not None and (exc.code in HISTORY_LOST_CODES or _history_lost(exc)):
+                    # Retrying the same token would fail forever: start from now, and resync.
+                    self._restart_from_now(f"the change history no longer reaches back to the last "
+                                           f"change seen ({_first_line(exc)})")
+                else:
+                    log.warning("change stream failed (%s); reopening in %.1f s", _first_line(exc), delay)
             except PyMongoError as exc:
-                log.warning("change stream interrupted (%s); resuming in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning("change stream interrupted (%s); resuming in %.1f s", _first_line(exc), delay)
+            except Exception:
+                log.exception("change stream watcher failed; restarting it in %.1f s", delay)
+            finally:
+                was_open, self._open = self._open, False
+            if was_open:  # it ran for a while: a new failure starts the backoff afresh
+                delay = FIRST_RETRY_SECONDS
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_SECONDS)
+
+    async def _follow(self) -> None:
+        """One change stream, from the last change seen (or now), until it fails or ends."""
+        assert self.database is not None
+        pipeline = [{"$match": {"$or": [{"ns.coll": {"$in": list(WATCHED)}},
+                                        {"operationType": {"$in": ["dropDatabase", "invalidate"]}}]}}]
+        # try_next, not `async for`: each call is one getMore that waits at most a second, so
+        # the client's operation timeout bounds a hung server without ending a quiet stream.
+        async with await self.database.watch(
+            pipeline, full_document="updateLookup", resume_after=self._resume_token,
+            max_await_time_ms=1000,
+        ) as stream:
+            self._open = True
+            self._ready.set()
+            if self._resync_reason is not None:
+                # Only now: a subscriber's reload reads the database after this stream is
+                # watching, so no change falls between the two.
+                reason, self._resync_reason = self._resync_reason, None
+                self.resync(reason)
+            while stream.alive:
+                event = await stream.try_next()
+                if event is None:
+                    continue
+                if not self._handle(event, stream.resume_token):
+                    return
+
+    def _handle(self, event: Mapping[str, Any], token: Mapping[str, Any] | None) -> bool:
+        """Deliver one event; False when the stream must be reopened from now."""
+        operation = event.get("operationType")
+        if operation in DOCUMENT_OPERATIONS:
+            try:
+                change = _to_change(event)
+            except (KeyError, TypeError, AttributeError) as exc:
+                self._resume_token = token  # never read it again
+                log.error("unreadable %s change event (%r); skipping it", operation, exc)
+                self.resync(f"an unreadable {operation} event was skipped")
+                return True
+            self._resume_token = token
+            self._deliver(change)
+            return True
+        if operation in LOSSY_OPERATIONS:
+            where = event.get("ns", {}).get("coll") or event.get("ns", {}).get("db") or "the database"
+            if operation == "invalidate":
+                # An invalidated stream cannot be resumed after its own token: start again.
+                self._restart_from_now("the change stream was invalidated")
+                return False
+            self._resume_token = token
+            self.resync(f"{operation} of {where}")
+            return True
+        # Anything else (create, createIndexes, modify ...) changes no document we show.
+        self._resume_token = token
+        log.debug("change event %s ignored", operation)
+        return True
+
+    def _restart_from_now(self, reason: str) -> None:
+        self._resume_token = None
+        self._resync_reason = reason
+
+
+def _history_lost(error: OperationFailure) -> bool:
+    message = str(error).lower()
+    return "resume token was not found" in message or "resume point may no longer be in the oplog" in message
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:200]
 
 
 def _to_change(event: Mapping[str, Any]) -> Change:

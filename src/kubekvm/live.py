@@ -10,7 +10,8 @@ replica's writes; every snapshot and redraw is read through the caller's facade 
 A stream is *snapshot, then changes*, like the host agents' feed: it subscribes first, then
 renders the whole of what the page shows (closing the gap between the page being rendered and
 the browser connecting, and resynchronising after a reconnect), then one batch of fragments per
-burst of changes. Every fragment is an out-of-band swap (`hx-swap-oob`) addressed by element id,
+burst of changes. When the feed says changes may have been missed (RESYNC), the stream sends
+the whole snapshot again. Every fragment is an out-of-band swap (`hx-swap-oob`) addressed by element id,
 sent under an event name saying what it is:
 
   lab       a lab's status block (lab page) or its cards (list page)
@@ -300,7 +301,9 @@ class LiveUpdates:
                 batch = [first]
                 while not queue.empty():
                     batch.append(queue.get_nowait())
-                for event, html in await watch.update(batch):
+                # After a RESYNC the changes cannot be trusted to be all there: redraw it all.
+                resync = any(change.kind == LabChangeKind.RESYNC for change in batch)
+                for event, html in await (watch.snapshot() if resync else watch.update(batch)):
                     yield message(event, html)
         finally:
             # Runs when the client disconnects too (Starlette cancels the generator): the

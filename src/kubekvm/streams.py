@@ -7,7 +7,10 @@ generators, so every transport shows the same thing at the same moment.
 then CHANGE batches. The subscription to the feed is taken *before* the snapshot is read, so no
 change between the two is lost (one seen twice is harmless: the agent is level-triggered).
 A reconnecting agent may pass the cursor of the last batch it applied; if this server process
-still holds the changes after it, they are replayed instead of a snapshot.
+still holds the changes after it, they are replayed instead of a snapshot. When the feed says
+changes may have been missed (a RESYNC change, `kubekvm.events`), the agent gets a fresh
+SNAPSHOT in the same subscription; a lab's subscribers get a RESYNC event, on which they
+reload what they show.
 """
 
 from __future__ import annotations
@@ -64,6 +67,15 @@ async def host_assignments(
                 pending.append(subscription.queue.get_nowait())
             if subscription.overflowed:
                 raise FeedOverflow("the assignment feed fell behind; reconnect to resync")
+            if any(c.resync for c in pending):
+                # Read after the resync arrived, so the snapshot is at least as new as every
+                # change pending with it.
+                start_cursor = feed.last_cursor
+                snapshot = await services.host_assignments(host)
+                known.clear()
+                known.update(str(m.id) for m in snapshot)
+                yield AssignmentBatch(BatchKind.SNAPSHOT, start_cursor, snapshot)
+                continue
             batch = _host_batch(pending, host=host, known=known, replaying=False)
             if batch is not None:
                 yield batch
@@ -114,6 +126,7 @@ class LabChangeKind(StrEnum):
     MACHINE_CHANGED = "MACHINE_CHANGED"
     MACHINE_REMOVED = "MACHINE_REMOVED"
     HOST_CHANGED = "HOST_CHANGED"
+    RESYNC = "RESYNC"  # changes may have been missed: reload what you show
 
 
 @dataclass(frozen=True)
@@ -136,20 +149,31 @@ async def lab_changes(*, feed: EventFeed, lab: str | None = None, include_hosts:
     async with feed.subscribe() as subscription:
         if subscribed is not None:
             subscribed.set()
-        for known in await Deployment.find_all().to_list():
-            names[str(known.id)] = known.name
-        cursor = Machine.get_pymongo_collection().find(
-            {} if lab is None else {"deployment": lab}, {"deployment": 1})
-        async for raw in cursor:
-            machine_labs[str(raw["_id"])] = str(raw["deployment"])
+        await _known_ids(names, machine_labs, lab=lab)
         while True:
             change = await subscription.next()
             if subscription.overflowed:
                 raise FeedOverflow("the event feed fell behind; resubscribe")
+            if change.resync:
+                await _known_ids(names, machine_labs, lab=lab)
+                yield LabChange(LabChangeKind.RESYNC, lab or "")
+                continue
             event = _lab_change(change, names=names, machine_labs=machine_labs,
                                 include_hosts=include_hosts)
             if event is not None and (lab is None or event.lab == lab or event.kind == LabChangeKind.HOST_CHANGED):
                 yield event
+
+
+async def _known_ids(names: dict[str, str], machine_labs: dict[str, str], *, lab: str | None) -> None:
+    """Which lab each lab and machine id belongs to, read afresh."""
+    names.clear()
+    machine_labs.clear()
+    for known in await Deployment.find_all().to_list():
+        names[str(known.id)] = known.name
+    cursor = Machine.get_pymongo_collection().find(
+        {} if lab is None else {"deployment": lab}, {"deployment": 1})
+    async for raw in cursor:
+        machine_labs[str(raw["_id"])] = str(raw["deployment"])
 
 
 def _lab_change(change: Change, *, names: dict[str, str], machine_labs: dict[str, str],

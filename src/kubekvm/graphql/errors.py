@@ -4,8 +4,9 @@ Domain errors keep their message and code (and `field` for VALIDATION_FAILED). A
 the depth, alias or token limits is QUERY_TOO_COMPLEX; introspection, where it is switched
 off, is FORBIDDEN. Other errors the GraphQL layer finds itself (a string where an Int
 belongs, an unknown field) are VALIDATION_FAILED, with `field` naming the argument or input
-field when the error is about one. Anything else is INTERNAL with a generic
-message; the details go to the log, not to the client.
+field when the error is about one. A database fault (unreachable, timed out, no primary:
+`kubekvm.database.unavailable`) is UNAVAILABLE, logged as one line, so a client retries.
+Anything else is INTERNAL with a generic message; the details go to the log, not to the client.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from graphql import ArgumentNode, DocumentNode, Node, ObjectFieldNode, VariableN
 from graphql.error import GraphQLError
 from strawberry.extensions import MaskErrors
 
+from kubekvm.database import unavailable
 from kubekvm.errors import KubeKVMError, ValidationFailed
+from kubekvm.faults import quiet
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +128,11 @@ class ErrorCodes(MaskErrors):
                 extensions["field"] = field
             return GraphQLError(error.message, nodes=error.nodes, source=error.source,
                                 positions=error.positions, path=error.path, extensions=extensions)
+        fault = unavailable(original)
+        if fault is not None:
+            quiet.fault(f"GraphQL {'.'.join(map(str, error.path or []))}", original)
+            return GraphQLError(fault.message, nodes=error.nodes, source=error.source,
+                                positions=error.positions, path=error.path, extensions={"code": fault.code})
         log.error("unexpected error in %s", error.path, exc_info=original)
         return GraphQLError("Internal error; the server log has the details.", nodes=error.nodes,
                             source=error.source, positions=error.positions, path=error.path,

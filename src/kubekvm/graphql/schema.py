@@ -374,7 +374,8 @@ class Mutation:
 @strawberry.type
 class Subscription:
     @strawberry.subscription(description=(
-        "Every phase and machine change of one lab (by name) or of all labs."))
+        "Every phase and machine change of one lab (by name) or of all labs. A RESYNC event says "
+        "changes may have been missed (the server lost its change history): reload what you show."))
     async def deployment_events(self, info: strawberry.Info,
                                 name: str | None = None) -> AsyncGenerator[DeploymentEvent, None]:
         services = _services(info)

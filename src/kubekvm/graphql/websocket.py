@@ -4,6 +4,9 @@ Strawberry's handler trusts a message's shape: a `subscribe` whose `query` is a 
 the GraphQL parser and fails there as an internal error with a traceback, and a message that is
 a JSON array breaks the connection's handler. Here a message that is not what the protocol
 says closes the socket with 4400 and a reason, as the protocol prescribes for invalid messages.
+
+A subscription whose client left while a result was on its way (or whose database went away)
+is not logged as "Exception in worker task" with a traceback: see `kubekvm.faults`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from typing import Any
 
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import Message
+
+from kubekvm.faults import quiet_task_failure
 
 
 def problem(message: object) -> str | None:
@@ -40,3 +45,7 @@ class CheckedTransportWS(BaseGraphQLTransportWSHandler[dict[str, Any], None]):
             await self.handle_invalid_message(wrong)
             return
         await super().handle_message(message)
+
+    async def handle_task_exception(self, error: Exception) -> None:
+        if not quiet_task_failure(error):
+            await super().handle_task_exception(error)

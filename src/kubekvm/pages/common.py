@@ -10,7 +10,7 @@ make it say something odd.
 `Renderer.guard` wraps every handler: it refuses a state-changing request of a browser session
 that lacks the session's CSRF token (hidden field `csrf_token`, or the `X-CSRF-Token` header
 htmx sends from the page's `hx-headers`), sends the anonymous to the sign-in page, and turns the
-domain errors a handler leaves into pages or flashes.
+domain errors a handler leaves into pages or flashes (a database fault into a 503 page).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from kubekvm.access import ActorKind, require_user
 from kubekvm.auth import CSRF_FIELD, CSRF_HEADER, CSRF_KEY, actor_of, csrf_token
 from kubekvm.config import Settings
 from kubekvm.credentials import same
+from kubekvm.database import unavailable
 from kubekvm.errors import (
     Conflict,
     Forbidden,
@@ -48,6 +49,7 @@ from kubekvm.errors import (
     Unavailable,
     ValidationFailed,
 )
+from kubekvm.faults import quiet
 from kubekvm.models import Role
 
 FLASH_COOKIE = "kubekvm_flash"
@@ -288,6 +290,15 @@ class Renderer:
             except KubeKVMError as error:
                 referer = urlsplit(request.headers.get("Referer", ""))
                 return self.error(request, error, back=safe_next(referer.path, "/"))
+            except Exception as error:
+                fault = unavailable(error)
+                if fault is None:
+                    raise
+                quiet.fault(f"{request.method} {request.url.path}", error)
+                if is_htmx(request):
+                    return self.error(request, fault)
+                # The page itself, not a redirect to another that would fail the same way.
+                return self.page(request, "error.html", {"error": fault, "status": 503}, status=503)
 
         guarded.__name__ = getattr(handler, "__name__", "page")
         guarded.__doc__ = handler.__doc__

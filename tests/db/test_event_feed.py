@@ -1,0 +1,230 @@
+"""The change-stream watcher under the faults a class day brings: a collection or the whole
+database dropped (a `mongorestore --drop`), an invalidated stream, lost history, a bug.
+
+The watcher must survive every one of them, tell every subscriber to resynchronise when changes
+may have been missed, and go on delivering. Drops and invalidation are produced for real on
+SecantusDB (it emits `drop`, `dropDatabase` and `invalidate` events as MongoDB does). Lost
+history cannot be produced there: SecantusDB resumes from any well-formed token, even one older
+than its oplog, instead of failing with ChangeStreamHistoryLost, so that case (and an
+unexpected exception) runs the watcher loop over a stub database raising pymongo's own
+exception classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from pymongo.errors import AutoReconnect, OperationFailure
+
+from kubekvm.database import Connection, connect
+from kubekvm.events import Change, ChangeStreamFeed, EventFeed, Subscription
+from kubekvm.streams import BatchKind, LabChangeKind, host_assignments, lab_changes
+
+WAIT = 20.0
+
+
+@pytest.fixture
+async def connection(secantus_uri: str) -> AsyncIterator[Connection]:
+    connection = await connect(secantus_uri, database=f"t{uuid.uuid4().hex[:12]}")
+    yield connection
+    await connection.client.drop_database(connection.database.name)
+    await connection.close()
+
+
+@pytest.fixture
+async def feed(connection: Connection) -> AsyncIterator[ChangeStreamFeed]:
+    feed = ChangeStreamFeed(database=connection.database)
+    await feed.start()
+    yield feed
+    await feed.stop()
+
+
+async def next_matching(subscription: Subscription, predicate: Callable[[Change], bool]) -> Change:
+    async def scan() -> Change:
+        while True:
+            change = await subscription.next()
+            if predicate(change):
+                return change
+    return await asyncio.wait_for(scan(), WAIT)
+
+
+async def test_a_dropped_collection_resyncs_every_subscriber_and_the_feed_goes_on(
+        connection: Connection, feed: ChangeStreamFeed) -> None:
+    db = connection.database
+    async with feed.subscribe() as first, feed.subscribe() as second:
+        await db.machines.insert_one({"_id": "m1", "host": "h1"})
+        assert (await next_matching(first, lambda c: c.collection == "machines")).operation == "insert"
+
+        await db.machines.drop()  # what `mongorestore --drop` does before it restores
+
+        for subscription in (first, second):
+            await next_matching(subscription, lambda c: c.resync)
+        assert feed.healthy
+        await db.hosts.insert_one({"_id": "after-the-drop"})
+        for subscription in (first, second):
+            change = await next_matching(subscription, lambda c: c.collection == "hosts")
+            assert change.id == "after-the-drop"
+        # A cursor from before the gap cannot be resumed from any more: replaying it would skip it.
+        assert feed.replay_after("anything-from-before") is None
+
+
+async def test_a_dropped_database_invalidates_the_stream_which_reopens_from_now(
+        connection: Connection, feed: ChangeStreamFeed) -> None:
+    db = connection.database
+    async with feed.subscribe() as subscription:
+        await db.hosts.insert_one({"_id": "before"})
+        await next_matching(subscription, lambda c: c.id == "before")
+
+        await connection.client.drop_database(db.name)  # dropDatabase, then invalidate
+
+        await next_matching(subscription, lambda c: c.resync)
+        await db.hosts.insert_one({"_id": "after"})
+        assert (await next_matching(subscription, lambda c: c.collection == "hosts")).id == "after"
+        assert feed.healthy
+
+
+# ------------------------------------------------------------- the loop, over a stub
+
+
+def event(token: str, collection: str = "machines", key: str = "m1") -> dict[str, Any]:
+    return {"_id": {"_data": token}, "operationType": "insert", "ns": {"db": "t", "coll": collection},
+            "documentKey": {"_id": key}, "fullDocument": {"_id": key, "host": "h1"}}
+
+
+class StubStream:
+    """A change stream that yields `events`, then raises `then` (or waits forever)."""
+
+    def __init__(self, events: list[dict[str, Any]], then: BaseException | None = None) -> None:
+        self.events, self.then = list(events), then
+        self.resume_token: dict[str, Any] | None = None
+        self.alive = True
+
+    async def try_next(self) -> dict[str, Any] | None:
+        if self.events:
+            found = self.events.pop(0)
+            self.resume_token = found["_id"]
+            return found
+        if self.then is not None:
+            raise self.then
+        await asyncio.Event().wait()
+        return None
+
+    def __aiter__(self) -> StubStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        while True:
+            found = await self.try_next()
+            if found is not None:
+                return found
+
+    async def __aenter__(self) -> StubStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class StubDatabase:
+    """`watch` answers from `opens` in turn (the last one again when they run out); any watch
+    that resumes after a token in `lost` fails as a server whose oplog no longer has it."""
+
+    def __init__(self, opens: list[Callable[[], StubStream]], *, lost: tuple[str, ...] = ()) -> None:
+        self.opens, self.lost = opens, lost
+        self.resumed_after: list[str | None] = []
+        self.opened = asyncio.Event()
+
+    async def watch(self, pipeline: list[Any], **options: Any) -> StubStream:
+        token = options.get("resume_after")
+        self.resumed_after.append(token["_data"] if token else None)
+        if token is not None and token["_data"] in self.lost:
+            raise OperationFailure("Resume of change stream was not possible, as the resume point may "
+                                   "no longer be in the oplog.", code=286)
+        stream = (self.opens.pop(0) if len(self.opens) > 1 else self.opens[0])()
+        self.opened.set()
+        return stream
+
+
+async def test_lost_history_restarts_from_now_and_resyncs() -> None:
+    stub = StubDatabase([lambda: StubStream([event("t1")], then=AutoReconnect("connection reset")),
+                         lambda: StubStream([])], lost=("t1",))
+    feed = ChangeStreamFeed(database=stub)  # type: ignore[arg-type]
+    async with feed.subscribe() as subscription:
+        await feed.start()
+        try:
+            assert (await next_matching(subscription, lambda c: True)).cursor == "t1"
+            await next_matching(subscription, lambda c: c.resync)
+            # Resumed once after t1, was told its history is gone, and started from now,
+            # instead of retrying t1 for ever.
+            assert stub.resumed_after[:3] == [None, "t1", None]
+            assert feed.healthy
+        finally:
+            await feed.stop()
+
+
+async def test_the_watcher_survives_an_unexpected_error_and_is_down_meanwhile() -> None:
+    failing = StubStream([event("t1")], then=RuntimeError("a bug in the watcher"))
+    stub = StubDatabase([lambda: failing, lambda: StubStream([event("t2", key="m2")])])
+    feed = ChangeStreamFeed(database=stub)  # type: ignore[arg-type]
+    async with feed.subscribe() as subscription:
+        await feed.start()
+        try:
+            await next_matching(subscription, lambda c: c.cursor == "t1")
+            assert (await next_matching(subscription, lambda c: c.cursor == "t2")).id == "m2"
+            assert stub.resumed_after[:2] == [None, "t1"]  # resumed where it was
+            assert feed.healthy
+        finally:
+            await feed.stop()
+    assert not feed.healthy
+
+
+async def test_an_unreadable_event_is_skipped_with_a_resync() -> None:
+    broken = {"_id": {"_data": "t1"}, "operationType": "update", "ns": {"db": "t", "coll": "machines"}}
+    stub = StubDatabase([lambda: StubStream([broken, event("t2")])])
+    feed = ChangeStreamFeed(database=stub)  # type: ignore[arg-type]
+    async with feed.subscribe() as subscription:
+        await feed.start()
+        try:
+            assert (await next_matching(subscription, lambda c: True)).resync
+            assert (await next_matching(subscription, lambda c: True)).cursor == "t2"
+        finally:
+            await feed.stop()
+
+
+# ------------------------------------------------------------- what subscribers do with it
+
+
+class Machines:
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def host_assignments(self, host: str) -> list[Any]:
+        self.reads += 1
+        return []
+
+
+async def test_an_agent_feed_sends_a_fresh_snapshot_on_resync() -> None:
+    feed = EventFeed()
+    source = Machines()
+    batches = host_assignments(services=source, feed=feed, host="h1")
+    assert (await anext(batches)).kind == BatchKind.SNAPSHOT
+    pending = asyncio.ensure_future(anext(batches))
+    feed.resync("a test")
+    batch = await asyncio.wait_for(pending, WAIT)
+    assert batch.kind == BatchKind.SNAPSHOT and source.reads == 2
+    await batches.aclose()
+
+
+async def test_a_lab_subscriber_is_told_to_reload_on_resync(connection: Connection) -> None:
+    feed = EventFeed()
+    subscribed = asyncio.Event()
+    changes = lab_changes(feed=feed, subscribed=subscribed)
+    pending = asyncio.ensure_future(anext(changes))
+    await asyncio.wait_for(subscribed.wait(), WAIT)
+    feed.resync("a test")
+    assert (await asyncio.wait_for(pending, WAIT)).kind == LabChangeKind.RESYNC
+    await changes.aclose()
