@@ -72,6 +72,8 @@ def unavailable(error: BaseException) -> Unavailable | None:
         seen.add(id(current))
         if isinstance(current, PyMongoError) and _transient(current):
             return Unavailable(UNAVAILABLE_MESSAGE)
+        if isinstance(current, BaseExceptionGroup):  # from a task group (a streaming response)
+            return next((found for inner in current.exceptions if (found := unavailable(inner))), None)
         current = current.__cause__ or current.__context__
     return None
 

@@ -48,7 +48,9 @@ from starlette.types import Receive, Scope, Send
 from kubekvm.access import ActorKind
 from kubekvm.auth import services_for
 from kubekvm.authorized import Authorized
+from kubekvm.database import unavailable
 from kubekvm.errors import NotFound, TooManySubscriptions, ValidationFailed
+from kubekvm.faults import quiet
 from kubekvm.models import Machine, Phase
 from kubekvm.pages.fragments import (
     PAGE_SIZE,
@@ -313,8 +315,16 @@ class LiveUpdates:
 
 async def _pump(changes: AsyncIterator[LabChange], queue: asyncio.Queue[LabChange]) -> None:
     """Move changes from the feed into the stream's queue, so that waiting for one can time
-    out (for the heartbeat) without cancelling the feed's generator."""
-    with suppress(FeedOverflow, asyncio.QueueFull):
-        async for change in changes:
-            queue.put_nowait(change)
+    out (for the heartbeat) without cancelling the feed's generator. A database fault (a
+    resync's reload while the database is down) ends it as falling behind does: the browser
+    reconnects and starts again from a snapshot."""
+    try:
+        with suppress(FeedOverflow, asyncio.QueueFull):
+            async for change in changes:
+                queue.put_nowait(change)
+    except Exception as error:
+        if unavailable(error) is None:
+            raise
+        quiet.fault("a live-update stream", error)
+        return
     log.info("live update stream fell behind; the browser will reconnect and resynchronise")
