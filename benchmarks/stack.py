@@ -194,8 +194,11 @@ class DiskDatabase:
         self.storage.mkdir(parents=True, exist_ok=True)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
+            # --sync-on-commit, as the embedded database runs (kubekvm.database): without it a
+            # SIGKILL loses writes SecantusDB had already acknowledged, which no majority-write
+            # replica set does, and the run would count those as lost by the product.
             [str(VENV_BIN / "secantusd-py"), "--host", "127.0.0.1", "--port", str(self.port),
-             "--storage-path", str(self.storage)],
+             "--storage-path", str(self.storage), "--sync-on-commit"],
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )

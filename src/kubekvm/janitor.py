@@ -29,6 +29,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubekvm.database import unavailable
 from kubekvm.errors import KubeKVMError
 from kubekvm.lease import Lease
 from kubekvm.models import Deployment, Host, Machine
@@ -70,9 +71,13 @@ class Janitor:
                 await self.run_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # A database outage or a bug must not stop the janitor for good: next turn.
-                log.exception("janitor turn failed")
+            except Exception as error:
+                # A database outage or a bug must not stop the janitor for good: next turn. An
+                # outage is one line (the server says so elsewhere too); a bug its traceback.
+                if unavailable(error) is not None:
+                    log.warning("janitor turn skipped: the database is unavailable (%s)", type(error).__name__)
+                else:
+                    log.exception("janitor turn failed")
             await asyncio.sleep(self.interval)
 
     async def stop(self, task: asyncio.Task[None]) -> None:
