@@ -374,7 +374,7 @@ async def test_the_agent_command_runs_a_snapshot_and_stops_on_sigterm(
     try:
         await wait_until(
             lambda: {("m1", "RUNNING", None), ("m2", "RUNNING", None)} <= set(state.reports),
-            timeout=20,
+            timeout=60,  # a deadline, not a speed target: a whole agent process starts on a loaded machine
         )
         registration = state.registrations[0]
         assert (registration.name, registration.domain_type) == ("kvm-07", "qemu")
