@@ -387,9 +387,12 @@ class Accounts:
 
     async def record(self, actor: Actor, *, action: str, target: str = "", outcome: str = "ok",
                      message: str = "") -> None:
-        await AuditEntry(actor=actor.name, actor_kind=actor.kind.value,
-                         role=actor.role.value if actor.role else "", action=action, target=target,
-                         address=actor.address, outcome=outcome, message=message[:500]).insert()
+        # What was attempted is recorded as sent (a refused lab name, a typed sign-in name), so
+        # it is made harmless to show: no control or text-direction characters, bounded.
+        await AuditEntry(actor=validation.note(actor.name, max_length=200, multiline=False),
+                         actor_kind=actor.kind.value, role=actor.role.value if actor.role else "", action=action,
+                         target=validation.note(target, max_length=300, multiline=False), address=actor.address,
+                         outcome=outcome, message=validation.note(message)).insert()
 
     async def audit_log(self, *, actor: str | None = None, action: str | None = None,
                         target: str | None = None, outcome: str | None = None,

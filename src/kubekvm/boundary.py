@@ -70,7 +70,9 @@ class BodyLimit:
             return
         graphql = scope["path"] == GRAPHQL_PATH
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
+        # isascii: str.isdigit also takes "²", which int() refuses (uvicorn's parser refuses such
+        # a header first; this must not crash if another server does not).
+        if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > self.max_bytes):
             await self._refuse(send, graphql=graphql)
             return
         chunks: list[bytes] = []

@@ -99,10 +99,11 @@ def text(value: str | None, *, field: str, label: str, max_length: int, multilin
     return cleaned
 
 
-def note(value: str, *, max_length: int = NOTE_MAX_LENGTH) -> str:
-    """Text a program reports (an agent's message about a machine): shown, never refused, as
-    refusing it would lose the report it comes with. Anything `text` refuses becomes U+FFFD."""
-    kept = "".join("\ufffd" if _refused_character(char, multiline=True) else char
+def note(value: str, *, max_length: int = NOTE_MAX_LENGTH, multiline: bool = True) -> str:
+    """Text recorded rather than judged (an agent's message about a machine, what an audit entry
+    says was attempted): kept, as refusing it would lose the record it comes with, but every
+    character `text` refuses becomes U+FFFD."""
+    kept = "".join("\ufffd" if _refused_character(char, multiline=multiline) else char
                    for char in value.replace("\r\n", "\n"))
     return kept[:max_length]
 

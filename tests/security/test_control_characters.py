@@ -5,6 +5,7 @@ naming the field, and nothing is stored (before, a NUL in a template title was).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -153,3 +154,22 @@ async def test_a_lone_surrogate_in_a_subscription_is_refused(server: Server, que
                 pass
     error = refusal.value.errors[0]  # type: ignore[index]
     assert error["extensions"]["code"] == "VALIDATION_FAILED" and error["extensions"]["field"] == field, error
+
+
+def test_the_audit_log_records_an_attempted_name_harmlessly(server: Server, admin: httpx.Client) -> None:
+    """A refused request is audited with what was sent; a text-direction override or a NUL in
+    it would make the admins' audit page read as something else."""
+    hostile = "adm\u202enim\x00\x1b[2J"
+    anonymous = httpx.Client(base_url=server.url, timeout=30)
+    form = anonymous.get("/login").text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form)
+    assert token
+    assert anonymous.post("/login", data={"name": hostile, "password": "wrong-password",
+                                          "csrf_token": token.group(1)}).status_code == 401
+    anonymous.close()
+    body = post_graphql(server, 'mutation($n: String!) { startDeployment(name: $n) { name } }', {"n": hostile})
+    assert body["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+    entries = post_graphql(server, "{ auditLog(limit: 20) { items { actor target message } } }")
+    said = [value for entry in entries["data"]["auditLog"]["items"] for value in entry.values()]
+    assert any("adm\ufffdnim" in value for value in said), said
+    assert not any(char in value for value in said for char in "\u202e\x00\x1b"), said

@@ -24,7 +24,10 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from starlette.routing import Route
 
+from kubekvm.config import Settings
+from kubekvm.pages import routes
 from tests.security.input_support import HOSTILE_NUMBERS, TEMPLATE, admin_session, post_graphql
 from tests.support.processes import Server
 
@@ -35,6 +38,8 @@ START_PAGES = ["/", "/labs", "/new-lab", "/templates", "/templates/new", "/hosts
                "/server", "/my", f"/labs/{LAB}", f"/labs/{LAB}/edit", f"/labs/{LAB}/delete",
                "/templates/sec-tiny/edit"]
 NOT_PAGES = ("/events", "/static/", "/graphql", "/consoles/", "/logout")
+# POST routes that are no form: the console page's script asks for a ticket (JSON, no fields).
+NOT_FORMS = ("/machines/{name}/console/ticket",)
 HOSTILE_TEXT = ["", " ", "\x00", "a\x00b", "\x1b[2J", "\u202eevil", "\ud7ff", "\uffff", "\r\n", "\t", "😀" * 10,
                 "x" * 10_000, "../../etc/passwd", "//evil.example/", "\\\\evil", "<script>alert(1)</script>",
                 "' OR 1=1 --", '{"$gt": ""}', "$where", "null", "true", "-1", "0", "NaN", "Infinity",
@@ -165,6 +170,10 @@ def test_every_form_survives_hostile_values(server: Server, admin: httpx.Client)
                      "/users", "/account/tokens", "/account/password", "/hosts/tokens", "/login", "/audit",
                      f"/labs/{LAB}/delete", "/templates/sec-tiny/delete"):
         assert expected in actions, (expected, sorted(actions))
+    # ... and a form for every POST route of the route table.
+    for route in routes(settings=Settings()):
+        if isinstance(route, Route) and "POST" in (route.methods or ()) and route.path not in NOT_FORMS:
+            assert any(route.path_regex.match(action) for action in actions), (route.path, sorted(actions))
     failures: list[str] = []
     for form in forms:
         if form.action == "/logout":
