@@ -6,7 +6,11 @@ event loop: `hash_password` and `verify_password` are coroutines that hand it to
 of worker threads (argon2-cffi releases the GIL while it hashes), so thirty students signing
 in at once queue for the pool while every live page, console and agent link of the replica
 goes on being served. The pool's size (`KUBEKVM_PASSWORD_HASH_WORKERS`, default 2) bounds the
-CPU and memory sign-ins may take; `configure` sets it at server start.
+CPU and memory sign-ins may take; `configure` sets it at server start. Off the loop is not
+enough on a small host: the worker threads (and the threads libargon2 starts for each hash,
+which inherit their priority) would take the CPU from the loop's thread as an equal, and a
+burst of sign-ins still stalled every request for seconds. So the workers run at the lowest
+priority (`HASH_NICENESS`): the loop is served first, sign-ins get the CPU left over.
 
 Tokens are 256 random bits: a fast sha256 is enough to make a stolen database useless for
 signing in, and lets a request's token be found by an indexed lookup.
@@ -15,8 +19,10 @@ signing in, and lets a request's token be found by an indexed lookup.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
+import os
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +39,8 @@ USER_TOKEN_PREFIX = "kk_"  # noqa: S105 (a prefix, not a secret)
 HOST_TOKEN_PREFIX = "kkh_"  # noqa: S105
 DEFAULT_HASH_WORKERS = 2
 
+# The hashing threads' nice value: the lowest priority, so the event loop never waits for them.
+HASH_NICENESS = 19
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _workers = DEFAULT_HASH_WORKERS
@@ -50,11 +58,18 @@ def configure(*, workers: int) -> None:
     _workers = workers
 
 
+def _yield_the_cpu() -> None:
+    # Linux keeps a nice value per thread: this lowers only the worker's own (and what it starts).
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_NICENESS)
+
+
 def _executor() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=_workers, thread_name_prefix="password-hash")
+            _pool = ThreadPoolExecutor(max_workers=_workers, thread_name_prefix="password-hash",
+                                       initializer=_yield_the_cpu)
         return _pool
 
 
