@@ -245,14 +245,18 @@ class Services:
             changes["os"] = OSFamily(validation.os_family(os))
         if image is not None:
             changes["image"] = validation.image(image)
-        changes.update(_template_sizes(
+        sizes = _template_sizes(
             vcpus=template.vcpus if vcpus is None else vcpus,
             memory_mib=template.memory_mib if memory_mib is None else memory_mib,
             disk_gib=template.disk_gib if disk_gib is None else disk_gib,
-        ))
+        )
+        # Only the fields asked for are written: writing back the others as read would undo a
+        # concurrent edit of them made on another replica.
+        given = {"vcpus": vcpus, "memory_mib": memory_mib, "disk_gib": disk_gib}
+        changes.update({key: value for key, value in sizes.items() if given[key] is not None})
         changes["updated_at"] = utcnow()
         await template.set(changes)
-        return template
+        return await self.get_template(name)
 
     async def delete_template(self, name: str) -> Template:
         template = await self.get_template(name)

@@ -17,7 +17,7 @@ import pytest
 
 from kubekvm.errors import Conflict, NotFound
 from kubekvm.events import EventFeed
-from kubekvm.models import Deployment, DesiredState, Machine, ObservedState, Phase, Power
+from kubekvm.models import Deployment, DesiredState, Machine, ObservedState, Phase, Power, Template
 from kubekvm.services import Services
 from tests.db.test_services import a_host, report_all
 
@@ -191,3 +191,21 @@ async def test_the_last_absent_report_finishes_even_if_the_agent_drops(services:
     while await Deployment.find_one(Deployment.name == "bye") is not None:
         assert asyncio.get_running_loop().time() < deadline, "the lab stayed in Deleting"
         await asyncio.sleep(0.01)
+
+
+async def test_template_edits_on_two_replicas_both_stay(services: Services) -> None:
+    other = replica(services)
+    read = services.get_template
+    ran: list[object] = []
+
+    async def read_then_race(name: str) -> Template:
+        template = await read(name)
+        if not ran:
+            ran.append(await other.update_template(name, memory_mib=1024))
+        return template
+
+    services.get_template = read_then_race  # type: ignore[method-assign]
+    await services.update_template("tiny-linux", vcpus=2)
+    assert ran
+    stored = await other.get_template("tiny-linux")
+    assert (stored.vcpus, stored.memory_mib) == (2, 1024), "one replica's edit undid the other's"
