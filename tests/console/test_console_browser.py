@@ -25,6 +25,7 @@ from tests.e2e.conftest import (
     wait_until,
 )
 from tests.pages.conftest import sign_in
+from tests.support.csp import RECORD, violations
 from tests.support.processes import Server
 
 pytestmark = [pytest.mark.qemu, pytest.mark.browser]
@@ -89,6 +90,7 @@ def test_a_student_uses_the_console_of_their_vm(start_kubekvm: Callable[..., Ser
     wait_until(lambda: (lab_state(server, lab) or {}).get("phase") == "ACTIVE", timeout=120, what="lab Active")
 
     student = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
+    student.add_init_script(RECORD)  # the console must run under the server's CSP
     classmate = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
     try:
         tab = student.new_page()
@@ -129,6 +131,7 @@ def test_a_student_uses_the_console_of_their_vm(start_kubekvm: Callable[..., Ser
         expect(console.locator("#console-status")).to_have_text("Connected", timeout=120_000)
         assert colours_shown(console) > 1
         assert not errors, errors
+        assert not violations(console) + violations(tab), "the console broke the Content-Security-Policy"
     finally:
         student.close()
         classmate.close()
