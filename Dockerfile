@@ -10,8 +10,8 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------
-# builder: wheels for everything (libvirt-python compiled against Debian's libvirt-dev), then
-# one virtualenv per image, installed from those wheels only.
+# builder: one virtualenv per image, installed from the lock files (libvirt-python compiled
+# against Debian's libvirt-dev).
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -25,21 +25,25 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY requirements/server.txt requirements/agent.txt ./requirements/
 COPY src ./src
-# Only our own project is named here, and the venvs install from /wheels alone (--no-index);
-# its dependencies follow pyproject.toml's ranges.
+# Every dependency comes from the lock (`make lock`): pinned, its files' hashes checked, built
+# here when there is no wheel (libvirt-python, against libvirt-dev). Then our own project,
+# taking no dependency from anywhere but the lock. The lock names no development database.
 # hadolint ignore=DL3013
-RUN pip wheel --wheel-dir /wheels ".[agent]" \
-    && python -m venv --without-pip /opt/kubekvm \
-    && pip --python /opt/kubekvm/bin/python install --no-index --find-links /wheels kubekvm \
+RUN python -m venv --without-pip /opt/kubekvm \
+    && pip --python /opt/kubekvm/bin/python install --require-hashes -r requirements/server.txt \
+    && pip --python /opt/kubekvm/bin/python install --no-deps . \
     && python -m venv --without-pip /opt/kubekvm-agent \
-    && pip --python /opt/kubekvm-agent/bin/python install --no-index --find-links /wheels \
-        "kubekvm[agent]" \
+    && pip --python /opt/kubekvm-agent/bin/python install --require-hashes -r requirements/agent.txt \
+    && pip --python /opt/kubekvm-agent/bin/python install --no-deps ".[agent]" \
     && for venv in /opt/kubekvm /opt/kubekvm-agent; do \
         if "$venv/bin/python" -c "import secantus" 2>/dev/null; then \
             echo "secantusdb must not be in the images" >&2; exit 1; \
         fi; \
-    done
+        "$venv/bin/python" -c "import kubekvm"; \
+    done \
+    && /opt/kubekvm-agent/bin/python -c "import agent, libvirt, gql"
 
 # ---------------------------------------------------------------------------------------------
 # agent: `kubekvm-agent` with the libvirt client library and qemu-img. In Kubernetes the

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint typecheck schema bench bench-quick classday classday-quick
+.PHONY: run test lint typecheck schema audit lock bench bench-quick classday classday-quick
 
 run:
 	scripts/setup run
@@ -16,6 +16,7 @@ test:
 	$(MAKE) --no-print-directory lint typecheck
 	$(BIN)/kubekvm export-schema --check
 	$(BIN)/pytest
+	scripts/audit-deps
 
 lint:
 	$(BIN)/ruff check src tests scripts/run-local $(wildcard benchmarks)
@@ -25,6 +26,15 @@ typecheck:
 
 schema:
 	$(BIN)/kubekvm export-schema --out schema.graphql
+
+# pip-audit over the lock files: fails on a known vulnerability, and when it cannot look one up.
+audit:
+	scripts/audit-deps
+
+# Re-resolve the lock files (requirements/*.txt) after a change to pyproject.toml's dependencies;
+# `make lock ARGS=--upgrade` takes the newest versions allowed.
+lock:
+	scripts/lock $(ARGS)
 
 bench:
 	scripts/setup test

@@ -184,6 +184,11 @@ def test_agent_stage_has_libvirt_and_qemu_img_but_no_compiler(stages) -> None:
     for package in ("libvirt-dev", "pkg-config", "gcc"):
         assert package in builder_runs
     assert '".[agent]"' in builder_runs or "'.[agent]'" in builder_runs
+    # Both images install their dependencies from the lock, hash-checked, and nothing else.
+    for lock in ("requirements/server.txt", "requirements/agent.txt"):
+        assert f"--require-hashes -r {lock}" in builder_runs, lock
+    for command in re.findall(r"\bpip\b[^;&|]*\binstall\b[^;&|]*", builder_runs):
+        assert "--require-hashes" in command or "--no-deps" in command, command
 
 
 def test_no_embedded_database_and_no_caches_in_images(stages) -> None:
