@@ -182,7 +182,11 @@ class ConsoleTunnels:
             raise Refusal(NOT_FOUND, f"{request.machine} is not on its host (yet).")
         if not found.active:
             raise Refusal(MACHINE_OFF, f"{request.machine} is off. Start it to use its console.")
-        connection = await self.hypervisor.open_display(request.domain)
+        try:
+            connection = await self.hypervisor.open_display(request.domain)
+        except HypervisorError as error:  # e.g. libvirtd did not answer in time
+            log.warning("console %s: libvirt: %s", request.session[:8], error)
+            raise Refusal(UNAVAILABLE, "The machine's host cannot open its display right now; try again.") from None
         connection.setblocking(False)
         return await asyncio.open_connection(sock=connection)
 

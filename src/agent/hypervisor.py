@@ -21,7 +21,8 @@ call opens a new connection, and the connection listeners are told so that the r
 re-reads everything (events were missed). A timed-out call's thread cannot be stopped; it
 stays in the retired connection's pool, holding no lock of ours, and the connection is closed
 once its last call returns. At most ``MAX_STUCK_CALLS`` such threads may exist; beyond that
-calls fail at once until libvirtd answers again.
+calls fail at once until libvirtd answers again. The pools' threads are daemon threads, so a
+thread stuck in libvirt never keeps a stopping agent from exiting.
 
 Errors that only mean "already done" (destroying a stopped domain, starting a running one,
 undefining a missing one) are swallowed: every step the reconciler takes must be idempotent.
@@ -33,7 +34,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import queue
 import socket
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,12 +98,59 @@ class DomainStatus:
     metadata: MachineMetadata | None
 
 
+_Job = tuple[concurrent.futures.Future[Any], Callable[[], Any]]
+
+
+class ThreadPool(concurrent.futures.Executor):
+    """A fixed number of daemon threads running submitted calls in order.
+
+    Not ``ThreadPoolExecutor``: its threads are joined when the interpreter exits, so one
+    thread stuck in a libvirt call would keep the agent from ever stopping."""
+
+    def __init__(self, size: int, *, name: str) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True)
+                         for i in range(size)]
+        self._shut = False
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
+        if self._shut:
+            raise RuntimeError("cannot submit to a pool that was shut down")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((future, lambda: fn(*args, **kwargs)))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Lets the threads finish what was submitted, then end."""
+        if not self._shut:
+            self._shut = True
+            for _ in self._threads:
+                self._jobs.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, call = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = call()
+            except BaseException as error:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+
 @dataclass(eq=False)
 class _Link:
     """One libvirt connection with its own threads and call slots."""
 
     connection: libvirt.virConnect
-    executor: concurrent.futures.ThreadPoolExecutor
+    executor: ThreadPool
     # Passed as the opaque value of this connection's callbacks: how a late event of a
     # retired connection is told from the current one's.
     token: object
@@ -392,8 +442,7 @@ class Hypervisor:
         if implementation is None or implementation.loop is not loop:
             libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
         libvirt.registerErrorHandler(_silence, None)
-        executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=MAX_CALLS_PER_CONNECTION, thread_name_prefix="libvirt")
+        executor = ThreadPool(MAX_CALLS_PER_CONNECTION, name="libvirt")
 
         token = object()
 

@@ -8,6 +8,8 @@ reconnections, and a call that hangs until the test lets it go.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from agent.hypervisor import (
     HypervisorError,
     HypervisorTimeout,
     HypervisorUnavailable,
+    ThreadPool,
     connection_lost,
 )
 
@@ -360,3 +363,33 @@ async def test_a_hung_libvirt_call_holds_up_only_its_own_machine(make_rig: Make,
         await wait_for(lambda: hypervisor.stuck_calls == 0)
     finally:
         hold.released.set()
+
+
+def test_a_thread_stuck_in_libvirt_does_not_keep_the_agent_from_exiting() -> None:
+    """A stopping agent must exit even when a libvirt call never returns (the standard
+    ThreadPoolExecutor joins its threads at exit, and would wait for ever)."""
+    program = (
+        "import threading\n"
+        "from agent.hypervisor import ThreadPool\n"
+        "pool = ThreadPool(2, name='libvirt')\n"
+        "started = threading.Event()\n"
+        "pool.submit(lambda: (started.set(), threading.Event().wait()))\n"
+        "started.wait()\n"
+        "print('exiting', flush=True)\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                              timeout=30)
+    assert (finished.returncode, finished.stdout) == (0, "exiting\n"), finished.stderr
+
+
+async def test_the_pool_runs_calls_in_its_threads_and_ends_them_on_shutdown() -> None:
+    pool = ThreadPool(MAX_CALLS_PER_CONNECTION, name="libvirt-test")
+    names = await asyncio.gather(*(asyncio.wrap_future(pool.submit(lambda: threading.current_thread().name))
+                                   for _ in range(8)))
+    assert set(names) <= {f"libvirt-test-{i}" for i in range(MAX_CALLS_PER_CONNECTION)}
+    with pytest.raises(ValueError, match="boom"):
+        await asyncio.wrap_future(pool.submit(lambda: int("boom")))
+    pool.shutdown()
+    assert not any(thread.name.startswith("libvirt-test-") for thread in threading.enumerate())
+    with pytest.raises(RuntimeError):
+        pool.submit(lambda: None)
