@@ -6,7 +6,8 @@ headers on every answer), `kubekvm.boundary.OriginCheck` (no websocket or live s
 foreign page), `kubekvm.boundary.BodyLimit` (no body over the limit is read), then
 `kubekvm.auth.AuthMiddleware`. Every answer of /graphql is GraphQL-shaped JSON with
 `extensions.code`, the transport's refusals included (a body that is not one JSON object, a
-wrong content type or method: `GraphQLApp`).
+wrong content type or method: `GraphQLApp`), and so is a failure nothing caught (`internal_error`,
+a 500 with code INTERNAL and the security headers).
 
 `create_app` gets an open database connection (the CLI or a test made it) and, on start-up,
 starts the event feed, builds the service layer, seeds the default templates and starts the
@@ -27,7 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from cross_web import HTTPException
@@ -49,7 +50,7 @@ from kubekvm.access import ActorKind
 from kubekvm.accounts import Accounts
 from kubekvm.auth import AuthMiddleware, actor_of, bearer, serializer
 from kubekvm.authorized import Authorized
-from kubekvm.boundary import BodyLimit, OriginCheck, allowed_origins, send_refusal
+from kubekvm.boundary import GRAPHQL_PATH, BodyLimit, OriginCheck, allowed_origins, graphql_error, send_refusal
 from kubekvm.config import Settings
 from kubekvm.console import ConsoleSockets
 from kubekvm.database import Connection, describe_uri
@@ -157,6 +158,24 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready", "eventStream": feed.mode})
 
 
+def internal_error(headers: SecurityHeaders) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """The answer to a failure nothing else caught (Starlette logs its traceback): on /graphql
+    GraphQL-shaped like every answer there, elsewhere a sentence; with the security headers, as
+    Starlette sends it from outside every middleware."""
+
+    async def answer(request: Request, error: Exception) -> Response:
+        said = "Internal error; the server log has the details."
+        response: Response
+        if request.url.path == GRAPHQL_PATH:
+            response = Response(graphql_error(said, "INTERNAL"), status_code=500, media_type="application/json")
+        else:
+            response = PlainTextResponse(said, status_code=500)
+        headers.add(response.headers, request.scope)
+        return response
+
+    return answer
+
+
 def create_app(*, settings: Settings, connection: Connection, database_label: str | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -220,10 +239,14 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
         *pages.routes(settings=settings),
     ]
     # DatabaseFaults outside the rest: the auth middleware's lookups need the database too.
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[
-        Middleware(SecurityHeaders, public_url=settings.public_url, hsts_seconds=settings.hsts_seconds),
-        Middleware(DatabaseFaults),
-        Middleware(OriginCheck, allowed=origins),
-        Middleware(BodyLimit, max_bytes=settings.max_body_bytes),
-        Middleware(AuthMiddleware),
-    ])
+    # The 500 handler only borrows SecurityHeaders.add (its app is never called).
+    headers = SecurityHeaders(graphql, public_url=settings.public_url, hsts_seconds=settings.hsts_seconds)
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: internal_error(headers)},
+                     middleware=[
+                         Middleware(SecurityHeaders, public_url=settings.public_url,
+                                    hsts_seconds=settings.hsts_seconds),
+                         Middleware(DatabaseFaults),
+                         Middleware(OriginCheck, allowed=origins),
+                         Middleware(BodyLimit, max_bytes=settings.max_body_bytes),
+                         Middleware(AuthMiddleware),
+                     ])

@@ -73,22 +73,25 @@ class SecurityHeaders:
         self.always_https = public_url.lower().startswith("https://")
         self.hsts_seconds = hsts_seconds
 
+    def add(self, headers: MutableHeaders, scope: Scope) -> None:
+        """The headers on one answer (also used for the 500 Starlette sends from outside every
+        middleware, `kubekvm.app.internal_error`)."""
+        if "content-security-policy" not in headers:
+            headers["Content-Security-Policy"] = POLICY
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["X-Frame-Options"] = "DENY"
+        headers["Referrer-Policy"] = "same-origin"
+        if (self.always_https or scope.get("scheme") == "https") and self.hsts_seconds > 0:
+            headers["Strict-Transport-Security"] = f"max-age={self.hsts_seconds}; includeSubDomains"
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        https = self.always_https or scope.get("scheme") == "https"
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                if "content-security-policy" not in headers:
-                    headers["Content-Security-Policy"] = POLICY
-                headers["X-Content-Type-Options"] = "nosniff"
-                headers["X-Frame-Options"] = "DENY"
-                headers["Referrer-Policy"] = "same-origin"
-                if https and self.hsts_seconds > 0:
-                    headers["Strict-Transport-Security"] = f"max-age={self.hsts_seconds}; includeSubDomains"
+                self.add(MutableHeaders(scope=message), scope)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

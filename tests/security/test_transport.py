@@ -202,3 +202,23 @@ def test_an_oversized_websocket_message_closes_the_socket(server: Server) -> Non
     # The server is fine, and logged no traceback for any of this module's attacks.
     assert server.graphql("{ me { name } }")["data"] == {"me": {"name": "admin"}}
     assert "Traceback" not in server.child.log.read_text(errors="replace")
+
+
+async def test_an_unexpected_failure_is_still_graphql_shaped_and_has_the_headers() -> None:
+    """A failure nothing else catches cannot be provoked in a working server (each one found is
+    fixed); an application that was never started (no services: every request fails in the
+    auth middleware) stands in for one, in process."""
+    from kubekvm.app import create_app
+    from kubekvm.config import Settings
+
+    app = create_app(settings=Settings(), connection=None)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # no lifespan: not started
+    async with httpx.AsyncClient(transport=transport, base_url="http://kubekvm.test") as client:
+        answer = await client.post("/graphql", json={"query": "{ me { name } }"})
+        page = await client.get("/login")
+    assert refusal(answer, 500, "INTERNAL") == "Internal error; the server log has the details."
+    assert page.status_code == 500 and page.headers["content-type"].startswith("text/plain")
+    for response in (answer, page):
+        assert "script-src 'self'" in response.headers["content-security-policy"]
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
