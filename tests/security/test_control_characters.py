@@ -173,3 +173,41 @@ def test_the_audit_log_records_an_attempted_name_harmlessly(server: Server, admi
     said = [value for entry in entries["data"]["auditLog"]["items"] for value in entry.values()]
     assert any("adm\ufffdnim" in value for value in said), said
     assert not any(char in value for value in said for char in "\u202e\x00\x1b"), said
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ('mutation($v: String!) { createUser(input: {name: $v, role: STUDENT}) { name } }', "name"),
+    ('mutation($v: String!) { createDeployment(input: {name: $v, template: "sec-tiny", replicas: 1}) { name } }',
+     "name"),
+    ('mutation($v: String!) { setRoster(name: "text-lab", students: ["ana", $v]) { unbound } }', "students"),
+    ('mutation($v: String!) { registerHost(input: {name: $v, vcpus: 2, memoryMib: 2048, images: []}) { name } }',
+     "name"),
+])
+def test_names_refuse_text_direction_and_control_characters(server: Server, admin: httpx.Client, query: str,
+                                                            field: str) -> None:
+    before = snapshot(server)
+    for hostile in ("ana\u202e", "\u2066ana", "ana\x00", "ana\n", "ana\u200f"):
+        refused(post_graphql(server, query, {"v": hostile}), field=field)
+    assert snapshot(server) == before
+
+
+def test_what_an_agent_reports_is_stored_harmlessly_or_refused(server: Server, admin: httpx.Client) -> None:
+    """An agent (here the admin, who may act for any host) reports its images, its domains and
+    what it sees of a machine: image names no template could use are dropped, a domain name
+    with a NUL is refused, and a machine's message is kept with the unprintable replaced (it
+    comes with a state report that must not be lost)."""
+    body = post_graphql(server, 'mutation($i: RegisterHostInput!) { registerHost(input: $i) { name images } }',
+                        {"i": {"name": "text-agent", "vcpus": 4, "memoryMib": 4096,
+                               "images": ["tiny-linux.qcow2", "bad\x00.qcow2", "../up.qcow2", "\u202egpj.qcow2"]}})
+    assert body["data"]["registerHost"]["images"] == ["tiny-linux.qcow2"], body
+    before = snapshot(server)
+    refused(post_graphql(server, 'mutation { reportOrphans(input: {host: "text-agent", domains: ["kk-x\\u0000"]}) '
+                                 "{ name } }"), field="domains")
+    assert snapshot(server) == before
+    machines = post_graphql(server, f'{{ machines(deployment: "{LAB}") {{ id host }} }}')["data"]["machines"]
+    placed = [m for m in machines if m["host"] == "text-agent"]
+    assert placed, machines
+    body = post_graphql(server, "mutation($id: ID!, $m: String) { reportMachineState(input: {machineId: $id, "
+                                'host: "text-agent", state: SHUTOFF, message: $m}) { message } }',
+                        {"id": placed[0]["id"], "m": "boom\x00\u202e\x1b[2J\nnext line"})
+    assert body["data"]["reportMachineState"]["message"] == "boom\ufffd\ufffd\ufffd[2J\nnext line", body
