@@ -7,6 +7,9 @@ and, in NEGATIVE mode, ones with one schema violation each. Every answer must be
 - every error carrying `extensions.code`, and never INTERNAL (an unexpected failure);
 - a refused mutation (an error, no data) having changed nothing: the writable collections are
   compared before and after it.
+Generated operations are also sent with every string literal turned into a variable holding
+hostile text, which literals cannot hold (a lone surrogate) — so every String, ID and DateTime
+argument of every field is tried with it.
 
 The example counts keep the whole fuzz well under a minute; examples are derandomized so CI
 is reproducible (KUBEKVM_FUZZ_RANDOM=1 explores new ones, KUBEKVM_FUZZ_SCALE=10 ten times as
@@ -15,6 +18,7 @@ many).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from datetime import UTC, datetime
 from typing import Any
@@ -53,9 +57,10 @@ def world(server: Server) -> Server:
     return server
 
 
-def check(server: Server, operation: str, *, token: str | None = None, mutation: bool = False) -> None:
+def check(server: Server, operation: str, *, token: str | None = None, mutation: bool = False,
+          variables: dict[str, Any] | None = None) -> None:
     before = snapshot(server) if mutation else None
-    body = post_graphql(server, operation, token=token)  # asserts no 5xx and JSON
+    body = post_graphql(server, operation, variables, token=token)  # asserts no 5xx and JSON
     assert "data" in body or "errors" in body, body
     for error in body.get("errors") or []:
         code = (error.get("extensions") or {}).get("code")
@@ -84,6 +89,61 @@ def test_fuzz_mutations_one_at_a_time(world: Server, mode: Mode) -> None:
     @given(strategy)
     def run(operation: str) -> None:
         check(world, operation, mutation=True)
+
+    run()
+
+
+# Text nobody types: lone surrogates (JSON can carry them, GraphQL literals cannot), NUL and
+# other control characters, text-direction overrides, very long text.
+HOSTILE_TEXT = st.sampled_from(["\ud800", "a\udfffb", "\x00", "a\x00b", "\u202eevil", "\x1b[2J", "x" * 3000,
+                                "9" * 30, "", " "]) | st.text(st.characters(codec=None, exclude_categories=()),
+                                                             max_size=40)
+
+
+def with_variables(operation: str) -> tuple[str, list[str]]:
+    """`operation` with each string literal replaced by a variable of the type expected there,
+    so what goes in can be anything JSON carries; returns the new text and the variable names."""
+    document = graphql.parse(operation)
+    type_info = graphql.TypeInfo(SCHEMA)
+    expected: dict[int, graphql.GraphQLInputType] = {}
+
+    class Collect(graphql.Visitor):
+        def enter_string_value(self, node: graphql.StringValueNode, *_: object) -> None:
+            input_type = type_info.get_input_type()
+            if input_type is not None:
+                expected[id(node)] = input_type
+
+    graphql.visit(document, graphql.TypeInfoVisitor(type_info, Collect()))
+    names: dict[int, str] = {key: f"v{n}" for n, key in enumerate(expected)}
+
+    class Replace(graphql.Visitor):
+        def enter_string_value(self, node: graphql.StringValueNode, *_: object) -> object:
+            if id(node) in names:
+                return graphql.VariableNode(name=graphql.NameNode(value=names[id(node)]))
+            return None
+
+    replaced = graphql.visit(document, Replace())
+    definitions = tuple(
+        graphql.VariableDefinitionNode(variable=graphql.VariableNode(name=graphql.NameNode(value=names[key])),
+                                       type=graphql.parse_type(str(expected[key]))) for key in names)
+    operation_node = dataclasses.replace(replaced.definitions[0], variable_definitions=definitions)
+    return graphql.print_ast(dataclasses.replace(replaced, definitions=(operation_node,))), list(names.values())
+
+
+@st.composite
+def hostile_variables(draw: st.DrawFn) -> tuple[str, dict[str, str]]:
+    name = draw(st.sampled_from([*sorted(SCHEMA.query_type.fields), *MUTATIONS] if SCHEMA.query_type else MUTATIONS))
+    kind = mutations if name in MUTATIONS else queries
+    operation, variables = with_variables(draw(kind(SCHEMA, fields=[name], custom_scalars=SCALARS)))
+    return operation, {variable: draw(HOSTILE_TEXT) for variable in variables}
+
+
+def test_fuzz_every_string_argument_with_hostile_text(world: Server) -> None:
+    @fuzz(150)
+    @given(hostile_variables())
+    def run(example: tuple[str, dict[str, str]]) -> None:
+        operation, variables = example
+        check(world, operation, variables=variables, mutation=operation.startswith("mutation"))
 
     run()
 
