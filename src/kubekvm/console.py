@@ -34,7 +34,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketState
 
-from kubekvm.authorized import Authorized
+from kubekvm.authorized import SESSION_RECHECK_SECONDS, Authorized
 from kubekvm.config import Settings
 from kubekvm.consoles import LEASE
 from kubekvm.errors import (
@@ -226,7 +226,7 @@ class ConsoleSockets:
         async def watch() -> Ending:
             idle = self.settings.console_idle_seconds
             renew_every = LEASE.total_seconds() / 3
-            renewed = time.monotonic()
+            renewed = checked = time.monotonic()
             while True:
                 now = time.monotonic()
                 if now - traffic.last_input >= idle:
@@ -234,15 +234,18 @@ class ConsoleSockets:
                     said = f"{minutes:.0f} minutes" if minutes >= 1 else f"{idle:.0f} seconds"
                     return Ending(Close.IDLE, f"Closed after {said} without keyboard or mouse input; reconnect "
                                               "to go on.", "idle")
-                if now - renewed >= renew_every:
+                if now - checked >= SESSION_RECHECK_SECONDS:
                     # A console opened through a session that has ended since (signed out, or
-                    # ended by a password change or an admin) closes here, at its next renewal.
-                    # Keyboard or mouse input since the last renewal counts as use of the session.
-                    if not await services.still_signed_in(touch=traffic.last_input > renewed):
+                    # ended by a password change or an admin) closes at its next check. Keyboard
+                    # or mouse input since the last check counts as use of the session.
+                    if not await services.still_signed_in(touch=traffic.last_input > checked):
                         return Ending(Close.TICKET, "Your session has ended: sign in again.", "session ended")
+                    checked = now
+                if now - renewed >= renew_every:
                     await services.services.consoles.renew(session)
                     renewed = now
-                await asyncio.sleep(min(traffic.last_input + idle - now, renewed + renew_every - now) + 0.01)
+                await asyncio.sleep(min(traffic.last_input + idle, renewed + renew_every,
+                                        checked + SESSION_RECHECK_SECONDS) - now + 0.01)
 
         tasks = [asyncio.create_task(job()) for job in (to_machine, from_machine, watch)]
         try:

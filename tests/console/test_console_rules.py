@@ -26,6 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.pages.fake_host import FakeHost, data
+from tests.security.signin import signed_in
 from tests.support.graphql import websocket_session
 from tests.support.processes import Server
 from tests.support.waiting import wait_until_async
@@ -345,3 +346,27 @@ async def test_a_console_without_input_is_closed(world: World) -> None:
             assert busy.close_code is None
             for keeper in keepers:
                 keeper.cancel()
+
+
+async def test_a_console_opened_with_a_cookie_closes_once_its_session_ends(world: World) -> None:
+    browser = await asyncio.to_thread(signed_in, world.server, "cstu1", world.server.passwords["cstu1"])
+    cookie = browser.cookies["kubekvm_session"]
+    async with stand_in(world):
+        answer = await asyncio.to_thread(browser.post, f"/machines/{LAB}-1/console/ticket")
+        assert answer.status_code == 200, answer.text
+        async with connect(world.server.url.replace("http://", "ws://") + "/consoles/socket",
+                           subprotocols=["binary", f"kubekvm.ticket.{answer.json()['ticket']}"],  # type: ignore[list-item]
+                           additional_headers={"Cookie": f"kubekvm_session={cookie}"}) as socket:
+            assert await socket.recv() == GREETING
+            assert (await asyncio.to_thread(browser.post, "/logout")).status_code == 303
+
+            async def closed() -> bool:
+                # Input keeps the console from closing as idle (KUBEKVM_CONSOLE_IDLE_TIMEOUT=3).
+                with contextlib.suppress(ConnectionClosed):
+                    await socket.send(POINTER_EVENT)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(socket.recv(), timeout=0.5)
+                return socket.close_code is not None
+
+            await wait_until_async(closed, timeout=20, what="the console to close after sign-out")
+    assert (socket.close_code, socket.close_reason) == (4401, "Your session has ended: sign in again.")

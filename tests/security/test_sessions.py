@@ -67,8 +67,8 @@ def test_a_password_change_asks_for_the_current_one_and_ends_the_other_sessions(
     # password, through the page and through GraphQL, nothing changes.
     wrong = lab_pc.post("/account/password", data={"current": "not-the-password", "password": "taken-over-1",
                                                    "again": "taken-over-1"})
-    assert wrong.status_code == 303
-    assert "not right" in lab_pc.get("/account").text
+    assert wrong.status_code == 422
+    assert 'id="current-error"' in wrong.text and "not right" in wrong.text
     refused = lab_pc.post("/graphql", json={"query": 'mutation { changePassword(currentPassword: "guess-guess", '
                                                      'newPassword: "taken-over-2") { name } }'}).json()
     assert refused["errors"][0]["extensions"]["code"] == "VALIDATION_FAILED"

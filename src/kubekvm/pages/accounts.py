@@ -19,7 +19,7 @@ from kubekvm.access import Actor, ActorKind
 from kubekvm.accounts import Accounts
 from kubekvm.auth import actor_of, services_for, sign_in, sign_out
 from kubekvm.errors import KubeKVMError, NotFound, Throttled, Unauthenticated, ValidationFailed
-from kubekvm.models import Role
+from kubekvm.models import ApiToken, Role
 from kubekvm.pages.common import Flash, FormState, Renderer, safe_next, set_flash, text
 from kubekvm.pages.fragments import my_rows
 
@@ -155,11 +155,15 @@ class AccountPages:
     # ------------------------------------------------------- account, tokens
 
     async def account(self, request: Request) -> Response:
+        return await self._account(request)
+
+    async def _account(self, request: Request, *, state: FormState | None = None, pw: FormState | None = None,
+                       new_token: tuple[ApiToken, str] | None = None, status: int = 200) -> Response:
         services = services_for(request)
         return self.renderer.page(request, "accounts/account.html", {
-            "section": "account", "tokens": await services.list_tokens(), "new_token": None,
-            "state": FormState(values={"label": ""}),
-        })
+            "section": "account", "tokens": await services.list_tokens(), "new_token": new_token,
+            "state": state or FormState(values={"label": ""}), "pw": pw or FormState(),
+        }, status=status)
 
     async def create_token(self, request: Request) -> Response:
         services = services_for(request)
@@ -172,9 +176,7 @@ class AccountPages:
             state.values["label"] = ""
         except ValidationFailed as error:
             state.fail(error)
-        return self.renderer.page(request, "accounts/account.html", {
-            "section": "account", "tokens": await services.list_tokens(), "new_token": new_token, "state": state,
-        }, status=422 if state.errors else 200)
+        return await self._account(request, state=state, new_token=new_token, status=422 if state.errors else 200)
 
     async def revoke_token(self, request: Request) -> Response:
         services = services_for(request)
@@ -187,13 +189,19 @@ class AccountPages:
         services = services_for(request)
         form = await request.form()
         current, password, again = form.get("current"), form.get("password"), form.get("again")
-        if password != again or not isinstance(password, str):
-            return _go("/account", Flash("The two new passwords differ; nothing changed.", "error"))
-        try:
-            # This session stays; every other one of the user's ends.
-            await services.change_password(current=current if isinstance(current, str) else "", new=password)
-        except (ValidationFailed, Throttled) as error:
-            return _go("/account", Flash(error.message, "error"))
+        pw = FormState()
+        if not isinstance(password, str) or password != again:
+            pw.errors["again"] = "The two new passwords differ; nothing changed."
+        else:
+            try:
+                # This session stays; every other one of the user's ends.
+                await services.change_password(current=current if isinstance(current, str) else "", new=password)
+            except ValidationFailed as error:
+                pw.errors["current" if error.field == "currentPassword" else "password"] = error.message
+            except Throttled as error:
+                pw.errors["current"] = error.message
+        if pw.errors:
+            return await self._account(request, pw=pw, status=422)
         return _go("/account", Flash("Password changed. Other sessions of yours are signed out."))
 
     # ------------------------------------------------------------------ users
