@@ -59,7 +59,7 @@ class Form:
     @property
     def last(self) -> bool:
         """Forms that remove what others act on, or end the session, go last."""
-        return bool(re.search(r"/(delete|revoke|logout)$", self.action))
+        return bool(re.search(r"/(delete|revoke|logout|sessions/end)$", self.action))
 
 
 class Forms(HTMLParser):
