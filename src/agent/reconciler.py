@@ -29,8 +29,8 @@ request carried out on it), so the server can tell "not started yet" from "power
 
 libvirtd being unreachable or not answering (``HypervisorUnavailable``: a dropped connection,
 a keepalive timeout, a call past its timeout) is not a machine error: a machine that was
-running still runs. The pass reports nothing it does not know (a machine not yet reported, or
-being made, is reported pending with the reason), and is retried with backoff; when the
+running still runs. The pass reports nothing it does not know (a machine it was making, last
+reported pending, is reported pending with the reason), and is retried with backoff; when the
 hypervisor reconnects, a full resync re-reads every domain and reports what libvirt shows.
 """
 
@@ -378,12 +378,13 @@ class Reconciler:
         await self._report(machine_id, outcome)
 
     async def _libvirt_unavailable(self, machine_id: str, reason: str) -> None:
-        """Not a machine error: keep what was reported, unless that was nothing or "pending"
-        (the pass was making the machine), and try again after a backoff."""
+        """Not a machine error: keep what was reported (nothing, after a new snapshot: the
+        server keeps what it knew), unless that was "pending" (the pass was making the
+        machine: say what it waits for), and try again after a backoff."""
         failures = self._unavailable.get(machine_id, 0)
         self._unavailable[machine_id] = failures + 1
         last = self._reported.get(machine_id)
-        if last is None or last.state == "pending":
+        if last is not None and last.state == "pending":
             await self._report(machine_id, Outcome("pending", f"waiting for libvirtd: {reason}"))
         previous = self._retries.pop(machine_id, None)
         if previous is not None:

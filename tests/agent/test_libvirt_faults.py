@@ -297,6 +297,18 @@ async def test_threads_stuck_in_libvirt_are_bounded() -> None:
 
 # -- the reconciler -----------------------------------------------------------------------
 
+async def running_machines(make_rig: Make, make_assignment: Make, lab: str,
+                           count: int) -> tuple[Any, Libvirtd, list[Any]]:
+    """A reconciler over a faulty libvirtd that has made and started ``count`` machines."""
+    libvirtd = Libvirtd()
+    rig = await make_rig(hypervisor=FaultyHypervisor(libvirtd), resync_interval=60.0)
+    machines = [make_assignment(lab, i) for i in range(count)]
+    rig.reconciler.replace_desired(machines)
+    await rig.reports.wait_states({m.machine_id: "running" for m in machines})
+    await rig.reconciler.wait_idle()
+    return rig, libvirtd, machines
+
+
 async def test_a_lost_libvirt_connection_is_not_a_machine_error(
     make_rig: Make, make_assignment: Make, lab: str, own_connection: libvirt.virConnect
 ) -> None:
@@ -304,12 +316,7 @@ async def test_a_lost_libvirt_connection_is_not_a_machine_error(
     then refuses it for a while; a guest powers itself off meanwhile. No machine is reported
     ERROR, the running ones are never reported otherwise, and once the agent is back it
     reports what libvirt then shows."""
-    libvirtd = Libvirtd()
-    rig = await make_rig(hypervisor=FaultyHypervisor(libvirtd), resync_interval=60.0)
-    running = [make_assignment(lab, i) for i in range(3)]
-    rig.reconciler.replace_desired(running)
-    await rig.reports.wait_states({m.machine_id: "running" for m in running})
-    await rig.reconciler.wait_idle()
+    rig, libvirtd, running = await running_machines(make_rig, make_assignment, lab, 3)
     mark = len(rig.reports.sent)
 
     libvirtd.cut_on = "defineXML"
@@ -334,6 +341,27 @@ async def test_a_lost_libvirt_connection_is_not_a_machine_error(
     waiting = [r for r in after if r.state == "pending" and "waiting for libvirtd" in (r.message or "")]
     assert waiting and {r.machine_id for r in waiting} <= {m.machine_id for m in created}
     assert libvirtd.opened >= 2
+
+
+async def test_a_snapshot_while_libvirtd_is_away_reports_nothing_it_does_not_know(
+    make_rig: Make, make_assignment: Make, lab: str, own_connection: libvirt.virConnect
+) -> None:
+    """The server link comes back (a fresh snapshot: "tell me everything again") while
+    libvirtd is away: the agent does not know what the machines do, so it says nothing
+    (the server keeps "running") until libvirtd answers."""
+    rig, libvirtd, machines = await running_machines(make_rig, make_assignment, lab, 2)
+    mark = len(rig.reports.sent)
+
+    libvirtd.cut()
+    libvirtd.refuse = 1000
+    rig.reconciler.replace_desired(machines)
+    await wait_for(lambda: libvirtd.refused >= 3)
+    await rig.reconciler.wait_idle()
+    assert rig.reports.sent[mark:] == []
+    libvirtd.refuse = 0
+    await rig.reports.wait(lambda: len(rig.reports.sent) >= mark + 2, timeout=20)
+    assert {(r.machine_id, r.state) for r in rig.reports.sent[mark:]} == {
+        (m.machine_id, "running") for m in machines}
 
 
 async def test_a_hung_libvirt_call_holds_up_only_its_own_machine(make_rig: Make, make_assignment: Make,
