@@ -211,3 +211,13 @@ def test_what_an_agent_reports_is_stored_harmlessly_or_refused(server: Server, a
                                 'host: "text-agent", state: SHUTOFF, message: $m}) { message } }',
                         {"id": placed[0]["id"], "m": "boom\x00\u202e\x1b[2J\nnext line"})
     assert body["data"]["reportMachineState"]["message"] == "boom\ufffd\ufffd\ufffd[2J\nnext line", body
+
+
+@pytest.mark.parametrize("path", ["/labs/%ED%A0%80", "/labs/%00", "/labs/%E2%80%AE/edit", "/templates/%00/edit",
+                                  "/machines/%ED%A0%80/console", "/labs/%00/delete", "/?phase=%ED%A0%80",
+                                  "/audit?actor=%00&target=%ED%A0%80", "/events?lab=%00", "/login?next=%00",
+                                  "/set-password?code=%ED%A0%80", "/setup?code=%00"])
+def test_hostile_bytes_in_paths_and_query_strings_are_no_500(admin: httpx.Client, path: str) -> None:
+    # Percent-decoding turns bytes that are no UTF-8 (a CESU-8 surrogate) into U+FFFD.
+    with admin.stream("GET", path) as answer:
+        assert answer.status_code < 500, (path, answer.status_code)
