@@ -797,7 +797,10 @@ def _kinds(failures: Iterable[tuple[Failure, Window | None]]) -> list[dict[str, 
     counts: Counter[tuple[str, str, str]] = Counter()
     for failure, window in failures:
         who = re.sub(r"\b(student\d+-cd|\d+)\b", "N", failure.who)
-        counts[(who, failure.what.split(":", 1)[0], window.what if window else "")] += 1
+        # "RuntimeError: HTTP 503: ..." / "RuntimeError: UNAVAILABLE: ...": the status or code says it.
+        parts = [part.strip() for part in failure.what.split(":")]
+        what = " ".join(parts[:2]) if parts[0] == "RuntimeError" and len(parts) > 1 else parts[0]
+        counts[(who, what, window.what if window else "")] += 1
     return [{"who": who, "what": what, "window": window, "count": count}
             for (who, what, window), count in counts.most_common()]
 
@@ -901,7 +904,15 @@ def text_summary(result: dict[str, Any]) -> str:
     if result.get("rss"):
         lines.append("resident memory (MiB, peak per process / last total):")
         lines += [f"  {role}: {v['peak_mib_per_process']} / {v['last_total_mib']}" for role, v in result["rss"].items()]
-    for name, finding in result.get("log_findings", {}).items():
+    findings = result.get("log_findings", {})
+    simulated = [f for name, f in findings.items() if name.startswith("agent-") and name != "agent-real"]
+    if simulated:
+        lines.append(f"  logs of {len(simulated)} simulated agents: "
+                     f"{sum(f['error_lines'] for f in simulated)} ERROR/Traceback line(s); "
+                     f"{sum(f['server_link_lost'] for f in simulated)} lost server link(s)")
+    for name, finding in findings.items():
+        if finding in simulated:
+            continue
         lines.append(f"  log {name}: {finding['error_lines']} ERROR/Traceback line(s) {finding['exceptions']}; "
                      f"{finding['server_link_lost']} lost server link(s) ({finding['log']})")
     return "\n".join(lines)
