@@ -39,17 +39,19 @@ def tiny_template(server: Server) -> str:
     return str(TEMPLATE["name"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one module: Playwright's synchronous API marks an event loop running on the
+    main thread for as long as it is started, and no asyncio test (tests/security has many) can
+    run while it is, so it must not outlive the module that uses it."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}: run scripts/setup test")
     from playwright.sync_api import sync_playwright
 
-    playwright = sync_playwright().start()
-    chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-    yield chromium
-    chromium.close()
-    playwright.stop()
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
 
 
 PAGES_ADMIN = "pages-admin"

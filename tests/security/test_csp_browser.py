@@ -5,40 +5,27 @@ under it. A violation shows as a `securitypolicyviolation` event (recorded by a 
 adds to every document, outside the page's policy) or a console message about the policy.
 
 The test first proves it can see a violation: an inline script added to a page is refused and
-reported. Chromium lives only as long as this module (a synchronous Playwright would break the
-asyncio tests that run after it in the same session).
+reported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.pages.conftest import CHROMIUM, CHROMIUM_ARGS, sign_in
+from tests.pages.conftest import browser, sign_in
 from tests.pages.fake_host import FakeHost, data
 from tests.support.csp import RECORD, violations
 from tests.support.processes import Server
 
 pytestmark = pytest.mark.browser
+__all__ = ["browser"]  # the fixture: Chromium for this module
 
 TEMPLATE = ('mutation { createTemplate(input: {name: "tiny-linux", title: "Tiny Linux", os: LINUX, '
             'image: "tiny-linux.qcow2", vcpus: 1, memoryMib: 128, diskGib: 1}) { name } }')
 LAB = "csp-lab"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    assert Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM}: run scripts/setup test"
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")
