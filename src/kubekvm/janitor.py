@@ -80,13 +80,13 @@ class Janitor:
                     log.exception("janitor turn failed")
             await asyncio.sleep(self.interval)
 
-    async def stop(self, task: asyncio.Task[None]) -> None:
-        """Stop the task running `run()` and hand the lease over at once."""
+    async def stop(self, task: asyncio.Task[None], *, timeout: float = 3.0) -> None:
+        """Stop the task running `run()` and hand the lease over at once. Bounded: a database
+        that is down at shutdown must not hold the server up (the lease then simply expires)."""
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.wait({task}, timeout=timeout)
         with contextlib.suppress(Exception):
-            await self.lease.release()
+            await asyncio.wait_for(self.lease.release(), timeout)
 
     async def run_once(self) -> Repairs | None:
         """One turn: None if another replica holds the lease, else what was repaired."""
