@@ -17,6 +17,7 @@ from typing import Any
 
 import libvirt
 import pytest
+from tests.support.waiting import wait_until_async
 
 from agent.hypervisor import (
     MAX_CALLS_PER_CONNECTION,
@@ -159,9 +160,9 @@ class FaultyHypervisor(Hypervisor):
 
 
 async def wait_for(predicate: Callable[[], bool], *, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
+    code = getattr(predicate, "__code__", None)  # the awaited condition, named by where it is written
+    what = f"the condition at line {code.co_firstlineno}" if code else repr(predicate)
+    await wait_until_async(predicate, timeout=timeout, interval=0.02, what=what)
 
 
 @pytest.fixture

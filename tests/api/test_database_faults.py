@@ -28,6 +28,7 @@ from websockets.typing import Subprotocol
 from tests.api.test_graphql import CREATE, data, ensure_tiny_template, register_host
 from tests.support.graphql import Subscriber, websocket_session
 from tests.support.processes import VENV_BIN, Child, Server, free_port, start_server, wait_for_mongo
+from tests.support.waiting import wait_until
 
 QUERY = "{ templates { name } }"
 # Generous: the server's own bound is its 2 s server-selection timeout; the point is "seconds,
@@ -60,13 +61,7 @@ def post(server: Server, query: str = QUERY) -> tuple[httpx.Response, float]:
 
 
 def until(condition: Callable[[], Any], *, timeout: float = 60.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+    return wait_until(condition, timeout=timeout, what=what or repr(condition))
 
 
 def answers(server: Server) -> bool:

@@ -20,6 +20,7 @@ from kubekvm.events import EventFeed
 from kubekvm.models import Deployment, DesiredState, Machine, ObservedState, Phase, Power, Template
 from kubekvm.services import Services
 from tests.db.test_services import a_host, report_all
+from tests.support.waiting import wait_until_async
 
 
 def replica(services: Services) -> Services:
@@ -187,10 +188,9 @@ async def test_the_last_absent_report_finishes_even_if_the_agent_drops(services:
         machine_id=str(last.id), host="kvm1", state=ObservedState.ABSENT))
     with pytest.raises(asyncio.CancelledError):
         await report
-    deadline = asyncio.get_running_loop().time() + 10
-    while await Deployment.find_one(Deployment.name == "bye") is not None:
-        assert asyncio.get_running_loop().time() < deadline, "the lab stayed in Deleting"
-        await asyncio.sleep(0.01)
+    async def lab_gone() -> bool:
+        return await Deployment.find_one(Deployment.name == "bye") is None
+    await wait_until_async(lab_gone, timeout=10, interval=0.01, what="the lab to leave Deleting")
 
 
 async def test_template_edits_on_two_replicas_both_stay(services: Services) -> None:
