@@ -40,7 +40,15 @@ from kubekvm.config import Settings
 from kubekvm.credentials import token_hash
 from kubekvm.errors import HostUnreachable, MachineOff, TooManyConsoles
 from kubekvm.events import EventFeed
-from kubekvm.models import ConsoleSession, ConsoleState, ConsoleTicket, Machine, ObservedState, utcnow
+from kubekvm.models import (
+    ConsoleSession,
+    ConsoleState,
+    ConsoleTicket,
+    Machine,
+    ObservedState,
+    readable,
+    utcnow,
+)
 from kubekvm.streams import FeedOverflow
 
 COLLECTION = "console_sessions"
@@ -217,6 +225,6 @@ class Consoles:
                 if (change.collection != COLLECTION or document is None or document.get("host") != host
                         or document.get("state") != ConsoleState.REQUESTED.value):
                     continue
-                session = ConsoleSession.model_validate(document)
-                if first_time(session.session):
-                    yield ConsoleRequest.of(session)
+                requested = readable(ConsoleSession, document)
+                if requested is not None and first_time(requested.session):
+                    yield ConsoleRequest.of(requested)

@@ -173,7 +173,8 @@ async def _known_ids(names: dict[str, str], machine_labs: dict[str, str], *, lab
     cursor = Machine.get_pymongo_collection().find(
         {} if lab is None else {"deployment": lab}, {"deployment": 1})
     async for raw in cursor:
-        machine_labs[str(raw["_id"])] = str(raw["deployment"])
+        if isinstance(raw.get("deployment"), str):  # else not a machine this version can read
+            machine_labs[str(raw["_id"])] = raw["deployment"]
 
 
 def _lab_change(change: Change, *, names: dict[str, str], machine_labs: dict[str, str],
