@@ -223,3 +223,21 @@ async def test_a_graphql_subscription_stops_once_its_session_ends(server: Server
         await wait_until_async(stopped, timeout=20, what="the subscription to end after sign-out")
         assert isinstance(ended[0], TransportQueryError)
         assert ended[0].errors and ended[0].errors[0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+def test_signing_out_through_one_replica_ends_the_session_on_another(
+        server: Server, start_kubekvm: Callable[..., Server]) -> None:
+    other = start_kubekvm(database_name=server.database_name)
+    try:
+        password = server.user("sess-two", "teacher")
+        owner = signed_in(server, "sess-two", password)
+        cookie = owner.cookies["kubekvm_session"]
+        with httpx.Client(base_url=other.url, cookies={"kubekvm_session": cookie}, timeout=30) as elsewhere:
+            assert who(elsewhere) == "sess-two"  # one session, whichever replica is asked
+            elsewhere.headers["X-CSRF-Token"] = csrf_of(elsewhere)
+            assert elsewhere.post("/logout").status_code == 303
+        assert who(owner, cookie) is None
+        _refused_everywhere(server, cookie, "sess-two")
+        _refused_everywhere(other, cookie, "sess-two")
+    finally:
+        other.stop()
