@@ -31,10 +31,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubekvm.errors import Forbidden, NotFound, Unauthenticated
-from kubekvm.models import Deployment, Machine, Role, Template
+from kubekvm.models import Role
+
+if TYPE_CHECKING:  # the rules read documents' fields; they never load or store one
+    from kubekvm.models import Deployment, Machine, Template
 
 
 class ActorKind(StrEnum):
