@@ -331,7 +331,8 @@ class Accounts:
     async def _succeeded(self, keys: throttle.Keys) -> None:
         """This account is known-good at this address from now on, and the pair's failures are
         forgiven (the account's and the address's stay: they describe other people's tries)."""
-        update = {"$set": {"failures": 0, "good_at": utcnow()}}
+        now = utcnow()
+        update = {"$set": {"failures": 0, "window_start": now, "good_at": now}}
         try:
             await LoginThrottle.get_pymongo_collection().update_one({"key": keys.pair}, update, upsert=True)
         except DuplicateKeyError:

@@ -48,6 +48,9 @@ def test_an_attacker_elsewhere_does_not_lock_the_owner_out(server: Server) -> No
     assert _sign_in(server, "thr-owner", "203.0.113.7") == 303
     assert session_count(server, "thr-owner") == 1
     assert user_doc(server, "thr-owner")["password_hash"] == hashed
+    # Signing in from an address does not exempt it from its own lockout: someone at the
+    # owner's address guessing five times is locked out there too.
+    assert _fail(server, "thr-owner", "203.0.113.7", 6) == [401] * 5 + [429]
 
 
 def test_a_class_behind_one_nat_address_mistyping_does_not_lock_out_the_teacher(server: Server) -> None:
