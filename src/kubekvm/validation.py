@@ -10,6 +10,9 @@ answers `VALIDATION_FAILED` with `extensions.field`, and nothing is written.
 - Free text (titles, descriptions, labels, notes) goes through `text`: a length limit, and no
   control characters (a text area may keep newlines and tabs), no lone surrogates (MongoDB's
   BSON cannot store them) and no bidirectional overrides (they make a name read as another).
+  Text recorded rather than judged (an agent's message about a machine, the name a refused
+  request tried) goes through `note`, which keeps it with those characters replaced, and
+  `storable` refuses a request holding a lone surrogate anywhere, before anything runs.
 - Every number goes through `whole_number`, whether it comes as a form's string or as a
   GraphQL Int: ASCII digits only (no `+`, `²`, `٣`, `1_0`, `0x10`, `1e3` or spaces, which
   Python's `int()` would take or choke on), at most 18 of them, then a range. Paging arguments
@@ -44,7 +47,7 @@ AUDIT_PAGE_MAX = 500  # entries in one page of `auditLog`
 # Right-to-left/left-to-right embeddings, overrides and isolates: invisible, and they reorder
 # what a reader sees ("Trojan Source"), so a title could show another lab's name.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
-_LINE_BREAKS = frozenset("\n\t")
+_TEXT_AREA_KEEPS = frozenset("\n\t")
 
 
 def name(value: str, *, field: str = "name") -> str:
@@ -71,7 +74,7 @@ def unstorable(value: str) -> bool:
 
 def _refused_character(value: str, *, multiline: bool) -> str | None:
     for char in value:
-        if multiline and char in _LINE_BREAKS:
+        if multiline and char in _TEXT_AREA_KEEPS:
             continue
         category = unicodedata.category(char)
         if category == "Cc" or (category in ("Zl", "Zp") and not multiline):
