@@ -166,6 +166,7 @@ class Window:
     target: str  # a replica URL, a host name, or "*" (the database: everything)
     killed_at: float
     back_at: float | None = None  # None: it did not come back within the run
+    restarted_at: float | None = None  # the process started again (answering, for the database)
     ends: float = math.inf
 
     def close(self, back_at: float | None, *, limit: float) -> None:
@@ -371,6 +372,7 @@ class Faults:
         # A rescheduled pod behind the same Service: the same address, database and settings.
         restarted = await asyncio.to_thread(start_server_replica, self.system.db, self.system.database_name,
                                             self.system.server_env, port=port)
+        window.restarted_at = time.monotonic()
         self.system.servers[1] = restarted
         self.system.children.add(lambda: restarted.child.stop(signal.SIGKILL))
         window.close(await _wait_ready(restarted.url, timeout=60), limit=time.monotonic())
@@ -382,6 +384,7 @@ class Faults:
         await asyncio.to_thread(self.system.db.kill)
         await asyncio.sleep(self.system.plan.db_down_s)
         await asyncio.to_thread(self.system.db.start)
+        window.restarted_at = time.monotonic()
         answered = [await _wait_ready(url, timeout=90) for url in list(self.system.urls)]
         window.close(None if None in answered else max(a for a in answered if a is not None),
                      limit=time.monotonic())
@@ -396,6 +399,7 @@ class Faults:
             await asyncio.sleep(self.rng.uniform(0.1, 1.0))
             restarted_wall = time.time()
             await asyncio.to_thread(agent.start)
+            window.restarted_at = time.monotonic()
             asyncio.get_running_loop().create_task(self._agent_back(window, restarted_wall))
 
     async def _agent_back(self, window: Window, since_wall: float) -> None:
@@ -777,7 +781,8 @@ async def day(system: System, rng: random.Random, outcome: Outcome, *, began: fl
                        "first_all_running": rel(first_converged), "converged_after_faults": rel(converged_at),
                        "delete_requested": rel(deleted_at), "lab_gone": rel(gone_at)},
         "kill_windows": [{"what": w.what, "target": w.target, "killed_at_s": rel(w.killed_at),
-                          "back_at_s": rel(w.back_at), "window_ends_s": rel(w.ends) if w.ends != math.inf else None,
+                          "restarted_at_s": rel(w.restarted_at), "back_at_s": rel(w.back_at),
+                          "window_ends_s": rel(w.ends) if w.ends != math.inf else None,
                           "mid_provision": first_converged is None or w.killed_at < first_converged}
                          for w in windows],
         "failure_kinds_outside_windows": _kinds((f, None) for f in outside),
@@ -921,8 +926,9 @@ def text_summary(result: dict[str, Any]) -> str:
     if result.get("placement"):
         lines.append(f"placement: {result['placement']}")
     for window in result.get("kill_windows", []):
-        lines.append(f"  window {window['what']} ({window['target']}): {window['killed_at_s']} -> "
-                     f"{window['back_at_s']} s{' mid-provision' if window['mid_provision'] else ''}")
+        lines.append(f"  window {window['what']} ({window['target']}): killed {window['killed_at_s']}, restarted "
+                     f"{window['restarted_at_s']}, back {window['back_at_s']} s"
+                     f"{' (mid-provision)' if window['mid_provision'] else ''}")
     for kind in result.get("failure_kinds_outside_windows", []):
         lines.append(f"  OUTSIDE the windows: {kind['count']} x {kind['who']}: {kind['what']}")
     for failure in result.get("failures_outside_windows", [])[:5]:

@@ -38,6 +38,9 @@ from tests.support.graphql import websocket_session
 
 # A reconnect after a failure waits this long, as EventSource's retry and a dashboard's backoff.
 RECONNECT_S = 0.5
+# A browser waits minutes for a sign-in to answer; an impatient client would count as failed a
+# sign-in the server still completes (its time is a figure of the run).
+SIGN_IN_TIMEOUT_S = 120.0
 # uvicorn closes a keep-alive connection idle for 5 s; a client reusing one just then gets
 # "Server disconnected" (browsers quietly retry such a request). Our clients drop idle
 # connections sooner, so that race is not counted as the server's failure.
@@ -128,7 +131,8 @@ class Student:
             if not csrf:
                 raise RuntimeError(f"no CSRF token on the login page (HTTP {form.status_code})")
             answer = await self.client.post(f"{url}/login", data={
-                "name": self.name, "password": self.password, "csrf_token": csrf.group(1)})
+                "name": self.name, "password": self.password, "csrf_token": csrf.group(1)},
+                timeout=SIGN_IN_TIMEOUT_S)
             if answer.status_code != 303:
                 raise RuntimeError(f"sign-in answered HTTP {answer.status_code}")
         except (httpx.HTTPError, RuntimeError) as error:
