@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Collection, Mapping
-from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -108,12 +107,22 @@ class BodyLimit:
 
 
 def allowed_origins(settings: Settings) -> frozenset[str]:
-    """The origins trusted besides the one a request reached: the public URL's, and those set."""
-    configured = list(settings.allowed_origins)
-    if settings.public_url:
-        parts = urlsplit(settings.public_url)
-        configured.append(f"{parts.scheme}://{parts.netloc}")
-    return normalize_allowed_origins(configured)
+    """The origins trusted besides the one a request reached: the public URL's, and those set
+    (a setting that is not an origin stops the server with a sentence saying which)."""
+    if "*" in settings.allowed_origins:
+        raise SystemExit("KUBEKVM_ALLOWED_ORIGINS: '*' would let every site act with its visitors' sessions; "
+                         "name the origins")
+    try:
+        configured = set(normalize_allowed_origins(settings.allowed_origins))
+    except ValueError as error:
+        raise SystemExit(f"KUBEKVM_ALLOWED_ORIGINS: {error}") from None
+    public = normalize_origin(settings.public_url) if settings.public_url else None
+    if public is not None:
+        configured.add(public)
+    elif settings.public_url:
+        log.warning("KUBEKVM_PUBLIC_URL %r is not a URL like https://kubekvm.example.edu: pages served under "
+                    "it cannot open websockets unless the proxy passes their Host on", settings.public_url)
+    return frozenset(configured)
 
 
 def origin_allowed(headers: Headers, allowed: Collection[str]) -> bool:

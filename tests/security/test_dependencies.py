@@ -60,8 +60,9 @@ def test_each_lock_pins_and_hashes_everything_pyproject_asks_for(lock: str) -> N
     for raw in wanted:
         requirement = Requirement(raw)
         name = canonicalize_name(requirement.name)
-        assert name in pinned, f"{lock}.txt lacks {name}"
-        assert pinned[name][0] in requirement.specifier, f"{lock}.txt: {name} {pinned[name][0]} is not {raw}"
+        assert name in pinned, f"{lock}.txt lacks {name}: run `make lock` after changing pyproject.toml"
+        assert pinned[name][0] in requirement.specifier, (
+            f"{lock}.txt: {name} {pinned[name][0]} is not {raw}: run `make lock` after changing pyproject.toml")
     # The images never get the development database; the local installs do.
     assert ("secantusdb" in pinned) == (lock in ("local", "dev")), lock
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -88,6 +89,22 @@ def test_behind_a_proxy_the_public_url_is_the_servers_origin(start_kubekvm: Call
         assert handshake(behind, path, cookie=cookie, origin="https://other.example.edu", host=internal) == 403
         assert handshake(behind, path, cookie=cookie, origin="http://kubekvm.example.edu:8443", host=internal) == 403
     client.close()
+
+
+def test_allowed_origins_are_trusted_and_a_bad_one_stops_the_server(start_kubekvm: Callable[..., Server]) -> None:
+    trusting = start_kubekvm(env={"KUBEKVM_ALLOWED_ORIGINS": "https://teach.example.edu, http://lab.example.edu:8080"})
+    trusting.user("trusted-student", "student")
+    client = trusting.session("trusted-student")
+    cookie = f"kubekvm_session={client.cookies['kubekvm_session']}"
+    for origin in ("https://teach.example.edu", "http://lab.example.edu:8080"):
+        assert handshake(trusting, "/consoles/socket", cookie=cookie, origin=origin) == 101, origin
+    assert handshake(trusting, "/consoles/socket", cookie=cookie, origin="https://lab.example.edu") == 403
+    client.close()
+    for wrong in ("*", "teach.example.edu/path"):
+        with pytest.raises(RuntimeError, match="exited") as failed:
+            start_kubekvm(env={"KUBEKVM_ALLOWED_ORIGINS": wrong})
+        log = Path(str(failed.value).rsplit("see ", 1)[1]).read_text()
+        assert "KUBEKVM_ALLOWED_ORIGINS" in log and "Traceback" not in log, log
 
 
 def test_a_foreign_page_cannot_hold_live_streams(server: Server, cookie: str) -> None:
