@@ -23,21 +23,19 @@ host). The rules:
 
 Refusals say as little as they must: what a role may never do is FORBIDDEN without looking
 anything up; an object the actor may not even see is NOT_FOUND, so that teacher B learns
-nothing of teacher A's labs. Nothing here imports GraphQL, HTML or the database; the
-authorization facade (`kubekvm.authorized`) reads the documents and asks these functions.
+nothing of teacher A's labs. Nothing here imports GraphQL, HTML or the database: the rules read
+a document's fields through the shapes of `kubekvm.domain`; the layer that enforces them
+(`kubekvm.authorized`) reads the documents, asks these functions, and builds the database
+filters that narrow lists to what an actor may see.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
 
+from kubekvm.domain import LabFacts, MachineFacts, Role, TemplateFacts
 from kubekvm.errors import Forbidden, NotFound, Unauthenticated
-from kubekvm.models import Role
-
-if TYPE_CHECKING:  # the rules read documents' fields; they never load or store one
-    from kubekvm.models import Deployment, Machine, Template
 
 
 class ActorKind(StrEnum):
@@ -122,7 +120,7 @@ def require_host_or_admin(actor: Actor, host: str) -> None:
 
 # ---------------------------------------------------------------- object rules
 
-def can_view_lab(actor: Actor, lab: Deployment) -> bool:
+def can_view_lab(actor: Actor, lab: LabFacts) -> bool:
     if actor.is_admin:
         return True
     if actor.is_teacher:
@@ -132,17 +130,17 @@ def can_view_lab(actor: Actor, lab: Deployment) -> bool:
     return False
 
 
-def can_manage_lab(actor: Actor, lab: Deployment) -> bool:
+def can_manage_lab(actor: Actor, lab: LabFacts) -> bool:
     return actor.is_admin or (actor.is_teacher and lab.owner == actor.name)
 
 
-def can_view_machine(actor: Actor, machine: Machine, lab: Deployment) -> bool:
+def can_view_machine(actor: Actor, machine: MachineFacts, lab: LabFacts) -> bool:
     if actor.is_student:
         return machine.student == actor.name
     return can_manage_lab(actor, lab)
 
 
-def can_open_console(actor: Actor, machine: Machine, lab: Deployment) -> bool:
+def can_open_console(actor: Actor, machine: MachineFacts, lab: LabFacts) -> bool:
     """Whoever sits at the machine: its student, the lab's owner, an admin; never a host."""
     if actor.is_admin:
         return True
@@ -158,7 +156,7 @@ def may_serve_console(actor: Actor, host: str) -> bool:
     return actor.is_host and actor.name == host
 
 
-def can_use_template(actor: Actor, template: Template) -> bool:
+def can_use_template(actor: Actor, template: TemplateFacts) -> bool:
     if actor.is_admin:
         return True
     if actor.is_teacher:
@@ -224,25 +222,3 @@ def link_still_good(*, issuer: str | None, issuer_role: Role | None, target: Acc
 
 def check_end_sessions(actor: Actor) -> None:
     require_admin(actor)
-
-
-# ------------------------------------------------------- filters for queries
-
-def lab_filter(actor: Actor) -> dict[str, Any] | None:
-    """The MongoDB filter of the labs `actor` may see (None: all), so lists are filtered in
-    the database rather than after reading everything."""
-    if actor.is_admin:
-        return None
-    if actor.is_teacher:
-        return {"owner": actor.name}
-    if actor.is_student:
-        return {"roster": actor.name}
-    return {"_id": None}  # nothing
-
-
-def template_filter(actor: Actor) -> dict[str, Any] | None:
-    if actor.is_admin:
-        return None
-    if actor.is_teacher:
-        return {"$or": [{"teachers": {"$exists": False}}, {"teachers": []}, {"teachers": actor.name}]}
-    return {"_id": None}

@@ -46,7 +46,7 @@ from kubekvm.models import (
     TokenKind,
     User,
 )
-from kubekvm.services import HostStatus, Page, ServerInfo, Services, finish, host_name
+from kubekvm.services import HostStatus, Page, ServerInfo, Services, finish, host_name, lab_filter
 from kubekvm.streams import LabChange, LabChangeKind, lab_changes
 
 T = TypeVar("T")
@@ -175,7 +175,7 @@ class Authorized:
         offset = validation.offset(offset)
         limit = validation.limit(limit, maximum=validation.DEPLOYMENTS_PAGE_MAX)
         return await self.services.list_deployments(phase=phase, offset=offset, limit=limit,
-                                                    only=access.lab_filter(self.actor))
+                                                    only=lab_filter(self.actor))
 
     async def get_deployment(self, name: str) -> Deployment:
         return await self._lab(name)

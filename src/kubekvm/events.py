@@ -80,15 +80,18 @@ class Subscription:
         return await self.queue.get()
 
 
+# How many recent changes a resuming subscriber can be replayed (older: it resynchronises).
+REPLAY_CHANGES = 20_000
+
+
 @dataclass(eq=False)
 class EventFeed:
     """Fan-out of changes to this process's subscribers, with a short replay buffer."""
 
     mode: str = "in-process"
     queue_size: int = 10_000
-    history_size: int = 20_000
     _subscribers: set[Subscription] = field(default_factory=set)
-    _history: deque[Change] = field(default_factory=lambda: deque(maxlen=20_000))
+    _history: deque[Change] = field(default_factory=lambda: deque(maxlen=REPLAY_CHANGES))
     _sequence: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _task: asyncio.Task[None] | None = None
 

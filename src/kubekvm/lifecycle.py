@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from kubekvm.models import DesiredState, ObservedState, Phase, Power
+from kubekvm.domain import DesiredState, ObservedState, Phase, Power
 
 # States a machine can rest in without the platform doing anything more about it.
 _OFF = frozenset({ObservedState.SHUTOFF, ObservedState.CRASHED})

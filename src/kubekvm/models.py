@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, TypeVar
 
 import pymongo
@@ -23,6 +22,17 @@ from beanie import Document, Indexed
 from beanie.odm.queries.find import FindMany, FindOne
 from beanie.odm.utils.parsing import parse_obj
 from pydantic import BaseModel, Field, ValidationError
+
+# The states documents move through are the domain's (`kubekvm.domain`, free of the database);
+# they are named here too, as the types of the documents' fields.
+from kubekvm.domain import ConsoleState as ConsoleState
+from kubekvm.domain import DesiredState as DesiredState
+from kubekvm.domain import ObservedState as ObservedState
+from kubekvm.domain import OSFamily as OSFamily
+from kubekvm.domain import Phase as Phase
+from kubekvm.domain import Power as Power
+from kubekvm.domain import Role as Role
+from kubekvm.domain import TokenKind as TokenKind
 
 log = logging.getLogger(__name__)
 
@@ -109,44 +119,6 @@ class Stored(Document):
 
     _find_many_query_class = TolerantFindMany
     _find_one_query_class = TolerantFindOne
-
-
-class OSFamily(StrEnum):
-    LINUX = "linux"
-    WINDOWS = "windows"
-
-
-class Power(StrEnum):
-    """What the teacher wants for the lab as a whole."""
-
-    RUNNING = "running"
-    STOPPED = "stopped"
-
-
-class Phase(StrEnum):
-    PENDING = "Pending"
-    ACTIVE = "Active"
-    INACTIVE = "Inactive"
-    FAILED = "Failed"
-    DELETING = "Deleting"
-
-
-class DesiredState(StrEnum):
-    RUNNING = "running"
-    STOPPED = "stopped"
-    ABSENT = "absent"
-
-
-class ObservedState(StrEnum):
-    """What a host reports of a machine (and `pending` until it has)."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    SHUTOFF = "shutoff"
-    PAUSED = "paused"
-    CRASHED = "crashed"
-    ABSENT = "absent"
-    ERROR = "error"
 
 
 class Template(Stored):
@@ -274,12 +246,6 @@ class LabEvent(Stored):
         indexes = [pymongo.IndexModel([("deployment", pymongo.ASCENDING), ("at", pymongo.DESCENDING)])]
 
 
-class Role(StrEnum):
-    ADMIN = "admin"
-    TEACHER = "teacher"
-    STUDENT = "student"
-
-
 class User(Stored):
     """A person who signs in. `password_hash` is argon2id, or None: no usable password yet
     (a student added to a roster, until someone sets one or they use a set-password link)."""
@@ -298,11 +264,6 @@ class User(Stored):
         name = "users"
         indexes = [pymongo.IndexModel([("role", pymongo.ASCENDING)]),
                    pymongo.IndexModel([("password_code_hash", pymongo.ASCENDING)])]
-
-
-class TokenKind(StrEnum):
-    USER = "user"
-    HOST = "host"
 
 
 class ApiToken(Stored):
@@ -406,12 +367,6 @@ class ConsoleTicket(Stored):
     class Settings:
         name = "console_tickets"
         indexes = [pymongo.IndexModel([("expires", pymongo.ASCENDING)])]
-
-
-class ConsoleState(StrEnum):
-    RESERVED = "reserved"  # counted against the user's limit, not yet announced to the agent
-    REQUESTED = "requested"  # a browser waits for the host's agent to dial in
-    OPEN = "open"  # bytes flow (a closed console's session is deleted)
 
 
 class ConsoleSession(Stored):
