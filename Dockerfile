@@ -4,8 +4,8 @@
 #   docker build --target agent  -t ghcr.io/kubekvm/kubekvm-agent:0.1.0 .
 # The server is the last stage, so a plain `docker build .` builds it.
 # Both run from a virtualenv built in the builder stage; neither contains a compiler, the
-# build caches, the tests or the embedded development database (secantusdb): in Kubernetes
-# the server always gets MONGODB_URI.
+# build caches, the tests, the test-guest builder (kubekvm_demo, outside the build context) or
+# the embedded development database (secantusdb): in Kubernetes the server always gets MONGODB_URI.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

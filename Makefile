@@ -19,7 +19,7 @@ test:
 	scripts/audit-deps
 
 lint:
-	$(BIN)/ruff check src tests scripts/run-local $(wildcard benchmarks)
+	$(BIN)/ruff check src kubekvm_demo tests scripts/run-local $(wildcard benchmarks)
 
 typecheck:
 	$(BIN)/mypy

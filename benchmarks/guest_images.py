@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import tiny_linux
 from benchmarks.stack import WORK_ROOT, traversable_dir
+from kubekvm_demo import tiny_linux
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import pytest
 from tests.support.waiting import wait_until_async
 
 from agent.domain_xml import parse_machine_metadata
-from agent.tiny_linux import MARKER
+from kubekvm_demo.tiny_linux import MARKER
 
 pytestmark = pytest.mark.qemu
 

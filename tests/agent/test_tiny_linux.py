@@ -6,7 +6,7 @@ import gzip
 import subprocess
 from pathlib import Path
 
-from agent.tiny_linux import INIT_SCRIPT, MARKER, initramfs
+from kubekvm_demo.tiny_linux import INIT_SCRIPT, MARKER, initramfs
 
 
 def test_initramfs_is_a_cpio_the_tools_can_read(tmp_path: Path) -> None:

@@ -71,3 +71,11 @@ def test_the_import_check_sees_an_import_under_type_checking(tmp_path: Path) -> 
     sample.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from kubekvm.models import Machine\n"
                       "def f() -> None:\n    import pymongo\n")
     assert {"kubekvm.models", "pymongo"} <= imported_names(sample)
+
+
+def test_the_shipped_packages_hold_no_test_guest_builder() -> None:
+    """The tiny-linux builder (it runs `apt-get download`) is the demo's and the tests'
+    (`kubekvm_demo`, outside src/): nothing in the wheel or the images fetches packages."""
+    fetching = sorted(str(f.relative_to(SRC)) for f in SRC.rglob("*.py") if "apt-get" in f.read_text())
+    assert not fetching
+    assert not (SRC / "agent" / "tiny_linux.py").exists()

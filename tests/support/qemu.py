@@ -34,7 +34,7 @@ def ensure_libvirtd() -> str:
 
 def build_tiny_linux() -> Path:
     """The tiny-linux guest, built once and kept (with the kernel .deb) between runs."""
-    from agent import tiny_linux
+    from kubekvm_demo import tiny_linux
 
     # Keyed by the guest's scripts, so a changed /init never boots from a stale cache.
     version = hashlib.sha256(

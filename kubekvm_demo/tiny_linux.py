@@ -15,7 +15,7 @@ builds one from Debian packages alone:
   machine gets a real linked-clone overlay like any other template.
 
 The agent boots a template directly from ``<stem>.kernel`` + ``<stem>.initrd`` when they sit
-next to its base image (see ``agent.images``). Usage: ``python -m agent.tiny_linux --out DIR``.
+next to its base image (see ``agent.images``). Usage: ``python -m kubekvm_demo.tiny_linux --out DIR``.
 """
 
 from __future__ import annotations
@@ -246,7 +246,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m agent.tiny_linux",
+        prog="python -m kubekvm_demo.tiny_linux",
         description="Build the tiny-linux test guest (kernel, initrd, base qcow2).",
     )
     parser.add_argument("--out", type=Path, required=True, help="image directory to write to")
