@@ -312,6 +312,9 @@ class Reconciler:
                 log.warning("resync: %s", error)
                 wait = min(wait, backoff_delay(failures))
                 failures += 1
+                # The failure itself announced a lost connection (a resync request): that
+                # must not cut the backoff short.
+                self._resync_wanted.clear()
             except Exception as error:
                 log.warning("resync failed: %s", error)
             with contextlib.suppress(TimeoutError):

@@ -73,6 +73,7 @@ class Libvirtd:
 
     generation: int = 0  # connections opened in an older generation are closed
     cut_on: str | None = None  # the next call of this method closes every connection first
+    cut_always: str | None = None  # every call of this method does
     refuse: int = 0  # connection attempts still to refuse
     opened: int = 0
     refused: int = 0
@@ -91,8 +92,9 @@ class Libvirtd:
 
     def before(self, method: str, args: tuple[Any, ...], generation: int) -> None:
         with self.lock:
-            if self.cut_on == method:
-                self.cut_on = None
+            if method in (self.cut_on, self.cut_always):
+                if self.cut_on == method:
+                    self.cut_on = None
                 self.cut()
             if generation != self.generation:
                 raise socket_closed()
@@ -363,6 +365,23 @@ async def test_a_snapshot_while_libvirtd_is_away_reports_nothing_it_does_not_kno
     await rig.reports.wait(lambda: len(rig.reports.sent) >= mark + 2, timeout=20)
     assert {(r.machine_id, r.state) for r in rig.reports.sent[mark:]} == {
         (m.machine_id, "running") for m in machines}
+
+
+async def test_a_libvirtd_that_keeps_dropping_the_agent_is_retried_with_backoff(
+    make_rig: Make, make_assignment: Make, lab: str, own_connection: libvirt.virConnect
+) -> None:
+    """Each lost connection asks for a resync (events were missed); a resync that loses the
+    connection again must still back off, not reconnect in a tight loop."""
+    rig, libvirtd, _ = await running_machines(make_rig, make_assignment, lab, 1)
+    libvirtd.cut_always = "listAllDomains"
+    opened = libvirtd.opened
+    rig.reconciler.request_resync()
+    await wait_for(lambda: libvirtd.opened >= opened + 2)
+    # The passing of time is what is tested here: how often the agent tries in 2 s.
+    await asyncio.sleep(2.0)
+    attempts = libvirtd.opened - opened
+    assert attempts <= 8, f"{attempts} connections in about 2 s: no backoff"
+    libvirtd.cut_always = None
 
 
 async def test_a_hung_libvirt_call_holds_up_only_its_own_machine(make_rig: Make, make_assignment: Make,
