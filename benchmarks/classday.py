@@ -573,6 +573,7 @@ async def day(system: System, rng: random.Random, outcome: Outcome, *, began: fl
         created_returned = time.monotonic()
         await post_graphql(http, system.urls[1], "mutation($n: String!, $s: [String!]!) { setRoster(name: $n, "
                            "students: $s) { unbound } }", {"n": lab, "s": students_names}, token=teacher)
+        roster_returned = time.monotonic()
     stop = asyncio.Event()
     watchers = [LabWatcher(f"{i + 1}", lab, everything=i == plan.subscribers, home=i, replicas=system.urls,
                            token=teacher, failures=failures) for i in range(plan.subscribers + 1)]
@@ -733,8 +734,15 @@ async def day(system: System, rng: random.Random, outcome: Outcome, *, began: fl
                   f"{len(windows)} of {plan.agent_kills + 2}")
     burst_p99 = percentile(burst, 99) if burst else None
     # The loop never freezes: every answered probe outside the kill windows, the whole run long.
-    steady = [s["seconds"] for s in samples if not s["error"] and excused(
+    steady_samples = [s for s in samples if not s["error"] and excused(
         Failure("loop probe", s["url"], s["sent"], s["sent"] + s["seconds"], ""), windows) is None]
+    steady = [s["seconds"] for s in steady_samples]
+    end = time.monotonic()
+    phases = {"calm before the burst": (0.0, burst_began), "sign-in burst": (burst_began, burst_ended),
+              "until the lab is made": (burst_ended, created_at),
+              "lab created and its roster set": (created_at, roster_returned),
+              "provisioning under faults": (roster_returned, converged_at),
+              "afterwards (checks, delete)": (converged_at, end)}
     sign_ins = [s.sign_in_s for s in signed_in if s.sign_in_s is not None]
 
     def rel(stamp: float | None) -> float | None:
@@ -794,6 +802,11 @@ async def day(system: System, rng: random.Random, outcome: Outcome, *, began: fl
         "probe": {"samples": len(samples), "interval_s": 0.1, "query": "query Probe { me { kind name } }",
                   "burst_s": summary(burst), "calm_before_burst_s": summary(calm),
                   "outside_kill_windows_s": summary(steady),
+                  "outside_kill_windows_by_phase_s": {
+                      name: summary([s["seconds"] for s in steady_samples if start <= s["sent"] < stop])
+                      for name, (start, stop) in phases.items()},
+                  # Per second of the run: the slowest answer (s) and the failed probes.
+                  "timeline": _timeline(samples, began),
                   "all_answered_s": summary([s["seconds"] for s in samples if not s["error"]]),
                   "errors": sum(1 for s in samples if s["error"])},
         "subscribers": [{"label": w.label, "all_labs": w.everything, "events": w.events,
@@ -813,6 +826,18 @@ async def _settled_truth(monitor: Monitor, lab: str, replicas: int) -> dict[str,
         await asyncio.sleep(0.5)
     data = await monitor.query(LAB_TRUTH, {"n": lab})
     return None if data is None else data["deployment"]
+
+
+def _timeline(samples: list[dict[str, Any]], began: float) -> list[list[float]]:
+    """[second of the run, slowest answer in it, probes failed in it], for every second probed."""
+    seconds: dict[int, list[float]] = {}
+    for sample in samples:
+        second = seconds.setdefault(int(sample["sent"] - began), [0.0, 0.0])
+        if sample["error"]:
+            second[1] += 1
+        else:
+            second[0] = max(second[0], sample["seconds"])
+    return [[second, round(slowest, 3), failed] for second, (slowest, failed) in sorted(seconds.items())]
 
 
 def _running(watcher: LabWatcher) -> int:
@@ -873,7 +898,7 @@ def run(plan: DayPlan, work: Path, *, seed: int | None = None) -> dict[str, Any]
     sampler: RssSampler | None = None
     outcome = Outcome()
     context = {"plan": asdict(plan), "seed": seed, "machine": machine_info.describe(),
-               "load_average_at_start": report.load_average(),
+               "load_average_at_start": report.load_average(), "busiest_processes_at_start": _busiest(),
                "other_benchmark_runs_at_start": stack.live_runs(),
                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
@@ -907,6 +932,14 @@ def run(plan: DayPlan, work: Path, *, seed: int | None = None) -> dict[str, Any]
     return {"benchmark": "class day", "how": __doc__.split("\n\n", 1)[1] if __doc__ else "", **context, **result}
 
 
+def _busiest(count: int = 8) -> list[str]:
+    """What else keeps this machine busy: the processes using the most CPU (ps's %CPU is over
+    each one's lifetime, so a long-lived idle process does not show)."""
+    listed = subprocess.run(["ps", "-eo", "pcpu,etimes,args", "--sort=-pcpu", "--no-headers"],
+                            capture_output=True, text=True, check=False).stdout
+    return [" ".join(line.split())[:140] for line in listed.splitlines()[:count]]
+
+
 def text_summary(result: dict[str, Any]) -> str:
     lines = [f"Class day ({result['plan']['name']} plan), {result['started']}, {result['seconds']} s; "
              f"load average {result['load_average_at_start']} -> {result.get('load_average_at_end')}; "
@@ -920,6 +953,11 @@ def text_summary(result: dict[str, Any]) -> str:
         sign = "<=" if target["better"] == "lower" else ">="
         lines.append(f"  target {target['name']}: {target['value']} {sign} {target['limit']} "
                      f"{'met' if target['met'] else 'MISSED'}")
+    by_phase = result.get("probe", {}).get("outside_kill_windows_by_phase_s", {})
+    if by_phase:
+        lines.append("loop probe outside the kill windows, by phase (p50 / p99 / max, s):")
+        lines += [f"  {name}: {v.get('p50')} / {v.get('p99')} / {v.get('max')} ({v['count']} samples)"
+                  for name, v in by_phase.items()]
     if result.get("figures"):
         lines.append("figures:")
         lines += [f"  {name}: {value}" for name, value in result["figures"].items()]
