@@ -41,7 +41,8 @@ async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
         request_line = await asyncio.wait_for(reader.readline(), timeout=5)
         parts = request_line.split()
         healthy = len(parts) >= 2 and parts[0] in (b"GET", b"HEAD") and parts[1] in (b"/healthz", b"/readyz")
-        writer.write(_ok(health_body(warnings())) if healthy else _NOT_FOUND)
+        # The warnings read the file system (a stat of /dev/kvm): not on the loop.
+        writer.write(_ok(health_body(await asyncio.to_thread(warnings))) if healthy else _NOT_FOUND)
         await writer.drain()
     except (TimeoutError, ConnectionError):
         pass
