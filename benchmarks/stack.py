@@ -5,8 +5,8 @@ them, admin token and host tokens included), so the benchmarks exercise exactly 
 tests do. Everything a benchmark creates on libvirt is named with a ``bench-`` prefix (the
 agent's domains are ``kubekvm-bench-...``) and lives under a run directory in ``WORK_ROOT``,
 which QEMU (running as libvirt's own user) can reach. A run directory names the process that
-owns it, so ``sweep`` can remove one run's domains, storage pools and files, or everything
-that runs which ended without cleaning up left behind, and never touch a run still going
+owns it, so ``sweep`` can remove one run's domains, storage pools, processes and files, or
+everything that runs which ended without cleaning up left behind, and never touch a run still going
 (the smoke test may start while someone runs ``make bench``).
 """
 
@@ -21,7 +21,7 @@ import signal
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,11 +114,35 @@ def sweep(uri: str = LIBVIRT_URI, *, run: Path | None = None) -> list[str]:
                 removed.append(f"pool {pool.name()}")
     finally:
         connection.close()
+    removed += _kill_processes(doomed)
     for path in [run] if run is not None else [p for p in WORK_ROOT.glob("run-*") if not _live(p)]:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
             removed.append(f"dir {path}")
     return removed
+
+
+def _kill_processes(doomed: Callable[[str], bool]) -> list[str]:
+    """SIGKILLs the processes (agents, databases, probes) whose command line points into a doomed
+    run directory: what a run killed outright (SIGKILL, OOM) could not stop. QEMU's guests are
+    left to libvirt (their domains are destroyed above)."""
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        words = command.split(b"\0")
+        if b"qemu-system" in words[0] or f"{WORK_ROOT}/run-".encode() not in command:
+            continue
+        text = command.replace(b"\0", b" ").decode(errors="replace")
+        if _run_of(text) is not None and doomed(text):
+            with contextlib.suppress(OSError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(f"process {entry.name}")
+    return killed
 
 
 def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 10.0) -> None:
