@@ -2,7 +2,7 @@
 
 One Starlette route, ``GET /labs``, returns the first 1,000 labs by name with their phase and
 machine counts, read with the same Beanie models (``kubekvm.models.Deployment``) and counted
-by the same aggregation (``kubekvm.services.Services.running_counts``) the GraphQL resolver
+by the same aggregation (``kubekvm.services.labs.Labs.running_counts``) the GraphQL resolver
 uses. There is no GraphQL, no authentication and no total count: it is the floor a JSON API
 on this stack could reach. It runs in its own uvicorn process, configured like
 ``kubekvm serve`` (uvloop and httptools where installed):
@@ -45,7 +45,7 @@ def create_app(*, mongodb_uri: str, database: str) -> Starlette:
     async def labs(request: Request) -> JSONResponse:
         services: Services = request.app.state.services
         found = await Deployment.find({}).sort("name").limit(LIMIT).to_list()
-        counts = await services.running_counts([d.name for d in found])
+        counts = await services.labs.running_counts([d.name for d in found])
         return JSONResponse({"items": [
             {"name": d.name, "phase": d.phase.name, "running": counts[d.name][0], "machineCount": counts[d.name][1]}
             for d in found

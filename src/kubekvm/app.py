@@ -199,7 +199,7 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
         app.state.settings = settings
         app.state.session_serializer = serializer(await accounts.session_secret())
         if settings.seed_templates:
-            await services.seed_templates()
+            await services.templates.seed_templates()
         await accounts.bootstrap_admin()
         code = await accounts.new_setup_code()
         if code is not None:

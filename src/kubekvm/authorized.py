@@ -99,7 +99,7 @@ class Authorized:
         """A lab the actor may see; NotFound for one they may not (its existence is theirs to
         know only if they may see it)."""
         access.require_user(self.actor)
-        lab = await self.services.get_deployment(name)
+        lab = await self.services.labs.get_deployment(name)
         if not access.can_view_lab(self.actor, lab):
             raise NotFound(f"There is no lab named {name!r}.")
         return lab
@@ -113,14 +113,14 @@ class Authorized:
 
     async def _machine(self, name: str) -> Machine:
         access.require_user(self.actor)
-        machine = await self.services.get_machine(name)
-        lab = await self.services.get_deployment(machine.deployment)
+        machine = await self.services.machines.get_machine(name)
+        lab = await self.services.labs.get_deployment(machine.deployment)
         if not access.can_view_machine(self.actor, machine, lab):
             raise NotFound(f"There is no machine named {name!r}.")
         return machine
 
     async def _usable_template(self, name: str) -> Template:
-        template = await self.services.get_template(name)
+        template = await self.services.templates.get_template(name)
         if not access.can_use_template(self.actor, template):
             raise NotFound(f"There is no template named {name!r}.")
         return template
@@ -128,13 +128,13 @@ class Authorized:
     # -------------------------------------------------------------- public
 
     def server_info(self) -> ServerInfo:
-        return self.services.server_info()
+        return self.services.ctx.server_info()
 
     # --------------------------------------------------------------- templates
 
     async def list_templates(self) -> list[Template]:
         access.require_staff(self.actor)
-        return await self.services.list_templates(teacher=None if self.actor.is_admin else self.actor.name)
+        return await self.services.templates.list_templates(teacher=None if self.actor.is_admin else self.actor.name)
 
     async def get_template(self, name: str) -> Template:
         access.require_staff(self.actor)
@@ -145,7 +145,7 @@ class Authorized:
                               teachers: Sequence[str] = ()) -> Template:
         async def work() -> Template:
             access.require_admin(self.actor)
-            return await self.services.create_template(
+            return await self.services.templates.create_template(
                 name=name, title=title, description=description, os=os, image=image, vcpus=vcpus,
                 memory_mib=memory_mib, disk_gib=disk_gib, teachers=teachers)
         return await self._audited("createTemplate", f"template:{name}", work)
@@ -156,7 +156,7 @@ class Authorized:
                               teachers: Sequence[str] | None = None) -> Template:
         async def work() -> Template:
             access.require_admin(self.actor)
-            return await self.services.update_template(
+            return await self.services.templates.update_template(
                 name, title=title, description=description, os=os, image=image, vcpus=vcpus,
                 memory_mib=memory_mib, disk_gib=disk_gib, teachers=teachers)
         return await self._audited("updateTemplate", f"template:{name}", work)
@@ -164,7 +164,7 @@ class Authorized:
     async def delete_template(self, name: str) -> Template:
         async def work() -> Template:
             access.require_admin(self.actor)
-            return await self.services.delete_template(name)
+            return await self.services.templates.delete_template(name)
         return await self._audited("deleteTemplate", f"template:{name}", work)
 
     # -------------------------------------------------------------------- labs
@@ -174,7 +174,7 @@ class Authorized:
         access.require_user(self.actor)
         offset = validation.offset(offset)
         limit = validation.limit(limit, maximum=validation.DEPLOYMENTS_PAGE_MAX)
-        return await self.services.list_deployments(phase=phase, offset=offset, limit=limit,
+        return await self.services.labs.list_deployments(phase=phase, offset=offset, limit=limit,
                                                     only=lab_filter(self.actor))
 
     async def get_deployment(self, name: str) -> Deployment:
@@ -182,19 +182,20 @@ class Authorized:
 
     async def lab_counts(self, lab: Deployment) -> tuple[int, int]:
         # Counts of a lab the caller already holds (it came through here or its event filter).
-        return await self.services.lab_counts(lab)
+        return await self.services.labs.lab_counts(lab)
 
     async def running_counts(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
         # Counts of labs the caller already holds (they were listed or read through here).
-        return await self.services.running_counts(names)
+        return await self.services.labs.running_counts(names)
 
     async def lab_events(self, name: str, *, limit: int = 50) -> list[LabEvent]:
         await self._lab(name)
-        events = await self.services.lab_events(name, limit=limit)
+        events = await self.services.labs.lab_events(name, limit=limit)
         if self.actor.is_student:
             # The lab's history names other students' machines: a student sees the lab's own
             # lines and those of their machine.
-            mine = {m.name for m in await self.services.list_machines(deployment=name, student=self.actor.name)}
+            mine = {m.name for m in await self.services.machines.list_machines(deployment=name,
+                                                                               student=self.actor.name)}
             events = [e for e in events if e.machine is None or e.machine in mine]
         return events
 
@@ -214,7 +215,7 @@ class Authorized:
                 await self._usable_template(template)
             except NotFound:
                 raise ValidationFailed("template", f"There is no template named {template!r}.") from None
-            return await self.services.create_deployment(name=name, template=template, replicas=replicas,
+            return await self.services.labs.create_deployment(name=name, template=template, replicas=replicas,
                                                          title=title, power=power, owner=lab_owner)
         return await self._audited("createDeployment", f"lab:{name}", work)
 
@@ -222,26 +223,26 @@ class Authorized:
                                 power: Power | None = None, template: str | None = None) -> Deployment:
         async def work() -> Deployment:
             await self._managed_lab(name)
-            return await self.services.update_deployment(name, title=title, replicas=replicas, power=power,
+            return await self.services.labs.update_deployment(name, title=title, replicas=replicas, power=power,
                                                          template=template)
         return await self._audited("updateDeployment", f"lab:{name}", work)
 
     async def start_deployment(self, name: str) -> Deployment:
         async def work() -> Deployment:
             await self._managed_lab(name)
-            return await self.services.start_deployment(name)
+            return await self.services.labs.start_deployment(name)
         return await self._audited("startDeployment", f"lab:{name}", work)
 
     async def stop_deployment(self, name: str) -> Deployment:
         async def work() -> Deployment:
             await self._managed_lab(name)
-            return await self.services.stop_deployment(name)
+            return await self.services.labs.stop_deployment(name)
         return await self._audited("stopDeployment", f"lab:{name}", work)
 
     async def delete_deployment(self, name: str, *, force: bool = False) -> Deployment:
         async def work() -> Deployment:
             await self._managed_lab(name)
-            return await self.services.delete_deployment(name, force=force)
+            return await self.services.labs.delete_deployment(name, force=force)
         return await self._audited("deleteDeployment", f"lab:{name}", work)
 
     async def set_roster(self, name: str, *, students: Sequence[str],
@@ -250,9 +251,9 @@ class Authorized:
         async def work() -> tuple[Deployment, list[str], list[str]]:
             await self._managed_lab(name)
             # The whole request is checked before anything is written, accounts included.
-            names = await self.services.check_roster(name, students=students, match_replicas=match_replicas)
+            names = await self.services.rosters.check_roster(name, students=students, match_replicas=match_replicas)
             created = await self.accounts.ensure_students(names)
-            lab, unbound = await self.services.set_roster(name, students=names, match_replicas=match_replicas)
+            lab, unbound = await self.services.rosters.set_roster(name, students=names, match_replicas=match_replicas)
             return lab, unbound, created
         return await self._audited("setRoster", f"lab:{name}", work)
 
@@ -261,22 +262,22 @@ class Authorized:
     async def list_machines(self, *, deployment: str | None = None, host: str | None = None) -> list[Machine]:
         access.require_user(self.actor)
         if self.actor.is_admin:
-            return await self.services.list_machines(deployment=deployment, host=host)
+            return await self.services.machines.list_machines(deployment=deployment, host=host)
         if self.actor.is_teacher:
-            return await self.services.list_machines(deployment=deployment, host=host, owner=self.actor.name)
-        return await self.services.list_machines(deployment=deployment, host=host, student=self.actor.name)
+            return await self.services.machines.list_machines(deployment=deployment, host=host, owner=self.actor.name)
+        return await self.services.machines.list_machines(deployment=deployment, host=host, student=self.actor.name)
 
     async def get_machine(self, name: str) -> Machine:
         return await self._machine(name)
 
     async def start_machine(self, name: str) -> Machine:
-        return await self._machine_action("startMachine", name, self.services.start_machine)
+        return await self._machine_action("startMachine", name, self.services.machines.start_machine)
 
     async def stop_machine(self, name: str) -> Machine:
-        return await self._machine_action("stopMachine", name, self.services.stop_machine)
+        return await self._machine_action("stopMachine", name, self.services.machines.stop_machine)
 
     async def reset_machine(self, name: str) -> Machine:
-        return await self._machine_action("resetMachine", name, self.services.reset_machine)
+        return await self._machine_action("resetMachine", name, self.services.machines.reset_machine)
 
     async def _machine_action(self, action: str, name: str,
                               call: Callable[[str], Awaitable[Machine]]) -> Machine:
@@ -289,14 +290,14 @@ class Authorized:
 
     async def list_hosts(self) -> list[HostStatus]:
         access.require_staff(self.actor)
-        return await self.services.list_hosts()
+        return await self.services.hosts.list_hosts()
 
     async def host_status(self, name: str) -> HostStatus:
         if not self.actor.is_host:
             access.require_staff(self.actor)
         else:
             access.require_host_or_admin(self.actor, name)
-        for status in await self.services.list_hosts():
+        for status in await self.services.hosts.list_hosts():
             if status.host.name == name:
                 return status
         raise NotFound(f"There is no host named {name!r}.")
@@ -308,7 +309,7 @@ class Authorized:
                             domain_type: str = "", agent_version: str = "") -> Host:
         async def work() -> Host:
             access.require_host_or_admin(self.actor, name)
-            return await self.services.register_host(name=name, vcpus=vcpus, memory_mib=memory_mib,
+            return await self.services.hosts.register_host(name=name, vcpus=vcpus, memory_mib=memory_mib,
                                                      images=images, domain_type=domain_type,
                                                      agent_version=agent_version)
         return await self._audited("registerHost", f"host:{name}", work)
@@ -316,32 +317,32 @@ class Authorized:
     async def heartbeat(self, *, name: str, images: Iterable[str] | None = None) -> Host:
         async def work() -> Host:
             access.require_host_or_admin(self.actor, name)
-            return await self.services.heartbeat(name=name, images=images)
+            return await self.services.hosts.heartbeat(name=name, images=images)
         return await self._audited("heartbeat", f"host:{name}", work, routine=True)
 
     async def report_orphans(self, *, host: str, domains: Sequence[str]) -> Host:
         async def work() -> Host:
             access.require_host_or_admin(self.actor, host)
-            return await self.services.report_orphans(host=host, domains=domains)
+            return await self.services.hosts.report_orphans(host=host, domains=domains)
         return await self._audited("reportOrphans", f"host:{host}", work)
 
     async def report_machine_state(self, *, machine_id: str, host: str, state: ObservedState,
                                    message: str = "", power_generation: int | None = None) -> Machine:
         async def work() -> Machine:
             access.require_host_or_admin(self.actor, host)
-            return await self.services.report_machine_state(
+            return await self.services.machines.report_machine_state(
                 machine_id=machine_id, host=host, state=state, message=message,
                 power_generation=power_generation)
         return await self._audited("reportMachineState", f"machine-id:{machine_id}", work, routine=True)
 
     async def host_assignments(self, host: str) -> list[Machine]:
         access.require_host_or_admin(self.actor, host)
-        return await self.services.host_assignments(host)
+        return await self.services.hosts.host_assignments(host)
 
     async def follow_host(self, host: str) -> None:
         """The check before a host's assignment feed: its own agent (or an admin), a known host."""
         access.require_host_or_admin(self.actor, host)
-        await self.services.get_host(host)
+        await self.services.hosts.get_host(host)
 
     # ---------------------------------------------------------------- consoles
 
@@ -349,8 +350,8 @@ class Authorized:
         """A machine whose console the actor may open: FORBIDDEN for one of a lab they see
         (a classmate's), NOT_FOUND for one they may not even know of."""
         access.require_user(self.actor)
-        machine = await self.services.get_machine(name)
-        lab = await self.services.get_deployment(machine.deployment)
+        machine = await self.services.machines.get_machine(name)
+        lab = await self.services.labs.get_deployment(machine.deployment)
         if access.can_open_console(self.actor, machine, lab):
             return machine
         if access.can_view_lab(self.actor, lab):
@@ -360,7 +361,7 @@ class Authorized:
 
     async def _console_ready(self, machine: Machine) -> None:
         host = await Host.find_one(Host.name == machine.host) if machine.host else None
-        check_ready(machine, host_ready=None if host is None else self.services.host_ready(host))
+        check_ready(machine, host_ready=None if host is None else self.services.hosts.host_ready(host))
 
     async def console_ticket(self, name: str) -> str:
         """A one-time ticket to open the console of `name` within a minute. A refusal is audited
@@ -446,7 +447,8 @@ class Authorized:
             visible[change.lab] = access.can_view_lab(self.actor, change.deployment)
         elif change.lab not in visible:
             try:
-                visible[change.lab] = access.can_view_lab(self.actor, await self.services.get_deployment(change.lab))
+                lab = await self.services.labs.get_deployment(change.lab)
+                visible[change.lab] = access.can_view_lab(self.actor, lab)
             except NotFound:
                 visible[change.lab] = False
         if not visible[change.lab]:

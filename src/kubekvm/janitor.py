@@ -99,7 +99,7 @@ class Janitor:
         await self._recount_hosts(repairs)
         await self._finish_retired(repairs)
         await self._converge_labs(repairs)
-        await self.services.place_pending()
+        await self.services.placement.place_pending()
         return repairs
 
     async def _recount_hosts(self, repairs: Repairs) -> None:
@@ -149,7 +149,7 @@ class Janitor:
         names = [str(name) for name in await Deployment.get_pymongo_collection().distinct("name")]
         for name in sorted(names):
             try:
-                before, after = await self.services.converge_lab(name)
+                before, after = await self.services.convergence.converge_lab(name)
             except KubeKVMError as error:  # gone meanwhile, or too busy now: next turn
                 log.debug("janitor: lab %s skipped: %s", name, error.message)
                 continue

@@ -19,8 +19,8 @@ async def services(request: pytest.FixtureRequest) -> AsyncIterator[Services]:
     connection = await connect(uri, database=f"t{uuid.uuid4().hex[:12]}")
     services = Services(settings=Settings(max_replicas=200, host_timeout_seconds=30),
                         feed=EventFeed(), database_description=request.param)
-    await services.seed_templates()
-    await services.create_template(name="tiny-linux", title="Tiny Linux", description=None, os="linux",
+    await services.templates.seed_templates()
+    await services.templates.create_template(name="tiny-linux", title="Tiny Linux", description=None, os="linux",
                                    image="tiny-linux.qcow2", vcpus=1, memory_mib=128, disk_gib=1)
     yield services
     await connection.client.drop_database(connection.database.name)

@@ -31,7 +31,7 @@ def replica(services: Services) -> Services:
 def race_after_first_read(services: Services, other: Callable[[], Awaitable[object]]) -> list[object]:
     """Make `other` run once, right after `services` next reads a lab. Returns a list that holds
     what `other` returned (or raised) once it ran."""
-    read = services.get_deployment
+    read = services.labs.get_deployment
     ran: list[object] = []
 
     async def read_then_race(name: str) -> Deployment:
@@ -44,7 +44,7 @@ def race_after_first_read(services: Services, other: Callable[[], Awaitable[obje
                 ran[0] = error
         return lab
 
-    services.get_deployment = read_then_race  # type: ignore[method-assign]
+    services.labs.get_deployment = read_then_race  # type: ignore[method-assign]
     return ran
 
 
@@ -56,11 +56,11 @@ async def kept_machines(lab: str) -> list[Machine]:
 async def test_a_scale_racing_a_stop_makes_no_running_machine_in_a_stopped_lab(services: Services) -> None:
     other = replica(services)
     await a_host(services)
-    await services.create_deployment(name="race", template="tiny-linux", replicas=2)
-    ran = race_after_first_read(services, lambda: other.stop_deployment("race"))
-    await services.update_deployment("race", replicas=4)
+    await services.labs.create_deployment(name="race", template="tiny-linux", replicas=2)
+    ran = race_after_first_read(services, lambda: other.labs.stop_deployment("race"))
+    await services.labs.update_deployment("race", replicas=4)
     assert isinstance(ran[0], Deployment)
-    lab = await services.get_deployment("race")
+    lab = await services.labs.get_deployment("race")
     assert (lab.power, lab.replicas) == (Power.STOPPED, 4)
     desired = {m.name: m.desired for m in await kept_machines("race")}
     assert desired == {f"race-{i}": DesiredState.STOPPED for i in range(1, 5)}, desired
@@ -69,26 +69,26 @@ async def test_a_scale_racing_a_stop_makes_no_running_machine_in_a_stopped_lab(s
 async def test_an_update_racing_a_delete_never_revives_the_lab(services: Services) -> None:
     other = replica(services)
     await a_host(services)
-    await services.create_deployment(name="doomed", template="tiny-linux", replicas=2)
-    race_after_first_read(services, lambda: other.delete_deployment("doomed"))
+    await services.labs.create_deployment(name="doomed", template="tiny-linux", replicas=2)
+    race_after_first_read(services, lambda: other.labs.delete_deployment("doomed"))
     with pytest.raises(Conflict):
-        await services.update_deployment("doomed", replicas=5)
-    assert (await services.get_deployment("doomed")).phase == Phase.DELETING
+        await services.labs.update_deployment("doomed", replicas=5)
+    assert (await services.labs.get_deployment("doomed")).phase == Phase.DELETING
     assert await kept_machines("doomed") == [], "a machine of a lab being deleted was kept"
     await report_all(services, "doomed", ObservedState.ABSENT)
     with pytest.raises(NotFound):
-        await services.get_deployment("doomed")
+        await services.labs.get_deployment("doomed")
 
 
 async def test_a_scale_racing_a_roster_change_binds_the_new_roster(services: Services) -> None:
     other = replica(services)
     await a_host(services)
-    await services.create_deployment(name="class", template="tiny-linux", replicas=2)
-    await services.set_roster("class", students=["ana", "bob"])
-    ran = race_after_first_read(services, lambda: other.set_roster("class", students=["cat", "dan"]))
-    await services.update_deployment("class", replicas=3)
+    await services.labs.create_deployment(name="class", template="tiny-linux", replicas=2)
+    await services.rosters.set_roster("class", students=["ana", "bob"])
+    ran = race_after_first_read(services, lambda: other.rosters.set_roster("class", students=["cat", "dan"]))
+    await services.labs.update_deployment("class", replicas=3)
     assert isinstance(ran[0], tuple)
-    lab = await services.get_deployment("class")
+    lab = await services.labs.get_deployment("class")
     assert lab.roster == ["cat", "dan"] and lab.replicas == 3
     bound = sorted(m.student for m in await kept_machines("class") if m.student)
     assert bound == ["cat", "dan"], f"bound {bound}, roster {lab.roster}"
@@ -98,10 +98,10 @@ async def test_a_stale_phase_is_never_returned_or_published(services: Services,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     other = replica(services)
     await a_host(services)
-    await services.create_deployment(name="ph", template="tiny-linux", replicas=2)
+    await services.labs.create_deployment(name="ph", template="tiny-linux", replicas=2)
     await report_all(services, "ph", ObservedState.RUNNING)
-    assert (await services.get_deployment("ph")).phase == Phase.ACTIVE
-    broken = (await services.list_machines(deployment="ph"))[0]
+    assert (await services.labs.get_deployment("ph")).phase == Phase.ACTIVE
+    broken = (await services.machines.list_machines(deployment="ph"))[0]
     published: list[dict[str, object]] = []
     publish = services.feed.publish
 
@@ -124,7 +124,7 @@ async def test_a_stale_phase_is_never_returned_or_published(services: Services,
         async def read_then_race(*a: object, **k: object) -> object:
             result = await to_list(*a, **k)
             if not ran:
-                ran.append(await other.report_machine_state(
+                ran.append(await other.machines.report_machine_state(
                     machine_id=str(broken.id), host="kvm1", state=ObservedState.ERROR, message="disk gone"))
             return result
 
@@ -132,10 +132,10 @@ async def test_a_stale_phase_is_never_returned_or_published(services: Services,
         return query
 
     monkeypatch.setattr(Machine, "find", find_then_race)
-    returned = await services.refresh_phase("ph", always_publish=True)
+    returned = await services.convergence.refresh_phase("ph", always_publish=True)
     monkeypatch.undo()
     assert ran, "the race did not run"
-    stored = await services.get_deployment("ph")
+    stored = await services.labs.get_deployment("ph")
     assert stored.phase == Phase.FAILED
     assert (returned.phase, returned.version) == (stored.phase, stored.version)
     labs = [e["document"] for e in published if e["collection"] == "deployments"]
@@ -145,19 +145,19 @@ async def test_a_stale_phase_is_never_returned_or_published(services: Services,
 async def test_concurrent_roster_and_scale_changes_bind_each_student_once(services: Services) -> None:
     replicas = [services, replica(services)]
     await a_host(services, memory=65536)
-    await services.create_deployment(name="busy", template="tiny-linux", replicas=4)
+    await services.labs.create_deployment(name="busy", template="tiny-linux", replicas=4)
     people = [f"s{i}" for i in range(8)]
     chance = random.Random(12)
 
     async def change(i: int) -> None:
         actor = replicas[i % 2]
         if i % 3 == 2:
-            await actor.update_deployment("busy", replicas=chance.randint(2, 6))
+            await actor.labs.update_deployment("busy", replicas=chance.randint(2, 6))
         else:
-            await actor.set_roster("busy", students=chance.sample(people, chance.randint(1, 6)))
+            await actor.rosters.set_roster("busy", students=chance.sample(people, chance.randint(1, 6)))
 
     await asyncio.gather(*(change(i) for i in range(24)))
-    lab = await services.get_deployment("busy")
+    lab = await services.labs.get_deployment("busy")
     kept = await kept_machines("busy")
     assert len(kept) == lab.replicas
     bound = Counter(m.student for m in kept if m.student)
@@ -170,10 +170,10 @@ async def test_the_last_absent_report_finishes_even_if_the_agent_drops(services:
     """The agent's connection drops right after it reports the last machine ABSENT (its request
     is cancelled mid-await): the lab must still go, not stay Deleting forever."""
     await a_host(services)
-    await services.create_deployment(name="bye", template="tiny-linux", replicas=1)
+    await services.labs.create_deployment(name="bye", template="tiny-linux", replicas=1)
     await report_all(services, "bye", ObservedState.RUNNING)
-    await services.delete_deployment("bye")
-    last = (await services.list_machines(deployment="bye"))[0]
+    await services.labs.delete_deployment("bye")
+    last = (await services.machines.list_machines(deployment="bye"))[0]
 
     publish = services.feed.publish
     report: asyncio.Task[Machine] | None = None
@@ -184,7 +184,7 @@ async def test_the_last_absent_report_finishes_even_if_the_agent_drops(services:
             report.cancel()  # the websocket is gone the moment the machine document is
 
     services.feed.publish = publish_then_drop  # type: ignore[method-assign]
-    report = asyncio.ensure_future(services.report_machine_state(
+    report = asyncio.ensure_future(services.machines.report_machine_state(
         machine_id=str(last.id), host="kvm1", state=ObservedState.ABSENT))
     with pytest.raises(asyncio.CancelledError):
         await report
@@ -195,17 +195,17 @@ async def test_the_last_absent_report_finishes_even_if_the_agent_drops(services:
 
 async def test_template_edits_on_two_replicas_both_stay(services: Services) -> None:
     other = replica(services)
-    read = services.get_template
+    read = services.templates.get_template
     ran: list[object] = []
 
     async def read_then_race(name: str) -> Template:
         template = await read(name)
         if not ran:
-            ran.append(await other.update_template(name, memory_mib=1024))
+            ran.append(await other.templates.update_template(name, memory_mib=1024))
         return template
 
-    services.get_template = read_then_race  # type: ignore[method-assign]
-    await services.update_template("tiny-linux", vcpus=2)
+    services.templates.get_template = read_then_race  # type: ignore[method-assign]
+    await services.templates.update_template("tiny-linux", vcpus=2)
     assert ran
-    stored = await other.get_template("tiny-linux")
+    stored = await other.templates.get_template("tiny-linux")
     assert (stored.vcpus, stored.memory_mib) == (2, 1024), "one replica's edit undid the other's"

@@ -68,7 +68,7 @@ async def test_two_janitors_on_one_database_only_one_works(services: Services) -
 
 async def test_leaked_capacity_is_recounted_and_logged(services: Services, caplog: pytest.LogCaptureFixture) -> None:
     await a_host(services)
-    await services.create_deployment(name="cap", template="tiny-linux", replicas=3)
+    await services.labs.create_deployment(name="cap", template="tiny-linux", replicas=3)
     # A crash between reserving capacity and claiming the machines leaves this behind.
     await Host.get_pymongo_collection().update_one(
         {"name": "kvm1"}, {"$inc": {"allocated_vcpus": 5, "allocated_memory_mib": 640}})
@@ -78,7 +78,7 @@ async def test_leaked_capacity_is_recounted_and_logged(services: Services, caplo
     assert first is not None and first.hosts == [], "a drift seen once may be a placement in flight"
     second = await worker.run_once()
     assert second is not None and second.hosts == ["kvm1"]
-    host = await services.get_host("kvm1")
+    host = await services.hosts.get_host("kvm1")
     assert (host.allocated_vcpus, host.allocated_memory_mib) == (3, 3 * 128)
     assert "host kvm1 had 8 vCPUs and 1024 MiB allocated, its machines use 3 vCPUs and 384 MiB" in caplog.text
     assert not await worker.run_once(), "nothing left to repair"
@@ -87,25 +87,25 @@ async def test_leaked_capacity_is_recounted_and_logged(services: Services, caplo
 async def test_a_deleting_lab_whose_machines_are_gone_is_removed(services: Services,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     await a_host(services)
-    await services.create_deployment(name="stuck", template="tiny-linux", replicas=1)
+    await services.labs.create_deployment(name="stuck", template="tiny-linux", replicas=1)
     await report_all(services, "stuck", ObservedState.RUNNING)
-    await services.delete_deployment("stuck")
+    await services.labs.delete_deployment("stuck")
     # The machine document was removed, then the process died before recomputing the lab.
     await Machine.get_pymongo_collection().delete_many({"deployment": "stuck"})
-    assert (await services.get_deployment("stuck")).message == "waiting for hosts to remove 1 machine(s)"
+    assert (await services.labs.get_deployment("stuck")).message == "waiting for hosts to remove 1 machine(s)"
     caplog.set_level(logging.WARNING, logger="kubekvm.janitor")
     repairs = await janitor(services, "replica-a", Clock()).run_once()
     assert repairs is not None and repairs.labs == ["stuck"]
     with pytest.raises(NotFound):
-        await services.get_deployment("stuck")
+        await services.labs.get_deployment("stuck")
     assert "lab stuck was Deleting (waiting for hosts to remove 1 machine(s)) with no machine left: removed" in caplog.text
 
 
 async def test_a_stale_phase_and_a_half_removed_machine_are_finished(services: Services) -> None:
     await a_host(services)
-    await services.create_deployment(name="half", template="tiny-linux", replicas=2)
+    await services.labs.create_deployment(name="half", template="tiny-linux", replicas=2)
     await report_all(services, "half", ObservedState.RUNNING)
-    await services.update_deployment("half", replicas=1)
+    await services.labs.update_deployment("half", replicas=1)
     await Deployment.get_pymongo_collection().update_one(
         {"name": "half"}, {"$set": {"phase": Phase.FAILED.value, "message": "left over"}})
     # A machine retired (its removal begun) by a process that died before deleting it.
@@ -116,20 +116,20 @@ async def test_a_stale_phase_and_a_half_removed_machine_are_finished(services: S
     second = await worker.run_once()
     assert second is not None and second.machines == ["half-2"] and second.hosts == ["kvm1"]
     assert await Machine.find(Machine.name == "half-2").count() == 0
-    lab = await services.get_deployment("half")
+    lab = await services.labs.get_deployment("half")
     assert lab.phase == Phase.ACTIVE
-    host = await services.get_host("kvm1")
+    host = await services.hosts.get_host("kvm1")
     assert host.allocated_vcpus == 1
 
 
 async def test_a_lab_whose_machines_were_never_made_gets_them(services: Services) -> None:
     await a_host(services)
-    await services.create_deployment(name="short", template="tiny-linux", replicas=1)
-    await services.set_roster("short", students=["ana", "bob", "cat"])
+    await services.labs.create_deployment(name="short", template="tiny-linux", replicas=1)
+    await services.rosters.set_roster("short", students=["ana", "bob", "cat"])
     # The lab's new size was written, then the process died before making the machines.
     await Deployment.get_pymongo_collection().update_one(
         {"name": "short"}, {"$set": {"replicas": 3}, "$inc": {"version": 1, "generation": 1}})
     await janitor(services, "replica-a", Clock()).run_once()
-    machines = await services.list_machines(deployment="short")
+    machines = await services.machines.list_machines(deployment="short")
     assert [(m.name, m.host, m.student) for m in machines] == [
         ("short-1", "kvm1", "ana"), ("short-2", "kvm1", "bob"), ("short-3", "kvm1", "cat")]

@@ -1,0 +1,131 @@
+"""Hosts: the hypervisors' agents registering, beating and reporting orphans, their readiness
+(a heartbeat within the timeout) and the machines assigned to each.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pymongo.errors import DuplicateKeyError
+
+from kubekvm import validation
+from kubekvm.errors import NotFound, ValidationFailed
+from kubekvm.models import (
+    Host,
+    Machine,
+    utcnow,
+)
+from kubekvm.services.context import Noun
+
+if TYPE_CHECKING:
+    pass
+
+HOST_NAME_RULE = "letters, digits, '.', '_' and '-', at most 63 characters"
+HOST_TEXT_MAX = 200  # what an agent says of its host: a domain type, a version, a domain's name
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostStatus:
+    host: Host
+    ready: bool
+    heartbeat_age_seconds: float
+    machines: int
+
+def host_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", name or ""):
+        raise ValidationFailed("name", f"A host name uses {HOST_NAME_RULE}.")
+    return name
+
+
+
+class Hosts(Noun):
+    """Every operation on hosts."""
+
+    def host_ready(self, host: Host, *, now: datetime | None = None) -> bool:
+        age = ((now or utcnow()) - host.last_heartbeat).total_seconds()
+        return age <= self.ctx.settings.host_timeout_seconds
+
+    async def list_hosts(self) -> list[HostStatus]:
+        now = utcnow()
+        counts: dict[str, int] = defaultdict(int)
+        cursor = await Machine.get_pymongo_collection().aggregate(
+            [{"$match": {"retired": False, "host": {"$ne": None}}},
+             {"$group": {"_id": "$host", "n": {"$sum": 1}}}]
+        )
+        async for row in cursor:
+            counts[row["_id"]] = int(row["n"])
+        return [
+            HostStatus(host=h, ready=self.host_ready(h, now=now),
+                       heartbeat_age_seconds=(now - h.last_heartbeat).total_seconds(),
+                       machines=counts[h.name])
+            for h in await Host.find_all().sort("name").to_list()
+        ]
+
+    async def get_host(self, name: str) -> Host:
+        host = await Host.find_one(Host.name == name)
+        if host is None:
+            raise NotFound(f"There is no host named {name!r}; its agent must register first.")
+        return host
+
+    async def register_host(
+        self, *, name: str, vcpus: int, memory_mib: int, images: Iterable[str],
+        domain_type: str = "", agent_version: str = "",
+    ) -> Host:
+        host_name(name)
+        validation.whole_number(vcpus, field="vcpus", minimum=1, maximum=4096, unit="vCPUs")
+        validation.whole_number(memory_mib, field="memoryMib", minimum=64, maximum=1 << 30, unit="MiB")
+        now = utcnow()
+        fields = {"vcpus": vcpus, "memory_mib": memory_mib, "images": validation.image_names(images),
+                  "domain_type": validation.text(domain_type, field="domainType", label="The domain type",
+                                                 max_length=HOST_TEXT_MAX),
+                  "agent_version": validation.text(agent_version, field="agentVersion", label="The agent version",
+                                                   max_length=HOST_TEXT_MAX),
+                  "last_heartbeat": now}
+        collection = Host.get_pymongo_collection()
+        try:
+            await collection.update_one(
+                {"name": name},
+                {"$set": fields, "$setOnInsert": {"registered_at": now, "allocated_vcpus": 0,
+                                                  "allocated_memory_mib": 0, "orphans": []}},
+                upsert=True,
+            )
+        except DuplicateKeyError:  # two registrations raced on the upsert; the other won
+            await collection.update_one({"name": name}, {"$set": fields})
+        host = await self.get_host(name)
+        self.ctx.published(host)
+        await self.core.placement.place_pending()
+        return host
+
+    async def heartbeat(self, *, name: str, images: Iterable[str] | None = None) -> Host:
+        host = await self.get_host(name)
+        was_ready = self.host_ready(host)
+        changes: dict[str, Any] = {"last_heartbeat": utcnow()}
+        new_images = validation.image_names(images) if images is not None else host.images
+        if new_images != host.images:
+            changes["images"] = new_images
+        await Host.get_pymongo_collection().update_one({"_id": host.id}, {"$set": changes})
+        host = await self.get_host(name)
+        self.ctx.published(host)
+        if not was_ready or "images" in changes:
+            await self.core.placement.place_pending()
+        return host
+
+    async def report_orphans(self, *, host: str, domains: Sequence[str]) -> Host:
+        domains = [validation.text(d, field="domains", label="A domain name", max_length=HOST_TEXT_MAX, required=True)
+                   for d in domains]
+        record = await self.get_host(host)
+        if sorted(domains) != sorted(record.orphans):
+            await Host.get_pymongo_collection().update_one(
+                {"_id": record.id}, {"$set": {"orphans": sorted(domains)}}
+            )
+            record.orphans = sorted(domains)
+            self.ctx.published(record)
+        return record
+
+    async def host_assignments(self, host: str) -> list[Machine]:
+        return await Machine.find(Machine.host == host, Machine.retired == False).to_list()  # noqa: E712

@@ -1,0 +1,241 @@
+"""Labs: creating, listing, changing, starting, stopping and deleting them, and their counts.
+
+Every write of a lab is compare-and-set on `Deployment.version` (`Convergence.change_lab`): it
+is computed from the lab as read and stored only if nobody wrote it since. What follows from a
+change — the machines following the lab's spec and roster, the phase recomputed — is
+`kubekvm.services.convergence`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from kubekvm import validation
+from kubekvm.access import Actor
+from kubekvm.errors import Conflict, NotFound, Unavailable, ValidationFailed
+from kubekvm.models import (
+    Deployment,
+    DesiredState,
+    LabEvent,
+    Machine,
+    Phase,
+    Power,
+    utcnow,
+)
+from kubekvm.services.context import Noun
+from kubekvm.services.convergence import LabUpdate, new_machine
+from kubekvm.services.templates import machine_spec
+
+if TYPE_CHECKING:
+    from kubekvm.services import Services
+
+@dataclass(frozen=True, kw_only=True)
+class Page:
+    items: list[Deployment]
+    total: int
+
+
+def lab_filter(actor: Actor) -> dict[str, Any] | None:
+    """The MongoDB filter of the labs `actor` may see (None: all), the database's form of
+    `access.can_view_lab`, so lists are narrowed in the query rather than after reading all."""
+    if actor.is_admin:
+        return None
+    if actor.is_teacher:
+        return {"owner": actor.name}
+    if actor.is_student:
+        return {"roster": actor.name}
+    return {"_id": None}  # nothing
+
+
+
+class Labs(Noun):
+    """Every operation on labs as a whole (a lab's machines: `Machines`; its roster: `Rosters`)."""
+
+    def __init__(self, core: Services) -> None:
+        super().__init__(core)
+        # One count per lab change, shared by every subscriber that shows it (see lab_counts).
+        self._lab_counts: dict[tuple[str, int], asyncio.Task[dict[str, tuple[int, int]]]] = {}
+
+    async def lab_events(self, name: str, *, limit: int = 50) -> list[LabEvent]:
+        return await LabEvent.find(LabEvent.deployment == name).sort("-at").limit(limit).to_list()
+
+    async def list_deployments(
+        self, *, phase: Phase | None = None, offset: int = 0, limit: int = 100,
+        owner: str | None = None, student: str | None = None, only: dict[str, Any] | None = None,
+    ) -> Page:
+        """Labs by name; only those in `phase`, owned by `owner`, with `student` on their
+        roster, or matching the filter `only`, when given."""
+        criteria: dict[str, Any] = dict(only or {})
+        if phase:
+            criteria["phase"] = phase.value
+        if owner is not None:
+            criteria["owner"] = owner
+        if student is not None:
+            criteria["roster"] = student
+        query = Deployment.find(criteria)
+        total = await query.count()
+        items = await query.sort("name").skip(max(offset, 0)).limit(max(min(limit, 1000), 1)).to_list()
+        return Page(items=items, total=total)
+
+    async def get_deployment(self, name: str) -> Deployment:
+        lab = await Deployment.find_one(Deployment.name == name)
+        if lab is None:
+            raise NotFound(f"There is no lab named {name!r}.")
+        return lab
+
+    async def running_counts(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """lab name -> (machines running, machines kept), in one aggregation."""
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"deployment": {"$in": list(names)}, "retired": False,
+                        "desired": {"$ne": DesiredState.ABSENT.value}}},
+            {"$group": {"_id": "$deployment", "total": {"$sum": 1},
+                        "running": {"$sum": {"$cond": [{"$eq": ["$observed", "running"]}, 1, 0]}}}},
+        ]
+        counts = {name: (0, 0) for name in names}
+        cursor = await Machine.get_pymongo_collection().aggregate(pipeline)
+        async for row in cursor:
+            counts[row["_id"]] = (int(row["running"]), int(row["total"]))
+        return counts
+
+    async def lab_counts(self, lab: Deployment) -> tuple[int, int]:
+        """(running, kept) for one lab as of this change of it. Every subscriber of this process
+        shows the same change, so they share one aggregation instead of running one each."""
+        key = (str(lab.id), lab.version)
+        task = self._lab_counts.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self.running_counts([lab.name]))
+            self._lab_counts[key] = task
+            while len(self._lab_counts) > 512:  # only the latest changes are asked about
+                self._lab_counts.pop(next(iter(self._lab_counts)))
+        return (await asyncio.shield(task))[lab.name]
+
+    async def create_deployment(
+        self, *, name: str, template: str, replicas: int, title: str | None = None,
+        power: Power = Power.RUNNING, owner: str | None = None,
+    ) -> Deployment:
+        validation.name(name)
+        lab_title = validation.title(title, fallback=name)
+        validation.replicas(replicas, maximum=self.ctx.settings.max_replicas)
+        try:
+            source = await self.core.templates.get_template(template)
+        except NotFound:
+            raise ValidationFailed("template", f"There is no template named {template!r}.") from None
+        lab = Deployment(name=name, title=lab_title, template=template, replicas=replicas, power=power,
+                         owner=owner)
+        try:
+            await lab.insert()
+        except DuplicateKeyError:
+            raise Conflict(f"A lab named {name!r} already exists; choose another name.") from None
+        spec = machine_spec(source)
+        machines = [new_machine(lab=name, index=i, spec=spec, power=power) for i in range(1, replicas + 1)]
+        try:
+            await Machine.insert_many(machines)
+            await self.ctx.note(name, f"created with {replicas} machine(s) of {template}")
+        except PyMongoError as exc:
+            # Nothing half-made stays behind: the lab and whatever machines were inserted go.
+            await Machine.find(Machine.deployment == name).delete()
+            await lab.delete()
+            raise Unavailable(f"Could not create the machines of lab {name!r}: {exc}") from None
+        self.ctx.published(lab, operation="insert")
+        await self.ctx.publish_machines({"deployment": name})
+        # Deleted by another replica while its machines were being made: they go too.
+        await self.core.convergence.apply_spec(name, power_request=False)
+        await self.core.placement.place_pending(deployment=name)
+        return await self.core.convergence.refresh_phase(name)
+
+    async def update_deployment(
+        self, name: str, *, title: str | None = None, replicas: int | None = None,
+        power: Power | None = None, template: str | None = None,
+    ) -> Deployment:
+        new_title = validation.title(title, fallback=name) if title is not None else None
+
+        def change(lab: Deployment) -> LabUpdate | None:
+            if lab.phase == Phase.DELETING:
+                raise Conflict(f"Lab {name!r} is being deleted.")
+            if template is not None and template != lab.template:
+                raise ValidationFailed(
+                    "template",
+                    "The template of an existing lab cannot change: its machines' disks were made "
+                    "from it. Create a new lab with the other template instead.",
+                )
+            if replicas is not None:
+                validation.replicas(replicas, maximum=self.ctx.settings.max_replicas)
+            changes: dict[str, Any] = {}
+            if new_title is not None:
+                changes["title"] = new_title
+            if replicas is not None:
+                changes["replicas"] = replicas
+            if power is not None:
+                changes["power"] = power.value
+            if not changes:
+                return None
+            changes["updated_at"] = utcnow()
+            spec_changed = (replicas is not None and replicas != lab.replicas) or (
+                power is not None and power != lab.power)
+            return {"$set": changes, "$inc": {"generation": 1 if spec_changed else 0}}
+
+        before, written = await self.core.convergence.change_lab(name, change)
+        if written and replicas is not None and replicas != before.replicas:
+            await self.ctx.note(name, f"scaled from {before.replicas} to {replicas} machine(s)")
+        power_changed = written and power is not None and power != before.power
+        if power_changed:
+            await self.ctx.note(name, "start requested" if power == Power.RUNNING else "stop requested")
+        if written and (replicas is not None or power is not None):
+            await self.core.convergence.apply_spec(name, power_request=power_changed)
+        return await self.core.convergence.refresh_phase(name, always_publish=written)
+
+    async def start_deployment(self, name: str) -> Deployment:
+        return await self._power_request(name, Power.RUNNING)
+
+    async def stop_deployment(self, name: str) -> Deployment:
+        return await self._power_request(name, Power.STOPPED)
+
+    async def _power_request(self, name: str, power: Power) -> Deployment:
+        def change(lab: Deployment) -> LabUpdate:
+            if lab.phase == Phase.DELETING:
+                raise Conflict(f"Lab {name!r} is being deleted.")
+            return {"$set": {"power": power.value, "updated_at": utcnow()},
+                    "$inc": {"generation": 1 if power != lab.power else 0}}
+
+        await self.core.convergence.change_lab(name, change)
+        await self.ctx.note(name, "start requested" if power == Power.RUNNING else "stop requested")
+        # Asked again for the power it has: still a request (students' powered-off machines start).
+        await self.core.convergence.apply_spec(name, power_request=True)
+        return await self.core.convergence.refresh_phase(name, always_publish=True)
+
+    async def delete_deployment(self, name: str, *, force: bool = False) -> Deployment:
+        lab = await self.get_deployment(name)
+        if force:
+            return await self._force_delete(lab)
+
+        def change(lab: Deployment) -> LabUpdate | None:
+            if lab.phase == Phase.DELETING:
+                return None  # asked again: the machines' removal below is still made sure of
+            return {"$set": {"phase": Phase.DELETING.value, "updated_at": utcnow()}, "$inc": {"generation": 1}}
+
+        _, written = await self.core.convergence.change_lab(name, change)
+        await self.core.convergence.remove_machines(name)
+        if written:
+            await self.ctx.note(name, "delete requested")
+        return await self.core.convergence.refresh_phase(name, always_publish=True)
+
+    async def _force_delete(self, lab: Deployment) -> Deployment:
+        machines = await Machine.find(Machine.deployment == lab.name).to_list()
+        hosts = {m.host for m in machines if m.host}
+        statuses = {s.host.name: s for s in await self.core.hosts.list_hosts()}
+        reachable = sorted(h for h in hosts if h in statuses and statuses[h].ready)
+        if reachable:
+            raise Conflict(
+                f"Host(s) {', '.join(reachable)} are still reachable: delete the lab normally so "
+                "they remove its VMs and disks. Force is for labs whose hosts are gone."
+            )
+        for machine in machines:
+            await self.core.convergence.forget_machine(machine)
+        await Deployment.get_pymongo_collection().delete_one({"_id": lab.id})
+        await self.core.convergence.lab_removed(lab)
+        return lab

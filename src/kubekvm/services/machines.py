@@ -1,0 +1,130 @@
+"""Machines: one student's VM — listing, starting, stopping, resetting — and what hosts report
+of them (a report and its consequences are one unit, `finish`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kubekvm import lifecycle, validation
+from kubekvm.errors import Conflict, NotFound
+from kubekvm.models import (
+    Deployment,
+    DesiredState,
+    Machine,
+    ObservedState,
+    utcnow,
+)
+from kubekvm.services.context import BY_LAB_AND_INDEX, Noun, finish, object_id
+
+if TYPE_CHECKING:
+    pass
+
+
+class Machines(Noun):
+    """Every operation on single machines, and the hosts' reports of them."""
+
+    async def list_machines(self, *, deployment: str | None = None, host: str | None = None,
+                            student: str | None = None, owner: str | None = None) -> list[Machine]:
+        """Machines by lab and index: of one lab, one host, one student, or of the labs one
+        teacher owns, as given."""
+        query: dict[str, Any] = {"retired": False}
+        if deployment is not None:
+            query["deployment"] = deployment
+        if host is not None:
+            query["host"] = host
+        if student is not None:
+            query["student"] = student
+        if owner is not None:
+            owned = [lab.name for lab in await Deployment.find({"owner": owner}).to_list()]
+            query["deployment"] = {"$in": owned} if deployment is None else (
+                deployment if deployment in owned else {"$in": []})
+        return await Machine.find(query).sort(BY_LAB_AND_INDEX).to_list()
+
+    async def get_machine(self, name: str) -> Machine:
+        machine = await Machine.find_one(Machine.name == name, Machine.retired == False)  # noqa: E712
+        if machine is None:
+            raise NotFound(f"There is no machine named {name!r}.")
+        return machine
+
+    async def start_machine(self, name: str) -> Machine:
+        return await self._machine_request(name, desired=DesiredState.RUNNING, note="start requested")
+
+    async def stop_machine(self, name: str) -> Machine:
+        return await self._machine_request(name, desired=DesiredState.STOPPED, note="stop requested")
+
+    async def reset_machine(self, name: str) -> Machine:
+        return await self._machine_request(
+            name, desired=DesiredState.RUNNING, note="reset requested: disk rebuilt from the template",
+            reset=True,
+        )
+
+    async def _machine_request(self, name: str, *, desired: DesiredState, note: str,
+                               reset: bool = False) -> Machine:
+        machine = await self.get_machine(name)
+        lab = await self.core.labs.get_deployment(machine.deployment)
+        refused = lifecycle.can_act_on_machine(phase=lab.phase, desired=machine.desired)
+        if refused:
+            raise Conflict(f"Cannot change {name}: {refused}.")
+        update: dict[str, Any] = {"$set": {"desired": desired.value, "updated_at": utcnow()},
+                                  "$inc": {"power_generation": 1}}
+        if reset:
+            update["$inc"]["reset_generation"] = 1
+            update["$set"].update({"observed": ObservedState.PENDING.value, "message": "resetting"})
+        # Only a machine still kept: one the lab's deletion or a scale-down took meanwhile must
+        # not be brought back to life by a request made from an older read.
+        result = await Machine.get_pymongo_collection().update_one(
+            {"_id": machine.id, "retired": False, "desired": {"$ne": DesiredState.ABSENT.value}}, update)
+        if not result.matched_count:
+            raise Conflict(f"Cannot change {name}: this machine is being removed.")
+        await self.ctx.note(machine.deployment, note, machine=name)
+        fresh = await self.get_machine(name)
+        self.ctx.published(fresh)
+        await self.core.convergence.refresh_phase(machine.deployment)
+        return fresh
+
+    async def report_machine_state(
+        self, *, machine_id: str, host: str, state: ObservedState, message: str = "",
+        power_generation: int | None = None,
+    ) -> Machine:
+        """Record what a host observed and what follows from it (a machine confirmed gone is
+        forgotten, its lab's phase recomputed) as one unit: an agent whose connection drops
+        right after reporting cannot leave the state written and its consequences not."""
+        if power_generation is not None:
+            validation.whole_number(power_generation, field="powerGeneration", minimum=0, maximum=2**63 - 1)
+        return await finish(self._record_report(machine_id=machine_id, host=host, state=state,
+                                                message=message, power_generation=power_generation))
+
+    async def _record_report(
+        self, *, machine_id: str, host: str, state: ObservedState, message: str,
+        power_generation: int | None,
+    ) -> Machine:
+        machine = await Machine.get(object_id(machine_id, what="machine"))
+        if machine is None or machine.retired:
+            raise NotFound(f"There is no machine with id {machine_id}; it was removed.")
+        if machine.host != host:
+            raise Conflict(f"Machine {machine.name} is assigned to {machine.host or 'no host'}, not {host}.")
+        message = validation.note(message)
+        seen = power_generation if power_generation is not None else machine.observed_power_generation
+        unchanged = (machine.observed, machine.message, machine.observed_power_generation) == (
+            state, message, seen)
+        if unchanged and not lifecycle.machine_gone(desired=machine.desired, observed=state):
+            return machine
+        changes = {"observed": state.value, "message": message, "observed_at": utcnow(),
+                   "observed_power_generation": seen}
+        written = await Machine.get_pymongo_collection().update_one(
+            {"_id": machine.id, "retired": False, "host": host}, {"$set": changes}
+        )
+        if not written.matched_count:
+            raise NotFound(f"There is no machine with id {machine_id} on {host}; it was removed.")
+        previous = machine.observed
+        machine.observed, machine.message, machine.observed_power_generation = state, message, seen
+        machine.observed_at = changes["observed_at"]  # type: ignore[assignment]
+        self.ctx.published(machine)
+        if state != previous:
+            detail = f": {message}" if message else ""
+            await self.ctx.note(machine.deployment, f"{machine.name} is {state.value}{detail}", machine=machine.name)
+        if lifecycle.machine_gone(desired=machine.desired, observed=state):
+            await self.core.convergence.forget_machine(machine)
+        await self.core.convergence.refresh_phase(machine.deployment)
+        return machine

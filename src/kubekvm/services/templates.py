@@ -1,0 +1,138 @@
+"""Templates: the VM images and sizes labs are made from, and which teachers may use them.
+
+Seeded with the two original courses' templates at start-up (`seed`); a template cannot be
+deleted while a lab uses it. Creating one relies on the unique index (several replicas).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pymongo.errors import DuplicateKeyError
+
+from kubekvm import roster, validation
+from kubekvm.errors import Conflict, NotFound
+from kubekvm.models import (
+    Deployment,
+    MachineSpec,
+    OSFamily,
+    Template,
+    utcnow,
+)
+from kubekvm.services.context import Noun
+
+if TYPE_CHECKING:
+    pass
+
+SEED_TEMPLATES = (
+    dict(name="tecnologia-de-computadores", title="Tecnología de Computadores",
+         description="Windows XP with Logisim, for digital logic labs.",
+         os="windows", image="winxp.qcow2", vcpus=1, memory_mib=512, disk_gib=4),
+    dict(name="redes-neuronales", title="Redes Neuronales",
+         description="Ubuntu 16.04 with Anaconda and Jupyter, for neural network labs.",
+         os="linux", image="ubuntu16.04.qcow2", vcpus=1, memory_mib=1024, disk_gib=16),
+)
+
+
+
+class Templates(Noun):
+    """Every operation on templates."""
+
+    async def seed_templates(self) -> None:
+        for fields in SEED_TEMPLATES:
+            if await Template.find_one(Template.name == fields["name"]) is None:
+                try:
+                    await self.create_template(**fields)  # type: ignore[arg-type]
+                except Conflict:
+                    pass  # another replica seeded it first
+
+    async def list_templates(self, *, teacher: str | None = None) -> list[Template]:
+        """Every template, or those `teacher` may use (unrestricted, or listing them)."""
+        if teacher is None:
+            return await Template.find_all().sort("name").to_list()
+        query = {"$or": [{"teachers": {"$exists": False}}, {"teachers": []}, {"teachers": teacher}]}
+        return await Template.find(query).sort("name").to_list()
+
+    async def get_template(self, name: str) -> Template:
+        template = await Template.find_one(Template.name == name)
+        if template is None:
+            raise NotFound(f"There is no template named {name!r}.")
+        return template
+
+    async def create_template(
+        self, *, name: str, title: str | None, description: str | None, os: str, image: str,
+        vcpus: int, memory_mib: int, disk_gib: int, teachers: Sequence[str] = (),
+    ) -> Template:
+        template = Template(
+            teachers=_teachers(teachers),
+            name=validation.name(name),
+            title=validation.title(title, fallback=name),
+            description=validation.description(description),
+            os=OSFamily(validation.os_family(os)),
+            image=validation.image(image),
+            **_template_sizes(vcpus=vcpus, memory_mib=memory_mib, disk_gib=disk_gib),
+        )
+        try:
+            await template.insert()
+        except DuplicateKeyError:
+            raise Conflict(f"A template named {name!r} already exists.") from None
+        return template
+
+    async def update_template(
+        self, name: str, *, title: str | None = None, description: str | None = None,
+        os: str | None = None, image: str | None = None, vcpus: int | None = None,
+        memory_mib: int | None = None, disk_gib: int | None = None,
+        teachers: Sequence[str] | None = None,
+    ) -> Template:
+        template = await self.get_template(name)
+        changes: dict[str, Any] = {}
+        if teachers is not None:
+            changes["teachers"] = _teachers(teachers)
+        if title is not None:
+            changes["title"] = validation.title(title, fallback=name)
+        if description is not None:
+            changes["description"] = validation.description(description)
+        if os is not None:
+            changes["os"] = OSFamily(validation.os_family(os))
+        if image is not None:
+            changes["image"] = validation.image(image)
+        sizes = _template_sizes(
+            vcpus=template.vcpus if vcpus is None else vcpus,
+            memory_mib=template.memory_mib if memory_mib is None else memory_mib,
+            disk_gib=template.disk_gib if disk_gib is None else disk_gib,
+        )
+        # Only the fields asked for are written: writing back the others as read would undo a
+        # concurrent edit of them made on another replica.
+        given = {"vcpus": vcpus, "memory_mib": memory_mib, "disk_gib": disk_gib}
+        changes.update({key: value for key, value in sizes.items() if given[key] is not None})
+        changes["updated_at"] = utcnow()
+        await template.set(changes)
+        return await self.get_template(name)
+
+    async def delete_template(self, name: str) -> Template:
+        template = await self.get_template(name)
+        users = await Deployment.find(Deployment.template == name).limit(5).to_list()
+        if users:
+            names = ", ".join(d.name for d in users)
+            raise Conflict(f"Template {name!r} is used by lab(s) {names}; delete those labs first.")
+        await template.delete()
+        return template
+
+
+def _template_sizes(*, vcpus: int, memory_mib: int, disk_gib: int) -> dict[str, int]:
+    return {
+        "vcpus": validation.template_size(vcpus, field="vcpus"),
+        "memory_mib": validation.template_size(memory_mib, field="memoryMib"),
+        "disk_gib": validation.template_size(disk_gib, field="diskGib"),
+    }
+
+
+def machine_spec(template: Template) -> MachineSpec:
+    return MachineSpec(template=template.name, image=template.image, os=template.os,
+                       vcpus=template.vcpus, memory_mib=template.memory_mib, disk_gib=template.disk_gib)
+
+
+def _teachers(names: Sequence[str]) -> list[str]:
+    return sorted({roster.username(n.strip().lower(), field="teachers") for n in names if n.strip()})
+
