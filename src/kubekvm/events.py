@@ -182,6 +182,7 @@ class ChangeStreamFeed(EventFeed):
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name="kubekvm-change-stream")
+        self._task.add_done_callback(_ended)
         # Subscribers that arrive before the stream is open would miss the first changes.
         try:
             await asyncio.wait_for(asyncio.shield(self._ready.wait()), timeout=self.start_timeout)
@@ -273,6 +274,13 @@ class ChangeStreamFeed(EventFeed):
     def _restart_from_now(self, reason: str) -> None:
         self._resume_token = None
         self._resync_reason = reason
+
+
+def _ended(task: asyncio.Task[None]) -> None:
+    """The supervisor itself never returns; if something gets past it, say so (and /readyz
+    fails, as `healthy` looks at the task)."""
+    if not task.cancelled():
+        log.error("the change-stream watcher stopped: %r; the event feed is down", task.exception())
 
 
 def _history_lost(error: OperationFailure) -> bool:

@@ -171,8 +171,9 @@ def test_a_killed_embedded_database_is_restarted_on_the_same_data(tmp_path: Path
 
 def restore_with_drop(server: Server, collection: str) -> None:
     """What `mongorestore --drop` does to one collection: drop it, insert its documents again."""
+    client: MongoClient[dict[str, Any]]
     with MongoClient(server.database_uri) as client:
-        documents = list(client[server.database_name][collection].find())
+        documents: list[dict[str, Any]] = list(client[server.database_name][collection].find())
         client[server.database_name][collection].drop()
         if documents:
             client[server.database_name][collection].insert_many(documents)
@@ -218,10 +219,10 @@ def test_a_live_page_redraws_after_a_restored_collection(start_kubekvm: Callable
         lines = response.iter_lines()
 
         def next_event(name: str) -> str:
-            event, payload = "", []
+            event, payload = "", list[str]()
             for line in lines:
                 if line.startswith("event:"):
-                    event, payload = line.partition(":")[2].strip(), []
+                    event, payload = line.partition(":")[2].strip(), list[str]()
                 elif line.startswith("data:"):
                     payload.append(line.partition(":")[2])
                 elif line == "" and event == name:

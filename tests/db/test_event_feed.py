@@ -216,7 +216,7 @@ async def test_an_agent_feed_sends_a_fresh_snapshot_on_resync() -> None:
     feed.resync("a test")
     batch = await asyncio.wait_for(pending, WAIT)
     assert batch.kind == BatchKind.SNAPSHOT and source.reads == 2
-    await batches.aclose()
+    await batches.aclose()  # type: ignore[attr-defined]
 
 
 async def test_a_lab_subscriber_is_told_to_reload_on_resync(connection: Connection) -> None:
@@ -227,4 +227,28 @@ async def test_a_lab_subscriber_is_told_to_reload_on_resync(connection: Connecti
     await asyncio.wait_for(subscribed.wait(), WAIT)
     feed.resync("a test")
     assert (await asyncio.wait_for(pending, WAIT)).kind == LabChangeKind.RESYNC
-    await changes.aclose()
+    await changes.aclose()  # type: ignore[attr-defined]
+
+
+async def test_the_feed_is_down_while_the_stream_cannot_open_and_up_once_it_does() -> None:
+    """What /readyz reports: `healthy` is false while no stream is open."""
+    stub = StubDatabase([lambda: StubStream([event("t1")])])
+    refusals = iter([AutoReconnect("connection refused")] * 3)
+    opening = stub.watch
+
+    async def flaky(pipeline: list[Any], **options: Any) -> StubStream:
+        refusal = next(refusals, None)
+        if refusal is not None:
+            raise refusal
+        return await opening(pipeline, **options)
+
+    stub.watch = flaky  # type: ignore[method-assign]
+    feed = ChangeStreamFeed(database=stub, start_timeout=0.05)  # type: ignore[arg-type]
+    async with feed.subscribe() as subscription:
+        await feed.start()  # gives up waiting, logs, and keeps trying in the background
+        try:
+            assert not feed.healthy
+            assert (await next_matching(subscription, lambda c: True)).cursor == "t1"
+            assert feed.healthy
+        finally:
+            await feed.stop()
