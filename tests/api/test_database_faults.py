@@ -210,7 +210,9 @@ async def test_a_restored_collection_makes_every_subscriber_resync(
 
 
 def test_a_live_page_redraws_after_a_restored_collection(start_kubekvm: Callable[..., Server]) -> None:
-    server = start_kubekvm()
+    # Heartbeats every half second: a stream that has nothing more to say still gives lines,
+    # so waiting for an event can give up at its deadline.
+    server = start_kubekvm(env={"KUBEKVM_LIVE_HEARTBEAT": "0.5"})
     ensure_tiny_template(server)
     data(server.graphql(CREATE, {"i": {"name": "redrawn", "template": "tiny-linux", "replicas": 1}}))
     with httpx.Client(base_url=server.url, timeout=httpx.Timeout(30.0), headers=server.admin_headers) as client, \
@@ -220,7 +222,9 @@ def test_a_live_page_redraws_after_a_restored_collection(start_kubekvm: Callable
 
         def next_event(name: str) -> str:
             event, payload = "", list[str]()
+            deadline = time.monotonic() + 30
             for line in lines:
+                assert time.monotonic() < deadline, f"no {name!r} event within 30 s"
                 if line.startswith("event:"):
                     event, payload = line.partition(":")[2].strip(), list[str]()
                 elif line.startswith("data:"):
