@@ -17,7 +17,8 @@ through MongoDB:
    admit one too many). Once ready to pair the agent's socket with the browser's, it turns the
    session `requested` (`announce`).
 3. The change stream carries that write to every replica; the one holding the host's
-   `consoleRequests` subscription (`requests`) hands it to the agent, which dials
+   `consoleRequests` subscription (`requests`; after a feed RESYNC it hands over again every
+   session still waiting) hands it to the agent, which dials
    `<replica>/consoles/agent/<session>` with its host token (`kubekvm.console` pipes the two
    websockets together there).
 4. While the console is open its replica renews the session's lease; closing deletes it (the
