@@ -22,7 +22,7 @@ from kubekvm.access import Actor
 from kubekvm.accounts import Accounts, AuditPage
 from kubekvm.config import Settings
 from kubekvm.consoles import ConsoleRequest, check_ready
-from kubekvm.database import unavailable
+from kubekvm.database import unavailable, uninterrupted
 from kubekvm.errors import (
     Forbidden,
     KubeKVMError,
@@ -447,7 +447,7 @@ class Authorized:
             visible[change.lab] = access.can_view_lab(self.actor, change.deployment)
         elif change.lab not in visible:
             try:
-                lab = await self.services.labs.get_deployment(change.lab)
+                lab = await uninterrupted(self.services.labs.get_deployment(change.lab))
                 visible[change.lab] = access.can_view_lab(self.actor, lab)
             except NotFound:
                 visible[change.lab] = False

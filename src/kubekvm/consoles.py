@@ -39,6 +39,7 @@ from pymongo.errors import DuplicateKeyError
 
 from kubekvm.config import Settings
 from kubekvm.credentials import token_hash
+from kubekvm.database import uninterrupted
 from kubekvm.errors import HostUnreachable, MachineOff, TooManyConsoles
 from kubekvm.events import EventFeed
 from kubekvm.models import (
@@ -210,7 +211,7 @@ class Consoles:
             return True
 
         async with self.feed.subscribe() as subscription:
-            for session in await self.waiting(host):
+            for session in await uninterrupted(self.waiting(host)):
                 if first_time(session.session):
                     yield ConsoleRequest.of(session)
             while True:
@@ -218,7 +219,7 @@ class Consoles:
                 if subscription.overflowed:
                     raise FeedOverflow("the console request feed fell behind; resubscribe")
                 if change.resync:  # requests may have been missed: hand over those still waiting
-                    for session in await self.waiting(host):
+                    for session in await uninterrupted(self.waiting(host)):
                         if first_time(session.session):
                             yield ConsoleRequest.of(session)
                     continue

@@ -48,7 +48,7 @@ from starlette.types import Receive, Scope, Send
 from kubekvm.access import ActorKind
 from kubekvm.auth import services_for
 from kubekvm.authorized import Authorized
-from kubekvm.database import unavailable
+from kubekvm.database import unavailable, uninterrupted
 from kubekvm.errors import NotFound, TooManySubscriptions, ValidationFailed
 from kubekvm.faults import quiet
 from kubekvm.models import Machine, Phase
@@ -286,7 +286,7 @@ class LiveUpdates:
             # If the stream ends, the browser reconnects after this long and gets a new snapshot.
             yield "retry: 2000\n\n"
             await asyncio.wait_for(subscribed.wait(), timeout=10)
-            for event, html in await watch.snapshot():
+            for event, html in await uninterrupted(watch.snapshot()):
                 yield message(event, html)
             while not watch.finished:
                 if pump.done():
@@ -305,7 +305,7 @@ class LiveUpdates:
                     batch.append(queue.get_nowait())
                 # After a RESYNC the changes cannot be trusted to be all there: redraw it all.
                 resync = any(change.kind == LabChangeKind.RESYNC for change in batch)
-                for event, html in await (watch.snapshot() if resync else watch.update(batch)):
+                for event, html in await uninterrupted(watch.snapshot() if resync else watch.update(batch)):
                     yield message(event, html)
         finally:
             # Runs when the client disconnects too (Starlette cancels the generator): the

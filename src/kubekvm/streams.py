@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from kubekvm.database import uninterrupted
 from kubekvm.events import Change, EventFeed
 from kubekvm.models import Deployment, Host, Machine, readable
 
@@ -53,7 +54,7 @@ async def host_assignments(
         replay = feed.replay_after(cursor) if cursor else None
         if replay is None:
             start_cursor = feed.last_cursor
-            snapshot = await services.host_assignments(host)
+            snapshot = await uninterrupted(services.host_assignments(host))
             known.update(str(m.id) for m in snapshot)
             yield AssignmentBatch(BatchKind.SNAPSHOT, start_cursor, snapshot)
         else:
@@ -71,7 +72,7 @@ async def host_assignments(
                 # Read after the resync arrived, so the snapshot is at least as new as every
                 # change pending with it.
                 start_cursor = feed.last_cursor
-                snapshot = await services.host_assignments(host)
+                snapshot = await uninterrupted(services.host_assignments(host))
                 known.clear()
                 known.update(str(m.id) for m in snapshot)
                 yield AssignmentBatch(BatchKind.SNAPSHOT, start_cursor, snapshot)
@@ -149,13 +150,13 @@ async def lab_changes(*, feed: EventFeed, lab: str | None = None, include_hosts:
     async with feed.subscribe() as subscription:
         if subscribed is not None:
             subscribed.set()
-        await _known_ids(names, machine_labs, lab=lab)
+        await uninterrupted(_known_ids(names, machine_labs, lab=lab))
         while True:
             change = await subscription.next()
             if subscription.overflowed:
                 raise FeedOverflow("the event feed fell behind; resubscribe")
             if change.resync:
-                await _known_ids(names, machine_labs, lab=lab)
+                await uninterrupted(_known_ids(names, machine_labs, lab=lab))
                 yield LabChange(LabChangeKind.RESYNC, lab or "")
                 continue
             event = _lab_change(change, names=names, machine_labs=machine_labs,

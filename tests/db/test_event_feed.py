@@ -252,3 +252,27 @@ async def test_the_feed_is_down_while_the_stream_cannot_open_and_up_once_it_does
             assert feed.healthy
         finally:
             await feed.stop()
+
+
+async def test_a_lab_subscriber_cancelled_while_it_reads_leaves_no_subscription(connection: Connection) -> None:
+    """A page closed (or an agent gone) while its stream still reads what it needs from the
+    database: the subscription must go with it. pymongo's async client, cancelled in the middle
+    of a cursor, could leave the task waiting for good, holding its feed subscription (here:
+    about 1 in 20 such cancellations, with timeoutMS set)."""
+    await connection.database.deployments.insert_many([{"name": f"lab-{i}"} for i in range(50)])
+    feed = EventFeed()
+    for steps in range(60):  # cancelled at a different point of its reads each time
+        subscribed = asyncio.Event()
+
+        async def follow(subscribed: asyncio.Event = subscribed) -> None:
+            async for _ in lab_changes(feed=feed, subscribed=subscribed):
+                pass
+
+        task = asyncio.ensure_future(follow())
+        await asyncio.wait_for(subscribed.wait(), WAIT)
+        for _ in range(steps):
+            await asyncio.sleep(0)  # one turn of the loop: let the reads get that far
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=WAIT)
+        assert done, f"the cancelled subscriber was still running {WAIT:.0f} s later (after {steps} steps)"
+        assert feed.subscriber_count == 0
