@@ -24,7 +24,6 @@ First start: while no admin account exists, each replica logs a one-time setup l
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -207,17 +206,16 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
             # it works once, and it stops working as soon as any admin exists.
             log.warning("no admin account exists yet: open %s/setup?code=%s to create the first one "
                         "(or run `kubekvm user create NAME --role admin`)", settings.public_url, code)
-        janitor_task: asyncio.Task[None] | None = None
         janitor = Janitor(services=services, interval_seconds=settings.janitor_interval_seconds,
                           lease=Lease(collection=connection.database["leases"], name=LEASE_NAME,
                                       ttl_seconds=3 * settings.janitor_interval_seconds or 1.0))
         if settings.janitor_interval_seconds > 0:
-            janitor_task = asyncio.create_task(janitor.run(), name="janitor")
+            janitor.start()
         try:
             yield
         finally:
-            if janitor_task is not None:
-                await janitor.stop(janitor_task)
+            if settings.janitor_interval_seconds > 0:
+                await janitor.stop()
             await feed.stop()
 
     origins = allowed_origins(settings)

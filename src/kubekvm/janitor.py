@@ -23,15 +23,12 @@ Every repair is logged at WARNING with what was wrong and what it is now.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubekvm.database import unavailable
 from kubekvm.errors import KubeKVMError
-from kubekvm.lease import Lease
+from kubekvm.lease import Lease, Periodic
 from kubekvm.models import Deployment, Host, Machine
 from kubekvm.services import Services
 
@@ -60,47 +57,36 @@ class Janitor:
     def __init__(self, *, services: Services, lease: Lease, interval_seconds: float) -> None:
         self.services = services
         self.lease = lease
-        self.interval = interval_seconds
+        self.periodic = Periodic(lease=lease, interval_seconds=interval_seconds, turn=self._turn)
         self._drifts: dict[str, Drift] = {}
         self._retired: set[Any] = set()
+        self._last: Repairs | None = None
 
-    async def run(self) -> None:
-        """Turn forever (until cancelled): take or renew the lease, and if held, repair."""
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                # A database outage or a bug must not stop the janitor for good: next turn. An
-                # outage is one line (the server says so elsewhere too); a bug its traceback.
-                if unavailable(error) is not None:
-                    log.warning("janitor turn skipped: the database is unavailable (%s)", type(error).__name__)
-                else:
-                    log.exception("janitor turn failed")
-            await asyncio.sleep(self.interval)
+    def start(self) -> None:
+        """Turn every interval (on the lease holder only) until `stop`."""
+        self.periodic.start()
 
-    async def stop(self, task: asyncio.Task[None], *, timeout: float = 3.0) -> None:
-        """Stop the task running `run()` and hand the lease over at once. Bounded: a database
-        that is down at shutdown must not hold the server up (the lease then simply expires)."""
-        task.cancel()
-        await asyncio.wait({task}, timeout=timeout)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.lease.release(), timeout)
+    async def stop(self) -> None:
+        await self.periodic.stop()
 
     async def run_once(self) -> Repairs | None:
         """One turn: None if another replica holds the lease, else what was repaired."""
-        if not await self.lease.acquire():
+        held = await self.periodic.run_once()
+        return self._last if held else None
+
+    async def _turn(self, held: bool) -> None:
+        self._last = None
+        if not held:
             # Another replica is the janitor; what we saw drifting is its business now.
             self._drifts.clear()
             self._retired.clear()
-            return None
+            return
         repairs = Repairs()
         await self._recount_hosts(repairs)
         await self._finish_retired(repairs)
         await self._converge_labs(repairs)
         await self.services.placement.place_pending()
-        return repairs
+        self._last = repairs
 
     async def _recount_hosts(self, repairs: Repairs) -> None:
         counted: dict[str, tuple[int, int]] = {}

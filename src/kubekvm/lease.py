@@ -11,14 +11,19 @@ A holder renews well within `ttl`; one that stops renewing (killed, partitioned)
 lease when it expires and another replica takes it over. Times come from `clock`, so tests
 move time instead of waiting. Holders should keep the work of one turn shorter than the ttl
 (it is re-checked before each turn, not during it).
+
+`Periodic` is the loop a job needs on top: every interval, take or renew the lease and, if held,
+do one turn; a failed turn is logged and the next one comes; stopping hands the lease over.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,6 +31,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
+from kubekvm.database import unavailable
 from kubekvm.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -90,3 +96,57 @@ class Lease:
             return None
         holder: str = document["holder"]
         return holder
+
+
+class Periodic:
+    """Run `turn` every `interval_seconds` on whichever replica holds `lease`; `turn(held)` is
+    told whether this replica holds it (a job drops what it remembered when it does not)."""
+
+    def __init__(self, *, lease: Lease, interval_seconds: float,
+                 turn: Callable[[bool], Awaitable[object]]) -> None:
+        self.lease = lease
+        self.interval = interval_seconds
+        self.turn = turn
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def run_once(self) -> bool:
+        """One turn; whether this replica held the lease for it."""
+        held = await self.lease.acquire()
+        await self.turn(held)
+        return held
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.run_once()
+            except Exception as error:
+                # A database outage or a bug must not stop the job for good: next turn. An
+                # outage is one line (the server says so elsewhere too); a bug its traceback.
+                if unavailable(error) is not None:
+                    log.warning("%s turn skipped: the database is unavailable (%s)", self.lease.name,
+                                type(error).__name__)
+                else:
+                    log.exception("%s turn failed", self.lease.name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._stopping = asyncio.Event()
+            self._task = asyncio.create_task(self._run(), name=self.lease.name)
+
+    async def stop(self, *, timeout: float = 3.0) -> None:
+        """Stop turning and hand the lease over at once. A turn in progress is let finish (a
+        renewal cut off mid-flight could still land after the release and hold the lease until
+        it expires); bounded: a database that is down at shutdown must not hold the server up
+        (the lease then simply expires)."""
+        task, self._task = self._task, None
+        if task is not None:
+            self._stopping.set()
+            await asyncio.wait({task}, timeout=timeout)
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=timeout)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.lease.release(), timeout)

@@ -133,3 +133,28 @@ async def test_a_lab_whose_machines_were_never_made_gets_them(services: Services
     machines = await services.machines.list_machines(deployment="short")
     assert [(m.name, m.host, m.student) for m in machines] == [
         ("short-1", "kvm1", "ana"), ("short-2", "kvm1", "bob"), ("short-3", "kvm1", "cat")]
+
+
+async def test_a_periodic_job_outlives_a_failed_turn_and_hands_its_lease_over(services: Services) -> None:
+    import asyncio
+
+    from kubekvm.lease import Periodic
+
+    turns: list[bool] = []
+
+    async def turn(held: bool) -> None:
+        turns.append(held)
+        if len(turns) == 1:
+            raise RuntimeError("a bug in the first turn")
+
+    job = Periodic(lease=lease("replica-a", Clock()), interval_seconds=0.01, turn=turn)
+    job.start()
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(turns) < 3:
+        assert asyncio.get_running_loop().time() < deadline, "the job stopped after its failed turn"
+        await asyncio.sleep(0.01)
+    assert all(turns)
+    assert await lease("replica-b", Clock()).current_holder() == "replica-a"
+    await job.stop()
+    assert await lease("replica-b", Clock()).current_holder() is None
+    assert await lease("replica-b", Clock()).acquire() is True
