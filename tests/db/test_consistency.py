@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from kubekvm.errors import Conflict, NotFound
+from kubekvm.errors import Conflict, NotFound, ValidationFailed
 from kubekvm.events import EventFeed
 from kubekvm.models import Deployment, DesiredState, Machine, ObservedState, Phase, Power, Template
 from kubekvm.services import Services
@@ -209,3 +209,49 @@ async def test_template_edits_on_two_replicas_both_stay(services: Services) -> N
     assert ran
     stored = await other.templates.get_template("tiny-linux")
     assert (stored.vcpus, stored.memory_mib) == (2, 1024), "one replica's edit undid the other's"
+
+
+async def test_a_template_deleted_while_a_lab_is_made_from_it_leaves_no_lab_without_it(services: Services) -> None:
+    other = replica(services)
+    await a_host(services)
+    read = services.templates.get_template
+    ran: list[object] = []
+
+    async def read_then_race(name: str) -> Template:
+        template = await read(name)
+        if not ran:
+            ran.append(await other.templates.delete_template(name))
+        return template
+
+    services.templates.get_template = read_then_race  # type: ignore[method-assign]
+    try:
+        await services.labs.create_deployment(name="orphan", template="tiny-linux", replicas=1)
+    except ValidationFailed as refused:
+        assert refused.field == "template"
+    assert ran
+    made = await Deployment.find_one(Deployment.name == "orphan")
+    kept = await Template.find_one(Template.name == "tiny-linux")
+    assert made is None or kept is not None, "a lab was left with a deleted template"
+    assert await Machine.find(Machine.deployment == "orphan").count() == (0 if made is None else 1)
+
+
+async def test_a_lab_made_while_its_template_is_deleted_keeps_the_template(services: Services,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    other = replica(services)
+    await a_host(services)
+    delete = Template.delete
+    ran: list[object] = []
+
+    async def create_then_delete(self: Template, *args: object, **kwargs: object) -> object:
+        # Between the delete's check for labs using the template and the delete itself, the
+        # other replica makes a lab from it.
+        if not ran:
+            ran.append(await other.labs.create_deployment(name="late", template=self.name, replicas=1))
+        return await delete(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Template, "delete", create_then_delete)
+    with pytest.raises(Conflict):
+        await services.templates.delete_template("tiny-linux")
+    monkeypatch.undo()
+    assert ran and await Deployment.find_one(Deployment.name == "late") is not None
+    assert await Template.find_one(Template.name == "tiny-linux") is not None

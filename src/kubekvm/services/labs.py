@@ -25,6 +25,7 @@ from kubekvm.models import (
     Machine,
     Phase,
     Power,
+    Template,
     utcnow,
 )
 from kubekvm.services.context import Noun
@@ -131,6 +132,10 @@ class Labs(Noun):
             await lab.insert()
         except DuplicateKeyError:
             raise Conflict(f"A lab named {name!r} already exists; choose another name.") from None
+        if await Template.find_one(Template.name == template) is None:
+            # Deleted by another replica after it was read: the lab would have no template.
+            await lab.delete()
+            raise ValidationFailed("template", f"Template {template!r} was deleted meanwhile.")
         spec = machine_spec(source)
         machines = [new_machine(lab=name, index=i, spec=spec, power=power) for i in range(1, replicas + 1)]
         try:

@@ -1,7 +1,9 @@
 """Templates: the VM images and sizes labs are made from, and which teachers may use them.
 
 Seeded with the two original courses' templates at start-up (`seed`); a template cannot be
-deleted while a lab uses it. Creating one relies on the unique index (several replicas).
+deleted while a lab uses it — checked again after the delete, since another replica may make
+a lab from it meanwhile (the template is then put back). Creating one relies on the unique
+index (several replicas); an edit writes only the fields it changes.
 """
 
 from __future__ import annotations
@@ -116,7 +118,19 @@ class Templates(Noun):
         if users:
             names = ", ".join(d.name for d in users)
             raise Conflict(f"Template {name!r} is used by lab(s) {names}; delete those labs first.")
+        raw = await Template.get_pymongo_collection().find_one({"_id": template.id})
         await template.delete()
+        # A lab created from it between the check above and the delete (on another replica)
+        # would be left with no template: seen now, the template is put back and the delete
+        # refused. (A creation checks the other way round after inserting its lab.)
+        users = await Deployment.find(Deployment.template == name).limit(5).to_list()
+        if users and raw is not None:
+            try:
+                await Template.get_pymongo_collection().insert_one(raw)
+            except DuplicateKeyError:
+                pass  # made again meanwhile: it exists, which is all the labs need
+            names = ", ".join(d.name for d in users)
+            raise Conflict(f"Template {name!r} is used by lab(s) {names}; delete those labs first.")
         return template
 
 
