@@ -184,12 +184,15 @@ def excused(failure: Failure, windows: list[Window]) -> Window | None:
 
 
 class RssSampler:
-    """Each role's resident memory (VmRSS), sampled every second; peaks and last values."""
+    """Each role's resident memory (VmRSS), sampled every second; peaks and last values; and
+    the CPU time each role's processes used (utime + stime, the last seen of every process,
+    restarted ones included), which tells a busy process from one starved of CPU."""
 
     def __init__(self, roles: Callable[[], dict[str, list[int]]]) -> None:
         self.roles = roles
         self.peak: dict[str, int] = {}
         self.last: dict[str, list[int]] = {}
+        self.cpu_ticks: dict[int, tuple[str, int]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -208,8 +211,21 @@ class RssSampler:
         while not self._stop.wait(1.0):
             self.sample()
 
+    @staticmethod
+    def cpu_ticks_of(pid: int) -> int | None:
+        try:
+            # The command name (field 2) may hold spaces: count fields after its closing ")".
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def sample(self) -> None:
         for role, pids in self.roles().items():
+            for pid in pids:
+                ticks = self.cpu_ticks_of(pid)
+                if ticks is not None:
+                    self.cpu_ticks[pid] = (role, ticks)
             values = [v for v in (self.rss_kib(pid) for pid in pids) if v]
             if values:
                 self.last[role] = values
@@ -218,9 +234,14 @@ class RssSampler:
     def stop(self) -> dict[str, Any]:
         self._stop.set()
         self._thread.join(timeout=5)
+        per_second = os.sysconf("SC_CLK_TCK")
+        cpu: dict[str, float] = {}
+        for role, ticks in self.cpu_ticks.values():
+            cpu[role] = cpu.get(role, 0.0) + ticks / per_second
         return {role: {"peak_mib_per_process": round(self.peak[role] / 1024, 1),
                        "last_mib_per_process": [round(v / 1024, 1) for v in self.last.get(role, [])],
-                       "last_total_mib": round(sum(self.last.get(role, [])) / 1024, 1)}
+                       "last_total_mib": round(sum(self.last.get(role, [])) / 1024, 1),
+                       "cpu_seconds": round(cpu.get(role, 0.0), 1)}
                 for role in sorted(self.peak)}
 
 
@@ -904,7 +925,8 @@ def run(plan: DayPlan, work: Path, *, seed: int | None = None) -> dict[str, Any]
     try:
         say(began, f"starting the database, 2 server replicas, 1 real and {plan.simulated_hosts} simulated agents")
         system = build(plan, work, children)
-        sampler = RssSampler(system.pids)
+        # The harness's own process runs every client but the probe: its CPU is load too.
+        sampler = RssSampler(lambda: {**system.pids(), "harness-clients": [os.getpid()]})
         context["setup_s"] = round(time.monotonic() - began, 1)
         context["real_host"] = {"name": system.real.host_name, "vcpus": system.real_vcpus,
                                 "cpu_overcommit": system.overcommit}
@@ -974,8 +996,9 @@ def text_summary(result: dict[str, Any]) -> str:
     for kind in result.get("failure_kinds_in_windows", []):
         lines.append(f"  in window {kind['window']}: {kind['count']} x {kind['who']}: {kind['what']}")
     if result.get("rss"):
-        lines.append("resident memory (MiB, peak per process / last total):")
-        lines += [f"  {role}: {v['peak_mib_per_process']} / {v['last_total_mib']}" for role, v in result["rss"].items()]
+        lines.append("resident memory (MiB, peak per process / last total) and CPU time used (s):")
+        lines += [f"  {role}: {v['peak_mib_per_process']} / {v['last_total_mib']}; {v.get('cpu_seconds')} s CPU"
+                  for role, v in result["rss"].items()]
     findings = result.get("log_findings", {})
     simulated = [f for name, f in findings.items() if name.startswith("agent-") and name != "agent-real"]
     if simulated:
