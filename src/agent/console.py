@@ -144,7 +144,8 @@ class ConsoleTunnels:
         try:
             if len(self._tunnels) > MAX_TUNNELS:
                 raise Refusal(UNAVAILABLE, "The machine's host has too many consoles open; try again later.")
-            display = await asyncio.wait_for(self._display(request), self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):  # not wait_for: it may swallow a cancel
+                display = await self._display(request)
         except Refusal as error:
             refusal = error
         except (OSError, TimeoutError, HypervisorError) as error:

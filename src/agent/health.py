@@ -38,7 +38,8 @@ def _ok(body: bytes) -> bytes:
 async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                   warnings: Warnings) -> None:
     try:
-        request_line = await asyncio.wait_for(reader.readline(), timeout=5)
+        async with asyncio.timeout(5):
+            request_line = await reader.readline()
         parts = request_line.split()
         healthy = len(parts) >= 2 and parts[0] in (b"GET", b"HEAD") and parts[1] in (b"/healthz", b"/readyz")
         # The warnings read the file system (a stat of /dev/kvm): not on the loop.

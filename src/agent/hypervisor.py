@@ -249,7 +249,8 @@ class Hypervisor:
         self._retire(link, "closed", notify=False)
         if link.closed is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.wrap_future(link.closed), self.call_timeout)
+                async with asyncio.timeout(self.call_timeout):
+                    await asyncio.wrap_future(link.closed)
 
     async def capacity(self) -> Capacity:
         info = await self._call(lambda connection: connection.getInfo(), what="getInfo")
@@ -396,7 +397,10 @@ class Hypervisor:
         link.in_flight += 1
         future.add_done_callback(lambda _: _on_loop(loop, self._call_ended, link))
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.call_timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
+            # that arrives as the call completes, and a stopping reconciler would wait for ever.
+            async with asyncio.timeout(self.call_timeout):
+                return await asyncio.wrap_future(future)
         except TimeoutError:
             self._abandon(loop, future)
             self._retire(link, f"left {what} unanswered for {self.call_timeout:g} s")
@@ -461,8 +465,8 @@ class Hypervisor:
 
         future = executor.submit(connect)
         try:
-            connection, callback_id = await asyncio.wait_for(
-                asyncio.wrap_future(future), self.call_timeout)
+            async with asyncio.timeout(self.call_timeout):
+                connection, callback_id = await asyncio.wrap_future(future)
         except BaseException as error:
             executor.shutdown(wait=False)
             if not future.done():

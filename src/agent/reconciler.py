@@ -318,7 +318,8 @@ class Reconciler:
             except Exception as error:
                 log.warning("resync failed: %s", error)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._resync_wanted.wait(), wait)
+                async with asyncio.timeout(wait):  # not wait_for: it may swallow a cancel
+                    await self._resync_wanted.wait()
 
     # -- events and reports -------------------------------------------------------------
 

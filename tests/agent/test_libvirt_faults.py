@@ -441,3 +441,36 @@ async def test_the_pool_runs_calls_in_its_threads_and_ends_them_on_shutdown() ->
     assert not any(thread.name.startswith("libvirt-test-") for thread in threading.enumerate())
     with pytest.raises(RuntimeError):
         pool.submit(lambda: None)
+
+
+async def test_a_call_cancelled_as_it_completes_is_cancelled() -> None:
+    """A stopping agent cancels its passes; one whose libvirt call returns at that very moment
+    must still end (Python 3.11's asyncio.wait_for would return the result and swallow the
+    cancellation, and a reconciler waiting for its tasks would wait for ever)."""
+    hypervisor = Hypervisor(TEST_URI)
+    await hypervisor.open()
+    link = hypervisor._link
+    assert link is not None
+    submitted: list[Any] = []
+    submit = link.executor.submit
+
+    def recording(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        submitted.append(future := submit(fn, *args, **kwargs))
+        return future
+
+    link.executor.submit = recording  # type: ignore[method-assign]
+    release, delivered = threading.Event(), threading.Event()
+    try:
+        task = asyncio.create_task(hypervisor._call(lambda connection: release.wait(10)))
+        await wait_for(lambda: bool(submitted))
+        # Registered after the adapter's own callbacks, so it runs after them: once it has,
+        # the result is on its way to the loop.
+        submitted[0].add_done_callback(lambda _: delivered.set())
+        release.set()
+        assert delivered.wait(10)
+        task.cancel()  # before the loop has seen the result
+        await asyncio.gather(task, return_exceptions=True)
+        assert task.cancelled()
+    finally:
+        release.set()
+        await hypervisor.close()
