@@ -195,9 +195,10 @@ class ChangeStreamFeed(EventFeed):
         delay = FIRST_RETRY_SECONDS
         while True:
             try:
-                await self._follow()
-                delay = FIRST_RETRY_SECONDS
-                continue  # the stream ended by itself (invalidated): reopen from now at once
+                if await self._follow():
+                    delay = FIRST_RETRY_SECONDS
+                    continue  # invalidated: reopen from now at once
+                log.warning("the server closed the change stream; reopening in %.1f s", delay)
             except asyncio.CancelledError:
                 raise
             except OperationFailure as exc:
@@ -218,8 +219,9 @@ class ChangeStreamFeed(EventFeed):
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RETRY_SECONDS)
 
-    async def _follow(self) -> None:
-        """One change stream, from the last change seen (or now), until it fails or ends."""
+    async def _follow(self) -> bool:
+        """One change stream, from the last change seen (or now), until it fails or ends; True
+        when it ended because it was invalidated."""
         assert self.database is not None
         pipeline = [{"$match": {"$or": [{"ns.coll": {"$in": list(WATCHED)}},
                                         {"operationType": {"$in": ["dropDatabase", "invalidate"]}}]}}]
@@ -241,7 +243,8 @@ class ChangeStreamFeed(EventFeed):
                 if event is None:
                     continue
                 if not self._handle(event, stream.resume_token):
-                    return
+                    return True
+        return False
 
     def _handle(self, event: Mapping[str, Any], token: Mapping[str, Any] | None) -> bool:
         """Deliver one event; False when the stream must be reopened from now."""
