@@ -26,6 +26,9 @@ thread stuck in libvirt never keeps a stopping agent from exiting.
 
 Errors that only mean "already done" (destroying a stopped domain, starting a running one,
 undefining a missing one) are swallowed: every step the reconciler takes must be idempotent.
+
+Longer than 400 lines: one adapter, one method per libvirt call the agent makes, each a few lines
+around the shared connection, thread pool and timeout handling.
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@ a keepalive timeout, a call past its timeout) is not a machine error: a machine 
 running still runs. The pass reports nothing it does not know (a machine it was making, last
 reported pending, is reported pending with the reason), and is retried with backoff; when the
 hypervisor reconnects, a full resync re-reads every domain and reports what libvirt shows.
+
+Longer than 400 lines: the per-machine steps above share the pass's state (the observed domain,
+the locks, the report), and split apart they would have to pass it all around.
 """
 
 from __future__ import annotations

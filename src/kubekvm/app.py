@@ -14,9 +14,9 @@ starts the event feed, builds the service layer, seeds the default templates and
 janitor (`kubekvm.janitor`, active on whichever replica holds its lease); on shutdown it stops
 the janitor and hands its lease over. Every request passes `kubekvm.auth.AuthMiddleware`,
 which finds its actor; GraphQL and the pages reach the services only through that actor's
-authorization facade. Outside it, `kubekvm.faults.DatabaseFaults` answers "unavailable" when
-the database cannot be reached. `/readyz` fails while the database does not answer or the
-event feed is down.
+operations (`kubekvm.authorized.Authorized`, each declared with its rule). Outside it,
+`kubekvm.faults.DatabaseFaults` answers "unavailable" when the database cannot be reached.
+`/readyz` fails while the database does not answer or the event feed is down.
 
 First start: while no admin account exists, each replica logs a one-time setup link
 (/setup?code=...) that creates the first admin; there is never a default password.
@@ -46,7 +46,6 @@ from strawberry.types.unset import UnsetType
 
 from kubekvm import credentials, pages
 from kubekvm.access import ActorKind
-from kubekvm.accounts import Accounts
 from kubekvm.auth import AuthMiddleware, actor_of, bearer, serializer
 from kubekvm.authorized import Authorized
 from kubekvm.boundary import GRAPHQL_PATH, BodyLimit, OriginCheck, allowed_origins, graphql_error, send_refusal
@@ -62,6 +61,7 @@ from kubekvm.janitor import LEASE_NAME, Janitor
 from kubekvm.lease import Lease
 from kubekvm.quotas import SubscriptionQuotas
 from kubekvm.services import Services
+from kubekvm.services.accounts import Accounts
 
 log = logging.getLogger(__name__)
 

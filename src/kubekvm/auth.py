@@ -7,15 +7,15 @@ runs before every route:
   and writes it back when a handler changed it: HttpOnly, SameSite=Lax, and Secure when the
   request came over HTTPS (uvicorn's proxy headers turn a trusted proxy's X-Forwarded-Proto
   into the request's scheme). Signed in, the cookie carries only the random id of a session
-  document in MongoDB (`kubekvm.accounts`): the server decides whether that session still
+  document in MongoDB (`kubekvm.services.accounts`): the server decides whether that session still
   exists, so signing out, a password change or an admin ends it on every replica at once, and
   an idle one lapses. Before signing in, it carries only the sign-in form's CSRF token;
 - it finds the actor: an `Authorization: Bearer` token (API or host token) wins, else the
   session's user, else anonymous. An unknown or revoked token is refused outright (401, or a
   refused websocket handshake) rather than quietly treated as anonymous; a cookie of a session
   that ended is dropped (the browser is anonymous again);
-- it puts the actor and its authorization facade (`kubekvm.authorized.Authorized`) in
-  `request.state`, so handlers and resolvers have one way to reach the services.
+- it puts the actor and its operations (`kubekvm.authorized.Authorized`) in `request.state`,
+  so handlers and resolvers have one way to reach the services.
 
 A browser's cookie is sent with requests other sites make, so a session-authenticated
 request that changes something must prove it came from our pages: the forms carry a CSRF
@@ -37,11 +37,11 @@ from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kubekvm.access import Actor, ActorKind, anonymous
-from kubekvm.accounts import Accounts
 from kubekvm.authorized import Authorized
 from kubekvm.config import Settings
 from kubekvm.models import User
 from kubekvm.services import Services
+from kubekvm.services.accounts import Accounts
 
 SESSION_COOKIE = "kubekvm_session"
 SESSION_ID_KEY = "sid"

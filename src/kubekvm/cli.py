@@ -28,7 +28,6 @@ from pathlib import Path
 import uvicorn
 
 from kubekvm.access import Actor, ActorKind
-from kubekvm.accounts import Accounts
 from kubekvm.app import create_app
 from kubekvm.authorized import Authorized
 from kubekvm.config import Settings
@@ -37,6 +36,7 @@ from kubekvm.errors import KubeKVMError
 from kubekvm.events import EventFeed
 from kubekvm.models import Role
 from kubekvm.services import Services
+from kubekvm.services.accounts import Accounts
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,7 @@
   WS /consoles/agent/{session}      the agent of the machine's host, dialling back (host token)
 
 The browser's socket redeems its one-time ticket and records a console session naming this
-replica's advertised address (`Authorized.open_console`, `kubekvm.consoles`). The agent hears
+replica's advertised address (`Authorized.open_console`, `kubekvm.services.consoles`). The agent hears
 of it through its `consoleRequests` subscription — on whichever replica it is connected to —
 and dials *this* replica directly, so both sockets end here and meet in a `Pairing`, whatever
 replica the load balancer gave either of them. Then bytes are copied both ways, unparsed, until
@@ -34,9 +34,9 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketState
 
+from kubekvm import access
 from kubekvm.authorized import SESSION_RECHECK_SECONDS, Authorized
 from kubekvm.config import Settings
-from kubekvm.consoles import LEASE
 from kubekvm.errors import (
     Forbidden,
     HostUnreachable,
@@ -47,6 +47,7 @@ from kubekvm.errors import (
     Unauthenticated,
 )
 from kubekvm.models import ConsoleSession
+from kubekvm.services.consoles import LEASE
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +145,10 @@ class ConsoleSockets:
         ending = Ending(Close.INTERNAL, "The console failed on the server; reconnect.", "server error")
         agent: WebSocket | None = None
         try:
-            await services.services.consoles.announce(session)
+            await services.announce_console(session)
             agent, early, ending = await self._await_agent(websocket, pairing)
             if agent is not None:
-                await services.services.consoles.mark_open(session)
+                await services.console_opened(session)
                 log.info("console %s of %s open (host %s)", session.session[:8], session.machine, session.host)
                 ending = await self._pipe(websocket, agent, session=session, early=early, traffic=traffic,
                                           services=services)
@@ -242,7 +243,7 @@ class ConsoleSockets:
                         return Ending(Close.TICKET, "Your session has ended: sign in again.", "session ended")
                     checked = now
                 if now - renewed >= renew_every:
-                    await services.services.consoles.renew(session)
+                    await services.renew_console(session)
                     renewed = now
                 await asyncio.sleep(min(traffic.last_input + idle, renewed + renew_every,
                                         checked + SESSION_RECHECK_SECONDS) - now + 0.01)
@@ -272,7 +273,8 @@ class ConsoleSockets:
     async def agent(self, websocket: WebSocket) -> None:
         services: Authorized = websocket.state.services
         pairing = self.pairings.get(str(websocket.path_params["session"]))
-        if pairing is None or pairing.joined.done() or not services.may_serve_console(pairing.session.host):
+        if pairing is None or pairing.joined.done() or not access.may_serve_console(services.actor,
+                                                                                       pairing.session.host):
             # Refused before accepting: the agent sees a failed handshake. Nothing said about
             # whether the session exists: only its own host may know.
             await websocket.close(code=Close.NOT_FOUND)

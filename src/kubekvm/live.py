@@ -5,7 +5,7 @@
 `GET /events?mine=1` follows a student's own machines ("My VMs"). All read the caller's
 `Authorized.lab_changes` (`kubekvm.streams.lab_changes` less what the caller may not see), the
 stream the GraphQL subscriptions read, which the change-stream feed fills from every server
-replica's writes; every snapshot and redraw is read through the caller's facade too.
+replica's writes; every snapshot and redraw is read through the caller's operations too.
 
 A stream is *snapshot, then changes*, like the host agents' feed: it subscribes first, then
 renders the whole of what the page shows (closing the gap between the page being rendered and
@@ -281,7 +281,7 @@ class LiveUpdates:
         queue: asyncio.Queue[LabChange] = asyncio.Queue(maxsize=QUEUE_LIMIT)
         subscribed = asyncio.Event()
         pump = asyncio.create_task(_pump(
-            services.lab_changes(lab=watch.lab, subscribed=subscribed), queue))
+            await services.lab_changes(lab=watch.lab, subscribed=subscribed), queue))
         try:
             # If the stream ends, the browser reconnects after this long and gets a new snapshot.
             yield "retry: 2000\n\n"

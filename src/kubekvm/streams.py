@@ -27,8 +27,8 @@ from kubekvm.models import Deployment, Host, Machine, readable
 
 
 class AssignmentSource(Protocol):
-    """Whatever reads a host's machines: the service layer, or the authorization facade
-    (which checks that the caller is that host's agent)."""
+    """Whatever reads a host's machines: the caller's operations (`host_assignments`, which
+    checks that the caller is that host's agent)."""
 
     async def host_assignments(self, host: str) -> list[Machine]: ...
 

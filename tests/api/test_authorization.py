@@ -5,7 +5,10 @@ call must leave the database as it was (every collection but the audit log and t
 counters is dumped before and after).
 
 The operations are enumerated from the schema: a new one without an entry here fails
-`test_every_operation_has_a_matrix_entry`.
+`test_every_operation_has_a_matrix_entry`. Each entry's expected outcomes are also the ones the
+operation serving the field declares (`kubekvm.services.rules`): `test_the_matrix_is_the_declared_rules`
+fails when they differ, and `test_every_operation_declares_a_rule` when an operation of the
+service layer declares no rule at all.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from gql import GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
 from pymongo import MongoClient
 
+from kubekvm.authorized import Authorized
 from kubekvm.graphql.schema import schema
+from kubekvm.services.rules import Operations, declared
 from tests.support.graphql import websocket_session
 from tests.support.processes import Server
 
@@ -229,6 +234,49 @@ def test_every_operation_has_a_matrix_entry() -> None:
                                     graphql_schema.subscription_type) if kind is not None for name in kind.fields}
     assert operations == set(MATRIX), (
         f"missing: {sorted(operations - set(MATRIX))}; stale: {sorted(set(MATRIX) - operations)}")
+
+
+def undeclared(cls: type) -> list[str]:
+    """The public methods of `cls`'s operations classes that declare no rule."""
+    missing = []
+    for owner in cls.__mro__:
+        if not issubclass(owner, Operations) or owner in (Operations, cls):
+            continue
+        for name, member in vars(owner).items():
+            if not name.startswith("_") and callable(member) and declared(member) is None:
+                missing.append(f"{owner.__name__}.{name}")
+    return missing
+
+
+def test_every_operation_declares_a_rule() -> None:
+    assert not undeclared(Authorized), "operations without a rule (declare one with @operation or @stream)"
+    assert [c for c in Authorized.__mro__ if issubclass(c, Operations)][1:-1], "no operations found"
+
+
+def test_an_operation_without_a_rule_is_caught() -> None:
+    class Sneaky(Operations):
+        async def drop_everything(self) -> None:
+            return None
+
+    class Assembled(Sneaky):
+        pass
+
+    assert undeclared(Assembled) == ["Sneaky.drop_everything"]
+
+
+def test_the_matrix_is_the_declared_rules() -> None:
+    """Every field of the schema is served by one operation declaring it, whose rule's outcomes
+    are the matrix's expectations for that field."""
+    serving: dict[str, list[tuple[str, dict[str, str]]]] = {}
+    for name in dir(Authorized):
+        found = declared(getattr(Authorized, name))
+        if found is not None and found.field in MATRIX:
+            serving.setdefault(found.field, []).append((name, found.outcomes))
+    assert sorted(serving) == sorted(MATRIX), f"fields no operation declares: {sorted(set(MATRIX) - set(serving))}"
+    for field_name, entry in MATRIX.items():
+        assert len(serving[field_name]) == 1, f"{field_name} is declared by {serving[field_name]}"
+        operation, declared_outcomes = serving[field_name][0]
+        assert declared_outcomes == entry.expected, f"{field_name} ({operation}) declares {declared_outcomes}"
 
 
 def _code(errors: list[dict[str, Any]] | None) -> str:

@@ -23,11 +23,11 @@ import pytest
 from argon2 import PasswordHasher
 
 from kubekvm import credentials
-from kubekvm.accounts import Accounts
 from kubekvm.config import Settings
 from kubekvm.database import Connection, connect
 from kubekvm.errors import Unauthenticated
 from kubekvm.models import Role, User
+from kubekvm.services.accounts import Accounts
 
 PASSWORD = "a-long-enough-password"
 WORKERS = 2
@@ -122,7 +122,7 @@ def test_importing_the_credentials_module_hashes_nothing() -> None:
              "calls = []\n"
              "real = argon2.PasswordHasher.hash\n"
              "argon2.PasswordHasher.hash = lambda self, *a, **k: calls.append(1) or real(self, *a, **k)\n"
-             "import kubekvm.credentials, kubekvm.accounts, kubekvm.app\n"
+             "import kubekvm.credentials, kubekvm.services.accounts, kubekvm.app\n"
              "assert not calls, calls\n")
     subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
 

@@ -1,6 +1,11 @@
-"""Queries, mutations and subscriptions. Each resolver translates arguments, calls one method
-of the caller's authorization facade (`kubekvm.authorized`: the service layer as this actor
-may use it) and wraps the result in a GraphQL type; no rule of the platform lives here."""
+"""Queries, mutations and subscriptions. Each resolver translates arguments, calls the caller's
+operations (`kubekvm.authorized.Authorized`: each declared, with the rule saying who may call
+it, in its noun's module of `kubekvm.services`) and wraps the result in a GraphQL type; no
+rule of the platform lives here.
+
+Longer than 400 lines: the whole API in one place, as integrators read it (every resolver is a
+few lines), with the limits and extensions that apply to all of it.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from strawberry.types import ExecutionContext
 from kubekvm import models, streams, validation
 from kubekvm.authorized import Authorized
 from kubekvm.config import Settings
-from kubekvm.errors import Forbidden, KubeKVMError, ValidationFailed
+from kubekvm.errors import KubeKVMError, ValidationFailed
 from kubekvm.graphql.errors import ErrorCodes, argument_of, coded
 from kubekvm.graphql.types import (
     ApiToken,
@@ -214,8 +219,8 @@ class Query:
         return AuditPage(items=[AuditEntry.of(e) for e in page.items], total=page.total)
 
     @strawberry.field(description="Which server replica answered (the load-balancing test).")
-    def server_info(self, info: strawberry.Info) -> ServerInfo:
-        i = _services(info).server_info()
+    async def server_info(self, info: strawberry.Info) -> ServerInfo:
+        i = await _services(info).server_info()
         return ServerInfo(version=i.version, hostname=i.hostname, database=i.database,
                           event_stream=i.event_stream)
 
@@ -382,13 +387,12 @@ class Subscription:
         try:
             if name is not None:
                 await services.get_deployment(name)
-            else:
-                await services.list_deployments(limit=1)  # signed in at all?
+            changes = await services.lab_changes(lab=name)
             slot = _subscription_slot(info)
         except KubeKVMError as error:
             raise coded(error) from None
         with slot:
-            async for change in services.lab_changes(lab=name):
+            async for change in changes:
                 deployment = None
                 if change.deployment is not None:
                     running, total = await services.lab_counts(change.deployment)
@@ -421,14 +425,12 @@ class Subscription:
     async def console_requests(self, info: strawberry.Info, host: str) -> AsyncGenerator[ConsoleRequest, None]:
         services = _services(info)
         try:
-            await services.follow_host(host)
-            if not services.may_serve_console(host):
-                raise Forbidden("Only the host's own agent (its host token) may carry its consoles.")
+            requests = await services.console_requests(host)
             slot = _subscription_slot(info)
         except KubeKVMError as error:
             raise coded(error) from None
         with slot:
-            async for request in services.console_requests(host):
+            async for request in requests:
                 yield ConsoleRequest.of(request)
 
 

@@ -1,4 +1,4 @@
-"""The pages: Jinja2 templates driven by htmx, over the same authorization facade as GraphQL.
+"""The pages: Jinja2 templates driven by htmx, over the same declared operations as GraphQL.
 
 Routes (all HTML; every POST also works as a plain form without JavaScript, and carries the
 session's CSRF token):

@@ -1,9 +1,9 @@
 """The pages of accounts: sign in and out, the first admin (/setup), set-password links, your
 account and API tokens, the admins' users and audit log pages, and a student's "My VMs".
 
-Sign-in failures, lockouts and sign-outs are written to the audit log here (the facade audits
-everything else). Passwords and tokens are never put in a page except a new token, once, on
-the page that made it.
+Signing in and out, the first admin and a password set with a link go through the caller's
+operations (`kubekvm.services.users`), which write their audit entries. Passwords and tokens
+are never put in a page except a new token, once, on the page that made it.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from kubekvm import access, validation
-from kubekvm.access import Actor, ActorKind
-from kubekvm.accounts import Accounts
+from kubekvm import validation
 from kubekvm.auth import actor_of, services_for, sign_in, sign_out
 from kubekvm.errors import KubeKVMError, NotFound, Throttled, Unauthenticated, ValidationFailed
 from kubekvm.models import ApiToken, Role
@@ -24,11 +22,6 @@ from kubekvm.pages.common import Flash, FormState, Renderer, safe_next, set_flas
 from kubekvm.pages.fragments import my_rows
 
 AUDIT_PAGE = 100
-
-
-def _accounts(request: Request) -> Accounts:
-    accounts: Accounts = request.app.state.accounts
-    return accounts
 
 
 def _go(to: str, flash: Flash | None = None) -> Response:
@@ -57,34 +50,24 @@ class AccountPages:
         form = await request.form()
         name, password = text(form, "name").lower(), form.get("password")
         state = FormState(values={"name": name, "next": text(form, "next")})
-        accounts = _accounts(request)
-        actor = actor_of(request)
-        attempt = Actor(kind=ActorKind.ANONYMOUS, name=name, address=actor.address)
         try:
-            user = await accounts.authenticate(name=name, password=password if isinstance(password, str) else "",
-                                               address=actor.address)
+            user = await services_for(request).sign_in(name=name,
+                                                       password=password if isinstance(password, str) else "")
         except Throttled as error:
-            await accounts.record(attempt, action="login", target=f"user:{name}", outcome="THROTTLED",
-                                  message=error.message)
             state.errors["form"] = error.message
             response = self._login(request, state, status=429)
             response.headers["Retry-After"] = str(error.retry_after)
             return response
         except Unauthenticated as error:
-            await accounts.record(attempt, action="login", target=f"user:{name}", outcome="WRONG_PASSWORD",
-                                  message="unknown user or wrong password")
             state.errors["form"] = error.message
             return self._login(request, state, status=401)
         await sign_in(request, user=user)
-        who = Actor(kind=ActorKind.USER, name=user.name, role=user.role, address=actor.address)
-        await accounts.record(who, action="login", target=f"user:{user.name}")
         home = "/my" if user.role == Role.STUDENT else "/"
         return _go(safe_next(state.values["next"], home) if state.values["next"] not in ("", "/") else home)
 
     async def logout(self, request: Request) -> Response:
-        actor = actor_of(request)
-        if actor.is_user:
-            await _accounts(request).record(actor, action="logout", target=f"user:{actor.name}")
+        if actor_of(request).is_user:
+            await services_for(request).sign_out()
         await sign_out(request)
         return _go("/login", Flash("You are signed out."))
 
@@ -92,7 +75,7 @@ class AccountPages:
 
     async def setup_form(self, request: Request) -> Response:
         code = request.query_params.get("code", "")
-        if not await _accounts(request).setup_open(code):
+        if not await services_for(request).setup_open(code):
             raise NotFound("There is nothing to set up: an admin exists already, or this link's code is wrong or old.")
         return self.renderer.page(request, "accounts/setup.html", {
             "state": FormState(values={"name": "", "code": code}), "section": "login"})
@@ -101,22 +84,16 @@ class AccountPages:
         form = await request.form()
         state = FormState(values={"name": text(form, "name").lower(), "code": text(form, "code")})
         password, again = form.get("password"), form.get("again")
-        accounts = _accounts(request)
-        actor = actor_of(request)
         if password != again:
             state.errors["again"] = "The two passwords differ."
         else:
             try:
-                user = await accounts.complete_setup(code=state.values["code"], name=state.values["name"],
-                                                     password=password if isinstance(password, str) else "")
+                user = await services_for(request).complete_setup(
+                    code=state.values["code"], name=state.values["name"],
+                    password=password if isinstance(password, str) else "")
             except ValidationFailed as error:
                 state.fail(error)
-            except KubeKVMError as error:
-                await accounts.record(actor, action="setup", outcome=error.code, message=error.message)
-                raise
             else:
-                who = Actor(kind=ActorKind.USER, name=user.name, role=user.role, address=actor.address)
-                await accounts.record(who, action="setup", target=f"user:{user.name}")
                 await sign_in(request, user=user)
                 return _go("/", Flash(f"Welcome, {user.name}: you are the first admin. "
                                       "Add teachers on the Users page."))
@@ -133,7 +110,6 @@ class AccountPages:
     async def set_password(self, request: Request) -> Response:
         form = await request.form()
         state = FormState(values={"code": text(form, "code")})
-        accounts = _accounts(request)
         services = services_for(request)
         user = await services.password_link_user(state.values["code"])
         password, again = form.get("password"), form.get("again")
@@ -146,8 +122,6 @@ class AccountPages:
             except ValidationFailed as error:
                 state.fail(error)
             else:
-                who = Actor(kind=ActorKind.USER, name=user.name, role=user.role, address=actor_of(request).address)
-                await accounts.record(who, action="setPasswordWithLink", target=f"user:{user.name}")
                 return _go("/login", Flash("Your password is set: sign in with it."))
         return self.renderer.page(request, "accounts/set_password.html",
                                   {"state": state, "user": user, "section": "login"}, status=422)
@@ -226,7 +200,6 @@ class AccountPages:
 
     async def create_user(self, request: Request) -> Response:
         services = services_for(request)
-        access.require_admin(services.actor)
         form = await request.form()
         state = FormState(values={"name": text(form, "name").lower(), "role": text(form, "role")})
         password = form.get("password")

@@ -146,7 +146,7 @@ class CatalogPages:
     async def server(self, request: Request) -> Response:
         services = services_of(request)
         return self.renderer.page(request, "server.html", {
-            "section": "server", "info": services.server_info(),
+            "section": "server", "info": await services.server_info(),
             "live_streams": services.feed.subscriber_count, "now": utcnow(),
         })
 

@@ -86,11 +86,12 @@ class MyMachine:
 
 
 async def my_rows(services: Authorized) -> list[MyMachine]:
-    """The signed-in student's machines (the facade narrows `list_machines` to them)."""
+    """The signed-in student's machines (`list_machines` is narrowed to them)."""
     machines = await services.list_machines()
-    labs = {name: await services.get_deployment(name) for name in sorted({m.deployment for m in machines})}
+    labs = await services.labs_named(sorted({m.deployment for m in machines}))
+    # A lab the student left between the two reads (taken off its roster) is no longer theirs.
     return [MyMachine(row=machine_row(m, phase=labs[m.deployment].phase), lab_title=labs[m.deployment].title)
-            for m in machines]
+            for m in machines if m.deployment in labs]
 
 
 async def summaries(services: Authorized, labs: Sequence[Deployment]) -> list[LabSummary]:

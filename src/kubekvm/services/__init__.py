@@ -1,26 +1,33 @@
 """The service layer: every operation on the platform's records, one module per noun.
 
-- `context`: what they share (settings, event feed, publishing, `finish`, `backoff`);
-- `templates`, `labs`, `rosters`, `machines`, `hosts`: the operations on each noun;
-- `convergence`: what follows every lab change (machines follow the lab, its phase is
-  recomputed), made again by the janitor; `placement`: machines onto hosts.
+Each noun's module holds its records' class (`Templates`, `Labs`, …: the writes, unchecked,
+used by each other, the janitor and the CLI) and its operations class (`TemplateOperations`,
+…: what a caller may do, each operation declaring its rule, `rules.operation`).
 
-`Services` composes them around one `Context`; the nouns reach each other through it
-(`services.labs`, `services.placement`, …). The rules they apply come from the plain modules
-(`validation`, `lifecycle`, `placement`, `roster`); who may call what is `kubekvm.authorized`'s.
-Each operation either does all it says or raises a `KubeKVMError` having written nothing (a
-half-made lab is removed again). Several server replicas run this code against one database at
-once: creating something unique relies on the unique index, not on a prior lookup; every other
-contended write is conditional (see `convergence` and `placement`); and a change and its
-consequences are one unit (`context.finish`), so a client that drops its connection mid-await
-cannot cut them in half.
+- `context`: what the nouns share (settings, event feed, publishing, `finish`, `backoff`);
+- `rules`: the rules of the operations and the one wrapper that checks them and audits;
+- `templates`, `labs`, `rosters`, `machines`, `hosts`, `consoles`: the platform's nouns;
+- `convergence`: what follows every lab change (machines follow the lab, its phase is
+  recomputed), made again by the janitor; `placement`: machines onto hosts;
+- `accounts` and `sessions` (the records of people, their sessions and tokens), `users`, `tokens`, `audit`,
+  `changes` (live changes as a caller may see them), `server`: the rest of the operations.
+
+`Services` composes the records' classes around one `Context`; they reach each other through
+it (`services.labs`, `services.placement`, …). `kubekvm.authorized.Authorized` gathers the
+operations classes for one actor. The rules the services apply come from the plain modules
+(`validation`, `lifecycle`, `placement`, `roster`, `access`). Each operation either does all
+it says or raises a `KubeKVMError` having written nothing (a half-made lab is removed again).
+Several server replicas run this code against one database at once: creating something unique
+relies on the unique index, not on a prior lookup; every other contended write is conditional
+(see `convergence` and `placement`); and a change and its consequences are one unit
+(`context.finish`), so a client that drops its connection mid-await cannot cut them in half.
 """
 
 from __future__ import annotations
 
 from kubekvm.config import Settings
-from kubekvm.consoles import Consoles
 from kubekvm.events import EventFeed
+from kubekvm.services.consoles import Consoles
 from kubekvm.services.context import Context, ServerInfo, backoff, finish, object_id
 from kubekvm.services.convergence import Convergence
 from kubekvm.services.hosts import Hosts, HostStatus, host_name

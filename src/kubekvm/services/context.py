@@ -94,7 +94,6 @@ def _raw(document: Any) -> dict[str, Any]:
     return raw
 
 
-
 class Context:
     """What every noun of the service layer shares: the settings, the event feed, and what the
     server says of itself."""

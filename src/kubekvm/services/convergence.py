@@ -47,7 +47,6 @@ def new_machine(*, lab: str, index: int, spec: MachineSpec, power: Power) -> Mac
                    desired=lifecycle.desired_for(power), message="waiting for a host")
 
 
-
 class Convergence(Noun):
     """A lab's machines following its spec, roster and deletion; its phase recomputed."""
 

@@ -21,6 +21,7 @@ from kubekvm.models import (
     utcnow,
 )
 from kubekvm.services.context import Noun
+from kubekvm.services.rules import HOST_AGENT, HOST_OR_STAFF, STAFF, Operations, named, operation
 
 if TYPE_CHECKING:
     pass
@@ -36,15 +37,15 @@ class HostStatus:
     heartbeat_age_seconds: float
     machines: int
 
+
 def host_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", name or ""):
         raise ValidationFailed("name", f"A host name uses {HOST_NAME_RULE}.")
     return name
 
 
-
 class Hosts(Noun):
-    """Every operation on hosts."""
+    """Hosts' records, unchecked (callers use `HostOperations`)."""
 
     def host_ready(self, host: Host, *, now: datetime | None = None) -> bool:
         age = ((now or utcnow()) - host.last_heartbeat).total_seconds()
@@ -129,3 +130,42 @@ class Hosts(Noun):
 
     async def host_assignments(self, host: str) -> list[Machine]:
         return await Machine.find(Machine.host == host, Machine.retired == False).to_list()  # noqa: E712
+
+
+class HostOperations(Operations):
+    """Hosts as a caller may use them: staff read them; a host's agent (with its host token)
+    registers, beats and reports for its own host only, and follows its assignments."""
+
+    @operation(STAFF, field="hosts")
+    async def list_hosts(self) -> list[HostStatus]:
+        return await self.services.hosts.list_hosts()
+
+    @operation(HOST_OR_STAFF)
+    async def host_status(self, name: str) -> HostStatus:
+        for status in await self.services.hosts.list_hosts():
+            if status.host.name == name:
+                return status
+        raise NotFound(f"There is no host named {name!r}.")
+
+    @operation(HOST_AGENT, audit="registerHost", target=named("host"))
+    async def register_host(self, *, name: str, vcpus: int, memory_mib: int, images: Iterable[str],
+                            domain_type: str = "", agent_version: str = "") -> Host:
+        return await self.services.hosts.register_host(name=name, vcpus=vcpus, memory_mib=memory_mib, images=images,
+                                                       domain_type=domain_type, agent_version=agent_version)
+
+    @operation(HOST_AGENT, audit="heartbeat", target=named("host"), routine=True)
+    async def heartbeat(self, *, name: str, images: Iterable[str] | None = None) -> Host:
+        return await self.services.hosts.heartbeat(name=name, images=images)
+
+    @operation(HOST_AGENT, audit="reportOrphans", target=named("host", "host"))
+    async def report_orphans(self, *, host: str, domains: Sequence[str]) -> Host:
+        return await self.services.hosts.report_orphans(host=host, domains=domains)
+
+    @operation(HOST_AGENT)
+    async def host_assignments(self, host: str) -> list[Machine]:
+        return await self.services.hosts.host_assignments(host)
+
+    @operation(HOST_AGENT, field="hostAssignments")
+    async def follow_host(self, host: str) -> None:
+        """The check before a host's assignment feed: its own agent (or an admin), a known host."""
+        await self.services.hosts.get_host(host)

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from kubekvm import validation
+from kubekvm import access, validation
 from kubekvm.access import Actor
-from kubekvm.errors import Conflict, NotFound, Unavailable, ValidationFailed
+from kubekvm.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationFailed
 from kubekvm.models import (
     Deployment,
     DesiredState,
@@ -25,15 +25,28 @@ from kubekvm.models import (
     Machine,
     Phase,
     Power,
+    Role,
     Template,
     utcnow,
 )
 from kubekvm.services.context import Noun
 from kubekvm.services.convergence import LabUpdate, new_machine
+from kubekvm.services.rules import (
+    LAB_MANAGED,
+    LAB_SEEN,
+    SIGNED_IN,
+    STAFF,
+    Arguments,
+    Operations,
+    Rule,
+    named,
+    operation,
+)
 from kubekvm.services.templates import machine_spec
 
 if TYPE_CHECKING:
     from kubekvm.services import Services
+
 
 @dataclass(frozen=True, kw_only=True)
 class Page:
@@ -53,9 +66,9 @@ def lab_filter(actor: Actor) -> dict[str, Any] | None:
     return {"_id": None}  # nothing
 
 
-
 class Labs(Noun):
-    """Every operation on labs as a whole (a lab's machines: `Machines`; its roster: `Rosters`)."""
+    """Labs' records as a whole, unchecked (callers use `LabOperations`; a lab's machines: `Machines`;
+    its roster: `Rosters`)."""
 
     def __init__(self, core: Services) -> None:
         super().__init__(core)
@@ -244,3 +257,95 @@ class Labs(Noun):
         await Deployment.get_pymongo_collection().delete_one({"_id": lab.id})
         await self.core.convergence.lab_removed(lab)
         return lab
+
+
+async def _may_create_lab(ops: Operations, args: Arguments) -> None:
+    """Staff create labs of their own, from a template they may use; an admin may create one for
+    another teacher or admin."""
+    access.require_staff(ops.actor)
+    owner = args["owner"]
+    if owner is not None and owner != ops.actor.name:
+        if not ops.actor.is_admin:
+            raise Forbidden("Teachers create labs of their own; only an admin may create one for someone else.")
+        account = await ops.accounts.find_user(owner)
+        if account is None or account.role == Role.STUDENT:
+            raise ValidationFailed("owner", f"There is no teacher or admin named {owner!r}.")
+    try:
+        await ops.usable_template(args["template"])
+    except NotFound:
+        raise ValidationFailed("template", f"There is no template named {args['template']!r}.") from None
+
+
+LAB_CREATOR = Rule("teachers and admins (for someone else: admins)", _may_create_lab, STAFF.outcomes)
+
+
+class LabOperations(Operations):
+    """Labs as a caller may use them: everyone signed in sees the labs they may (teachers their
+    own, students those they are on the roster of); owners and admins change them."""
+
+    @operation(SIGNED_IN, field="deployments")
+    async def list_deployments(self, *, phase: Phase | None = None, offset: int = 0, limit: int = 100) -> Page:
+        offset = validation.offset(offset)
+        limit = validation.limit(limit, maximum=validation.DEPLOYMENTS_PAGE_MAX)
+        return await self.services.labs.list_deployments(phase=phase, offset=offset, limit=limit,
+                                                         only=lab_filter(self.actor))
+
+    @operation(SIGNED_IN)
+    async def labs_named(self, names: Sequence[str]) -> dict[str, Deployment]:
+        """Several labs by name at once (one query), those of them the caller may see."""
+        if not names:
+            return {}
+        only: dict[str, Any] = {"name": {"$in": list(names)}}
+        scope = lab_filter(self.actor)
+        page = await self.services.labs.list_deployments(only={"$and": [only, scope]} if scope else only,
+                                                         limit=len(names))
+        return {lab.name: lab for lab in page.items}
+
+    @operation(LAB_SEEN, field="deployment")
+    async def get_deployment(self, name: str) -> Deployment:
+        return await self.services.labs.get_deployment(name)
+
+    # Counts of labs the caller already holds (listed or read through here, or passed by the
+    # event filter of `lab_changes`).
+    @operation(SIGNED_IN)
+    async def lab_counts(self, lab: Deployment) -> tuple[int, int]:
+        return await self.services.labs.lab_counts(lab)
+
+    @operation(SIGNED_IN)
+    async def running_counts(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        return await self.services.labs.running_counts(names)
+
+    @operation(LAB_SEEN)
+    async def lab_events(self, name: str, *, limit: int = 50) -> list[LabEvent]:
+        events = await self.services.labs.lab_events(name, limit=limit)
+        if self.actor.is_student:
+            # The lab's history names other students' machines: a student sees the lab's own
+            # lines and those of their machine.
+            mine = {m.name for m in await self.services.machines.list_machines(deployment=name,
+                                                                               student=self.actor.name)}
+            events = [e for e in events if e.machine is None or e.machine in mine]
+        return events
+
+    @operation(LAB_CREATOR, audit="createDeployment", target=named("lab"))
+    async def create_deployment(self, *, name: str, template: str, replicas: int, title: str | None = None,
+                                power: Power = Power.RUNNING, owner: str | None = None) -> Deployment:
+        return await self.services.labs.create_deployment(name=name, template=template, replicas=replicas,
+                                                          title=title, power=power, owner=owner or self.actor.name)
+
+    @operation(LAB_MANAGED, audit="updateDeployment", target=named("lab"))
+    async def update_deployment(self, name: str, *, title: str | None = None, replicas: int | None = None,
+                                power: Power | None = None, template: str | None = None) -> Deployment:
+        return await self.services.labs.update_deployment(name, title=title, replicas=replicas, power=power,
+                                                          template=template)
+
+    @operation(LAB_MANAGED, audit="startDeployment", target=named("lab"))
+    async def start_deployment(self, name: str) -> Deployment:
+        return await self.services.labs.start_deployment(name)
+
+    @operation(LAB_MANAGED, audit="stopDeployment", target=named("lab"))
+    async def stop_deployment(self, name: str) -> Deployment:
+        return await self.services.labs.stop_deployment(name)
+
+    @operation(LAB_MANAGED, audit="deleteDeployment", target=named("lab"))
+    async def delete_deployment(self, name: str, *, force: bool = False) -> Deployment:
+        return await self.services.labs.delete_deployment(name, force=force)

@@ -4,6 +4,7 @@ of them (a report and its consequences are one unit, `finish`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from kubekvm import lifecycle, validation
@@ -16,29 +17,35 @@ from kubekvm.models import (
     utcnow,
 )
 from kubekvm.services.context import BY_LAB_AND_INDEX, Noun, finish, object_id
+from kubekvm.services.rules import HOST_AGENT, MACHINE_SEEN, SIGNED_IN, Operations, named, operation
 
 if TYPE_CHECKING:
     pass
 
 
 class Machines(Noun):
-    """Every operation on single machines, and the hosts' reports of them."""
+    """Single machines and the hosts' reports of them, unchecked (callers use `MachineOperations`)."""
 
-    async def list_machines(self, *, deployment: str | None = None, host: str | None = None,
+    async def list_machines(self, *, deployment: str | Sequence[str] | None = None, host: str | None = None,
                             student: str | None = None, owner: str | None = None) -> list[Machine]:
-        """Machines by lab and index: of one lab, one host, one student, or of the labs one
-        teacher owns, as given."""
-        query: dict[str, Any] = {"retired": False}
+        """Machines by lab and index: of one lab (or several), one host, one student, or of the
+        labs one teacher owns, as given. One query for the machines (and, with `owner`, one
+        for the names of the owner's labs among those asked for)."""
+        labs: list[str] | None = None
         if deployment is not None:
-            query["deployment"] = deployment
+            labs = [deployment] if isinstance(deployment, str) else list(deployment)
+        query: dict[str, Any] = {"retired": False}
         if host is not None:
             query["host"] = host
         if student is not None:
             query["student"] = student
         if owner is not None:
-            owned = [lab.name for lab in await Deployment.find({"owner": owner}).to_list()]
-            query["deployment"] = {"$in": owned} if deployment is None else (
-                deployment if deployment in owned else {"$in": []})
+            among: dict[str, Any] = {"owner": owner}
+            if labs is not None:
+                among["name"] = {"$in": labs}
+            labs = [doc["name"] async for doc in Deployment.get_pymongo_collection().find(among, {"name": 1})]
+        if labs is not None:
+            query["deployment"] = labs[0] if len(labs) == 1 else {"$in": labs}
         return await Machine.find(query).sort(BY_LAB_AND_INDEX).to_list()
 
     async def get_machine(self, name: str) -> Machine:
@@ -128,3 +135,51 @@ class Machines(Noun):
             await self.core.convergence.forget_machine(machine)
         await self.core.convergence.refresh_phase(machine.deployment)
         return machine
+
+
+class MachineOperations(Operations):
+    """Machines as a caller may use them: a student their own, a teacher those of their labs,
+    admins all; host agents report what they observe of their host's machines."""
+
+    def _scope(self) -> dict[str, str]:
+        """How a list of machines is narrowed for the caller (in the query)."""
+        if self.actor.is_admin:
+            return {}
+        if self.actor.is_teacher:
+            return {"owner": self.actor.name}
+        return {"student": self.actor.name}
+
+    @operation(SIGNED_IN, field="machines")
+    async def list_machines(self, *, deployment: str | None = None, host: str | None = None) -> list[Machine]:
+        return await self.services.machines.list_machines(deployment=deployment, host=host, **self._scope())
+
+    @operation(SIGNED_IN)
+    async def machines_of_labs(self, names: Sequence[str]) -> dict[str, list[Machine]]:
+        """The machines of several labs at once, as the caller may see them (a page of labs
+        shows each one's machines: one query, not one per lab)."""
+        found: dict[str, list[Machine]] = {name: [] for name in names}
+        for machine in await self.services.machines.list_machines(deployment=list(names), **self._scope()):
+            found[machine.deployment].append(machine)
+        return found
+
+    @operation(MACHINE_SEEN)
+    async def get_machine(self, name: str) -> Machine:
+        return await self.services.machines.get_machine(name)
+
+    @operation(MACHINE_SEEN, audit="startMachine", target=named("machine"))
+    async def start_machine(self, name: str) -> Machine:
+        return await self.services.machines.start_machine(name)
+
+    @operation(MACHINE_SEEN, audit="stopMachine", target=named("machine"))
+    async def stop_machine(self, name: str) -> Machine:
+        return await self.services.machines.stop_machine(name)
+
+    @operation(MACHINE_SEEN, audit="resetMachine", target=named("machine"))
+    async def reset_machine(self, name: str) -> Machine:
+        return await self.services.machines.reset_machine(name)
+
+    @operation(HOST_AGENT, audit="reportMachineState", target=named("machine-id", "machine_id"), routine=True)
+    async def report_machine_state(self, *, machine_id: str, host: str, state: ObservedState,
+                                   message: str = "", power_generation: int | None = None) -> Machine:
+        return await self.services.machines.report_machine_state(
+            machine_id=machine_id, host=host, state=state, message=message, power_generation=power_generation)

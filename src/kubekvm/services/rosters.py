@@ -14,10 +14,12 @@ from kubekvm.models import (
     DesiredState,
     Machine,
     Phase,
+    User,
     utcnow,
 )
 from kubekvm.services.context import WRITE_ATTEMPTS, Noun, backoff
 from kubekvm.services.convergence import LabUpdate
+from kubekvm.services.rules import LAB_MANAGED, SIGNED_IN, Operations, named, operation
 
 if TYPE_CHECKING:
     pass
@@ -121,3 +123,30 @@ class Rosters(Noun):
             {"$match": {"n": {"$gt": 1}}},
         ])
         return [str(row["_id"]) async for row in cursor]
+
+
+class RosterOperations(Operations):
+    """Rosters as a caller may use them: the lab's owner and admins set them and see who is on
+    them; a student sees the lab, not who else is in it."""
+
+    @operation(LAB_MANAGED, audit="setRoster", target=named("lab"))
+    async def set_roster(self, name: str, *, students: Sequence[str],
+                         match_replicas: bool = False) -> tuple[Deployment, list[str], list[str]]:
+        """The lab, the students left without a machine, and the accounts created."""
+        # The whole request is checked before anything is written, accounts included.
+        names = await self.services.rosters.check_roster(name, students=students, match_replicas=match_replicas)
+        created = await self.accounts.ensure_students(names)
+        lab, unbound = await self.services.rosters.set_roster(name, students=names, match_replicas=match_replicas)
+        return lab, unbound, created
+
+    @operation(LAB_MANAGED)
+    async def students_of(self, name: str) -> list[User]:
+        """The accounts on a lab's roster (for its page: who has a password yet)."""
+        lab = await self.services.labs.get_deployment(name)
+        return await self.accounts.list_users(names=lab.roster)
+
+    @operation(SIGNED_IN)
+    async def visible_roster(self, roster: Sequence[str]) -> list[str]:
+        """The roster of a lab the caller holds, as they may see it: a student may see the lab,
+        not who else is in it."""
+        return [] if self.actor.is_student else list(roster)

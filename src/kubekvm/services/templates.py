@@ -23,6 +23,7 @@ from kubekvm.models import (
     utcnow,
 )
 from kubekvm.services.context import Noun
+from kubekvm.services.rules import ADMIN, STAFF, TEMPLATE_USABLE, Operations, named, operation
 
 if TYPE_CHECKING:
     pass
@@ -37,9 +38,8 @@ SEED_TEMPLATES = (
 )
 
 
-
 class Templates(Noun):
-    """Every operation on templates."""
+    """Templates' records, unchecked (callers use `TemplateOperations`)."""
 
     async def seed_templates(self) -> None:
         for fields in SEED_TEMPLATES:
@@ -150,3 +150,36 @@ def machine_spec(template: Template) -> MachineSpec:
 def _teachers(names: Sequence[str]) -> list[str]:
     return sorted({roster.username(n.strip().lower(), field="teachers") for n in names if n.strip()})
 
+
+class TemplateOperations(Operations):
+    """Templates as a caller may use them: staff read those they may use, admins change them."""
+
+    @operation(STAFF, field="templates")
+    async def list_templates(self) -> list[Template]:
+        return await self.services.templates.list_templates(
+            teacher=None if self.actor.is_admin else self.actor.name)
+
+    @operation(TEMPLATE_USABLE, field="template")
+    async def get_template(self, name: str) -> Template:
+        return await self.services.templates.get_template(name)
+
+    @operation(ADMIN, audit="createTemplate", target=named("template"))
+    async def create_template(self, *, name: str, title: str | None, description: str | None, os: str,
+                              image: str, vcpus: int, memory_mib: int, disk_gib: int,
+                              teachers: Sequence[str] = ()) -> Template:
+        return await self.services.templates.create_template(
+            name=name, title=title, description=description, os=os, image=image, vcpus=vcpus,
+            memory_mib=memory_mib, disk_gib=disk_gib, teachers=teachers)
+
+    @operation(ADMIN, audit="updateTemplate", target=named("template"))
+    async def update_template(self, name: str, *, title: str | None = None, description: str | None = None,
+                              os: str | None = None, image: str | None = None, vcpus: int | None = None,
+                              memory_mib: int | None = None, disk_gib: int | None = None,
+                              teachers: Sequence[str] | None = None) -> Template:
+        return await self.services.templates.update_template(
+            name, title=title, description=description, os=os, image=image, vcpus=vcpus,
+            memory_mib=memory_mib, disk_gib=disk_gib, teachers=teachers)
+
+    @operation(ADMIN, audit="deleteTemplate", target=named("template"))
+    async def delete_template(self, name: str) -> Template:
+        return await self.services.templates.delete_template(name)

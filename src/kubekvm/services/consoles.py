@@ -37,19 +37,43 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
+from kubekvm import access
 from kubekvm.config import Settings
 from kubekvm.credentials import token_hash
 from kubekvm.database import uninterrupted
-from kubekvm.errors import HostUnreachable, MachineOff, TooManyConsoles
+from kubekvm.errors import (
+    Forbidden,
+    HostUnreachable,
+    KubeKVMError,
+    MachineOff,
+    NotFound,
+    TooManyConsoles,
+    Unauthenticated,
+)
 from kubekvm.events import EventFeed
 from kubekvm.models import (
     ConsoleSession,
     ConsoleState,
     ConsoleTicket,
+    Host,
     Machine,
     ObservedState,
     readable,
     utcnow,
+)
+from kubekvm.services import audit
+from kubekvm.services.rules import (
+    EVERYONE,
+    HOST_ITSELF,
+    NOT_FOUND,
+    OK,
+    Arguments,
+    Operations,
+    Rule,
+    named,
+    operation,
+    outcomes,
+    stream,
 )
 from kubekvm.streams import FeedOverflow
 
@@ -230,3 +254,105 @@ class Consoles:
                 requested = readable(ConsoleSession, document)
                 if requested is not None and first_time(requested.session):
                     yield ConsoleRequest.of(requested)
+
+
+async def _console_machine(ops: Operations, name: str) -> Machine:
+    """A machine whose console the actor may open: FORBIDDEN for one of a lab they see (a
+    classmate's), NOT_FOUND for one they may not even know of."""
+    access.require_user(ops.actor)
+    machine = await ops.services.machines.get_machine(name)
+    lab = await ops.services.labs.get_deployment(machine.deployment)
+    if access.can_open_console(ops.actor, machine, lab):
+        return machine
+    if access.can_view_lab(ops.actor, lab):
+        raise Forbidden(f"The console of {name} is not yours to open: only its student, the lab's "
+                        "teacher and admins may.")
+    raise NotFound(f"There is no machine named {name!r}.")
+
+
+async def _may_open(ops: Operations, args: Arguments) -> None:
+    await _console_machine(ops, args["name"])
+
+
+async def _holds_session(ops: Operations, args: Arguments) -> None:
+    """The console session is the caller's own (the replica that opened it acts for them)."""
+    session: ConsoleSession = args["session"]
+    if not ops.actor.is_user or ops.actor.name != session.user:
+        raise Forbidden("This console session is another account's.")
+
+
+CONSOLE_OPENER = Rule("the machine's student, the lab's owner, admins", _may_open,
+                      outcomes(student=OK, other=NOT_FOUND, owner=OK))
+# A ticket is the credential: whoever holds one may present it (it is checked for its user).
+TICKET_HOLDER = Rule("whoever holds a console ticket", EVERYONE.check, EVERYONE.outcomes)
+SESSION_HOLDER = Rule("the user of the console session", _holds_session, outcomes(student=OK, other=OK, owner=OK))
+
+
+class ConsoleOperations(Operations):
+    """Consoles as a caller may open them (`kubekvm.console` carries the bytes)."""
+
+    @operation(CONSOLE_OPENER)
+    async def console_machine(self, name: str) -> Machine:
+        return await _console_machine(self, name)
+
+    async def _console_ready(self, machine: Machine) -> None:
+        host = await Host.find_one(Host.name == machine.host) if machine.host else None
+        check_ready(machine, host_ready=None if host is None else self.services.hosts.host_ready(host))
+
+    # A ticket is not audited (opening the console is); a refusal is, as an `openConsole` attempt.
+    @operation(CONSOLE_OPENER, audit="openConsole", target=named("machine"), routine=True)
+    async def console_ticket(self, name: str) -> str:
+        """A one-time ticket to open the console of `name` within a minute."""
+        machine = await _console_machine(self, name)
+        await self._console_ready(machine)
+        await self.services.consoles.check_room(self.actor.name)
+        return await self.services.consoles.issue_ticket(user=self.actor.name, machine=name)
+
+    @operation(TICKET_HOLDER)
+    async def open_console(self, ticket: str) -> ConsoleSession:
+        """Redeem a ticket (it works once, for the user it was issued to), check again that the
+        console may be opened, and reserve the session for this replica (`announce_console`
+        then calls the agent); audited either way — here, not by `operation`, since which
+        machine it is for is known only once the ticket is redeemed."""
+        target = ""
+        try:
+            redeemed = await self.services.consoles.redeem_ticket(ticket)
+            if redeemed is None:
+                raise Unauthenticated("This console link has expired or was used already: reconnect for a new one.")
+            target = f"machine:{redeemed.machine}"
+            if not self.actor.is_user or self.actor.name != redeemed.user:
+                raise Unauthenticated("This console link was made for another account: sign in as "
+                                      f"{redeemed.user}, or open the console again.")
+            machine = await _console_machine(self, redeemed.machine)
+            await self._console_ready(machine)
+            session = await self.services.consoles.reserve(machine=machine, user=self.actor.name)
+        except KubeKVMError as error:
+            await audit.record(self.actor, action="openConsole", target=target, outcome=error.code,
+                                       message=error.message)
+            raise
+        await audit.record(self.actor, action="openConsole", target=target, message=(
+            f"session {session.session[:8]} on host {session.host} via {session.replica}"))
+        return session
+
+    @operation(SESSION_HOLDER)
+    async def announce_console(self, session: ConsoleSession) -> None:
+        await self.services.consoles.announce(session)
+
+    @operation(SESSION_HOLDER)
+    async def console_opened(self, session: ConsoleSession) -> None:
+        await self.services.consoles.mark_open(session)
+
+    @operation(SESSION_HOLDER)
+    async def renew_console(self, session: ConsoleSession) -> None:
+        await self.services.consoles.renew(session)
+
+    @operation(SESSION_HOLDER, audit="closeConsole", target=lambda args, actor: f"machine:{args['session'].machine}",
+               message=lambda args, actor: f"session {args['session'].session[:8]}: {args['reason']}")
+    async def close_console(self, session: ConsoleSession, *, reason: str) -> None:
+        await self.services.consoles.close_session(session)
+
+    @stream(HOST_ITSELF, field="consoleRequests")
+    async def console_requests(self, host: str) -> AsyncIterator[ConsoleRequest]:
+        """The console requests for `host`'s agent (its own token only: not even an admin's)."""
+        async for request in self.services.consoles.requests(host=host):
+            yield request
