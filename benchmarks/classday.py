@@ -585,6 +585,24 @@ async def day(system: System, rng: random.Random, outcome: Outcome, *, began: fl
     outcome.check("every student signed in", len(signed_in) == plan.students,
                   f"{len(signed_in)} of {plan.students}")
 
+    # -- students wait on "My VMs", dashboards follow every lab: all before the lab exists
+    stop = asyncio.Event()
+
+    async def student_day(student: Student) -> None:
+        await student.load_my()
+        await student.follow(stop)
+
+    early = [LabWatcher(f"all-{i + 1}", lab, everything=True, home=i, replicas=system.urls, token=teacher,
+                        failures=failures) for i in range(2)]
+    background = [asyncio.create_task(w.run(stop)) for w in early]
+    background += [asyncio.create_task(student_day(s)) for s in signed_in]
+    followers: list[Any] = [*early, *signed_in]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(f.live.wait() for f in followers)), 30)
+    outcome.check("every student page and all-labs subscriber followed before the lab was made",
+                  all(f.live.is_set() for f in followers),
+                  f"{sum(f.live.is_set() for f in followers)} of {len(followers)} within 30 s")
+
     # -- the lab, under faults
     # Placement takes only hosts whose heartbeat is recent: how many were, just before.
     hosts_before = (await monitor.query("{ hosts { name ready } }") or {}).get("hosts", [])
@@ -600,30 +618,26 @@ async def day(system: System, rng: random.Random, outcome: Outcome, *, began: fl
         await post_graphql(http, system.urls[1], "mutation($n: String!, $s: [String!]!) { setRoster(name: $n, "
                            "students: $s) { unbound } }", {"n": lab, "s": students_names}, token=teacher)
         roster_returned = time.monotonic()
-    stop = asyncio.Event()
-    watchers = [LabWatcher(f"{i + 1}", lab, everything=i == plan.subscribers, home=i, replicas=system.urls,
-                           token=teacher, failures=failures) for i in range(plan.subscribers + 1)]
-    background = [asyncio.create_task(w.run(stop)) for w in watchers]
-
-    async def student_day(student: Student) -> None:
-        await student.load_my()
-        await student.follow(stop)
-
-    background += [asyncio.create_task(student_day(s)) for s in signed_in]
+    # Subscribers of the lab by name can only come once it exists: amid the faults, as a
+    # dashboard opened at that moment would.
+    watchers = [*early, *(LabWatcher(f"{i + 1}", lab, everything=False, home=i, replicas=system.urls,
+                                     token=teacher, failures=failures) for i in range(plan.subscribers))]
+    background += [asyncio.create_task(w.run(stop)) for w in watchers[len(early):]]
+    faults_from = created_returned
     listing = asyncio.create_task(list_labs(count=plan.listers, concurrency=plan.lister_concurrency,
                                             replicas=system.urls, token=teacher, failures=failures))
     faults = Faults(system, monitor, rng)
-    server_at = created_returned + rng.uniform(0.5, 1.5)
-    db_at = created_returned + rng.uniform(3.0, 5.0)
-    first_agent_kill = created_returned + rng.uniform(0.3, plan.kill_gap_s)
+    server_at = faults_from + rng.uniform(0.5, 1.5)
+    db_at = faults_from + rng.uniform(3.0, 5.0)
+    first_agent_kill = faults_from + rng.uniform(0.3, plan.kill_gap_s)
     fault_tasks = [asyncio.create_task(faults.server_kill(server_at)),
                    asyncio.create_task(faults.database_kill(db_at)),
                    asyncio.create_task(faults.agent_kills(first_agent_kill, count=plan.agent_kills,
                                                           gap=plan.kill_gap_s))]
 
-    say(began, f"kills: server at +{server_at - created_returned:.1f} s, "
-               f"database at +{db_at - created_returned:.1f} s, agent first at "
-               f"+{first_agent_kill - created_returned:.1f} s, then {plan.agent_kills - 1} more")
+    say(began, f"kills: server at "
+               f"+{server_at - faults_from:.1f} s, database at +{db_at - faults_from:.1f} s, agent first at "
+               f"+{first_agent_kill - faults_from:.1f} s, then {plan.agent_kills - 1} more")
     first_converged: float | None = None
     truth: dict[str, Any] | None = None
     deadline = created_returned + plan.converge_timeout_s
@@ -812,6 +826,7 @@ async def day(system: System, rng: random.Random, outcome: Outcome, *, began: fl
              "better": "lower", "met": not outside},
         ],
         "timeline_s": {"lab_created": rel(created_at), "create_returned": rel(created_returned),
+                       "followers_live": rel(faults_from),
                        "sign_in_burst": [rel(burst_began), rel(burst_ended)],
                        "first_all_running": rel(first_converged), "converged_after_faults": rel(converged_at),
                        "delete_requested": rel(deleted_at), "lab_gone": rel(gone_at)},

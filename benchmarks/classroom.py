@@ -113,6 +113,7 @@ class Student:
         self.machines: dict[str, str] = {}
         self.snapshots = 0
         self.last_snapshot_at = 0.0
+        self.live = asyncio.Event()  # its first snapshot has arrived
 
     @property
     def url(self) -> str:
@@ -201,6 +202,7 @@ class Student:
                     self.machines = machine_rows("\n".join(data))
                     self.snapshots += 1
                     self.last_snapshot_at = time.monotonic()
+                    self.live.set()
                 event, data = "message", []
 
     async def close(self) -> None:
@@ -235,6 +237,7 @@ class LabWatcher:
         self.machines: dict[str, dict[str, Any]] = {}
         self.events = 0
         self.connections = 0
+        self.live = asyncio.Event()  # subscribed, and the lab read once
         self.errors_seen: list[tuple[float, str, str]] = []  # (when, machine or lab, what)
 
     def _machine(self, machine: dict[str, Any]) -> None:
@@ -289,15 +292,22 @@ class LabWatcher:
 
             consumer = asyncio.create_task(consume())
             try:
-                async with client() as http:
-                    data = await post_graphql(http, url, LAB_STATE, {"n": self.lab}, token=self.token)
-                lab = data["deployment"]
+                try:
+                    async with client() as http:
+                        data = await post_graphql(http, url, LAB_STATE, {"n": self.lab}, token=self.token)
+                    lab = data["deployment"]
+                except RuntimeError as error:
+                    # Following every lab before this one is made: nothing to show of it yet.
+                    if not (self.everything and str(error).startswith("NOT_FOUND")):
+                        raise
+                    lab = {"phase": None, "machines": []}
                 self.phase = lab["phase"]
                 for machine in lab["machines"]:
                     self._machine(machine)
                 stale = set(self.machines) - {m["name"] for m in lab["machines"]}
                 for name in stale:
                     self.machines.pop(name, None)
+                self.live.set()
                 stopping = asyncio.create_task(stop.wait())
                 await asyncio.wait({consumer, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 stopping.cancel()
