@@ -14,11 +14,12 @@ converges when a class starts:
 2. *Sign-in burst.* ``students`` students sign in through the login page within
    ``sign_in_window_s`` (a real ``POST /login``: argon2 runs), spread over both replicas,
    while ``loop_probe`` (a process of its own) sends ``{ me { kind name } }`` to each replica
-   every 100 ms. The probe's p99 during the burst must stay within 250 ms.
+   every 100 ms. The probe's p99 during the burst must stay within 250 ms. The students then
+   load "My VMs" and follow its live updates, and two ``deploymentEvents`` subscribers follow
+   every lab; each must have its first snapshot before the lab is made.
 3. *The lab, under faults.* The teacher creates a ``replicas``-machine lab and sets its roster
-   to the students; the students load "My VMs" and follow its live updates, a few
-   ``deploymentEvents`` subscribers follow the lab (one follows every lab), ``listers``
-   GraphQL clients list labs. Meanwhile, mid-provision: one server replica is SIGKILLed and
+   to the students; ``subscribers`` more subscribers follow the lab by name (they can only
+   once it exists), ``listers`` GraphQL clients list labs. Meanwhile, mid-provision: one server replica is SIGKILLed and
    started again on its port, the database is SIGKILLed and started again on its data after
    ``db_down_s``, and the real host's agent is SIGKILLed ``agent_kills`` times at random
    moments: the first within ``kill_gap_s`` of the lab's creation, each next one a random
