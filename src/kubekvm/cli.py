@@ -34,6 +34,7 @@ from kubekvm.config import Settings
 from kubekvm.database import DatabaseTimeouts, DatabaseUnavailable, EmbeddedDatabase, connect, describe_uri
 from kubekvm.errors import KubeKVMError
 from kubekvm.events import EventFeed
+from kubekvm.faults import DeniedHandshakeLog
 from kubekvm.models import Role
 from kubekvm.services import Services
 from kubekvm.services.accounts import Accounts
@@ -233,6 +234,7 @@ async def _serve(*, settings: Settings, embedded: EmbeddedDatabase | None, host:
         # Access-log lines carry query strings: one-time codes of setup and set-password links
         # must not outlive their use in a log file.
         logging.getLogger("uvicorn.access").addFilter(_RedactCodes())
+        logging.getLogger("uvicorn.error").addFilter(DeniedHandshakeLog())
         server = uvicorn.Server(config)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
         print(f"KubeKVM is starting at http://{shown}:{port}/  (database: {label}; GraphQL: /graphql)",
