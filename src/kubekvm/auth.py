@@ -7,7 +7,7 @@ runs before every route:
   and writes it back when a handler changed it: HttpOnly, SameSite=Lax, and Secure when the
   request came over HTTPS (uvicorn's proxy headers turn a trusted proxy's X-Forwarded-Proto
   into the request's scheme). Signed in, the cookie carries only the random id of a session
-  document in MongoDB (`kubekvm.services.accounts`): the server decides whether that session still
+  document in MongoDB (`kubekvm.services.sessions`): the server decides whether that session still
   exists, so signing out, a password change or an admin ends it on every replica at once, and
   an idle one lapses. Before signing in, it carries only the sign-in form's CSRF token;
 - it finds the actor: an `Authorization: Bearer` token (API or host token) wins, else the

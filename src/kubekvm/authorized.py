@@ -13,6 +13,7 @@ from kubekvm.config import Settings
 from kubekvm.events import EventFeed
 from kubekvm.services.audit import AuditOperations
 from kubekvm.services.changes import SESSION_RECHECK_SECONDS, ChangeOperations
+from kubekvm.services.console_requests import ConsoleRequestOperations
 from kubekvm.services.consoles import ConsoleOperations
 from kubekvm.services.hosts import HostOperations
 from kubekvm.services.labs import LabOperations
@@ -27,8 +28,8 @@ __all__ = ["SESSION_RECHECK_SECONDS", "Authorized"]
 
 
 class Authorized(TemplateOperations, LabOperations, RosterOperations, MachineOperations, HostOperations,
-                 ConsoleOperations, ChangeOperations, UserOperations, TokenOperations, AuditOperations,
-                 ServerOperations):
+                 ConsoleOperations, ConsoleRequestOperations, ChangeOperations, UserOperations, TokenOperations,
+                 AuditOperations, ServerOperations):
     """The service layer as one actor may use it."""
 
     @property

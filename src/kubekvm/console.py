@@ -4,13 +4,13 @@
   WS /consoles/agent/{session}      the agent of the machine's host, dialling back (host token)
 
 The browser's socket redeems its one-time ticket and records a console session naming this
-replica's advertised address (`Authorized.open_console`, `kubekvm.services.consoles`). The agent hears
-of it through its `consoleRequests` subscription — on whichever replica it is connected to —
-and dials *this* replica directly, so both sockets end here and meet in a `Pairing`, whatever
-replica the load balancer gave either of them. Then bytes are copied both ways, unparsed, until
-one side closes, the console has had no keyboard or mouse input for `console_idle_seconds`, or
-the replica stops. The bytes are never logged: only who opened which console, and how it ended
-(the audit log's `openConsole`/`closeConsole`).
+replica's advertised address (`Authorized.open_console`, `kubekvm.services.consoles`). The agent
+hears of it through its `consoleRequests` subscription (`kubekvm.services.console_requests`) — on
+whichever replica it is connected to — and dials *this* replica directly, so both sockets end
+here and meet in a `Pairing`, whatever replica the load balancer gave either of them. Then
+bytes are copied both ways, unparsed, until one side closes, the console has had no keyboard or
+mouse input for `console_idle_seconds`, or the replica stops. The bytes are never logged: only
+who opened which console, and how it ended (the audit log's `openConsole`/`closeConsole`).
 
 Idle means no *input*: noVNC keeps asking for screen updates (FramebufferUpdateRequest, RFB
 client message 3, ten bytes) whether anyone is there or not, so a browser frame made of those
@@ -19,6 +19,11 @@ alone does not count as input; a key, the mouse or a paste does.
 Refusals and ends are websocket close codes in the application range (4000-4999) with a sentence
 as the reason: the page shows the sentence and picks its buttons by the code. An agent that cannot
 reach the machine's display dials in anyway and closes with such a code, which is passed on.
+
+The two halves stay one module: the agent's (`ConsoleSockets.agent`) is only the other end of a
+`Pairing` the browser's half made — a lookup in this replica's pairings and a handover of its
+socket, while the browser's half pipes and closes both. Apart, they would share the pairings
+table and split one handshake over two files.
 """
 
 from __future__ import annotations
@@ -122,8 +127,6 @@ class ConsoleSockets:
     def routes(self) -> list[BaseRoute]:
         return [WebSocketRoute("/consoles/socket", self.browser),
                 WebSocketRoute("/consoles/agent/{session}", self.agent)]
-
-    # ----------------------------------------------------------------- browser
 
     async def browser(self, websocket: WebSocket) -> None:
         offered = [str(p) for p in websocket.scope.get("subprotocols") or []]
@@ -267,8 +270,6 @@ class ConsoleSockets:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-
-    # ------------------------------------------------------------------- agent
 
     async def agent(self, websocket: WebSocket) -> None:
         services: Authorized = websocket.state.services

@@ -42,7 +42,7 @@ from kubekvm.database import Database
 log = logging.getLogger(__name__)
 
 # console_sessions: how a console request written by one replica reaches the replica that
-# holds the host agent's subscription (`kubekvm.services.consoles`).
+# holds the host agent's subscription (`kubekvm.services.console_requests`).
 WATCHED = ("deployments", "machines", "hosts", "console_sessions")
 
 # The operation of the change that tells every subscriber to reload what it shows.

@@ -1,6 +1,6 @@
 """Sign-in throttling: the rules, as plain functions of a few counters and the time.
 
-Three counters are kept for a sign-in attempt (`kubekvm.services.accounts` stores them in MongoDB with
+Three counters are kept for a sign-in attempt (`kubekvm.services.sessions` stores them in MongoDB with
 atomic updates, so they hold whichever replica the next try reaches; nothing here imports a
 database):
 

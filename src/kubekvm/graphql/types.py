@@ -9,7 +9,7 @@ import strawberry
 from strawberry.dataloader import DataLoader
 
 from kubekvm import models, streams
-from kubekvm.services import consoles
+from kubekvm.services import console_requests
 
 if TYPE_CHECKING:
     from kubekvm.services import HostStatus
@@ -234,7 +234,7 @@ class ConsoleRequest:
         "The server replica holding the browser, as http(s)://host:port/consoles/agent/<session>."))
 
     @classmethod
-    def of(cls, request: consoles.ConsoleRequest) -> ConsoleRequest:
+    def of(cls, request: console_requests.ConsoleRequest) -> ConsoleRequest:
         return cls(session=request.session, machine_id=strawberry.ID(request.machine_id), machine=request.machine,
                    deployment=request.deployment, index=request.index, url=request.url)
 

@@ -6,11 +6,13 @@ used by each other, the janitor and the CLI) and its operations class (`Template
 
 - `context`: what the nouns share (settings, event feed, publishing, `finish`, `backoff`);
 - `rules`: the rules of the operations and the one wrapper that checks them and audits;
-- `templates`, `labs`, `rosters`, `machines`, `hosts`, `consoles`: the platform's nouns;
+- `templates`, `labs`, `rosters`, `machines`, `hosts`, `consoles`: the platform's nouns
+  (`console_requests`: how a host's agent hears that a console waits for it);
 - `convergence`: what follows every lab change (machines follow the lab, its phase is
   recomputed), made again by the janitor; `placement`: machines onto hosts;
-- `accounts` and `sessions` (the records of people, their sessions and tokens), `users`, `tokens`, `audit`,
-  `changes` (live changes as a caller may see them), `server`: the rest of the operations.
+- `users`, `links` (set-password links), `tokens`, `sessions` (and sign-in), `server` (its first
+  start): the records of people, gathered in `accounts`; with `audit` and `changes` (live changes
+  as a caller may see them), the rest of the operations.
 
 `Services` composes the records' classes around one `Context`; they reach each other through
 it (`services.labs`, `services.placement`, …). `kubekvm.authorized.Authorized` gathers the
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 from kubekvm.config import Settings
 from kubekvm.events import EventFeed
+from kubekvm.services.console_requests import ConsoleRequests
 from kubekvm.services.consoles import Consoles
 from kubekvm.services.context import Context, ServerInfo, backoff, finish, object_id
 from kubekvm.services.convergence import Convergence
@@ -50,6 +53,8 @@ class Services:
         self.feed = feed
         # Machines' consoles: tickets and sessions (the websockets are `kubekvm.console`'s).
         self.consoles = Consoles(settings=settings, feed=feed)
+        # And how a host's agent hears that a console waits for it.
+        self.console_requests = ConsoleRequests(settings=settings, feed=feed)
         self.templates = Templates(self)
         self.labs = Labs(self)
         self.convergence = Convergence(self)

@@ -17,8 +17,8 @@ through MongoDB:
    admit one too many). Once ready to pair the agent's socket with the browser's, it turns the
    session `requested` (`announce`).
 3. The change stream carries that write to every replica; the one holding the host's
-   `consoleRequests` subscription (`requests`; after a feed RESYNC it hands over again every
-   session still waiting) hands it to the agent, which dials
+   `consoleRequests` subscription (`console_requests`; after a feed RESYNC it hands over again
+   every session still waiting) hands it to the agent, which dials
    `<replica>/consoles/agent/<session>` with its host token (`kubekvm.console` pipes the two
    websockets together there).
 4. While the console is open its replica renews the session's lease; closing deletes it (the
@@ -29,9 +29,6 @@ through MongoDB:
 from __future__ import annotations
 
 import secrets
-from collections import OrderedDict
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -40,7 +37,6 @@ from pymongo.errors import DuplicateKeyError
 from kubekvm import access
 from kubekvm.config import Settings
 from kubekvm.credentials import token_hash
-from kubekvm.database import uninterrupted
 from kubekvm.errors import (
     Forbidden,
     HostUnreachable,
@@ -58,13 +54,11 @@ from kubekvm.models import (
     Host,
     Machine,
     ObservedState,
-    readable,
     utcnow,
 )
 from kubekvm.services import audit
 from kubekvm.services.rules import (
     EVERYONE,
-    HOST_ITSELF,
     NOT_FOUND,
     OK,
     Arguments,
@@ -73,36 +67,12 @@ from kubekvm.services.rules import (
     named,
     operation,
     outcomes,
-    stream,
 )
-from kubekvm.streams import FeedOverflow
 
 COLLECTION = "console_sessions"
-AGENT_PATH = "/consoles/agent/"
 # An open console's lease is renewed every third of this; a dead replica's sessions stop
 # counting against their users' limit at most this long after it died.
 LEASE = timedelta(seconds=60)
-# Session ids an agent's subscription has handed out, so the same request read twice (an insert
-# and an update of it, or the snapshot and then the feed) reaches the agent once.
-REMEMBERED_REQUESTS = 512
-
-
-@dataclass(frozen=True, kw_only=True)
-class ConsoleRequest:
-    """What a host's agent needs to serve one console."""
-
-    session: str
-    machine_id: str
-    machine: str
-    deployment: str
-    index: int
-    url: str  # the websocket the agent dials: the replica's address + /consoles/agent/<session>
-
-    @classmethod
-    def of(cls, session: ConsoleSession) -> ConsoleRequest:
-        return cls(session=session.session, machine_id=session.machine_id, machine=session.machine,
-                   deployment=session.deployment, index=session.index,
-                   url=session.replica.rstrip("/") + AGENT_PATH + session.session)
 
 
 def check_ready(machine: Machine, *, host_ready: bool | None) -> None:
@@ -123,11 +93,11 @@ def _too_many(cap: int) -> TooManyConsoles:
 
 
 class Consoles:
+    """Console tickets and sessions: the writes, unchecked (`ConsoleOperations` checks them)."""
+
     def __init__(self, *, settings: Settings, feed: EventFeed) -> None:
         self.settings = settings
         self.feed = feed
-
-    # ------------------------------------------------------------------ tickets
 
     async def issue_ticket(self, *, user: str, machine: str) -> str:
         """A one-time ticket for `user` to open the console of `machine`; returned once, kept
@@ -150,8 +120,6 @@ class Consoles:
             return None
         redeemed = ConsoleTicket.model_validate(raw)
         return redeemed if redeemed.expires > utcnow() else None
-
-    # ----------------------------------------------------------------- sessions
 
     async def reserve(self, *, machine: Machine, user: str) -> ConsoleSession:
         """Record a console of `machine` for `user` served by this replica (not yet announced to
@@ -212,48 +180,6 @@ class Consoles:
             # Without change streams only this process hears of it: fine for one server.
             self.feed.publish(collection=COLLECTION, operation="update", id=str(session.id),
                               document=session.model_dump(by_alias=True))
-
-    # --------------------------------------------------------- agents' requests
-
-    async def waiting(self, host: str) -> list[ConsoleSession]:
-        """Sessions of `host` still waiting for its agent (the snapshot a subscriber starts with)."""
-        since = utcnow() - timedelta(seconds=self.settings.console_connect_seconds)
-        return await ConsoleSession.find(
-            {"host": host, "state": ConsoleState.REQUESTED.value, "opened_at": {"$gt": since}}).to_list()
-
-    async def requests(self, *, host: str) -> AsyncIterator[ConsoleRequest]:
-        """The console requests for `host`'s agent: those waiting now, then each new one as
-        the event feed brings it (from whichever replica wrote it)."""
-        handed: OrderedDict[str, None] = OrderedDict()
-
-        def first_time(session: str) -> bool:
-            if session in handed:
-                return False
-            handed[session] = None
-            if len(handed) > REMEMBERED_REQUESTS:
-                handed.popitem(last=False)
-            return True
-
-        async with self.feed.subscribe() as subscription:
-            for session in await uninterrupted(self.waiting(host)):
-                if first_time(session.session):
-                    yield ConsoleRequest.of(session)
-            while True:
-                change = await subscription.next()
-                if subscription.overflowed:
-                    raise FeedOverflow("the console request feed fell behind; resubscribe")
-                if change.resync:  # requests may have been missed: hand over those still waiting
-                    for session in await uninterrupted(self.waiting(host)):
-                        if first_time(session.session):
-                            yield ConsoleRequest.of(session)
-                    continue
-                document = change.document
-                if (change.collection != COLLECTION or document is None or document.get("host") != host
-                        or document.get("state") != ConsoleState.REQUESTED.value):
-                    continue
-                requested = readable(ConsoleSession, document)
-                if requested is not None and first_time(requested.session):
-                    yield ConsoleRequest.of(requested)
 
 
 async def _console_machine(ops: Operations, name: str) -> Machine:
@@ -350,9 +276,3 @@ class ConsoleOperations(Operations):
                message=lambda args, actor: f"session {args['session'].session[:8]}: {args['reason']}")
     async def close_console(self, session: ConsoleSession, *, reason: str) -> None:
         await self.services.consoles.close_session(session)
-
-    @stream(HOST_ITSELF, field="consoleRequests")
-    async def console_requests(self, host: str) -> AsyncIterator[ConsoleRequest]:
-        """The console requests for `host`'s agent (its own token only: not even an admin's)."""
-        async for request in self.services.consoles.requests(host=host):
-            yield request

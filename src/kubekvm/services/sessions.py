@@ -8,8 +8,9 @@
   holds whichever replica the next try reaches;
 - passwords are checked in `kubekvm.credentials`' worker pool, never on the loop.
 
-`SessionRecords` is the base of `kubekvm.services.accounts.Accounts`, which the sign-in
-middleware (`kubekvm.auth`) and the operations use.
+`SessionRecords` is the base of the people's records (`users.UserRecords`, `tokens.TokenRecords`),
+gathered in `kubekvm.services.accounts.Accounts`, which the sign-in middleware (`kubekvm.auth`)
+and the operations use.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ WRONG_CREDENTIALS = "Wrong username or password."
 
 
 class SessionRecords:
-    """Sessions and sign-in (the base of `Accounts`)."""
+    """Sessions and sign-in (the base of the people's records)."""
 
     def __init__(self, *, settings: Settings) -> None:
         self.settings = settings

@@ -1,11 +1,22 @@
-"""API and host tokens as a caller may use them: a person makes, lists and revokes their own;
-admins see everyone's and make hosts' (the records are `kubekvm.services.accounts`')."""
+"""API and host tokens: their records, and what a caller may do with them — a person makes,
+lists and revokes their own; admins see everyone's and make hosts'.
+
+A token is returned once, when it is made; only its sha256 (and its first characters, to tell
+tokens apart) is kept, so the sign-in middleware (`kubekvm.auth`) finds whom a bearer token
+speaks for by its hash (`actor_for_token`), on any replica. Revoking is deleting the record.
+`TokenRecords` are the writes, unchecked (gathered in `accounts.Accounts`); `TokenOperations`
+declare their rules.
+"""
 
 from __future__ import annotations
 
-from kubekvm import access
+from typing import Any
+
+from kubekvm import access, credentials, validation
+from kubekvm.access import Actor, ActorKind
 from kubekvm.errors import NotFound
 from kubekvm.models import ApiToken, TokenKind
+from kubekvm.services.context import object_id
 from kubekvm.services.hosts import host_name
 from kubekvm.services.rules import (
     ADMIN,
@@ -20,6 +31,57 @@ from kubekvm.services.rules import (
     outcomes,
     own,
 )
+from kubekvm.services.sessions import SessionRecords
+
+TOKEN_LABEL_MAX = 80
+
+
+class TokenRecords(SessionRecords):
+    """API and host tokens' records (`find_user`, to resume a user's token, is `SessionRecords`')."""
+
+    async def create_token(self, *, kind: TokenKind, owner: str, label: str,
+                           created_by: str) -> tuple[ApiToken, str]:
+        """A new token and its record; the token itself is returned here and never again."""
+        label = validation.text(label, field="label", label="A token's label", max_length=TOKEN_LABEL_MAX)
+        token = credentials.new_token(credentials.HOST_TOKEN_PREFIX if kind == TokenKind.HOST
+                                      else credentials.USER_TOKEN_PREFIX)
+        record = ApiToken(kind=kind, owner=owner, label=label or f"{kind.value} token",
+                          token_hash=credentials.token_hash(token), prefix=token[:8],
+                          created_by=created_by)
+        await record.insert()
+        return record, token
+
+    async def list_tokens(self, *, kind: TokenKind | None = None, owner: str | None = None) -> list[ApiToken]:
+        query: dict[str, Any] = {}
+        if kind is not None:
+            query["kind"] = kind.value
+        if owner is not None:
+            query["owner"] = owner
+        return await ApiToken.find(query).sort("owner", "created_at").to_list()
+
+    async def get_token(self, token_id: str) -> ApiToken:
+        record = await ApiToken.get(object_id(token_id, what="token"))
+        if record is None:
+            raise NotFound(f"There is no token with id {token_id!r}.")
+        return record
+
+    async def revoke_token(self, token_id: str) -> ApiToken:
+        record = await self.get_token(token_id)
+        await record.delete()
+        return record
+
+    async def actor_for_token(self, token: str, *, address: str) -> Actor | None:
+        """Who a bearer token speaks for, or None if it is unknown or revoked (or its user is
+        gone)."""
+        record = await ApiToken.find_one(ApiToken.token_hash == credentials.token_hash(token))
+        if record is None:
+            return None
+        if record.kind == TokenKind.HOST:
+            return Actor(kind=ActorKind.HOST, name=record.owner, address=address, via="token")
+        user = await self.find_user(record.owner)
+        if user is None:
+            return None
+        return Actor(kind=ActorKind.USER, name=user.name, role=user.role, address=address, via="token")
 
 
 async def _lister(ops: Operations, args: Arguments) -> None:

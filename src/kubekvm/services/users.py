@@ -1,21 +1,30 @@
-"""People's accounts as a caller may use them: signing in and out, the first admin, passwords
-and set-password links, sessions, and the users list.
+"""People's accounts: the users' records (who exists, with which role and password) and the
+operations a caller may use on them — signing in and out, the first admin, passwords and
+set-password links, sessions, and the users list.
 
-The records are `kubekvm.services.accounts`'; the password rules (who may set whose password,
-who may make a set-password link) are `kubekvm.access`'s, applied here. Signing in, the first
-admin and a password set with a link are recorded in the audit log under the account they
-are for, so those operations write their own entries; every other one is audited by its rule's
-wrapper (`rules.operation`).
+`UserRecords` are the writes, unchecked (sessions and sign-in are `sessions`', set-password
+links `links`', the server's first start `server`'s; `accounts.Accounts` gathers them).
+Passwords are hashed and checked in `kubekvm.credentials`' worker pool, never on the loop; a
+password change is compare-and-set on the old hash, so two changes at once cannot both win.
+
+`UserOperations` are what a caller may do; the password rules (who may set whose password, who
+may make a set-password link) are `kubekvm.access`'s, applied here. Signing in, the first admin
+and a password set with a link are recorded in the audit log under the account they are for,
+so those operations write their own entries; every other one is audited by its rule's wrapper
+(`rules.operation`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from kubekvm import access
+from pymongo.errors import DuplicateKeyError
+
+from kubekvm import access, credentials, roster, throttle
 from kubekvm.access import Actor, ActorKind
-from kubekvm.errors import KubeKVMError, NotFound, Throttled, Unauthenticated, ValidationFailed
-from kubekvm.models import Role, User
+from kubekvm.errors import Conflict, KubeKVMError, NotFound, Throttled, Unauthenticated, ValidationFailed
+from kubekvm.models import Deployment, Role, User
 from kubekvm.services import audit
 from kubekvm.services.rules import (
     ADMIN,
@@ -32,6 +41,99 @@ from kubekvm.services.rules import (
     outcomes,
     own,
 )
+from kubekvm.services.sessions import SessionRecords
+
+WRONG_CURRENT_PASSWORD = "Your current password is not right; nothing changed."  # noqa: S105 (a message)
+
+
+class UserRecords(SessionRecords):
+    """Users and their passwords (and, from `SessionRecords`, sessions and sign-in)."""
+
+    async def get_user(self, name: str) -> User:
+        user = await self.find_user(name)
+        if user is None:
+            raise NotFound(f"There is no user named {name!r}.")
+        return user
+
+    async def list_users(self, *, role: Role | None = None, names: Sequence[str] | None = None) -> list[User]:
+        query: dict[str, Any] = {}
+        if role is not None:
+            query["role"] = role.value
+        if names is not None:
+            query["name"] = {"$in": list(names)}
+        return await User.find(query).sort("name").to_list()
+
+    async def create_user(self, *, name: str, role: Role, password: str | None = None) -> User:
+        roster.username(name)
+        user = User(name=name, role=role,
+                    password_hash=await credentials.hash_password(password) if password else None)
+        try:
+            await user.insert()
+        except DuplicateKeyError:
+            raise Conflict(f"A user named {name!r} already exists.") from None
+        return user
+
+    async def ensure_students(self, names: Sequence[str]) -> list[str]:
+        """Student accounts (without a usable password) for those of `names` that have no
+        account; returns the names created. A name that is a teacher's or an admin's account is
+        refused: rostering it would give that person's lab access to whoever holds it."""
+        existing = {u.name: u for u in await self.list_users(names=names)}
+        staff = sorted(n for n, u in existing.items() if u.role != Role.STUDENT)
+        if staff:
+            raise ValidationFailed("students", (
+                f"{', '.join(staff)} {'is' if len(staff) == 1 else 'are'} not a student account; "
+                "only students can be on a roster."))
+        created = []
+        for name in names:
+            if name not in existing:
+                try:
+                    await self.create_user(name=name, role=Role.STUDENT)
+                    created.append(name)
+                except Conflict:
+                    pass  # made meanwhile by another request
+        return created
+
+    async def set_password(self, name: str, password: str, *, keep_session: str | None = None) -> User:
+        """A new password; every session of the user ends but `keep_session` (a session
+        document's id: the one the user changed it from), and any set-password link dies."""
+        user = await self.get_user(name)
+        hashed = await credentials.hash_password(password)
+        await User.get_pymongo_collection().update_one(
+            {"_id": user.id},
+            {"$set": {"password_hash": hashed, "password_code_hash": None, "password_code_expires": None,
+                      "password_code_issuer": None}})
+        await self.end_sessions(name, keep=keep_session)
+        return await self.get_user(name)
+
+    async def change_password(self, *, name: str, current: str, new: str, address: str,
+                              keep_session: str | None = None) -> User:
+        """One's own password, given the current one (a stolen session alone cannot lock its
+        owner out). A wrong current password counts as a failed sign-in from `address`."""
+        credentials.check_password_rules(new, field="newPassword")
+        keys = throttle.keys(name, address)
+        await self._check_throttle(keys)
+        user = await self.get_user(name)
+        if not await credentials.verify_password(user.password_hash, current):
+            await self._failed(keys)
+            raise ValidationFailed("currentPassword", WRONG_CURRENT_PASSWORD)
+        hashed = await credentials.hash_password(new)
+        # Compare-and-set on the old hash: two changes at once cannot both win.
+        result = await User.get_pymongo_collection().update_one(
+            {"_id": user.id, "password_hash": user.password_hash},
+            {"$set": {"password_hash": hashed, "password_code_hash": None, "password_code_expires": None,
+                      "password_code_issuer": None}})
+        if not result.modified_count:
+            raise Conflict("Your password was changed elsewhere just now; nothing changed here.")
+        await self.end_sessions(name, keep=keep_session)
+        return await self.get_user(name)
+
+    async def admin_exists(self) -> bool:
+        return await User.find_one({"role": Role.ADMIN.value}) is not None
+
+    async def lab_owners_of(self, student: str) -> set[str | None]:
+        """The owners of the labs whose roster holds `student` (None: a lab of no one's)."""
+        found = Deployment.get_pymongo_collection().find({"roster": student}, {"owner": 1})
+        return {doc.get("owner") async for doc in found}
 
 
 async def _account_facts(ops: Operations, name: str) -> access.AccountFacts | None:
