@@ -94,6 +94,8 @@ class EventFeed:
     _history: deque[Change] = field(default_factory=lambda: deque(maxlen=REPLAY_CHANGES))
     _sequence: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _task: asyncio.Task[None] | None = None
+    # How long shutdown waits for the watcher to end once cancelled (see `stop`).
+    stop_grace: float = 5.0
 
     @property
     def publishes_locally(self) -> bool:
@@ -108,11 +110,20 @@ class EventFeed:
         return None
 
     async def stop(self) -> None:
+        """Cancels the watcher and waits for it, but at most `stop_grace`: a read cancelled inside
+        pymongo's async cursor can fail to finish (seen with pymongo 4.20), and a server told to
+        stop must not wait on it for good; closing the database client afterwards ends it."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is None:
+            return
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=self.stop_grace)
+        if not done:
+            log.warning("the change-stream watcher did not end within %.0f s of being cancelled; "
+                        "shutting down without it", self.stop_grace)
+            return
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[Subscription]:

@@ -13,6 +13,7 @@ exception classes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -276,3 +277,23 @@ async def test_a_lab_subscriber_cancelled_while_it_reads_leaves_no_subscription(
         done, _ = await asyncio.wait([task], timeout=WAIT)
         assert done, f"the cancelled subscriber was still running {WAIT:.0f} s later (after {steps} steps)"
         assert feed.subscriber_count == 0
+
+
+async def test_stopping_does_not_wait_for_good_on_a_watcher_that_ignores_cancellation(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The shutdown hang: a watcher stuck in a read that swallows its cancellation (pymongo's
+    async cursor did) kept `kubekvm serve` from exiting on SIGTERM. Stopping now gives up after
+    the grace, says so, and the rest of shutdown (closing the client) goes on."""
+    release = asyncio.Event()
+
+    async def stuck() -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    feed = EventFeed(stop_grace=0.2)
+    feed._task = asyncio.create_task(stuck())
+    await asyncio.sleep(0)  # not synchronisation: let the task reach its await before the cancel
+    await asyncio.wait_for(feed.stop(), timeout=10)
+    assert "did not end within" in caplog.text
+    release.set()
