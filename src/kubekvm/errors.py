@@ -16,11 +16,15 @@ class KubeKVMError(Exception):
 
 
 class ValidationFailed(KubeKVMError):
+    """One field refused; `suggestion` is a value that would pass, where one can be derived
+    (a name typed with capitals or spaces)."""
+
     code = "VALIDATION_FAILED"
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, *, suggestion: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+        self.suggestion = suggestion
 
 
 class NotFound(KubeKVMError):

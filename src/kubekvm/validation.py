@@ -6,7 +6,9 @@ answers `VALIDATION_FAILED` with `extensions.field`, and nothing is written.
 
 - A lab name becomes part of VM, domain and disk names on the hosts, so it is held to the DNS
   label subset (lowercase letters, digits, inner hyphens, 1-40 characters): nothing in it can
-  mean anything to a shell, a path or libvirt's XML.
+  mean anything to a shell, a path or libvirt's XML. A name refused only for its form (upper
+  case, spaces, accents) comes with the valid name it would become (`suggest_name`, which the
+  legacy import also uses to make old names valid), so a person need not guess the rule.
 - Free text (titles, descriptions, labels, notes) goes through `text`: a length limit, and no
   control characters (a text area may keep newlines and tabs), no lone surrogates (MongoDB's
   BSON cannot store them) and no bidirectional overrides (they make a name read as another).
@@ -50,20 +52,47 @@ _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u20
 _TEXT_AREA_KEEPS = frozenset("\n\t")
 
 
+_NOT_NAME_RUN = re.compile(r"[^a-z0-9]+")
+_CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def suggest_name(text: str, *, split_words: bool = False) -> str | None:
+    """The valid name `text` would become, or None when nothing of it survives.
+
+    Accents are dropped (`Señales` → `senales`), letters lowercased, every run of anything else
+    (spaces, `_`, `.`, punctuation) becomes one hyphen, hyphens at either end go, and the result
+    is cut to NAME_MAX_LENGTH characters. A valid name comes back unchanged. `split_words` also
+    splits CamelCase words (`RedesNeuronales` → `redes-neuronales`), as the 2019 application's
+    template types are written; a name a person typed keeps its letters together (`D2` → `d2`).
+    """
+    if split_words:
+        text = _CAMEL_HUMP.sub("-", text)
+    # NFKD splits an accented letter into the letter and its combining mark (dropped below as
+    # not ASCII); it also turns compatibility forms (ﬁ, ²) into plain letters and digits.
+    plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
+    slug = _NOT_NAME_RUN.sub("-", plain).strip("-")[:NAME_MAX_LENGTH].rstrip("-")
+    return slug or None
+
+
 def name(value: str, *, field: str = "name") -> str:
-    """A lab or template name, or ValidationFailed saying which rule it breaks."""
+    """A lab or template name, or ValidationFailed saying which rule it breaks (with the valid
+    name it would become as `suggestion`, where there is one)."""
     if value == "":
         raise ValidationFailed(field, "A name is required.")
     if len(value) > NAME_MAX_LENGTH:
         raise ValidationFailed(
-            field, f"A name has at most {NAME_MAX_LENGTH} characters (this one has {len(value)})."
+            field, f"A name has at most {NAME_MAX_LENGTH} characters (this one has {len(value)}).",
+            suggestion=suggest_name(value),
         )
     if not _NAME.fullmatch(value):
-        raise ValidationFailed(
-            field,
-            "Use only lowercase letters a-z, digits and hyphens, starting and ending with a "
-            "letter or digit (for example: redes-2025).",
-        )
+        suggestion = suggest_name(value)
+        rule = ("names hold only lowercase letters a-z, digits and hyphens, starting and ending "
+                "with a letter or digit")
+        if suggestion is None:
+            raise ValidationFailed(field, "Use only lowercase letters a-z, digits and hyphens, starting and "
+                                          "ending with a letter or digit (for example: redes-2025).")
+        hint = "Use lowercase" if value.lower() == suggestion else "Try"
+        raise ValidationFailed(field, f"{hint}: {suggestion} ({rule}).", suggestion=suggestion)
     return value
 
 

@@ -163,6 +163,12 @@ def test_bad_input_is_refused_with_a_code_and_nothing_written(server: Server, fi
     assert data(server.graphql("{ machines(deployment: \"good-name\") { id } }"))["machines"] == []
 
 
+def test_a_name_refused_for_its_form_suggests_the_valid_one(server: Server) -> None:
+    body = server.graphql(CREATE, {"i": {"name": "Redes 2025", "template": "redes-neuronales", "replicas": 2}})
+    assert error_of(body)["extensions"] == {"code": "VALIDATION_FAILED", "field": "name", "suggestion": "redes-2025"}
+    assert "redes-2025" in error_of(body)["message"]
+
+
 def test_duplicate_name_is_conflict_and_missing_lab_is_not_found(server: Server) -> None:
     data(server.graphql(CREATE, {"i": {"name": "dup", "template": "redes-neuronales", "replicas": 2}}))
     body = server.graphql(CREATE, {"i": {"name": "dup", "template": "redes-neuronales", "replicas": 7}})

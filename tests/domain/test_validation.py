@@ -109,3 +109,37 @@ def test_storable_names_the_innermost_field_holding_a_lone_surrogate() -> None:
     with pytest.raises(ValidationFailed) as error:
         validation.storable(["a", "\ud800"], field="students")
     assert error.value.field == "students"
+
+
+@pytest.mark.parametrize(("typed", "suggested"), [
+    ("D1", "d1"), ("Redes 2025", "redes-2025"), ("Señales y Sistemas", "senales-y-sistemas"),
+    ("  lab_1.a  ", "lab-1-a"), ("-lead", "lead"), ("x" * 45, "x" * 40), ("a" * 39 + " b", "a" * 39),
+    ("redes-2025", "redes-2025"), ("ﬁsica²", "fisica2"),
+])
+def test_suggest_name_gives_the_valid_name_a_typed_one_would_become(typed: str, suggested: str) -> None:
+    assert validation.suggest_name(typed) == suggested
+    assert validation.name(suggested) == suggested
+
+
+@pytest.mark.parametrize("typed", ["", "---", "日本語", "$(;)"])
+def test_suggest_name_gives_nothing_when_nothing_survives(typed: str) -> None:
+    assert validation.suggest_name(typed) is None
+
+
+def test_suggest_name_splits_camel_case_words_only_when_asked() -> None:
+    assert validation.suggest_name("TecnologiaDeComputadores", split_words=True) == "tecnologia-de-computadores"
+    assert validation.suggest_name("RedesNeuronales", split_words=True) == "redes-neuronales"
+    assert validation.suggest_name("HTTPServer", split_words=True) == "http-server"
+    assert validation.suggest_name("RedesNeuronales") == "redesneuronales"
+
+
+def test_a_name_refused_for_its_form_carries_the_suggestion_in_the_message() -> None:
+    with pytest.raises(ValidationFailed) as upper:
+        validation.name("D1")
+    assert upper.value.suggestion == "d1" and upper.value.message.startswith("Use lowercase: d1")
+    with pytest.raises(ValidationFailed) as spaced:
+        validation.name("Redes 2025")
+    assert spaced.value.suggestion == "redes-2025" and "redes-2025" in spaced.value.message
+    with pytest.raises(ValidationFailed) as nothing:
+        validation.name("$$$")
+    assert nothing.value.suggestion is None and "redes-2025" in nothing.value.message

@@ -95,11 +95,18 @@ def _holder(document: DocumentNode | None, holds: Callable[[Node], bool]) -> str
     return min(found)[1] if found else None
 
 
-def coded(error: KubeKVMError) -> GraphQLError:
+def extensions_of(error: KubeKVMError) -> dict[str, object]:
+    """`code`, and for a refused field its name and (where there is one) a value that would pass."""
     extensions: dict[str, object] = {"code": error.code}
     if isinstance(error, ValidationFailed):
         extensions["field"] = error.field
-    return GraphQLError(error.message, extensions=extensions)
+        if error.suggestion is not None:
+            extensions["suggestion"] = error.suggestion
+    return extensions
+
+
+def coded(error: KubeKVMError) -> GraphQLError:
+    return GraphQLError(error.message, extensions=extensions_of(error))
 
 
 class ErrorCodes(MaskErrors):
@@ -113,13 +120,11 @@ class ErrorCodes(MaskErrors):
     def _classify(error: GraphQLError) -> GraphQLError:
         original = error.original_error
         if isinstance(original, KubeKVMError):
-            extensions: dict[str, object] = {"code": original.code}
-            if isinstance(original, ValidationFailed):
-                extensions["field"] = original.field
             return GraphQLError(original.message, nodes=error.nodes, source=error.source,
-                                positions=error.positions, path=error.path, extensions=extensions)
+                                positions=error.positions, path=error.path, extensions=extensions_of(original))
         if error.extensions and "code" in error.extensions:
             return error
+        extensions: dict[str, object]
         if original is None or isinstance(original, GraphQLError):
             code = _limit_code(error.message)
             extensions = {**(error.extensions or {}), "code": code or "VALIDATION_FAILED"}
