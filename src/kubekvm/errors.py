@@ -27,6 +27,23 @@ class ValidationFailed(KubeKVMError):
         self.suggestion = suggestion
 
 
+class FieldErrors(ValidationFailed):
+    """Several fields refused at once, so a person or a client fixes them all in one go. It is a
+    ValidationFailed about the first field, so a caller that shows one message still shows one;
+    `errors` holds every field's (GraphQL answers one error per field, a form a message beside
+    each)."""
+
+    def __init__(self, errors: list[ValidationFailed]) -> None:
+        first = errors[0]
+        super().__init__(first.field, first.message, suggestion=first.suggestion)
+        self.errors = errors
+
+
+def each_field(error: ValidationFailed) -> list[ValidationFailed]:
+    """Every field a refusal is about, one error each."""
+    return list(error.errors) if isinstance(error, FieldErrors) else [error]
+
+
 class NotFound(KubeKVMError):
     code = "NOT_FOUND"
 

@@ -15,6 +15,8 @@ answers `VALIDATION_FAILED` with `extensions.field`, and nothing is written.
   Text recorded rather than judged (an agent's message about a machine, the name a refused
   request tried) goes through `note`, which keeps it with those characters replaced, and
   `storable` refuses a request holding a lone surrogate anywhere, before anything runs.
+- Every field of a request is judged before any is refused (`Checks`), so a request with a bad
+  name and a bad number hears about both at once (`FieldErrors`).
 - Every number goes through `whole_number`, whether it comes as a form's string or as a
   GraphQL Int: ASCII digits only (no `+`, `²`, `٣`, `1_0`, `0x10`, `1e3` or spaces, which
   Python's `int()` would take or choke on), at most 18 of them, then a range. Paging arguments
@@ -26,10 +28,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
-from kubekvm.errors import ValidationFailed
+from kubekvm.errors import FieldErrors, ValidationFailed, each_field
+
+T = TypeVar("T")
 
 NAME_MAX_LENGTH = 40
 _NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?")
@@ -72,6 +76,33 @@ def suggest_name(text: str, *, split_words: bool = False) -> str | None:
     plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
     slug = _NOT_NAME_RUN.sub("-", plain).strip("-")[:NAME_MAX_LENGTH].rstrip("-")
     return slug or None
+
+
+class Checks:
+    """Judge every field of a request, then refuse with all the failures at once:
+    `value = checks(lambda: validation.name(x))` gives the checked value or None (when it failed),
+    and `checks.done()` raises ValidationFailed (one field) or FieldErrors (several), if any."""
+
+    def __init__(self) -> None:
+        self.failures: list[ValidationFailed] = []
+
+    def __call__(self, check: Callable[[], T]) -> T | None:
+        try:
+            return check()
+        except ValidationFailed as error:
+            self.fail(error)
+            return None
+
+    def fail(self, error: ValidationFailed) -> None:
+        """Record a refusal (the first per field counts: it is the one to fix first)."""
+        seen = {f.field for f in self.failures}
+        self.failures += [e for e in each_field(error) if e.field not in seen]
+
+    def done(self) -> None:
+        if len(self.failures) == 1:
+            raise self.failures[0]
+        if self.failures:
+            raise FieldErrors(list(self.failures))
 
 
 def name(value: str, *, field: str = "name") -> str:

@@ -169,6 +169,22 @@ def test_a_name_refused_for_its_form_suggests_the_valid_one(server: Server) -> N
     assert "redes-2025" in error_of(body)["message"]
 
 
+def test_every_bad_field_is_reported_at_once(server: Server) -> None:
+    before = count_labs(server)
+    body = server.graphql(CREATE, {"i": {"name": "Bad Name", "template": "no-such", "replicas": 0}})
+    assert body["data"] is None
+    fields = {e["extensions"]["field"]: e for e in body["errors"]}
+    assert set(fields) == {"name", "replicas", "template"}, body["errors"]
+    assert all(e["extensions"]["code"] == "VALIDATION_FAILED" and e["path"] == ["createDeployment"]
+               for e in body["errors"])
+    assert fields["name"]["extensions"]["suggestion"] == "bad-name"
+    assert count_labs(server) == before
+    template = server.graphql(
+        "mutation { createTemplate(input: {name: \"T x\", os: LINUX, image: \"../x\", vcpus: 0, "
+        "memoryMib: 1, diskGib: 1}) { name } }")
+    assert {e["extensions"]["field"] for e in template["errors"]} == {"name", "image", "vcpus", "memoryMib"}
+
+
 def test_duplicate_name_is_conflict_and_missing_lab_is_not_found(server: Server) -> None:
     data(server.graphql(CREATE, {"i": {"name": "dup", "template": "redes-neuronales", "replicas": 2}}))
     body = server.graphql(CREATE, {"i": {"name": "dup", "template": "redes-neuronales", "replicas": 7}})

@@ -59,6 +59,23 @@ def test_plain_form_errors_keep_the_input(client: httpx.Client, tiny_template: s
     assert "Replicas must be a whole number" in words.text
 
 
+def test_every_bad_field_gets_its_message_at_once(client: httpx.Client, tiny_template: str) -> None:
+    lab = client.post("/labs", data=lab_form("Redes 2025", replicas="0", title="a\x00b", template=""))
+    assert lab.status_code == 422
+    for field in ("name", "replicas", "title", "template"):
+        assert f'id="{field}-error"' in lab.text, field
+    assert "Try: redes-2025" in lab.text
+    user = client.post("/users", data={"name": "x y", "role": "nobody", "password": "short"})
+    assert user.status_code == 422
+    for field in ("name", "role", "password"):
+        assert f'id="{field}-error"' in user.text, field
+    template = client.post("/templates", data={"name": "Bad", "title": "", "description": "", "os": "linux",
+                                                "image": "x.img", "vcpus": "0", "memoryMib": "64", "diskGib": "0"})
+    assert template.status_code == 422
+    for field in ("name", "image", "vcpus", "diskGib"):
+        assert f'id="{field}-error"' in template.text, field
+
+
 def test_htmx_gets_fragments_and_a_client_side_redirect(client: httpx.Client,
                                                         tiny_template: str) -> None:
     bad = client.post("/labs", data=lab_form("a;b"), headers=HX)

@@ -1,6 +1,9 @@
 """How failures look to a GraphQL client: every error carries `extensions.code`.
 
-Domain errors keep their message and code (and `field` for VALIDATION_FAILED). A query over
+Domain errors keep their message and code (and `field` for VALIDATION_FAILED, with
+`suggestion` where a valid value can be derived). A request refused for several fields at once
+(`FieldErrors`) is answered with one error per field, each with its own `field`, at the same
+path. A query over
 the depth, alias or token limits is QUERY_TOO_COMPLEX; introspection, where it is switched
 off, is FORBIDDEN. Other errors the GraphQL layer finds itself (a string where an Int
 belongs, an unknown field) are VALIDATION_FAILED, with `field` naming the argument or input
@@ -20,7 +23,7 @@ from graphql.error import GraphQLError
 from strawberry.extensions import MaskErrors
 
 from kubekvm.database import unavailable
-from kubekvm.errors import KubeKVMError, ValidationFailed
+from kubekvm.errors import KubeKVMError, ValidationFailed, each_field
 from kubekvm.faults import quiet
 
 log = logging.getLogger(__name__)
@@ -114,7 +117,15 @@ class ErrorCodes(MaskErrors):
         super().__init__(should_mask_error=lambda _: False)
 
     def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
-        return [self._classify(e) for e in errors]
+        return [classified for e in errors for classified in self._each_field(e)]
+
+    @classmethod
+    def _each_field(cls, error: GraphQLError) -> list[GraphQLError]:
+        original = error.original_error
+        if not isinstance(original, ValidationFailed):
+            return [cls._classify(error)]
+        return [GraphQLError(e.message, nodes=error.nodes, source=error.source, positions=error.positions,
+                             path=error.path, extensions=extensions_of(e)) for e in each_field(original)]
 
     @staticmethod
     def _classify(error: GraphQLError) -> GraphQLError:

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from kubekvm import validation
+from kubekvm import credentials, roster, validation
 from kubekvm.auth import actor_of, services_for, sign_in, sign_out
 from kubekvm.errors import KubeKVMError, NotFound, Throttled, Unauthenticated, ValidationFailed
 from kubekvm.models import ApiToken, Role
@@ -86,6 +86,8 @@ class AccountPages:
         password, again = form.get("password"), form.get("again")
         if password != again:
             state.errors["again"] = "The two passwords differ."
+            state.check(lambda: roster.username(state.values["name"]))
+            state.check(lambda: credentials.check_password_rules(password if isinstance(password, str) else ""))
         else:
             try:
                 user = await services_for(request).complete_setup(
@@ -115,6 +117,7 @@ class AccountPages:
         password, again = form.get("password"), form.get("again")
         if password != again:
             state.errors["again"] = "The two passwords differ."
+            state.check(lambda: credentials.check_password_rules(password if isinstance(password, str) else ""))
         else:
             try:
                 user = await services.set_password_with_code(state.values["code"],
@@ -166,6 +169,7 @@ class AccountPages:
         pw = FormState()
         if not isinstance(password, str) or password != again:
             pw.errors["again"] = "The two new passwords differ; nothing changed."
+            pw.check(lambda: credentials.check_password_rules(password if isinstance(password, str) else ""))
         else:
             try:
                 # This session stays; every other one of the user's ends.
@@ -207,6 +211,9 @@ class AccountPages:
             role = Role(state.values["role"])
         except ValueError:
             state.fail(ValidationFailed("role", "Choose admin, teacher or student."))
+            state.check(lambda: roster.username(state.values["name"]))
+            if isinstance(password, str) and password:
+                state.check(lambda: credentials.check_password_rules(password))
         if not state.errors:
             try:
                 user = await services.create_user(name=state.values["name"], role=role,

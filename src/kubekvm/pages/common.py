@@ -48,6 +48,7 @@ from kubekvm.errors import (
     Unauthenticated,
     Unavailable,
     ValidationFailed,
+    each_field,
 )
 from kubekvm.faults import quiet
 from kubekvm.models import Role
@@ -77,7 +78,17 @@ class FormState:
     errors: dict[str, str] = field(default_factory=dict)
 
     def fail(self, error: ValidationFailed) -> None:
-        self.errors.setdefault(error.field, error.message)
+        """Note every field `error` is about (FieldErrors: several), the first message per field."""
+        for each in each_field(error):
+            self.errors.setdefault(each.field, each.message)
+
+    def check(self, rule: Callable[[], object]) -> None:
+        """Run a pure rule for its refusal only, so a form that cannot be sent on (two passwords
+        that differ) still shows what else is wrong with it, all at once."""
+        try:
+            rule()
+        except ValidationFailed as error:
+            self.fail(error)
 
     @property
     def first_error(self) -> str | None:

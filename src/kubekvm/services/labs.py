@@ -128,17 +128,26 @@ class Labs(Noun):
                 self._lab_counts.pop(next(iter(self._lab_counts)))
         return (await asyncio.shield(task))[lab.name]
 
+    def lab_fields(self, *, name: str, title: str | None, replicas: int) -> validation.Checks:
+        """A new lab's own fields judged (not yet refused), so that the refusal of one of them, or
+        of its template or owner, names every bad field at once."""
+        checks = validation.Checks()
+        checks(lambda: validation.name(name))
+        checks(lambda: validation.title(title, fallback=name))
+        checks(lambda: validation.replicas(replicas, maximum=self.ctx.settings.max_replicas))
+        return checks
+
     async def create_deployment(
         self, *, name: str, template: str, replicas: int, title: str | None = None,
         power: Power = Power.RUNNING, owner: str | None = None,
     ) -> Deployment:
-        validation.name(name)
-        lab_title = validation.title(title, fallback=name)
-        validation.replicas(replicas, maximum=self.ctx.settings.max_replicas)
+        checks = self.lab_fields(name=name, title=title, replicas=replicas)
+        lab_title = validation.title(title, fallback=name) if not checks.failures else name
         try:
             source = await self.core.templates.get_template(template)
         except NotFound:
-            raise ValidationFailed("template", f"There is no template named {template!r}.") from None
+            checks.fail(ValidationFailed("template", f"There is no template named {template!r}."))
+        checks.done()
         lab = Deployment(name=name, title=lab_title, template=template, replicas=replicas, power=power,
                          owner=owner)
         try:
@@ -170,7 +179,11 @@ class Labs(Noun):
         self, name: str, *, title: str | None = None, replicas: int | None = None,
         power: Power | None = None, template: str | None = None,
     ) -> Deployment:
-        new_title = validation.title(title, fallback=name) if title is not None else None
+        checks = validation.Checks()
+        new_title = checks(lambda: validation.title(title, fallback=name)) if title is not None else None
+        if replicas is not None:
+            checks(lambda: validation.replicas(replicas, maximum=self.ctx.settings.max_replicas))
+        checks.done()
 
         def change(lab: Deployment) -> LabUpdate | None:
             if lab.phase == Phase.DELETING:
@@ -264,16 +277,19 @@ async def _may_create_lab(ops: Operations, args: Arguments) -> None:
     another teacher or admin."""
     access.require_staff(ops.actor)
     owner = args["owner"]
+    if owner is not None and owner != ops.actor.name and not ops.actor.is_admin:
+        raise Forbidden("Teachers create labs of their own; only an admin may create one for someone else.")
+    # An unknown owner or template is a bad field like the others: refused with all of them.
+    checks = ops.services.labs.lab_fields(name=args["name"], title=args["title"], replicas=args["replicas"])
     if owner is not None and owner != ops.actor.name:
-        if not ops.actor.is_admin:
-            raise Forbidden("Teachers create labs of their own; only an admin may create one for someone else.")
         account = await ops.accounts.find_user(owner)
         if account is None or account.role == Role.STUDENT:
-            raise ValidationFailed("owner", f"There is no teacher or admin named {owner!r}.")
+            checks.fail(ValidationFailed("owner", f"There is no teacher or admin named {owner!r}."))
     try:
         await ops.usable_template(args["template"])
     except NotFound:
-        raise ValidationFailed("template", f"There is no template named {args['template']!r}.") from None
+        checks.fail(ValidationFailed("template", f"There is no template named {args['template']!r}."))
+    checks.done()
 
 
 LAB_CREATOR = Rule("teachers and admins (for someone else: admins)", _may_create_lab, STAFF.outcomes)

@@ -20,7 +20,7 @@ from datetime import timedelta
 
 from pymongo.errors import DuplicateKeyError
 
-from kubekvm import credentials, roster
+from kubekvm import credentials, roster, validation
 from kubekvm.errors import Conflict, NotFound
 from kubekvm.models import ApiToken, Role, ServerSecret, TokenKind, User, utcnow
 from kubekvm.services.context import ServerInfo
@@ -88,8 +88,10 @@ class ServerStart(UserRecords):
     async def complete_setup(self, *, code: str, name: str, password: str) -> User:
         if not await self.setup_open(code):
             raise NotFound("This setup link is not valid: an admin exists already, or the code is wrong or old.")
-        roster.username(name)
-        credentials.check_password_rules(password)
+        checks = validation.Checks()
+        checks(lambda: roster.username(name))
+        checks(lambda: credentials.check_password_rules(password))
+        checks.done()
         try:  # one setup only, even if two people post at once to two replicas
             await ServerSecret(name=SETUP_DONE, value=name).insert()
         except DuplicateKeyError:

@@ -8,7 +8,7 @@ index (several replicas); an edit writes only the fields it changes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import DuplicateKeyError
@@ -66,15 +66,18 @@ class Templates(Noun):
         self, *, name: str, title: str | None, description: str | None, os: str, image: str,
         vcpus: int, memory_mib: int, disk_gib: int, teachers: Sequence[str] = (),
     ) -> Template:
-        template = Template(
-            teachers=_teachers(teachers),
-            name=validation.name(name),
-            title=validation.title(title, fallback=name),
-            description=validation.description(description),
-            os=OSFamily(validation.os_family(os)),
-            image=validation.image(image),
-            **_template_sizes(vcpus=vcpus, memory_mib=memory_mib, disk_gib=disk_gib),
-        )
+        checks = validation.Checks()
+        fields = {
+            "teachers": checks(lambda: _teachers(teachers)),
+            "name": checks(lambda: validation.name(name)),
+            "title": checks(lambda: validation.title(title, fallback=name)),
+            "description": checks(lambda: validation.description(description)),
+            "os": checks(lambda: OSFamily(validation.os_family(os))),
+            "image": checks(lambda: validation.image(image)),
+            **(checks(lambda: _template_sizes(vcpus=vcpus, memory_mib=memory_mib, disk_gib=disk_gib)) or {}),
+        }
+        checks.done()
+        template = Template(**fields)
         try:
             await template.insert()
         except DuplicateKeyError:
@@ -88,22 +91,22 @@ class Templates(Noun):
         teachers: Sequence[str] | None = None,
     ) -> Template:
         template = await self.get_template(name)
-        changes: dict[str, Any] = {}
-        if teachers is not None:
-            changes["teachers"] = _teachers(teachers)
-        if title is not None:
-            changes["title"] = validation.title(title, fallback=name)
-        if description is not None:
-            changes["description"] = validation.description(description)
-        if os is not None:
-            changes["os"] = OSFamily(validation.os_family(os))
-        if image is not None:
-            changes["image"] = validation.image(image)
-        sizes = _template_sizes(
+        checks = validation.Checks()
+        given_text: dict[str, tuple[object, Callable[[], object]]] = {
+            "teachers": (teachers, lambda: _teachers(teachers or ())),
+            "title": (title, lambda: validation.title(title, fallback=name)),
+            "description": (description, lambda: validation.description(description)),
+            "os": (os, lambda: OSFamily(validation.os_family(os or ""))),
+            "image": (image, lambda: validation.image(image or "")),
+        }
+        changes: dict[str, Any] = {key: checks(check) for key, (value, check) in given_text.items()
+                                   if value is not None}
+        sizes = checks(lambda: _template_sizes(
             vcpus=template.vcpus if vcpus is None else vcpus,
             memory_mib=template.memory_mib if memory_mib is None else memory_mib,
             disk_gib=template.disk_gib if disk_gib is None else disk_gib,
-        )
+        )) or {}
+        checks.done()
         # Only the fields asked for are written: writing back the others as read would undo a
         # concurrent edit of them made on another replica.
         given = {"vcpus": vcpus, "memory_mib": memory_mib, "disk_gib": disk_gib}
@@ -135,11 +138,15 @@ class Templates(Noun):
 
 
 def _template_sizes(*, vcpus: int, memory_mib: int, disk_gib: int) -> dict[str, int]:
-    return {
-        "vcpus": validation.template_size(vcpus, field="vcpus"),
-        "memory_mib": validation.template_size(memory_mib, field="memoryMib"),
-        "disk_gib": validation.template_size(disk_gib, field="diskGib"),
+    """The three sizes, every bad one refused at once."""
+    checks = validation.Checks()
+    sizes = {
+        "vcpus": checks(lambda: validation.template_size(vcpus, field="vcpus")),
+        "memory_mib": checks(lambda: validation.template_size(memory_mib, field="memoryMib")),
+        "disk_gib": checks(lambda: validation.template_size(disk_gib, field="diskGib")),
     }
+    checks.done()
+    return {key: value for key, value in sizes.items() if value is not None}
 
 
 def machine_spec(template: Template) -> MachineSpec:

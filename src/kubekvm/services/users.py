@@ -21,7 +21,7 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from kubekvm import access, credentials, roster, throttle
+from kubekvm import access, credentials, roster, throttle, validation
 from kubekvm.access import Actor, ActorKind
 from kubekvm.errors import Conflict, KubeKVMError, NotFound, Throttled, Unauthenticated, ValidationFailed
 from kubekvm.models import Deployment, Role, User
@@ -64,7 +64,11 @@ class UserRecords(SessionRecords):
         return await User.find(query).sort("name").to_list()
 
     async def create_user(self, *, name: str, role: Role, password: str | None = None) -> User:
-        roster.username(name)
+        checks = validation.Checks()
+        checks(lambda: roster.username(name))
+        if password:
+            checks(lambda: credentials.check_password_rules(password))
+        checks.done()
         user = User(name=name, role=role,
                     password_hash=await credentials.hash_password(password) if password else None)
         try:
