@@ -56,9 +56,10 @@ from kubekvm.events import ChangeStreamFeed, EventFeed
 from kubekvm.faults import DatabaseFaults
 from kubekvm.graphql.schema import build_schema
 from kubekvm.graphql.websocket import CheckedTransportWS
-from kubekvm.headers import SecurityHeaders, explorer_policy
+from kubekvm.headers import EXPLORER_POLICY, SecurityHeaders
 from kubekvm.janitor import LEASE_NAME, Janitor
 from kubekvm.lease import Lease
+from kubekvm.pages.common import Renderer
 from kubekvm.quotas import SubscriptionQuotas
 from kubekvm.services import Services
 from kubekvm.services.accounts import Accounts
@@ -73,6 +74,9 @@ _TRANSPORT_CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOW
 
 class GraphQLApp(GraphQL[dict[str, Any], None]):
     quotas: SubscriptionQuotas
+    # The explorer page (templates/graphiql.html) instead of strawberry's, which loads GraphiQL
+    # from a CDN: ours is served from static/vendor and works offline.
+    renderer: Renderer
     graphql_transport_ws_handler_class = CheckedTransportWS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -136,8 +140,8 @@ class GraphQLApp(GraphQL[dict[str, Any], None]):
         # The explorer is for people who are signed in; programs POST and need no page.
         if actor_of(request).kind == ActorKind.ANONYMOUS:
             return RedirectResponse("/login?next=/graphql", status_code=303)
-        page = await super().render_graphql_ide(request)
-        page.headers["Content-Security-Policy"] = explorer_policy(bytes(page.body).decode())
+        page = self.renderer.page(request, "graphiql.html")
+        page.headers["Content-Security-Policy"] = EXPLORER_POLICY
         return page
 
 
@@ -224,6 +228,7 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
                          # Strawberry's own cap counts queries in flight too, and answers without
                          # a code: a backstop above ours (kubekvm.quotas), which says why.
                          max_subscriptions_per_connection=settings.graphql_max_subscriptions_per_connection + 10)
+    graphql.renderer = Renderer(settings)
     graphql.quotas = SubscriptionQuotas(per_connection=settings.graphql_max_subscriptions_per_connection,
                                         per_user=settings.graphql_max_subscriptions_per_user)
     routes: list[BaseRoute] = [

@@ -2,7 +2,8 @@
 a page that waits for a CDN is a page that does not work in class.
 
 Every GET route of the pages is rendered (the test fails if a new route is not listed here),
-and the templates and stylesheet are scanned as written."""
+the GraphQL explorer too, and the templates, stylesheets and scripts are scanned as written.
+(tests/pages/test_graphql_explorer.py runs the explorer in Chromium with the network blocked.)"""
 
 from __future__ import annotations
 
@@ -62,8 +63,9 @@ def test_rendered_pages_reference_only_this_server(server: Server, sample_lab: s
     with httpx.Client(base_url=server.url, timeout=10, headers=server.admin_headers,
                       follow_redirects=True) as client, httpx.Client(base_url=server.url, timeout=10) as nobody:
         assert not external(REFERENCE.findall(nobody.get("/login").text), own=own)
-        for path in [*paths.values(), "/labs/no-such-lab"]:
-            html = client.get(path).text
+        # The GraphQL explorer is no page route but a page all the same (vendored GraphiQL).
+        for path in [*paths.values(), "/labs/no-such-lab", "/graphql"]:
+            html = client.get(path, headers={"Accept": "text/html"}).text
             references = REFERENCE.findall(html)
             assert references, f"{path} rendered no links at all?"
             assert not external(references, own=own), (path, external(references, own=own))
@@ -80,7 +82,8 @@ def test_the_scan_finds_outside_references() -> None:
 
 
 def test_templates_and_static_files_as_written() -> None:
-    files = [*Path(ROOT, "templates").rglob("*.html"), *Path(ROOT, "static").glob("*.css")]
+    files = [*Path(ROOT, "templates").rglob("*.html"), *Path(ROOT, "static").glob("*.css"),
+             *Path(ROOT, "static").glob("*.js"), *Path(ROOT, "static", "vendor").rglob("*.css")]
     assert files
     for file in files:
         text = file.read_text()

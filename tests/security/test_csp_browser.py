@@ -66,7 +66,9 @@ class Watched:
 
     def visit(self, path: str) -> None:
         self.tab.goto(path)
-        self.tab.wait_for_load_state("networkidle") if path != "/graphql" else self.tab.wait_for_load_state("load")
+        self.tab.wait_for_load_state("networkidle")
+        if path == "/graphql":  # GraphiQL has replaced its "Loading…" with its editors
+            expect(self.tab.locator(".graphiql-execute-button")).to_be_visible(timeout=30_000)
         self.collect()
 
     def close(self) -> list[str]:
