@@ -2,11 +2,11 @@
 crash or a dropped connection left half-done, on exactly one server replica at a time.
 
 Some state is kept incrementally for speed: a host's `allocated_vcpus`/`allocated_memory_mib`
-are `$inc`ed at placement and when a machine is forgotten, and a lab's phase is recomputed
-after each change. A process killed between two steps (the `$inc` done, the machine not yet
-claimed; a machine document removed, its lab not yet recomputed) would leave them wrong for
-good. So one replica — the holder of the `janitor` lease (`kubekvm.lease`) — every
-`KUBEKVM_JANITOR_INTERVAL` seconds:
+are `$inc`ed at placement and when a machine is forgotten, and a lab's phase and machine counts
+(`running`, `kept`: what the lab lists show) are recomputed after each change. A process killed
+between two steps (the `$inc` done, the machine not yet claimed; a machine document removed,
+its lab not yet recomputed) would leave them wrong for good. So one replica — the holder of the
+`janitor` lease (`kubekvm.lease`) — every `KUBEKVM_JANITOR_INTERVAL` seconds:
 
 - recounts each host's allocations from the machines placed on it and repairs a drift, if
   the same drift is seen on two turns in a row (a placement or a removal in flight shows a
@@ -14,8 +14,9 @@ good. So one replica — the holder of the `janitor` lease (`kubekvm.lease`) —
   counters did not move in between (the repair is conditional on them);
 - removes machine documents left retired (their removal was cut short), likewise only once
   seen on two turns;
-- for every lab: a lab being deleted has all its machines on their way out, and its phase is
-  recomputed from its machines (one being deleted with no machine left is removed);
+- for every lab: a lab being deleted has all its machines on their way out, and its phase and
+  counts are recomputed from its machines (one being deleted with no machine left is removed;
+  one stored before counts were kept is counted the first time);
 - places machines still waiting for a host.
 
 Every repair is logged at WARNING with what was wrong and what it is now.
@@ -149,3 +150,11 @@ class Janitor:
                 log.warning("janitor: lab %s was %s (%s), its machines say %s (%s): corrected", name,
                             before.phase.value, before.message, after.phase.value, after.message)
                 repairs.labs.append(name)
+            elif (after.running, after.kept) != (before.running, before.kept):
+                # A lab stored before counts were kept is counted for the first time; any other
+                # difference is a recount a crash cut short.
+                level = logging.INFO if before.kept is None else logging.WARNING
+                log.log(level, "janitor: lab %s counted %s/%s running, its machines say %s/%s: recounted",
+                        name, before.running, before.kept, after.running, after.kept)
+                if before.kept is not None:
+                    repairs.labs.append(name)

@@ -129,3 +129,10 @@ def can_act_on_machine(*, phase: Phase, desired: DesiredState) -> str | None:
     if desired == DesiredState.ABSENT:
         return "this machine is being removed"
     return None
+
+
+def machine_counts(machines: Sequence[MachineView]) -> tuple[int, int]:
+    """(running, kept) of a lab's machines: those kept (not on their way out), and of them those
+    observed running; what the lab lists show beside each lab."""
+    kept = [m for m in machines if m.desired != DesiredState.ABSENT]
+    return sum(1 for m in kept if m.observed == ObservedState.RUNNING), len(kept)

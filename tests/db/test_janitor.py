@@ -122,6 +122,21 @@ async def test_a_stale_phase_and_a_half_removed_machine_are_finished(services: S
     assert host.allocated_vcpus == 1
 
 
+async def test_lab_counts_left_wrong_by_a_crash_are_recounted(services: Services,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    await a_host(services)
+    await services.labs.create_deployment(name="miscounted", template="tiny-linux", replicas=2)
+    await report_all(services, "miscounted", ObservedState.RUNNING)
+    # A report written, then the process died before the lab was recounted.
+    await Deployment.get_pymongo_collection().update_one({"name": "miscounted"}, {"$set": {"running": 1}})
+    caplog.set_level(logging.WARNING, logger="kubekvm.janitor")
+    repairs = await janitor(services, "replica-a", Clock()).run_once()
+    assert repairs is not None and repairs.labs == ["miscounted"]
+    lab = await services.labs.get_deployment("miscounted")
+    assert (lab.running, lab.kept) == (2, 2)
+    assert "lab miscounted counted 1/2 running, its machines say 2/2: recounted" in caplog.text
+
+
 async def test_a_lab_whose_machines_were_never_made_gets_them(services: Services) -> None:
     await a_host(services)
     await services.labs.create_deployment(name="short", template="tiny-linux", replicas=1)

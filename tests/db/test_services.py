@@ -177,7 +177,55 @@ async def test_subscribers_of_one_lab_change_share_one_count(services: Services)
         return await count(names)
 
     services.labs.running_counts = counted  # type: ignore[method-assign]
+    # Counted with each change: the lab carries its counts, nothing is aggregated.
+    assert (lab.running, lab.kept) == (3, 3)
+    assert await services.labs.lab_counts(lab) == (3, 3) and calls == 0
+    # A lab stored before counts were kept: one aggregation shared by every subscriber.
+    lab.running = lab.kept = None
     results = await asyncio.gather(*(services.labs.lab_counts(lab) for _ in range(50)))
     assert set(results) == {(3, 3)} and calls == 1
-    await services.labs.stop_deployment("shared")  # a new version of the lab: counted afresh
-    assert await services.labs.lab_counts(await services.labs.get_deployment("shared")) == (3, 3) and calls == 2
+    lab.version += 1  # a new version of the lab: counted afresh
+    assert await services.labs.lab_counts(lab) == (3, 3) and calls == 2
+
+
+async def test_lab_counts_follow_every_machine_change_and_lists_read_them(services: Services) -> None:
+    await a_host(services)
+    await services.labs.create_deployment(name="counted", template="tiny-linux", replicas=3)
+    lab = await services.labs.get_deployment("counted")
+    assert (lab.running, lab.kept) == (0, 3)
+    first, *_ = await services.machines.list_machines(deployment="counted")
+    await services.machines.report_machine_state(machine_id=str(first.id), host="kvm1", state=RUNNING,
+                                                 power_generation=first.power_generation)
+    assert (await services.labs.counts_of([await services.labs.get_deployment("counted")])) == {"counted": (1, 3)}
+    await report_all(services, "counted", RUNNING)
+    await services.labs.update_deployment("counted", replicas=2)  # one on its way out: not kept
+    lab = await services.labs.get_deployment("counted")
+    assert (lab.running, lab.kept) == (2, 2)
+
+    async def refused(names: object) -> dict[str, tuple[int, int]]:
+        raise AssertionError("a list of counted labs must not count machines")
+
+    original = services.labs.running_counts
+    services.labs.running_counts = refused  # type: ignore[method-assign]
+    page = await services.labs.list_deployments()
+    assert await services.labs.counts_of(page.items) == {"counted": (2, 2)}
+    services.labs.running_counts = original  # type: ignore[method-assign]
+    # A lab stored by an older version (no counts) is counted when read, then stored by a recount.
+    await Deployment.get_pymongo_collection().update_one({"name": "counted"}, {"$unset": {"running": "", "kept": ""}})
+    legacy = await services.labs.get_deployment("counted")
+    assert legacy.kept is None and await services.labs.counts_of([legacy]) == {"counted": (2, 2)}
+    await services.convergence.converge_lab("counted")
+    lab = await services.labs.get_deployment("counted")
+    assert (lab.running, lab.kept) == (2, 2)
+
+
+async def test_a_total_counts_only_labs_a_read_can_show(services: Services) -> None:
+    await services.labs.create_deployment(name="good", template="tiny-linux", replicas=1)
+    # The 2019 application's lab, and one whose phase this version does not know.
+    await Deployment.get_pymongo_collection().insert_many([
+        {"name": "D2", "type": "TecnologiaDeComputadores", "replicas": 2, "estado": "Pendiente"},
+        {"name": "odd", "title": "odd", "template": "tiny-linux", "replicas": 1, "phase": "Pendiente"}])
+    page = await services.labs.list_deployments()
+    assert [lab.name for lab in page.items] == ["good"] and page.total == 1
+    # Skipping counts the same documents: the second page is empty, not a repeat.
+    assert (await services.labs.list_deployments(offset=1)).items == []

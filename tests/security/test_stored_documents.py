@@ -62,6 +62,7 @@ async def test_a_2019_lab_document_does_not_take_the_labs_down(start_kubekvm: Ca
         listed = server.graphql("{ deployments { total items { name phase } } }")
         assert not listed.get("errors"), listed
         assert [lab["name"] for lab in listed["data"]["deployments"]["items"]] == ["good"]
+        assert listed["data"]["deployments"]["total"] == 1, "the total counts a lab no read can show"
         assert not server.graphql("{ machines { name } }").get("errors")
         assert not server.graphql("{ hosts { name } }").get("errors")
         assert not server.graphql("{ templates { name } }").get("errors")

@@ -69,8 +69,7 @@ def _subscription_slot(info: strawberry.Info) -> contextlib.ExitStack:
 
 
 async def _deployment(services: Authorized, lab: models.Deployment) -> Deployment:
-    counts = await services.running_counts([lab.name])
-    running, total = counts[lab.name]
+    running, total = await services.lab_counts(lab)
     return Deployment.of(lab, running=running, machine_count=total)
 
 
@@ -176,7 +175,7 @@ class Query:
         services = _services(info)
         page = await services.list_deployments(
             phase=phase, offset=offset, limit=limit)
-        counts = await services.running_counts([d.name for d in page.items])
+        counts = await services.running_counts(page.items)
         items = [Deployment.of(d, running=counts[d.name][0], machine_count=counts[d.name][1])
                  for d in page.items]
         return DeploymentPage(items=items, total=page.total, offset=offset, limit=limit)

@@ -95,7 +95,7 @@ async def my_rows(services: Authorized) -> list[MyMachine]:
 
 
 async def summaries(services: Authorized, labs: Sequence[Deployment]) -> list[LabSummary]:
-    counts = await services.running_counts([lab.name for lab in labs])
+    counts = await services.running_counts(labs)
     titles = {t.name: t.title for t in await services.list_templates()} if labs else {}
     return [
         LabSummary(lab=lab, running=counts[lab.name][0], total=counts[lab.name][1],

@@ -3,9 +3,9 @@
 Several server replicas run this against one database at once, so:
 - every write of a lab is compare-and-set on `Deployment.version` (`change_lab`): computed from
   the lab as read and stored only if nobody wrote the lab since, else read again and
-  recomputed, with a bounded, jittered backoff. Its phase is recomputed from a fresh read of
-  its machines after every change (`refresh_phase`), so the last writer always saw the latest
-  machine states;
+  recomputed, with a bounded, jittered backoff. Its phase and machine counts are recomputed
+  from a fresh read of its machines after every change (`refresh_phase`), so the last writer
+  always saw the latest machine states;
 - machine writes that follow a lab change (scale, power, roster binding) are conditional on the
   machine as read, and checked afterwards against the lab read again: if another replica changed
   the lab meanwhile, they are made again for the newer lab (`apply_spec`);
@@ -197,10 +197,11 @@ class Convergence(Noun):
         return before, None if gone else after
 
     async def refresh_phase(self, name: str, *, always_publish: bool = False) -> Deployment:
-        """Recompute a lab's phase from a fresh read of its machines and write it with
-        compare-and-set; returns the lab as written (or as found, if nothing changed, after
-        making sure nobody wrote it meanwhile). A lab being deleted whose machines are all gone
-        is removed here, on the same condition. Idempotent: the janitor calls it for every lab."""
+        """Recompute a lab's phase and counts (`Deployment.running`, `.kept`) from a fresh read of
+        its machines and write them with compare-and-set; returns the lab as written (or as
+        found, if nothing changed, after making sure nobody wrote it meanwhile). A lab being
+        deleted whose machines are all gone is removed here, on the same condition.
+        Idempotent: the janitor calls it for every lab."""
         collection = Deployment.get_pymongo_collection()
         for attempt in range(WRITE_ATTEMPTS):
             lab = await self.read_lab(name)
@@ -214,7 +215,8 @@ class Convergence(Noun):
                 await backoff(attempt)
                 continue
             decision = lifecycle.lab_phase(deleting=deleting, power=lab.power, machines=machines)
-            if decision.phase == lab.phase and decision.message == lab.message:
+            running, kept = lifecycle.machine_counts(machines)
+            if (decision.phase, decision.message, running, kept) == (lab.phase, lab.message, lab.running, lab.kept):
                 # Nothing to write, if the lab is still the one this decision was made from.
                 if await collection.count_documents({"_id": lab.id, "version": lab.version}, limit=1):
                     if always_publish:
@@ -225,12 +227,13 @@ class Convergence(Noun):
             result = await collection.update_one(
                 {"_id": lab.id, "version": lab.version},
                 {"$set": {"phase": decision.phase.value, "message": decision.message,
-                          "updated_at": utcnow()}, "$inc": {"version": 1}},
+                          "running": running, "kept": kept, "updated_at": utcnow()}, "$inc": {"version": 1}},
             )
             if result.matched_count:
                 if decision.phase != lab.phase:
                     await self.ctx.note(name, f"phase {lab.phase.value} → {decision.phase.value}: {decision.message}")
                 lab.phase, lab.message, lab.version = decision.phase, decision.message, lab.version + 1
+                lab.running, lab.kept = running, kept
                 self.ctx.published(lab)
                 return lab
             await backoff(attempt)
