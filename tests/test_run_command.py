@@ -35,6 +35,13 @@ def start_make_run(clone: Path, port: int, *, agent: str = "none") -> subprocess
                             start_new_session=True)
 
 
+def cli(clone: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """`.venv/bin/kubekvm ARGS` typed in the clone, as the README says."""
+    return subprocess.run([str(clone / ".venv" / "bin" / "kubekvm"), *args], cwd=clone, input=stdin,
+                          env={**os.environ, "PYTHONPATH": str(clone / "src")} | {"MONGODB_URI": ""},
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
 def wait_healthy(url: str, process: subprocess.Popen[bytes], *, timeout: float) -> float:
     started = time.monotonic()
 
@@ -113,6 +120,17 @@ def test_make_run_on_a_fresh_clone_serves_and_keeps_data(tmp_path: Path) -> None
             body = client.post("/graphql", json={"query": 'mutation { createDeployment(input: {name: "kept", '
                                'template: "redes-neuronales", replicas: 2}) { name owner } }'}).json()
         assert body["data"]["createDeployment"] == {"name": "kept", "owner": "boss"}
+        # The admin commands work while the server runs, on its database, and it sees at once
+        # what they made: an account, and an API token of it that GraphQL accepts.
+        made = cli(clone, "user", "create", "ta", "--role", "teacher", stdin="ta-password-long\n")
+        assert made.returncode == 0 and made.stdout.strip() == "user ta (teacher) created", made.stderr
+        issued = cli(clone, "token", "create", "ta", "--label", "while running")
+        assert issued.returncode == 0, issued.stderr
+        me = httpx.post(f"{url}/graphql", json={"query": "{ me { name role } }"},
+                        headers={"Authorization": f"Bearer {issued.stdout.strip()}"}).json()
+        assert me["data"]["me"] == {"name": "ta", "role": "TEACHER"}, me
+        refused = cli(clone, "token", "create", "nobody")
+        assert refused.returncode == 1 and refused.stderr.strip() == "kubekvm: There is no user named 'nobody'."
     finally:
         stop(first)
     assert (clone / ".kubekvm" / "db").is_dir()
@@ -127,6 +145,7 @@ def test_make_run_on_a_fresh_clone_serves_and_keeps_data(tmp_path: Path) -> None
         stop(second)
     log = (clone / "run.log").read_text()
     assert "KubeKVM is starting at http://127.0.0.1:" in log
+    assert "the command-line tools are in .venv/bin/" in log and ".venv/bin/kubekvm token create NAME" in log
     assert "Traceback" not in log
     assert password not in log
     assert log.count("to create the first one") == 1  # the second start has an admin: no link

@@ -5,9 +5,12 @@ database is one clear line and exit code 1, not a traceback from inside uvicorn.
 it keeps the embedded database alive (`EmbeddedDatabase.supervise`) for as long as it runs.
 
 `kubekvm user create NAME --role ROLE` (password prompted, or read from standard input when
-it is not a terminal), `kubekvm token create USER` and `kubekvm host token HOST` work on the
-database directly (MONGODB_URI, or the embedded one while no server uses it). A token is
-printed once, on standard output, and stored only as its sha256.
+it is not a terminal), `kubekvm token create USER`, `kubekvm host token HOST` and `kubekvm
+template create` work on the database directly, whether or not a server runs: MONGODB_URI, or
+the embedded database of `<data dir>/db` — the running server's (SecantusDB is a database
+server; the command is a second client of it, and the server hears the change through its
+change stream like any other write), or, with no server running, one started for the command.
+A token is printed once, on standard output, and stored only as its sha256.
 """
 
 from __future__ import annotations
@@ -31,7 +34,14 @@ from kubekvm.access import Actor, ActorKind
 from kubekvm.app import create_app
 from kubekvm.authorized import Authorized
 from kubekvm.config import Settings
-from kubekvm.database import DatabaseTimeouts, DatabaseUnavailable, EmbeddedDatabase, connect, describe_uri
+from kubekvm.database import (
+    DatabaseTimeouts,
+    DatabaseUnavailable,
+    EmbeddedDatabase,
+    connect,
+    describe_uri,
+    running_embedded,
+)
 from kubekvm.errors import KubeKVMError
 from kubekvm.events import EventFeed
 from kubekvm.faults import DeniedHandshakeLog
@@ -155,16 +165,17 @@ def _admin_task(task: Callable[[Authorized], Awaitable[object]], said: Callable[
     can reach the database can do all this anyway), audited like any other change."""
     settings = Settings.from_environment()
     embedded = None
-    if settings.mongodb_uri is None:
+    uri = settings.mongodb_uri
+    if uri is None:
         storage = (settings.data_dir / "db").resolve()
-        if _embedded_in_use(storage.parent / "db.pid"):
-            print("kubekvm: the server is running on the embedded database; stop it first, or use "
-                  "the pages (or the /setup link it logged)", file=sys.stderr)
-            return 1
-        embedded = EmbeddedDatabase(storage=storage)
+        uri = running_embedded(storage)  # a server runs on it: use its database, alongside it
+        if uri is None:
+            embedded = EmbeddedDatabase(storage=storage)
 
     async def run() -> int:
-        uri = await embedded.start() if embedded is not None else settings.mongodb_uri
+        nonlocal uri
+        if embedded is not None:
+            uri = await embedded.start()
         assert uri is not None
         connection = await connect(uri, database=settings.database_name, timeouts=timeouts(settings))
         try:
@@ -187,14 +198,6 @@ def _admin_task(task: Callable[[Authorized], Awaitable[object]], said: Callable[
     finally:
         if embedded is not None:
             embedded.stop()
-
-
-def _embedded_in_use(pid_file: Path) -> bool:
-    try:
-        pid = int(pid_file.read_text().strip())
-        return b"secantusd" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return False
 
 
 def timeouts(settings: Settings) -> DatabaseTimeouts:

@@ -165,21 +165,49 @@ def _die_with_parent() -> None:
         pass
 
 
-def _stop_stale(pid_file: Path) -> None:
-    """A database left running by a server that died before PDEATHSIG existed (or on another
-    kernel) still holds the files' lock: stop it if it is ours."""
+def _embedded_process(pid_file: Path) -> tuple[int, list[str]] | None:
+    """The pid and arguments of the SecantusDB child a server wrote into `pid_file`, while it runs."""
     try:
         pid = int(pid_file.read_text().strip())
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
+        return None
+    if b"secantusd" not in command:
+        return None
+    return pid, command.decode(errors="replace").split("\0")
+
+
+def _stop_stale(pid_file: Path) -> None:
+    """A database left running by a server that died before PDEATHSIG existed (or on another
+    kernel) still holds the files' lock: stop it if it is ours."""
+    found = _embedded_process(pid_file)
+    if found is None:
         return
-    if b"secantusd" in command:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            if not Path(f"/proc/{pid}").exists():
-                break
-            time.sleep(0.05)
+    pid = found[0]
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        if not Path(f"/proc/{pid}").exists():
+            break
+        time.sleep(0.05)
+
+
+def running_embedded(storage: Path) -> str | None:
+    """The URI of the embedded database a running server keeps its files in `storage` with, or
+    None when none runs. It is a database server like any other: the admin commands (`kubekvm
+    user create`, `token create` ...) work on it as a second client while the server runs."""
+    found = _embedded_process(storage.parent / "db.pid")
+    if found is None:
+        return None
+    arguments = found[1]
+
+    def option(name: str) -> str | None:
+        return arguments[arguments.index(name) + 1] if name in arguments[:-1] else None
+
+    port = option("--port")
+    if option("--storage-path") != str(storage) or port is None or not port.isdigit():
+        return None
+    return f"mongodb://127.0.0.1:{port}/?directConnection=true"
 
 
 class EmbeddedDatabase:
