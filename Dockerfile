@@ -88,6 +88,11 @@ ENV PATH=/opt/kubekvm/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     KUBEKVM_TEMPLATES_DIR=/app/templates \
     KUBEKVM_STATIC_DIR=/app/static
+# qemu-img: the image store inspects and converts every image it imports (kubekvm.image_store).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends qemu-utils \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 kubekvm \
     && useradd --system --uid 10001 --gid kubekvm --home-dir /nonexistent --no-create-home \
         --shell /usr/sbin/nologin kubekvm

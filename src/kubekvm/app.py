@@ -60,6 +60,7 @@ from kubekvm.headers import EXPLORER_POLICY, SecurityHeaders
 from kubekvm.janitor import LEASE_NAME, Janitor
 from kubekvm.lease import Lease
 from kubekvm.pages.common import Renderer
+from kubekvm.pages.images import image_file
 from kubekvm.quotas import SubscriptionQuotas
 from kubekvm.services import Services
 from kubekvm.services.accounts import Accounts
@@ -239,6 +240,8 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
         WebSocketRoute("/graphql", graphql),
         Mount("/static", app=StaticFiles(directory=settings.static_dir, check_dir=False), name="static"),
         *ConsoleSockets(settings=settings).routes(),
+        # Host agents pull images here (host token; Range resumes a pull).
+        Route("/images/{digest}/file", image_file),
         *pages.routes(settings=settings),
     ]
     # DatabaseFaults outside the rest: the auth middleware's lookups need the database too.

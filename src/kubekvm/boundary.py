@@ -4,7 +4,9 @@
 at once when Content-Length says so, else as soon as the bytes streamed in (a chunked body)
 pass the limit, without reading the rest. The answer is 413; on /graphql it is GraphQL-shaped
 JSON (`extensions.code` PAYLOAD_TOO_LARGE), elsewhere a sentence. What is under the limit is
-handed on whole (at most the limit is ever held in memory). Websocket messages have their own
+handed on whole (at most the limit is ever held in memory). The one exception is an image
+import (POST /images, `kubekvm.pages.images`): it streams its body into the image store,
+under that store's own limit, so it passes untouched. Websocket messages have their own
 limit, `Settings.websocket_max_message_bytes`, enforced by uvicorn (`kubekvm.cli`): a bigger
 message closes the socket with 1009.
 
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 
 GRAPHQL_PATH = "/graphql"
 LIVE_PATH = "/events"
+# Routes that stream their (large) bodies to disk themselves, under their own limit.
+STREAMED_UPLOADS = frozenset({("POST", "/images")})
 
 
 def graphql_error(message: str, code: str) -> bytes:
@@ -64,6 +68,9 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        if (scope["method"], scope["path"]) in STREAMED_UPLOADS:
+            await self.app(scope, receive, send)
+            return
         if "content-length" not in headers and "transfer-encoding" not in headers:
             await self.app(scope, receive, send)  # no body (a GET, an event stream)
             return

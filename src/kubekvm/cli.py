@@ -4,6 +4,8 @@
 database is one clear line and exit code 1, not a traceback from inside uvicorn. Once serving,
 it keeps the embedded database alive (`EmbeddedDatabase.supervise`) for as long as it runs.
 
+`kubekvm image import FILE` inspects a disk image and adds it to the image store (the same path as
+the Images page's upload: `kubekvm.services.images`); `kubekvm image list` lists the store.
 `kubekvm user create NAME --role ROLE` (password prompted, or read from standard input when
 it is not a terminal), `kubekvm token create USER`, `kubekvm host token HOST` and `kubekvm
 template create` work on the database directly, whether or not a server runs: MONGODB_URI, or
@@ -45,6 +47,7 @@ from kubekvm.database import (
 from kubekvm.errors import KubeKVMError
 from kubekvm.events import EventFeed
 from kubekvm.faults import DeniedHandshakeLog
+from kubekvm.image_models import Image
 from kubekvm.models import Role
 from kubekvm.services import Services
 from kubekvm.services.accounts import Accounts
@@ -86,6 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     create_template.add_argument("--vcpus", type=int, default=1)
     create_template.add_argument("--memory-mib", type=int, default=1024)
     create_template.add_argument("--disk-gib", type=int, default=10)
+    image = commands.add_parser("image", help="the image store").add_subparsers(dest="action", required=True)
+    import_image = image.add_parser("import", help="inspect a qcow2 or raw disk image and add it to the store")
+    import_image.add_argument("file", type=Path)
+    import_image.add_argument("--format", choices=["qcow2", "raw"],
+                              help="the file's format (default: from its name: .qcow2, .raw, .img)")
+    image.add_parser("list", help="the images in the store")
     args = parser.parse_args(argv)
     if args.command == "serve":
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -121,9 +130,27 @@ def main(argv: list[str] | None = None) -> None:
             name=args.name, title=args.title, description=args.description, os=args.os, image=args.image,
             vcpus=args.vcpus, memory_mib=args.memory_mib, disk_gib=args.disk_gib),
             lambda _: f"template {args.name} created"))
+    if args.command == "image":
+        sys.exit(_image_command(args))
     if args.command == "host":
         sys.exit(_admin_task(lambda s: s.create_host_token(host=args.name, label=args.label),
                              lambda made: str(made[1])))  # type: ignore[index]
+
+
+def _image_command(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return _admin_task(lambda s: s.list_images(), lambda images: "\n".join(
+            f"{i.digest}  {i.size:>14}  {i.name}" for i in images))  # type: ignore[attr-defined]
+    source: Path = args.file
+    if not source.is_file():
+        print(f"kubekvm: {source} is not a file", file=sys.stderr)
+        return 1
+    return _admin_task(lambda s: s.import_image(name=source.name, path=source.resolve(), format=args.format),
+                       lambda made: _imported(*made))  # type: ignore[misc]
+
+
+def _imported(image: Image, new: bool) -> str:
+    return f"{'imported' if new else 'already in the store'}: {image.digest} ({image.name})"
 
 
 def advertised_url(host: str, port: int) -> str:

@@ -116,6 +116,13 @@ class Settings:
     db_timeout_seconds: float = 10.0
     db_server_selection_seconds: float = 2.0
     db_write_timeout_seconds: float = 5.0
+    # The image store (kubekvm.image_store): its directory (shared by every replica: in
+    # Kubernetes a ReadWriteMany volume), the largest virtual size an image may have, the
+    # largest upload taken, and how long one qemu-img run (a conversion of a big raw disk) may take.
+    image_store: Path = Path(".kubekvm/images")
+    image_max_virtual_gib: int = 256
+    image_max_upload_gib: int = 64
+    image_tool_timeout_seconds: float = 1800.0
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -159,6 +166,11 @@ class Settings:
             db_timeout_seconds=_env_number("KUBEKVM_DB_TIMEOUT", 10.0),
             db_server_selection_seconds=_env_number("KUBEKVM_DB_SERVER_SELECTION_TIMEOUT", 2.0),
             db_write_timeout_seconds=_env_number("KUBEKVM_DB_WRITE_TIMEOUT", 5.0),
+            image_store=Path(os.environ.get("KUBEKVM_IMAGE_STORE")
+                             or Path(os.environ.get("KUBEKVM_DATA_DIR", ".kubekvm")) / "images"),
+            image_max_virtual_gib=_env_number("KUBEKVM_IMAGE_MAX_VIRTUAL_GIB", 256),
+            image_max_upload_gib=_env_number("KUBEKVM_IMAGE_MAX_UPLOAD_GIB", 64),
+            image_tool_timeout_seconds=_env_number("KUBEKVM_IMAGE_TOOL_TIMEOUT", 1800.0),
         )
 
 

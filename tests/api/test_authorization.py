@@ -135,6 +135,7 @@ MATRIX: dict[str, Entry] = {
     "users": Entry("{ users { name } }", ADMIN_ONLY),
     "apiTokens": Entry("{ apiTokens { label } }", USER_READ),
     "auditLog": Entry("{ auditLog { total } }", ADMIN_ONLY),
+    "images": Entry("{ images { digest } }", ADMIN_ONLY),
     # ---------------------------------------------------------------- mutations
     "createTemplate": Entry(
         "mutation($i: TemplateInput!) { createTemplate(input: $i) { name } }", ADMIN_ONLY,

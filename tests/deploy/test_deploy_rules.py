@@ -181,6 +181,18 @@ def test_server_runs_non_root_with_a_read_only_root_filesystem(manifests) -> Non
     assert "emptyDir" in volume
 
 
+def test_every_server_replica_shares_one_read_write_many_image_store(manifests) -> None:
+    pod = manifests.pod_template(manifests.one("Deployment", "kubekvm"))["spec"]
+    (container,) = pod["containers"]
+    (config,) = [o for o in manifests.of_kind("ConfigMap") if o["metadata"]["name"].startswith("kubekvm-config")]
+    store = config["data"]["KUBEKVM_IMAGE_STORE"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == store]
+    assert not mount.get("readOnly")
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    claim = manifests.one("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
 def test_server_probes_and_ports(manifests) -> None:
     deployment = manifests.one("Deployment", "kubekvm")
     (container,) = manifests.containers(deployment)

@@ -14,6 +14,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 PURE = ["kubekvm.domain", "kubekvm.lifecycle", "kubekvm.access", "kubekvm.placement", "kubekvm.validation",
+        "kubekvm.image_rules",
         "kubekvm.roster"]
 FORBIDDEN = {"pymongo", "bson", "motor", "beanie", "pydantic", "starlette", "strawberry", "libvirt", "jinja2",
              "uvicorn", "gql"}

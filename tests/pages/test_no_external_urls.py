@@ -53,7 +53,7 @@ def test_rendered_pages_reference_only_this_server(server: Server, sample_lab: s
         "/templates/{name}/edit": "/templates/tiny-linux/edit", "/hosts": "/hosts",
         "/server": "/server", "/login": "/login", "/setup": "/setup?code=x",
         "/set-password": "/set-password?code=x", "/account": "/account", "/my": "/my",
-        "/users": "/users", "/audit": "/audit", "/machines/{name}/console": "/machines/url-scan-1/console",
+        "/users": "/users", "/audit": "/audit", "/images": "/images", "/machines/{name}/console": "/machines/url-scan-1/console",
     }
     routes = [r for r in pages.routes(settings=Settings()) if isinstance(r, Route)]
     gets = {r.path for r in routes if r.methods and "GET" in r.methods and r.path != "/events"}

@@ -42,6 +42,7 @@ from kubekvm.graphql.types import (
     DeploymentPage,
     Host,
     Identity,
+    Image,
     Machine,
     NewToken,
     RosterChange,
@@ -168,6 +169,10 @@ class Query:
     @strawberry.field
     async def template(self, info: strawberry.Info, name: str) -> Template:
         return Template.of(await _services(info).get_template(name))
+
+    @strawberry.field(description="The image store's images, newest first (admins).")
+    async def images(self, info: strawberry.Info) -> list[Image]:
+        return [Image.of(i) for i in await _services(info).list_images()]
 
     @strawberry.field(description="Labs, by name, optionally only those in one phase.")
     async def deployments(self, info: strawberry.Info, phase: models.Phase | None = None,

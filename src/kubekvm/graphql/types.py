@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import strawberry
 from strawberry.dataloader import DataLoader
 
-from kubekvm import models, streams
+from kubekvm import image_models, models, streams
 from kubekvm.services import console_requests
 
 if TYPE_CHECKING:
@@ -47,6 +47,22 @@ class Template:
         return cls(name=t.name, title=t.title, description=t.description, os=t.os,
                    image=t.image, vcpus=t.vcpus, memory_mib=t.memory_mib, disk_gib=t.disk_gib,
                    teachers=t.teachers, created_at=t.created_at, updated_at=t.updated_at)
+
+
+@strawberry.type(description="A golden image of the image store: immutable, named by its digest.")
+class Image:
+    digest: str = strawberry.field(description="`sha256:<hex>` of the stored qcow2's bytes.")
+    name: str = strawberry.field(description="The file name it was imported from.")
+    size: float = strawberry.field(description="Bytes on disk (a float: images outgrow a GraphQL Int).")
+    virtual_size: float = strawberry.field(description="Bytes the guest sees.")
+    source_format: str = strawberry.field(description="qcow2, or raw (converted to qcow2 on import).")
+    imported_by: str
+    imported_at: datetime
+
+    @classmethod
+    def of(cls, i: image_models.Image) -> Image:
+        return cls(digest=i.digest, name=i.name, size=i.size, virtual_size=i.virtual_size,
+                   source_format=i.source_format, imported_by=i.imported_by, imported_at=i.imported_at)
 
 
 @strawberry.type(description="One VM of a lab.")

@@ -23,6 +23,7 @@ session's CSRF token):
   GET  /templates  GET /templates/new  POST /templates
   GET|POST /templates/{name}/edit   POST /templates/{name}/delete
   GET  /hosts   POST /hosts/tokens      hosts; admins issue host tokens
+  GET|POST /images                      the image store (`kubekvm.pages.images`)
   GET  /users   POST /users   POST /users/{name}/link   POST /users/{name}/sessions/end    (admins)
   GET  /audit                           the audit log, filtered (admins)
   GET  /server
@@ -43,6 +44,7 @@ from kubekvm.pages.catalog import CatalogPages
 from kubekvm.pages.common import Handler, Renderer
 from kubekvm.pages.console import ConsolePages
 from kubekvm.pages.fragments import Fragments
+from kubekvm.pages.images import ImagePages
 from kubekvm.pages.labs import LabPages
 
 STAFF = (Role.ADMIN, Role.TEACHER)
@@ -56,6 +58,7 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
     catalog = CatalogPages(renderer=renderer)
     accounts = AccountPages(renderer=renderer)
     console = ConsolePages(renderer=renderer)
+    images = ImagePages(renderer=renderer)
     live = LiveUpdates(fragments=fragments, heartbeat_seconds=settings.live_heartbeat_seconds,
                        max_streams_per_user=settings.live_max_streams_per_user)
     guard = renderer.guard
@@ -109,6 +112,9 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
         Route("/templates/{name}/delete", admin(catalog.delete_template), methods=post),
         Route("/hosts", staff(catalog.hosts)),
         Route("/hosts/tokens", admin(catalog.host_token), methods=post),
+        Route("/images", admin(images.images)),
+        # Not guarded like a form: it checks its caller and CSRF token before reading its body.
+        Route("/images", images.upload, methods=post),
         Route("/server", guard(catalog.server)),
         *live.routes(),
     ]

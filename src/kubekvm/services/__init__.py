@@ -7,7 +7,8 @@ used by each other, the janitor and the CLI) and its operations class (`Template
 - `context`: what the nouns share (settings, event feed, publishing, `finish`, `backoff`);
 - `rules`: the rules of the operations and the one wrapper that checks them and audits;
 - `templates`, `labs`, `rosters`, `machines`, `hosts`, `consoles`: the platform's nouns
-  (`console_requests`: how a host's agent hears that a console waits for it);
+  (`console_requests`: how a host's agent hears that a console waits for it; `images`: the
+  image store's golden images);
 - `convergence`: what follows every lab change (machines follow the lab, its phase is
   recomputed), made again by the janitor; `placement`: machines onto hosts;
 - `users`, `links` (set-password links), `tokens`, `sessions` (and sign-in), `server` (its first
@@ -34,6 +35,7 @@ from kubekvm.services.consoles import Consoles
 from kubekvm.services.context import Context, ServerInfo, backoff, finish, object_id
 from kubekvm.services.convergence import Convergence
 from kubekvm.services.hosts import Hosts, HostStatus, host_name
+from kubekvm.services.images import Images
 from kubekvm.services.labs import Labs, Page, lab_filter
 from kubekvm.services.machines import Machines
 from kubekvm.services.placement import Placement
@@ -62,3 +64,4 @@ class Services:
         self.machines = Machines(self)
         self.hosts = Hosts(self)
         self.placement = Placement(self)
+        self.images = Images(self)

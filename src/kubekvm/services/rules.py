@@ -273,6 +273,11 @@ async def _host_or_staff(ops: Operations, args: Arguments) -> None:
         access.require_staff(ops.actor)
 
 
+async def _any_host_or_admin(ops: Operations, args: Arguments) -> None:
+    if not ops.actor.is_host:
+        access.require_admin(ops.actor)
+
+
 async def _host_itself(ops: Operations, args: Arguments) -> None:
     host = _host_argument(args)
     access.require_host_or_admin(ops.actor, host)
@@ -293,6 +298,7 @@ TEMPLATE_USABLE = Rule("staff the template `name` is for", _template_usable, out
 HOST_AGENT = Rule("the agent of the host, and admins", _host_agent, outcomes(host=OK))
 HOST_OR_STAFF = Rule("the agent of the host, teachers and admins", _host_or_staff, outcomes(other=OK, owner=OK,
                                                                                             host=OK))
+IMAGE_READER = Rule("every host's agent, and admins", _any_host_or_admin, outcomes(host=OK))
 HOST_ITSELF = Rule("the agent of the host only", _host_itself, outcomes(host=OK, admin=FORBIDDEN))
 
 

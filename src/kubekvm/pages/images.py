@@ -1,0 +1,138 @@
+"""The image store over HTTP: the admins' Images page with its streamed upload, and the image
+files host agents pull.
+
+  GET  /images                  the store's images and the import form (admins)
+  POST /images                  an import: the file as the raw request body (the page's script,
+                                `static/image-upload.js`, with a progress bar; or any program with
+                                an admin token: ``curl -H 'X-Image-Name: disk.qcow2' --data-binary
+                                @disk.qcow2``), or a plain multipart form (the page without JS)
+  GET  /images/{digest}/file    an image's bytes, with ``Range`` (a pull resumes where it broke
+                                off): host agents (their host token) and admins (`image_file`;
+                                routed by `kubekvm.app`, as it is not a page)
+
+An import is never held in memory: the raw body is written to the store's staging area as it
+arrives; a multipart form is spooled to a temporary file by the form parser first (the one
+extra copy of the page without JavaScript). The upload route checks who is asking and the
+CSRF token (a header, or the form's query string) before a byte of the body is read, and
+`kubekvm.boundary.BodyLimit` leaves its body alone (it would buffer it): its own limit is the
+store's (`KUBEKVM_IMAGE_MAX_UPLOAD_GIB`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from urllib.parse import unquote
+
+from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, Response
+
+from kubekvm.access import ActorKind, require_admin
+from kubekvm.auth import CSRF_FIELD, CSRF_HEADER, CSRF_KEY, actor_of
+from kubekvm.credentials import same
+from kubekvm.errors import KubeKVMError, Unauthenticated
+from kubekvm.image_models import Image
+from kubekvm.image_rules import ImageRefused
+from kubekvm.pages.common import Flash, Renderer, set_flash
+from kubekvm.pages.labs import services_of
+
+UPLOAD_PATH = "/images"
+_CHUNK = 1024 * 1024
+
+
+class ImagePages:
+    def __init__(self, *, renderer: Renderer) -> None:
+        self.renderer = renderer
+
+    async def images(self, request: Request) -> Response:
+        return self.renderer.page(request, "images/list.html", {
+            "section": "images", "images": await services_of(request).list_images(),
+            "max_upload_gib": request.app.state.settings.image_max_upload_gib,
+        })
+
+    async def upload(self, request: Request) -> Response:
+        """An import; answers like a form (a redirect with a flash; JSON for the page's script)."""
+        actor = actor_of(request)
+        script = request.headers.get("X-Requested-With") == "XMLHttpRequest"
+        try:
+            if actor.kind == ActorKind.ANONYMOUS:
+                raise Unauthenticated("Sign in as an admin to import images.")
+            require_admin(actor)
+            if not _csrf_ok(request):
+                return self.renderer.refuse_csrf(request)
+            image, new = await self._import(request)
+        except KubeKVMError as error:
+            if script or actor.via == "token":
+                return _json({"ok": False, "code": error.code, "message": error.message,
+                              "reason": getattr(error, "reason", None)}, status=422 if isinstance(
+                                  error, ImageRefused) else 400 if error.code == "VALIDATION_FAILED" else 403)
+            if isinstance(error, Unauthenticated):
+                return self.renderer.sign_in_first(request)
+            return self.renderer.error(request, error, back=UPLOAD_PATH)
+        said = (f"Imported {image.name} as {image.digest}." if new
+                else f"{image.name} is already in the store as {image.digest}.")
+        if script or actor.via == "token":
+            response = _json({"ok": True, "digest": image.digest, "new": new, "message": said})
+            if script:
+                set_flash(response, Flash(said))
+            return response
+        return self.renderer.done(request, to=UPLOAD_PATH, flash=Flash(said))
+
+    async def _import(self, request: Request) -> tuple[Image, bool]:
+        services = services_of(request)
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=5)
+            upload = form.get("file")
+            format_ = form.get("format")
+            if not isinstance(upload, UploadFile) or not upload.filename:
+                raise ImageRefused("INCOMPLETE_UPLOAD", "Choose an image file to import.")
+            try:
+                return await services.import_image(name=upload.filename, upload=_read(upload),
+                                                   format=format_ if isinstance(format_, str) and format_ else None)
+            finally:
+                await upload.close()
+        name = unquote(request.headers.get("X-Image-Name", ""))
+        declared = request.headers.get("content-length")
+        size = int(declared) if declared and declared.isascii() and declared.isdigit() else None
+        return await services.import_image(name=name, upload=_body(request), size=size,
+                                           format=request.headers.get("X-Image-Format") or None)
+
+async def image_file(request: Request) -> Response:
+    """An image's bytes (starlette's FileResponse answers ``Range`` with 206, reading in a
+    worker thread)."""
+    try:
+        path = await services_of(request).image_file(request.path_params["digest"])
+    except KubeKVMError as error:
+        status = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "NOT_FOUND": 404}.get(error.code, 400)
+        return _json({"ok": False, "code": error.code, "message": error.message}, status=status)
+    return FileResponse(path, media_type="application/octet-stream",
+                        headers={"Cache-Control": "no-store"})
+
+
+def _csrf_ok(request: Request) -> bool:
+    if actor_of(request).via == "token":
+        return True
+    expected = request.session.get(CSRF_KEY)
+    supplied = request.headers.get(CSRF_HEADER) or request.query_params.get(CSRF_FIELD) or ""
+    return isinstance(expected, str) and bool(expected) and bool(supplied) and same(expected, supplied)
+
+
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+    except ClientDisconnect:
+        raise ImageRefused("INCOMPLETE_UPLOAD", "The upload was cut off before its end; nothing was "
+                                                "imported. Upload the file again.") from None
+
+
+async def _read(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(_CHUNK):
+        yield chunk
+
+
+def _json(body: dict[str, object], *, status: int = 200) -> Response:
+    return Response(json.dumps(body), status_code=status, media_type="application/json")
