@@ -11,6 +11,7 @@ host). The rules:
   (read, start, stop, reset).
 - host: register, heartbeat and report for its own host, and follow its own assignments
   and console requests.
+- scraper (a scrape token, for Prometheus): `/metrics` only; every operation refuses it.
 - a machine's console (its screen and keyboard): the student bound to it, the teacher whose
   lab it is, admins. A classmate on the same roster is FORBIDDEN (they see the lab already).
 - passwords, so that no teacher can take over a student's account (and with it the student's
@@ -42,6 +43,8 @@ class ActorKind(StrEnum):
     ANONYMOUS = "anonymous"
     USER = "user"
     HOST = "host"
+    # A scrape token (Prometheus): reads /metrics and nothing else.
+    SCRAPER = "scraper"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +94,8 @@ def require_user(actor: Actor, *roles: Role) -> None:
     """A signed-in person, of one of `roles` (any role if none given)."""
     if actor.kind == ActorKind.ANONYMOUS:
         raise Unauthenticated("Sign in first: this needs an account (a session or an API token).")
+    if actor.kind == ActorKind.SCRAPER:
+        raise Forbidden("A scrape token can only read /metrics.")
     if actor.kind != ActorKind.USER:
         raise Forbidden("A host token can only register, report and follow its own host.")
     if roles and actor.role not in roles:

@@ -1,8 +1,10 @@
 """The ASGI application: GraphQL at /graphql, the pages, static files, the consoles'
 websockets (`kubekvm.console`), and the probes.
 
-Middlewares, outermost first: `kubekvm.headers.SecurityHeaders` (CSP and the other security
-headers on every answer), `kubekvm.boundary.OriginCheck` (no websocket or live stream from a
+Middlewares, outermost first: `kubekvm.request_ids.RequestIds` (each request's id, for the
+logs), `kubekvm.headers.SecurityHeaders` (CSP and the other security
+headers on every answer), `kubekvm.metrics.RequestMetrics` (counts and times every request),
+`kubekvm.boundary.OriginCheck` (no websocket or live stream from a
 foreign page), `kubekvm.boundary.BodyLimit` (no body over the limit is read), then
 `kubekvm.auth.AuthMiddleware`. Every answer of /graphql is GraphQL-shaped JSON with
 `extensions.code`, the transport's refusals included (a body that is not one JSON object, a
@@ -16,7 +18,8 @@ the janitor and hands its lease over. Every request passes `kubekvm.auth.AuthMid
 which finds its actor; GraphQL and the pages reach the services only through that actor's
 operations (`kubekvm.authorized.Authorized`, each declared with its rule). Outside it,
 `kubekvm.faults.DatabaseFaults` answers "unavailable" when the database cannot be reached.
-`/readyz` fails while the database does not answer or the event feed is down.
+`/readyz` fails while the database does not answer or the event feed is down. `/metrics`
+(`kubekvm.metrics`) is Prometheus' view of this replica, for admins and scrape tokens.
 
 First start: while no admin account exists, each replica logs a one-time setup link
 (/setup?code=...) that creates the first admin; there is never a default password.
@@ -54,14 +57,18 @@ from kubekvm.console import ConsoleSockets
 from kubekvm.database import Connection, describe_uri
 from kubekvm.events import ChangeStreamFeed, EventFeed
 from kubekvm.faults import DatabaseFaults
+from kubekvm.fleet_metrics import LEASE_NAME as METRICS_LEASE
+from kubekvm.fleet_metrics import FleetGauges
 from kubekvm.graphql.schema import build_schema
 from kubekvm.graphql.websocket import CheckedTransportWS
 from kubekvm.headers import EXPLORER_POLICY, SecurityHeaders
 from kubekvm.janitor import LEASE_NAME, Janitor
 from kubekvm.lease import Lease
+from kubekvm.metrics import RequestMetrics, metrics_endpoint
 from kubekvm.pages.common import Renderer
 from kubekvm.pages.images import image_file
 from kubekvm.quotas import SubscriptionQuotas
+from kubekvm.request_ids import RequestIds
 from kubekvm.services import Services
 from kubekvm.services.accounts import Accounts
 
@@ -216,6 +223,8 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
                                       ttl_seconds=3 * settings.janitor_interval_seconds or 1.0))
         if settings.janitor_interval_seconds > 0:
             janitor.start()
+        app.state.shared_metrics = FleetGauges(services=services, lease=Lease(
+            collection=connection.database["leases"], name=METRICS_LEASE, ttl_seconds=settings.metrics_lease_seconds))
         try:
             yield
         finally:
@@ -235,6 +244,7 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
         # Every method reaches GraphQLApp, which answers the wrong ones in GraphQL's shape.
         Route("/graphql", graphql),
         WebSocketRoute("/graphql", graphql),
@@ -249,8 +259,10 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
     headers = SecurityHeaders(graphql, public_url=settings.public_url, hsts_seconds=settings.hsts_seconds)
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: internal_error(headers)},
                      middleware=[
+                         Middleware(RequestIds),
                          Middleware(SecurityHeaders, public_url=settings.public_url,
                                     hsts_seconds=settings.hsts_seconds),
+                         Middleware(RequestMetrics),
                          Middleware(DatabaseFaults),
                          Middleware(OriginCheck, allowed=origins),
                          Middleware(BodyLimit, max_bytes=settings.max_body_bytes),

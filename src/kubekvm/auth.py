@@ -31,6 +31,7 @@ import secrets
 from http.cookies import SimpleCookie
 from typing import Any
 
+import structlog
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection, Request
@@ -154,6 +155,8 @@ class AuthMiddleware:
                 session.clear()
         scope.setdefault("state", {})
         scope["state"]["actor"] = actor
+        if actor.kind != ActorKind.ANONYMOUS:
+            structlog.contextvars.bind_contextvars(actor=f"{actor.kind.value}:{actor.name}")
         scope["state"]["services"] = Authorized(services, accounts, actor)
 
         if (scope["type"] == "http" and actor.via == "session" and scope["path"] == "/graphql"

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import uvicorn
 
+from kubekvm import logs
 from kubekvm.access import Actor, ActorKind
 from kubekvm.app import create_app
 from kubekvm.authorized import Authorized
@@ -97,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     image.add_parser("list", help="the images in the store")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         settings = Settings.from_environment()
+        logs.configure(format=settings.log_format, level=args.log_level)
         embedded = None
         if settings.mongodb_uri is None:
             embedded = EmbeddedDatabase(storage=(settings.data_dir / "db").resolve())
@@ -256,7 +257,10 @@ async def _serve(*, settings: Settings, embedded: EmbeddedDatabase | None, host:
         app = create_app(settings=settings, connection=connection, database_label=label)
         # The pages' live-update streams never end by themselves: on shutdown uvicorn would wait
         # for them forever, so after a short grace it cancels them (browsers reconnect elsewhere).
-        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, ws="websockets-sansio",
+        # log_config=None: uvicorn's lines go through kubekvm.logs like every other (its own
+        # configuration would give them handlers and a format of their own).
+        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, log_config=None,
+                                ws="websockets-sansio",
                                 lifespan="on", proxy_headers=True, forwarded_allow_ips=forwarded,
                                 timeout_graceful_shutdown=3,
                                 # A bigger websocket message closes its socket (1009) unread.

@@ -123,6 +123,11 @@ class Settings:
     image_max_virtual_gib: int = 256
     image_max_upload_gib: int = 64
     image_tool_timeout_seconds: float = 1800.0
+    # /metrics: the fleet's shared gauges come from the one replica holding the `metrics` lease,
+    # renewed at each scrape; it lasts this long, so set it above Prometheus' scrape interval.
+    metrics_lease_seconds: float = 60.0
+    # Log lines: "text" (for people: `make run`) or "json" (one object per line, for a log stack).
+    log_format: str = "text"
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -171,7 +176,16 @@ class Settings:
             image_max_virtual_gib=_env_number("KUBEKVM_IMAGE_MAX_VIRTUAL_GIB", 256),
             image_max_upload_gib=_env_number("KUBEKVM_IMAGE_MAX_UPLOAD_GIB", 64),
             image_tool_timeout_seconds=_env_number("KUBEKVM_IMAGE_TOOL_TIMEOUT", 1800.0),
+            metrics_lease_seconds=_env_number("KUBEKVM_METRICS_LEASE", 60.0),
+            log_format=_log_format(os.environ.get("KUBEKVM_LOG_FORMAT", "text")),
         )
+
+
+def _log_format(raw: str) -> str:
+    value = raw.strip().lower() or "text"
+    if value not in ("text", "json"):
+        raise SystemExit(f"KUBEKVM_LOG_FORMAT must be text or json, got {raw!r}")
+    return value
 
 
 def _env_path(name: str) -> Path | None:

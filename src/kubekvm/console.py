@@ -39,7 +39,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketState
 
-from kubekvm import access
+from kubekvm import access, metrics
 from kubekvm.authorized import SESSION_RECHECK_SECONDS, Authorized
 from kubekvm.config import Settings
 from kubekvm.errors import (
@@ -147,11 +147,14 @@ class ConsoleSockets:
         traffic = Traffic()
         ending = Ending(Close.INTERNAL, "The console failed on the server; reconnect.", "server error")
         agent: WebSocket | None = None
+        counted = False
         try:
             await services.announce_console(session)
             agent, early, ending = await self._await_agent(websocket, pairing)
             if agent is not None:
                 await services.console_opened(session)
+                metrics.CONSOLE_SESSIONS.inc()
+                counted = True
                 log.info("console %s of %s open (host %s)", session.session[:8], session.machine, session.host)
                 ending = await self._pipe(websocket, agent, session=session, early=early, traffic=traffic,
                                           services=services)
@@ -161,6 +164,8 @@ class ConsoleSockets:
             if agent is not None:
                 await _close(agent, Close.NORMAL, "console closed")
             pairing.finished.set()
+            if counted:
+                metrics.CONSOLE_SESSIONS.dec()
             seconds = time.monotonic() - started
             log.info("console %s of %s closed after %.0f s: %s", session.session[:8], session.machine, seconds,
                      ending.note)

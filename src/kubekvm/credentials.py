@@ -37,6 +37,7 @@ PASSWORD_MIN_LENGTH = 10
 PASSWORD_MAX_LENGTH = 1024
 USER_TOKEN_PREFIX = "kk_"  # noqa: S105 (a prefix, not a secret)
 HOST_TOKEN_PREFIX = "kkh_"  # noqa: S105
+SCRAPE_TOKEN_PREFIX = "kkm_"  # noqa: S105
 DEFAULT_HASH_WORKERS = 2
 
 # The hashing threads' nice value: the lowest priority, so the event loop never waits for them.

@@ -62,6 +62,7 @@ class Role(StrEnum):
 class TokenKind(StrEnum):
     USER = "user"
     HOST = "host"
+    SCRAPE = "scrape"  # reads /metrics only (Prometheus)
 
 
 class ConsoleState(StrEnum):

@@ -30,13 +30,17 @@ import contextlib
 import itertools
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from bson import Timestamp
 from pymongo.errors import OperationFailure, PyMongoError
 
+from kubekvm import metrics
 from kubekvm.database import Database
 
 log = logging.getLogger(__name__)
@@ -205,26 +209,35 @@ class ChangeStreamFeed(EventFeed):
         """Follow the database until cancelled, whatever happens to one stream."""
         delay = FIRST_RETRY_SECONDS
         while True:
+            why = "error"  # for the restarts' metric: a closed set of words
             try:
                 if await self._follow():
                     delay = FIRST_RETRY_SECONDS
+                    metrics.FEED_RESTARTS.labels(reason="invalidated").inc()
                     continue  # invalidated: reopen from now at once
+                why = "closed"
                 log.warning("the server closed the change stream; reopening in %.1f s", delay)
             except asyncio.CancelledError:
+                why = ""
                 raise
             except OperationFailure as exc:
                 if self._resume_token is not None and (exc.code in HISTORY_LOST_CODES or _history_lost(exc)):
+                    why = "history_lost"
                     # Retrying the same token would fail forever: start from now, and resync.
                     self._restart_from_now(f"the change history no longer reaches back to the last "
                                            f"change seen ({_first_line(exc)})")
                 else:
+                    why = "failed"
                     log.warning("change stream failed (%s); reopening in %.1f s", _first_line(exc), delay)
             except PyMongoError as exc:
+                why = "interrupted"
                 log.warning("change stream interrupted (%s); resuming in %.1f s", _first_line(exc), delay)
             except Exception:
                 log.exception("change stream watcher failed; restarting it in %.1f s", delay)
             finally:
                 was_open, self._open = self._open, False
+                if why:
+                    metrics.FEED_RESTARTS.labels(reason=why).inc()
             if was_open:  # it ran for a while: a new failure starts the backoff afresh
                 delay = FIRST_RETRY_SECONDS
             await asyncio.sleep(delay)
@@ -269,6 +282,7 @@ class ChangeStreamFeed(EventFeed):
                 self.resync(f"an unreadable {operation} event was skipped")
                 return True
             self._resume_token = token
+            _measure_lag(event)
             self._deliver(change)
             return True
         if operation in LOSSY_OPERATIONS:
@@ -295,6 +309,19 @@ def _ended(task: asyncio.Task[None]) -> None:
     fails, as `healthy` looks at the task)."""
     if not task.cancelled():
         log.error("the change-stream watcher stopped: %r; the event feed is down", task.exception())
+
+
+def _measure_lag(event: Mapping[str, Any]) -> None:
+    """How far behind the database's clock this change is read (its `wallTime`, or the
+    second-precision `clusterTime` where the server sends no wall time)."""
+    written = event.get("wallTime")
+    if isinstance(written, datetime):
+        at = written if written.tzinfo else written.replace(tzinfo=UTC)
+        metrics.FEED_LAG.set(max(0.0, (datetime.now(UTC) - at).total_seconds()))
+        return
+    cluster = event.get("clusterTime")
+    if isinstance(cluster, Timestamp):
+        metrics.FEED_LAG.set(max(0.0, time.time() - cluster.time))
 
 
 def _history_lost(error: OperationFailure) -> bool:

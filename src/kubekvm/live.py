@@ -45,6 +45,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from kubekvm import metrics
 from kubekvm.access import ActorKind
 from kubekvm.auth import services_for
 from kubekvm.authorized import Authorized
@@ -243,7 +244,8 @@ class LiveUpdates:
     def __init__(self, *, fragments: Fragments, heartbeat_seconds: float, max_streams_per_user: int) -> None:
         self.fragments = fragments
         self.heartbeat_seconds = heartbeat_seconds
-        self.quota = Quota(limit=max_streams_per_user, what="live-update streams (pages open)")
+        self.quota = Quota(limit=max_streams_per_user, what="live-update streams (pages open)",
+                           gauge=metrics.STREAMS_OPEN.labels(kind="live"))
 
     def routes(self) -> list[BaseRoute]:
         return [Route("/events", self.events)]

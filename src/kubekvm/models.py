@@ -272,6 +272,9 @@ class Machine(Stored):
     # Set just before the document is deleted, so that change-stream subscribers learn which
     # lab and host a vanished machine belonged to (a delete event carries only the id).
     retired: bool = False
+    # The id of the request that last changed what the machine should be (`kubekvm.logs`): its
+    # host agent logs its steps under it, so one grep follows a click to the boot.
+    request_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 

@@ -22,6 +22,9 @@ import contextlib
 from collections import Counter
 from collections.abc import Iterator
 
+from prometheus_client import Gauge
+
+from kubekvm import metrics
 from kubekvm.access import Actor
 from kubekvm.errors import TooManySubscriptions
 
@@ -32,10 +35,11 @@ def holder(actor: Actor) -> str:
 
 
 class Quota:
-    def __init__(self, *, limit: int, what: str) -> None:
+    def __init__(self, *, limit: int, what: str, gauge: Gauge | None = None) -> None:
         self.limit = limit
         self.what = what  # "live-update streams", for the refusal's sentence
         self.held: Counter[str] = Counter()
+        self.gauge = gauge  # this replica's count of them all (kubekvm.metrics), if it has one
 
     @contextlib.contextmanager
     def hold(self, key: str) -> Iterator[None]:
@@ -44,9 +48,13 @@ class Quota:
             raise TooManySubscriptions(f"You already have {self.limit} {self.what} open, as many as one "
                                        "person may; close some (other tabs or clients) and try again.")
         self.held[key] += 1
+        if self.gauge is not None:
+            self.gauge.inc()
         try:
             yield
         finally:
+            if self.gauge is not None:
+                self.gauge.dec()
             self.held[key] -= 1
             if self.held[key] <= 0:
                 del self.held[key]
@@ -57,7 +65,8 @@ class SubscriptionQuotas:
 
     def __init__(self, *, per_connection: int, per_user: int) -> None:
         self.per_connection = per_connection
-        self.per_user = Quota(limit=per_user, what="GraphQL subscriptions")
+        self.per_user = Quota(limit=per_user, what="GraphQL subscriptions",
+                              gauge=metrics.STREAMS_OPEN.labels(kind="graphql"))
 
     @contextlib.contextmanager
     def hold(self, *, actor: Actor, connection: Quota) -> Iterator[None]:

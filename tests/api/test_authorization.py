@@ -181,6 +181,7 @@ MATRIX: dict[str, Entry] = {
     # A first-time link for a student of the teacher's own lab who has no password yet.
     "createPasswordLink": Entry('mutation { createPasswordLink(name: "stu2") }', outcomes(other=NOT_FOUND, owner=OK)),
     "createApiToken": Entry('mutation { createApiToken(label: "m") { apiToken { label } } }', USER_READ),
+    "createScrapeToken": Entry('mutation { createScrapeToken(label: "prom") { apiToken { label } } }', ADMIN_ONLY),
     "createHostToken": Entry(f'mutation {{ createHostToken(host: "{HOST}") {{ apiToken {{ label }} }} }}', ADMIN_ONLY),
     "revokeApiToken": Entry("mutation($id: ID!) { revokeApiToken(id: $id) { label } }",
                             outcomes(student=NOT_FOUND, other=NOT_FOUND, owner=OK),

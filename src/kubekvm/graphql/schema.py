@@ -30,6 +30,7 @@ from kubekvm.authorized import Authorized
 from kubekvm.config import Settings
 from kubekvm.errors import KubeKVMError, ValidationFailed
 from kubekvm.graphql.errors import ErrorCodes, argument_of, coded
+from kubekvm.graphql.metrics import OperationMetrics
 from kubekvm.graphql.types import (
     ApiToken,
     Assignment,
@@ -375,6 +376,12 @@ class Mutation:
         record, token = await _services(info).create_host_token(host=host, label=label)
         return NewToken(token=token, api_token=ApiToken.of(record))
 
+    @strawberry.mutation(description=(
+        "Admins only: a token for Prometheus to scrape /metrics on every replica (it can do nothing else)."))
+    async def create_scrape_token(self, info: strawberry.Info, label: str = "") -> NewToken:
+        record, token = await _services(info).create_scrape_token(label=label)
+        return NewToken(token=token, api_token=ApiToken.of(record))
+
     @strawberry.mutation(description="Revoke one of your tokens (admins: any token).")
     async def revoke_api_token(self, info: strawberry.Info, id: strawberry.ID) -> ApiToken:
         return ApiToken.of(await _services(info).revoke_token(str(id)))
@@ -468,7 +475,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
     one request cannot ask for the same costly list hundreds of times), and introspection
     unless KUBEKVM_GRAPHQL_INTROSPECTION=0."""
     settings = settings or Settings()
-    extensions: list[Any] = [ErrorCodes, StorableArguments, lambda: QueryDepthLimiter(max_depth=10),
+    extensions: list[Any] = [OperationMetrics, ErrorCodes, StorableArguments, lambda: QueryDepthLimiter(max_depth=10),
                              lambda: MaxTokensLimiter(max_token_count=5000),
                              lambda: MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases)]
     if not settings.graphql_introspection:

@@ -213,12 +213,15 @@ class Assignment:
     reset_generation: int
     power_generation: int
     template: AssignmentTemplate
+    request_id: str | None = strawberry.field(description=(
+        "The id of the request that last changed this machine (its X-Request-ID): the agent logs its "
+        "steps for it under this id."))
 
     @classmethod
     def of(cls, m: models.Machine) -> Assignment:
         s = m.spec
         return cls(machine_id=strawberry.ID(str(m.id)), vm_name=m.name, deployment=m.deployment,
-                   index=m.index, desired=m.desired,
+                   index=m.index, desired=m.desired, request_id=m.request_id,
                    reset_generation=m.reset_generation, power_generation=m.power_generation,
                    template=AssignmentTemplate(name=s.template, image=s.image, os=s.os.value,
                                                vcpus=s.vcpus, memory_mib=s.memory_mib,

@@ -8,14 +8,18 @@ read it (`AuditOperations.audit_log`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kubekvm import validation
+from kubekvm import metrics, validation
 from kubekvm.access import Actor
 from kubekvm.models import AuditEntry
 from kubekvm.services.rules import ADMIN, Operations, operation
+
+# An outcome that is an error code (a closed set) may be a metric's label; anything else is "other".
+_CODE = re.compile(r"[A-Z][A-Z_]{1,39}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +35,7 @@ async def record(actor: Actor, *, action: str, target: str = "", outcome: str = 
                      actor_kind=actor.kind.value, role=actor.role.value if actor.role else "", action=action,
                      target=validation.note(target, max_length=300, multiline=False), address=actor.address,
                      outcome=outcome, message=validation.note(message)).insert()
+    metrics.AUDIT_WRITES.labels(outcome=outcome if outcome == "ok" or _CODE.fullmatch(outcome) else "other").inc()
 
 
 async def audit_log(*, actor: str | None = None, action: str | None = None, target: str | None = None,

@@ -21,7 +21,7 @@ from beanie.odm.enums import SortDirection
 from bson import ObjectId
 from bson.errors import InvalidId
 
-from kubekvm import __version__
+from kubekvm import __version__, metrics
 from kubekvm.config import Settings
 from kubekvm.errors import NotFound
 from kubekvm.events import EventFeed
@@ -48,6 +48,7 @@ _finishing: set[asyncio.Task[Any]] = set()
 async def backoff(attempt: int) -> None:
     """Wait before attempt `attempt + 1` of a contended write: full jitter, so replicas that
     collided once do not collide again in lockstep."""
+    metrics.WRITE_RETRIES.inc()
     delay = min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * (2 ** attempt))
     await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 (jitter, not a secret)
 

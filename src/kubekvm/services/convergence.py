@@ -22,6 +22,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from kubekvm import lifecycle
 from kubekvm.errors import NotFound, Unavailable
+from kubekvm.logs import current_request_id
 from kubekvm.models import (
     Deployment,
     DesiredState,
@@ -44,7 +45,8 @@ LabUpdate = dict[str, Any]
 
 def new_machine(*, lab: str, index: int, spec: MachineSpec, power: Power) -> Machine:
     return Machine(deployment=lab, index=index, name=f"{lab}-{index}", spec=spec,
-                   desired=lifecycle.desired_for(power), message="waiting for a host")
+                   desired=lifecycle.desired_for(power), message="waiting for a host",
+                   request_id=current_request_id())
 
 
 class Convergence(Noun):
@@ -106,7 +108,7 @@ class Convergence(Noun):
         desired = lifecycle.desired_for(power)
         query = {"deployment": name, "retired": False, "desired": {"$ne": DesiredState.ABSENT.value}}
         await Machine.get_pymongo_collection().update_many(
-            query, {"$set": {"desired": desired.value, "updated_at": utcnow()},
+            query, {"$set": {"desired": desired.value, "updated_at": utcnow(), "request_id": current_request_id()},
                     "$inc": {"power_generation": 1}},
         )
         await self.ctx.publish_machines(query)
@@ -122,13 +124,15 @@ class Convergence(Noun):
         if plan.retire:
             query = {"deployment": lab.name, "index": {"$in": plan.retire}, "retired": False}
             await collection.update_many(query, {"$set": {"desired": DesiredState.ABSENT.value,
-                                                          "student": None, "updated_at": utcnow()}})
+                                                          "student": None, "updated_at": utcnow(),
+                                                          "request_id": current_request_id()}})
             await self.ctx.publish_machines(query)
             await self._drop_unplaced(lab.name)
         if plan.revive:
             query = {"deployment": lab.name, "index": {"$in": plan.revive}, "retired": False,
                      "desired": DesiredState.ABSENT.value}
-            await collection.update_many(query, {"$set": {"desired": lifecycle.desired_for(power).value},
+            await collection.update_many(query, {"$set": {"desired": lifecycle.desired_for(power).value,
+                                                          "request_id": current_request_id()},
                                                  "$inc": {"power_generation": 1}})
             await self.ctx.publish_machines({"deployment": lab.name, "index": {"$in": plan.revive}})
         if plan.create:
@@ -147,7 +151,8 @@ class Convergence(Noun):
         scale that lost the race to the deletion call it again)."""
         query = {"deployment": name, "retired": False, "desired": {"$ne": DesiredState.ABSENT.value}}
         result = await Machine.get_pymongo_collection().update_many(
-            query, {"$set": {"desired": DesiredState.ABSENT.value, "student": None, "updated_at": utcnow()}}
+            query, {"$set": {"desired": DesiredState.ABSENT.value, "student": None, "updated_at": utcnow(),
+                             "request_id": current_request_id()}}
         )
         if result.modified_count:
             await self.ctx.publish_machines({"deployment": name, "retired": False})

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubekvm import lifecycle, validation
 from kubekvm.errors import Conflict, NotFound
+from kubekvm.logs import current_request_id
 from kubekvm.models import (
     Deployment,
     DesiredState,
@@ -73,7 +74,8 @@ class Machines(Noun):
         refused = lifecycle.can_act_on_machine(phase=lab.phase, desired=machine.desired)
         if refused:
             raise Conflict(f"Cannot change {name}: {refused}.")
-        update: dict[str, Any] = {"$set": {"desired": desired.value, "updated_at": utcnow()},
+        update: dict[str, Any] = {"$set": {"desired": desired.value, "updated_at": utcnow(),
+                                           "request_id": current_request_id()},
                                   "$inc": {"power_generation": 1}}
         if reset:
             update["$inc"]["reset_generation"] = 1

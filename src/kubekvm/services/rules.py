@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
+import structlog
+
 from kubekvm import access
 from kubekvm.access import Actor
 from kubekvm.database import unavailable
@@ -49,6 +51,8 @@ CheckedFeed = Callable[Concatenate[Ops, P], Coroutine[Any, Any, AsyncIterator[T]
 
 OK, FORBIDDEN, NOT_FOUND, UNAUTHENTICATED = "ok", "FORBIDDEN", "NOT_FOUND", "UNAUTHENTICATED"
 VALIDATION_FAILED = "VALIDATION_FAILED"
+# The kinds of audit target an operation's log lines are tagged with (`kubekvm.logs`).
+_LOGGED = frozenset({"lab", "machine", "host"})
 CALLERS = ("anonymous", "student", "other", "host", "owner", "admin")
 
 
@@ -121,7 +125,10 @@ def operation(rule: Rule, *, audit: str | None = None, target: Describe | None =
                 return await work()
             where = target(named, self.actor) if target is not None else ""
             said = message(named, self.actor) if message is not None else ""
-            return await finish(self.audited(audit, where, work, routine=routine, message=said))
+            kind, _, value = where.partition(":")
+            # The lab, machine or host acted on, in every log line this causes (kubekvm.logs).
+            with structlog.contextvars.bound_contextvars(**({kind: value} if kind in _LOGGED else {})):
+                return await finish(self.audited(audit, where, work, routine=routine, message=said))
 
         checked.__declared__ = Declared(  # type: ignore[attr-defined]
             rule=rule, audit=audit, field=field or audit, outcomes=outcomes or rule.outcomes, routine=routine)

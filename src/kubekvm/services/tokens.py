@@ -1,5 +1,6 @@
-"""API and host tokens: their records, and what a caller may do with them — a person makes,
-lists and revokes their own; admins see everyone's and make hosts'.
+"""API, host and scrape tokens: their records, and what a caller may do with them — a person makes,
+lists and revokes their own; admins see everyone's and make hosts' and Prometheus' (a scrape
+token reads /metrics and nothing else, `kubekvm.metrics`).
 
 A token is returned once, when it is made; only its sha256 (and its first characters, to tell
 tokens apart) is kept, so the sign-in middleware (`kubekvm.auth`) finds whom a bearer token
@@ -34,6 +35,8 @@ from kubekvm.services.rules import (
 from kubekvm.services.sessions import SessionRecords
 
 TOKEN_LABEL_MAX = 80
+_PREFIXES = {TokenKind.USER: credentials.USER_TOKEN_PREFIX, TokenKind.HOST: credentials.HOST_TOKEN_PREFIX,
+             TokenKind.SCRAPE: credentials.SCRAPE_TOKEN_PREFIX}
 
 
 class TokenRecords(SessionRecords):
@@ -43,8 +46,7 @@ class TokenRecords(SessionRecords):
                            created_by: str) -> tuple[ApiToken, str]:
         """A new token and its record; the token itself is returned here and never again."""
         label = validation.text(label, field="label", label="A token's label", max_length=TOKEN_LABEL_MAX)
-        token = credentials.new_token(credentials.HOST_TOKEN_PREFIX if kind == TokenKind.HOST
-                                      else credentials.USER_TOKEN_PREFIX)
+        token = credentials.new_token(_PREFIXES[kind])
         record = ApiToken(kind=kind, owner=owner, label=label or f"{kind.value} token",
                           token_hash=credentials.token_hash(token), prefix=token[:8],
                           created_by=created_by)
@@ -78,6 +80,8 @@ class TokenRecords(SessionRecords):
             return None
         if record.kind == TokenKind.HOST:
             return Actor(kind=ActorKind.HOST, name=record.owner, address=address, via="token")
+        if record.kind == TokenKind.SCRAPE:
+            return Actor(kind=ActorKind.SCRAPER, name=record.owner, address=address, via="token")
         user = await self.find_user(record.owner)
         if user is None:
             return None
@@ -124,6 +128,12 @@ class TokenOperations(Operations):
     async def create_host_token(self, *, host: str, label: str = "") -> tuple[ApiToken, str]:
         host_name(host)
         return await self.accounts.create_token(kind=TokenKind.HOST, owner=host, label=label,
+                                                created_by=self.actor.name)
+
+    @operation(ADMIN, audit="createScrapeToken", target=named("token", "label"))
+    async def create_scrape_token(self, *, label: str = "") -> tuple[ApiToken, str]:
+        """A token for Prometheus: it reads /metrics on every replica and can do nothing else."""
+        return await self.accounts.create_token(kind=TokenKind.SCRAPE, owner="metrics", label=label or "metrics",
                                                 created_by=self.actor.name)
 
     @operation(TOKEN_REVOKER, audit="revokeApiToken", target=named("token", "token_id"))

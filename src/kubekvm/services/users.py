@@ -21,7 +21,7 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from kubekvm import access, credentials, roster, throttle, validation
+from kubekvm import access, credentials, metrics, roster, throttle, validation
 from kubekvm.access import Actor, ActorKind
 from kubekvm.errors import Conflict, KubeKVMError, NotFound, Throttled, Unauthenticated, ValidationFailed
 from kubekvm.models import Deployment, Role, User
@@ -249,13 +249,16 @@ class UserOperations(Operations):
         try:
             user = await self.accounts.authenticate(name=name, password=password, address=self.actor.address)
         except Throttled as error:
+            metrics.SIGN_INS.labels(method="password", outcome="throttled").inc()
             await audit.record(attempt, action="login", target=f"user:{name}", outcome="THROTTLED",
                                message=error.message)
             raise
         except Unauthenticated:
+            metrics.SIGN_INS.labels(method="password", outcome="refused").inc()
             await audit.record(attempt, action="login", target=f"user:{name}", outcome="WRONG_PASSWORD",
                                message="unknown user or wrong password")
             raise
+        metrics.SIGN_INS.labels(method="password", outcome="ok").inc()
         await audit.record(self._as(user), action="login", target=f"user:{user.name}")
         return user
 

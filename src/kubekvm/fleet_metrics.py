@@ -1,0 +1,66 @@
+"""The fleet's shared gauges: labs by phase, machines by state, hosts and their capacity.
+
+These describe the database, not a replica, so exactly one replica exports them: the holder of
+the `metrics` lease (`kubekvm.lease`), taken or renewed at each scrape. Prometheus scrapes every
+replica every few seconds, so the holder keeps it while it lives; when it dies, the next replica
+scraped after the lease's expiry takes over. Every replica says whether it is the exporter
+(`kubekvm_shared_state_exporter`), and the others export no shared series at all, so a `sum()`
+over replicas counts each lab once.
+
+The reads are three aggregations grouped by a bounded field (phase, states) and the hosts'
+list; each is one round trip whatever the fleet's size.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from kubekvm import metrics
+from kubekvm.lease import Lease
+from kubekvm.models import Deployment, Host, Machine
+from kubekvm.services import Services
+
+LEASE_NAME = "metrics"
+MIB = 1024 * 1024
+
+
+class FleetGauges:
+    def __init__(self, *, services: Services, lease: Lease) -> None:
+        self.services = services
+        self.lease = lease
+
+    async def __call__(self) -> None:
+        """Refresh the shared gauges if this replica is (or becomes) their exporter."""
+        exporter = await self.lease.acquire()
+        metrics.SHARED_EXPORTER.set(1 if exporter else 0)
+        if not exporter:
+            for gauge in (metrics.LABS, metrics.MACHINES, metrics.HOSTS, metrics.HOST_VCPUS, metrics.HOST_MEMORY):
+                gauge.clear()
+            return
+        labs: dict[tuple[str, ...], float] = {}
+        rows = await Deployment.get_pymongo_collection().aggregate([{"$group": {"_id": "$phase", "n": {"$sum": 1}}}])
+        async for row in rows:
+            labs[(str(row["_id"]),)] = float(row["n"])
+        machines: dict[tuple[str, ...], float] = {}
+        rows = await Machine.get_pymongo_collection().aggregate([
+            {"$match": {"retired": False}},
+            {"$group": {"_id": {"desired": "$desired", "observed": "$observed"}, "n": {"$sum": 1}}}])
+        async for row in rows:
+            machines[(str(row["_id"].get("desired")), str(row["_id"].get("observed")))] = float(row["n"])
+        hosts: dict[tuple[str, ...], float] = defaultdict(float)
+        vcpus: dict[tuple[str, ...], float] = {}
+        memory: dict[tuple[str, ...], float] = {}
+        for host in await Host.find_all().to_list():
+            ready = self.services.hosts.host_ready(host)
+            hosts[("ready" if ready else "unreachable",)] += 1
+            vcpus[(host.name, "capacity")] = host.vcpus
+            vcpus[(host.name, "allocated")] = host.allocated_vcpus
+            memory[(host.name, "capacity")] = host.memory_mib * MIB
+            memory[(host.name, "allocated")] = host.allocated_memory_mib * MIB
+        hosts.setdefault(("ready",), 0.0)
+        hosts.setdefault(("unreachable",), 0.0)
+        metrics.set_labelled(metrics.LABS, labs)
+        metrics.set_labelled(metrics.MACHINES, machines)
+        metrics.set_labelled(metrics.HOSTS, dict(hosts))
+        metrics.set_labelled(metrics.HOST_VCPUS, vcpus)
+        metrics.set_labelled(metrics.HOST_MEMORY, memory)
