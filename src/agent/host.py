@@ -27,6 +27,7 @@ from agent.hypervisor import Hypervisor
 from agent.images import Images
 from agent.kvm_device import check_kvm_device
 from agent.outbox import Outbox
+from agent.pulls import Pulls
 from agent.reconciler import Reconciler
 
 log = logging.getLogger("agent")
@@ -56,7 +57,10 @@ async def run_host(config: AgentConfig, *, stop: asyncio.Event | None = None) ->
             log.warning("%s", kvm_problem)
         images = Images(config.image_dir)
         outbox = Outbox()
+        pulls = Pulls(directory=config.image_dir, servers=config.servers, token_source=config.current_token,
+                      on_done=lambda: reconciler.request_resync())
         reconciler = Reconciler(
+            pulls=pulls,
             hypervisor=hypervisor,
             images=images,
             state_dir=config.state_dir,
@@ -98,6 +102,7 @@ async def run_host(config: AgentConfig, *, stop: asyncio.Event | None = None) ->
             connection.cancel()
             await asyncio.gather(connection, return_exceptions=True)
             await tunnels.close()
+            await pulls.close()
             await reconciler.close()
     finally:
         await hypervisor.close()

@@ -57,6 +57,7 @@ from agent.domain_xml import NEVER_POWERED, MachineMetadata, domain_xml
 from agent.hypervisor import DomainStatus, Hypervisor, HypervisorError, HypervisorUnavailable
 from agent.images import Images
 from agent.machine_state import ObservedState, StateReport
+from agent.pulls import Pulls
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,13 @@ class Reconciler:
         stop_grace: float = 60.0,
         resync_interval: float = 30.0,
         gc_orphans: bool = False,
+        pulls: Pulls | None = None,
     ) -> None:
         self.hypervisor = hypervisor
         self.images = images
+        # Store images a machine needs and this host lacks are pulled (`agent.pulls`); a pull
+        # that ends asks for a resync, so the machines waiting on it go on.
+        self.pulls = pulls
         self.disks = Disks(state_dir / "disks")
         self.logs = (state_dir / "logs").absolute()
         self.state_dir = state_dir
@@ -474,7 +479,10 @@ class Reconciler:
             return status
         base = self.images.base(template.image)
         if not base.is_file():
-            return Outcome("error", self.images.missing_message(template.image))
+            pull = self.pulls.request(template.image) if self.pulls is not None else None
+            if pull is None:
+                return Outcome("error", self.images.missing_message(template.image))
+            return Outcome("error", pull.error) if pull.error else Outcome("pending", pull.describe())
         if reset:
             await self._report(assignment.machine_id, Outcome(
                 "pending", f"resetting to a fresh copy of {template.image}"))

@@ -1,7 +1,9 @@
 """Choosing a host for each new machine.
 
 A host qualifies when it is ready (heartbeat within the timeout), has the template's base
-image, and has the memory and vCPUs free. Among those, the one with most free memory wins,
+image, and has the memory and vCPUs free. An image of the image store (named by its digest,
+`image_rules.file_name`) need not be there yet: the host's agent pulls it. Among those, a host
+that already holds the image wins (no pull to wait for), then the one with most free memory,
 which spreads a class over the hosts. The plan is computed here from a snapshot; the service
 layer then reserves capacity with one conditional `$inc` per host, so two server replicas
 placing at once cannot over-commit a host (the loser re-plans).
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from kubekvm.image_rules import digest_of_file_name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,15 +46,16 @@ def plan(*, hosts: Sequence[HostCapacity], needs: Sequence[Need]) -> Plan:
     placed: dict[int, str] = {}
     unplaced: dict[int, str] = {}
     for position, need in enumerate(needs):
+        pullable = digest_of_file_name(need.image) is not None
         candidates = [
             h for h in hosts
-            if h.ready and need.image in h.images
+            if h.ready and (need.image in h.images or pullable)
             and free[h.name][0] >= need.vcpus and free[h.name][1] >= need.memory_mib
         ]
         if not candidates:
             unplaced[position] = why_unplaced(hosts=hosts, need=need)
             continue
-        best = max(candidates, key=lambda h: (free[h.name][1], free[h.name][0], h.name))
+        best = max(candidates, key=lambda h: (need.image in h.images, free[h.name][1], free[h.name][0], h.name))
         free[best.name][0] -= need.vcpus
         free[best.name][1] -= need.memory_mib
         placed[position] = best.name
@@ -63,7 +68,7 @@ def why_unplaced(*, hosts: Sequence[HostCapacity], need: Need) -> str:
     ready = [h for h in hosts if h.ready]
     if not ready:
         return "no host is ready (no agent heartbeat recently)"
-    with_image = [h for h in ready if need.image in h.images]
+    with_image = [h for h in ready if need.image in h.images or digest_of_file_name(need.image)]
     if not with_image:
         return f"no ready host has image {need.image}"
     return (

@@ -37,3 +37,17 @@ def test_unplaced_machines_say_why() -> None:
 def test_vcpus_are_a_limit_too() -> None:
     result = plan(hosts=[host("a", vcpus=1)], needs=[XP, XP])
     assert list(result.placed) == [0] and list(result.unplaced) == [1]
+
+
+GOLDEN = "sha256-" + "ab" * 32 + ".qcow2"
+
+
+def test_a_store_image_goes_where_it_is_held_else_anywhere_it_can_be_pulled() -> None:
+    need = Need(image=GOLDEN, vcpus=1, memory_mib=512)
+    held = plan(hosts=[host("roomy", images=(), memory=9999), host("holder", images=(GOLDEN,), memory=1024)],
+                needs=[need, need, need])
+    # The holder first (no pull to wait for), until it is full; then a host that will pull it.
+    assert held.placed == {0: "holder", 1: "holder", 2: "roomy"}
+    assert plan(hosts=[host("empty", images=())], needs=[need]).placed == {0: "empty"}
+    # A plain file name is never pulled: only hosts that have it qualify.
+    assert plan(hosts=[host("empty", images=())], needs=[XP]).placed == {}
