@@ -45,6 +45,9 @@ class ActorKind(StrEnum):
     HOST = "host"
     # A scrape token (Prometheus): reads /metrics and nothing else.
     SCRAPER = "scraper"
+    # The server itself acting on its own schedule (the timetable's starts and stops, a course's
+    # expiry): it appears in the audit log as such and is never the actor of a request.
+    SYSTEM = "system"
 
 
 @dataclass(frozen=True, kw_only=True)

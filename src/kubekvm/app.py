@@ -13,8 +13,9 @@ a 500 with code INTERNAL and the security headers).
 
 `create_app` gets an open database connection (the CLI or a test made it) and, on start-up,
 starts the event feed, builds the service layer, seeds the default templates and starts the
-janitor (`kubekvm.janitor`, active on whichever replica holds its lease); on shutdown it stops
-the janitor and hands its lease over. Every request passes `kubekvm.auth.AuthMiddleware`,
+janitor (`kubekvm.janitor`) and the scheduler (`kubekvm.scheduler`: labs' timetables and course
+ends), each active on whichever replica holds its lease; on shutdown it stops them and hands
+their leases over. Every request passes `kubekvm.auth.AuthMiddleware`,
 which finds its actor; GraphQL and the pages reach the services only through that actor's
 operations (`kubekvm.authorized.Authorized`, each declared with its rule). Outside it,
 `kubekvm.faults.DatabaseFaults` answers "unavailable" when the database cannot be reached.
@@ -69,6 +70,8 @@ from kubekvm.pages.common import Renderer
 from kubekvm.pages.images import image_file
 from kubekvm.quotas import SubscriptionQuotas
 from kubekvm.request_ids import RequestIds
+from kubekvm.scheduler import LEASE_NAME as SCHEDULER_LEASE
+from kubekvm.scheduler import Scheduler
 from kubekvm.services import Services
 from kubekvm.services.accounts import Accounts
 
@@ -225,9 +228,16 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
             janitor.start()
         app.state.shared_metrics = FleetGauges(services=services, lease=Lease(
             collection=connection.database["leases"], name=METRICS_LEASE, ttl_seconds=settings.metrics_lease_seconds))
+        scheduler = Scheduler(services=services, interval_seconds=settings.scheduler_interval_seconds,
+                              lease=Lease(collection=connection.database["leases"], name=SCHEDULER_LEASE,
+                                          ttl_seconds=3 * settings.scheduler_interval_seconds or 1.0))
+        if settings.scheduler_interval_seconds > 0:
+            scheduler.start()
         try:
             yield
         finally:
+            if settings.scheduler_interval_seconds > 0:
+                await scheduler.stop()
             if settings.janitor_interval_seconds > 0:
                 await janitor.stop()
             await feed.stop()

@@ -22,6 +22,7 @@ from kubekvm.services.machines import MachineOperations
 from kubekvm.services.rosters import RosterOperations
 from kubekvm.services.server import ServerOperations
 from kubekvm.services.templates import TemplateOperations
+from kubekvm.services.timetables import TimetableOperations
 from kubekvm.services.tokens import TokenOperations
 from kubekvm.services.users import UserOperations
 
@@ -30,7 +31,7 @@ __all__ = ["SESSION_RECHECK_SECONDS", "Authorized"]
 
 class Authorized(TemplateOperations, LabOperations, RosterOperations, MachineOperations, HostOperations,
                  ConsoleOperations, ConsoleRequestOperations, ChangeOperations, UserOperations, TokenOperations,
-                 AuditOperations, ServerOperations, ImageOperations):
+                 AuditOperations, ServerOperations, ImageOperations, TimetableOperations):
     """The service layer as one actor may use it."""
 
     @property

@@ -113,6 +113,20 @@ class Settings:
     # long, not after pymongo's default 30 s), and a majority write waits for its replicas at
     # most `db_write_timeout_seconds` (wtimeoutMS; with timeoutMS set, pymongo bounds that wait
     # by the operation's own deadline instead).
+    # Running a course (kubekvm.scheduler): the time zone of a new timetable and its lead time
+    # (machines start this long before a slot); how often the replica holding the scheduler's
+    # lease looks for due events (0: never), and how late an event may still fire (later, it is
+    # recorded as missed: machines starting at 14:00 for a class that ended is worse than not).
+    time_zone: str = "UTC"
+    schedule_lead_minutes: int = 5
+    scheduler_interval_seconds: float = 20.0
+    schedule_grace_seconds: float = 600.0
+    # A lab past its end date is deleted (VMs and disks) this many days later, its teacher
+    # warned on its page from `lab_expiry_warning_days` before; a lab nothing ran in or changed
+    # for `lab_unused_days` is flagged on the admins' pages.
+    lab_retention_days: int = 30
+    lab_expiry_warning_days: int = 7
+    lab_unused_days: int = 60
     db_timeout_seconds: float = 10.0
     db_server_selection_seconds: float = 2.0
     db_write_timeout_seconds: float = 5.0
@@ -168,6 +182,13 @@ class Settings:
                                   if o.strip()),
             hsts_seconds=_env_number("KUBEKVM_HSTS_SECONDS", 31_536_000),
             janitor_interval_seconds=_env_number("KUBEKVM_JANITOR_INTERVAL", 60.0),
+            time_zone=os.environ.get("KUBEKVM_TIME_ZONE") or "UTC",
+            schedule_lead_minutes=_env_number("KUBEKVM_SCHEDULE_LEAD_MINUTES", 5),
+            scheduler_interval_seconds=_env_number("KUBEKVM_SCHEDULER_INTERVAL", 20.0),
+            schedule_grace_seconds=_env_number("KUBEKVM_SCHEDULE_GRACE", 600.0),
+            lab_retention_days=_env_number("KUBEKVM_LAB_RETENTION_DAYS", 30),
+            lab_expiry_warning_days=_env_number("KUBEKVM_LAB_EXPIRY_WARNING_DAYS", 7),
+            lab_unused_days=_env_number("KUBEKVM_LAB_UNUSED_DAYS", 60),
             db_timeout_seconds=_env_number("KUBEKVM_DB_TIMEOUT", 10.0),
             db_server_selection_seconds=_env_number("KUBEKVM_DB_SERVER_SELECTION_TIMEOUT", 2.0),
             db_write_timeout_seconds=_env_number("KUBEKVM_DB_WRITE_TIMEOUT", 5.0),

@@ -42,6 +42,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, OperationFailure, PyMongoError, WTimeoutError
 
+from kubekvm.course_records import COURSE_MODELS
 from kubekvm.errors import Unavailable
 from kubekvm.image_models import IMAGE_MODELS
 from kubekvm.models import DOCUMENT_MODELS
@@ -416,7 +417,7 @@ async def connect(uri: str, *, database: str, timeout: float = 10.0,
                 f"cannot reach MongoDB at {describe_uri(uri)}: {first_line}"
             ) from None
     db = client[database]
-    await init_beanie(database=db, document_models=[*DOCUMENT_MODELS, *IMAGE_MODELS])
+    await init_beanie(database=db, document_models=[*DOCUMENT_MODELS, *IMAGE_MODELS, *COURSE_MODELS])
     return Connection(client=client, database=db, uri=uri, change_streams=await _has_change_streams(db),
                       embedded=embedded)
 

@@ -136,6 +136,9 @@ MATRIX: dict[str, Entry] = {
     "apiTokens": Entry("{ apiTokens { label } }", USER_READ),
     "auditLog": Entry("{ auditLog { total } }", ADMIN_ONLY),
     "images": Entry("{ images { digest } }", ADMIN_ONLY),
+    "timetable": Entry(f'{{ timetable(name: "{LAB}") {{ timeZone nextStart }} }}',
+                       outcomes(student=OK, other=NOT_FOUND, owner=OK)),
+    "unusedLabs": Entry("{ unusedLabs { name } }", ADMIN_ONLY),
     # ---------------------------------------------------------------- mutations
     "createTemplate": Entry(
         "mutation($i: TemplateInput!) { createTemplate(input: $i) { name } }", ADMIN_ONLY,
@@ -148,6 +151,9 @@ MATRIX: dict[str, Entry] = {
         lambda ctx, who: {"i": {"name": ctx.fresh("new-lab"), "template": "mx-tpl", "replicas": 1}}),
     "updateDeployment": Entry(f'mutation {{ updateDeployment(name: "{LAB}", input: {{title: "MX lab"}}) {{ name }} }}',
                               OWNED_LAB),
+    # A session far ahead: the scheduler must not fire anything while refusals are compared.
+    "setTimetable": Entry(f'mutation {{ setTimetable(name: "{LAB}", input: {{sessions: [{{date: "2030-01-07", '
+                          'start: "09:00", end: "10:00"}]}) { nextStart } }', OWNED_LAB),
     "startDeployment": Entry(f'mutation {{ startDeployment(name: "{LAB}") {{ name }} }}', OWNED_LAB),
     "stopDeployment": Entry(f'mutation {{ stopDeployment(name: "{LAB}") {{ name }} }}', OWNED_LAB),
     "deleteDeployment": Entry("mutation($n: String!) { deleteDeployment(name: $n) { name } }", OWNED_LAB,

@@ -15,6 +15,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src"
 PURE = ["kubekvm.domain", "kubekvm.lifecycle", "kubekvm.access", "kubekvm.placement", "kubekvm.validation",
         "kubekvm.image_rules",
+        "kubekvm.timetable",
         "kubekvm.roster"]
 FORBIDDEN = {"pymongo", "bson", "motor", "beanie", "pydantic", "starlette", "strawberry", "libvirt", "jinja2",
              "uvicorn", "gql"}

@@ -31,6 +31,7 @@ from kubekvm.config import Settings
 from kubekvm.errors import KubeKVMError, ValidationFailed
 from kubekvm.graphql.errors import ErrorCodes, argument_of, coded
 from kubekvm.graphql.metrics import OperationMetrics
+from kubekvm.graphql.timetables import TimetableMutation, TimetableQuery
 from kubekvm.graphql.types import (
     ApiToken,
     Assignment,
@@ -162,7 +163,7 @@ class OrphanReportInput:
 
 
 @strawberry.type
-class Query:
+class Query(TimetableQuery):
     @strawberry.field
     async def templates(self, info: strawberry.Info) -> list[Template]:
         return [Template.of(t) for t in await _services(info).list_templates()]
@@ -231,7 +232,7 @@ class Query:
 
 
 @strawberry.type
-class Mutation:
+class Mutation(TimetableMutation):
     @strawberry.mutation
     async def create_template(self, info: strawberry.Info, input: TemplateInput) -> Template:
         t = await _services(info).create_template(

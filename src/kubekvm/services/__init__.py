@@ -9,6 +9,7 @@ used by each other, the janitor and the CLI) and its operations class (`Template
 - `templates`, `labs`, `rosters`, `machines`, `hosts`, `consoles`: the platform's nouns
   (`console_requests`: how a host's agent hears that a console waits for it; `images`: the
   image store's golden images);
+- `timetables`: a lab's timetable and course (end date, usage, unused labs);
 - `convergence`: what follows every lab change (machines follow the lab, its phase is
   recomputed), made again by the janitor; `placement`: machines onto hosts;
 - `users`, `links` (set-password links), `tokens`, `sessions` (and sign-in), `server` (its first
@@ -41,6 +42,7 @@ from kubekvm.services.machines import Machines
 from kubekvm.services.placement import Placement
 from kubekvm.services.rosters import Rosters
 from kubekvm.services.templates import Templates
+from kubekvm.services.timetables import Timetables
 
 __all__ = ["Context", "HostStatus", "Page", "ServerInfo", "Services", "backoff", "finish", "host_name",
            "lab_filter", "object_id"]
@@ -65,3 +67,5 @@ class Services:
         self.hosts = Hosts(self)
         self.placement = Placement(self)
         self.images = Images(self)
+        # Labs' timetables and courses (fired by `kubekvm.scheduler`).
+        self.timetables = Timetables(self)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from kubekvm import lifecycle
+from kubekvm.course_records import LabSchedule, LegacyImport, ScheduleFire
 from kubekvm.errors import NotFound, Unavailable
 from kubekvm.logs import current_request_id
 from kubekvm.models import (
@@ -185,6 +186,9 @@ class Convergence(Noun):
     async def lab_removed(self, lab: Deployment) -> None:
         self.ctx.feed.publish(collection="deployments", operation="delete", id=str(lab.id), document=None)
         await LabEvent.find(LabEvent.deployment == lab.name).delete()
+        # Its timetable, the record of what that fired, and what it was imported from go too.
+        for records in (LabSchedule, ScheduleFire, LegacyImport):
+            await records.get_pymongo_collection().delete_many({"lab": lab.name})
 
     async def converge_lab(self, name: str) -> tuple[Deployment | None, Deployment | None]:
         """The follow-up of every lab change, run again (by the janitor) in case a crash cut it
