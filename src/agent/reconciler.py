@@ -492,11 +492,14 @@ class Reconciler:
             assert status is not None
             await self.hypervisor.define(self._definition(assignment, domain_uuid=status.uuid))
         else:
-            if status is None:
-                await self._report(assignment.machine_id, Outcome("pending", "creating"))
+            # Each step says itself, so a slow one is shown as the step it is (the server shows
+            # how long it has been waiting on it).
             if overlay_missing:
+                await self._report(assignment.machine_id, Outcome(
+                    "pending", f"creating: cloning the disk from {template.image}"))
                 await self.disks.create(name, base=base, size_gib=template.disk_gib)
             if status is None:
+                await self._report(assignment.machine_id, Outcome("pending", "creating: defining the VM"))
                 await self.hypervisor.define(self._definition(assignment))
         defined = await self.hypervisor.status(name)
         if defined is None or defined.metadata is None:

@@ -45,6 +45,10 @@ class Settings:
     # Lab VMs idle most of the time, so vCPUs are shared the way VDI pools share them;
     # memory is never over-committed.
     cpu_overcommit: int = 16
+    # A machine creating (or waiting for a host) longer than this, or starting, stopping or being
+    # removed longer than that, is shown as unusually long (`kubekvm.progress`).
+    slow_create_seconds: float = 600.0
+    slow_change_seconds: float = 180.0
     templates_dir: Path = field(default_factory=lambda: _default_dir("KUBEKVM_TEMPLATES_DIR", "templates"))
     static_dir: Path = field(default_factory=lambda: _default_dir("KUBEKVM_STATIC_DIR", "static"))
     seed_templates: bool = True
@@ -152,6 +156,8 @@ class Settings:
             max_replicas=_env_number("KUBEKVM_MAX_REPLICAS", 200),
             host_timeout_seconds=_env_number("KUBEKVM_HOST_TIMEOUT", 30.0),
             cpu_overcommit=_env_number("KUBEKVM_CPU_OVERCOMMIT", 16),
+            slow_create_seconds=_env_number("KUBEKVM_SLOW_CREATE_SECONDS", 600.0),
+            slow_change_seconds=_env_number("KUBEKVM_SLOW_CHANGE_SECONDS", 180.0),
             seed_templates=os.environ.get("KUBEKVM_SEED_TEMPLATES", "1") != "0",
             live_heartbeat_seconds=_env_number("KUBEKVM_LIVE_HEARTBEAT", 15.0),
             secret_key=os.environ.get("KUBEKVM_SECRET_KEY") or None,

@@ -49,16 +49,21 @@ def acknowledged(machine: MachineView) -> bool:
     """Has the host acted on the latest start/stop request for this machine?
 
     Until it has, a report of `shutoff` for a machine that should run means "not started
-    yet", not "a student powered it off".
+    yet", not "a student powered it off". A report that carries no generation (an agent's
+    event about a domain it has not yet reported, such as one just defined) acknowledges
+    nothing: it must not turn machines that are still starting into "powered off by students".
     """
     seen = machine.observed_power_generation
-    return seen is None or seen >= machine.power_generation
+    return seen is not None and seen >= machine.power_generation
 
 
 def lab_phase(*, deleting: bool, power: Power, machines: Sequence[MachineView]) -> PhaseDecision:
+    """The phase and its message, both derived from the machines as they are now and the
+    request pending on them (never kept from an earlier state)."""
     if deleting:
         left = len(machines)
-        return PhaseDecision(Phase.DELETING, f"waiting for hosts to remove {left} machine(s)")
+        return PhaseDecision(Phase.DELETING, f"removing {left} machine(s) from their hosts" if left
+                             else "removing the lab")
     kept = [m for m in machines if m.desired != DesiredState.ABSENT]
     failed = [m for m in kept if m.observed == ObservedState.ERROR]
     if failed:
@@ -85,14 +90,28 @@ def lab_phase(*, deleting: bool, power: Power, machines: Sequence[MachineView]) 
     # power stopped
     if off == len(kept):
         return PhaseDecision(Phase.INACTIVE, "stopped")
-    return PhaseDecision(Phase.PENDING, f"stopping: {len(kept) - off} machine(s) still on")
+    return PhaseDecision(Phase.PENDING, "stopping: " + _pending_message(kept, running))
 
 
 def _pending_message(kept: Sequence[MachineView], running: int) -> str:
+    """"1/3 running, 2 starting": how many machines are at each step, counted from their states
+    and pending requests; then what the first one being made waits for, in its host's words."""
+    steps = {"being made": 0, "starting": 0, "stopping": 0, "powered off by students": 0}
+    for m in kept:
+        if m.observed == ObservedState.PENDING:
+            steps["being made"] += 1
+        elif m.observed == ObservedState.RUNNING and m.desired == DesiredState.RUNNING:
+            continue
+        elif not acknowledged(m):
+            steps["starting" if m.desired == DesiredState.RUNNING else "stopping"] += 1
+        elif m.desired == DesiredState.STOPPED and m.observed not in _OFF:
+            steps["stopping"] += 1
+        elif m.observed in _OFF and m.desired == DesiredState.RUNNING:
+            steps["powered off by students"] += 1
+    parts = [f"{running}/{len(kept)} running"] + [f"{count} {step}" for step, count in steps.items() if count]
     waiting = [m for m in kept if m.observed == ObservedState.PENDING and m.message]
-    if waiting:
-        return waiting[0].message
-    return f"{running}/{len(kept)} running"
+    detail = f" — {waiting[0].name}: {waiting[0].message}" if waiting else ""
+    return ", ".join(parts) + detail
 
 
 @dataclass(frozen=True)

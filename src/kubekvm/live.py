@@ -58,7 +58,9 @@ from kubekvm.pages.fragments import (
     Fragments,
     LabSummary,
     ListView,
+    clock_for,
     machine_row,
+    machine_rows,
     my_rows,
     summaries,
     summary,
@@ -103,7 +105,7 @@ class LabWatch:
         self.phase = lab.lab.phase
         machines = await self.services.list_machines(deployment=self.name)
         self.shown = {m.name for m in machines}
-        return [("lab", self.fragments.status(lab, oob=True)), self._table(lab, machines),
+        return [("lab", self.fragments.status(lab, oob=True)), await self._table(lab, machines),
                 await self._events()]
 
     async def update(self, batch: Sequence[LabChange]) -> list[Message]:
@@ -129,11 +131,12 @@ class LabWatch:
             if phase_changed or now.keys() - self.shown:
                 # New rows must land in index order, and a phase change (Deleting) changes
                 # every row's buttons: redraw the table.
-                messages.append(self._table(lab, machines))
+                messages.append(await self._table(lab, machines))
             else:
                 touched = {c.machine.name for c in batch if c.machine is not None} & now.keys()
                 rows = [self.fragments.removed_row(name) for name in sorted(self.shown - now.keys())]
-                rows += [self.fragments.row(machine_row(now[name], phase=lab.lab.phase), oob=True)
+                clock = await clock_for(self.services, [now[name] for name in touched])
+                rows += [self.fragments.row(machine_row(now[name], phase=lab.lab.phase, clock=clock), oob=True)
                          for name in sorted(touched)]
                 if rows:
                     messages.append(("machine", "".join(rows)))
@@ -142,8 +145,8 @@ class LabWatch:
         messages.append(await self._events())
         return messages
 
-    def _table(self, lab: LabSummary, machines: Sequence[Machine]) -> Message:
-        rows = [machine_row(m, phase=lab.lab.phase) for m in machines]
+    async def _table(self, lab: LabSummary, machines: Sequence[Machine]) -> Message:
+        rows = machine_rows(machines, phase=lab.lab.phase, clock=await clock_for(self.services, machines))
         return ("machines", self.fragments.rows(rows, oob=True))
 
     async def _events(self) -> Message:

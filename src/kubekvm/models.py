@@ -227,6 +227,9 @@ class Deployment(Stored):
     power: Power = Power.RUNNING
     phase: Phase = Phase.PENDING
     message: str = ""
+    # When the lab entered its phase (written with the phase; None on labs stored before it was
+    # kept: `since` falls back to their last change).
+    phase_since: datetime | None = None
     generation: int = 1
     # The teacher whose lab it is; None for labs made before accounts existed (admins only).
     owner: str | None = None
@@ -269,6 +272,9 @@ class Machine(Stored):
     observed_power_generation: int | None = None
     message: str = ""
     observed_at: datetime | None = None
+    # When the machine entered its present situation: a new observed state, a start/stop/reset
+    # request, a host given, a removal asked (`kubekvm.progress` says how long it has been so).
+    since: datetime | None = None
     # Set just before the document is deleted, so that change-stream subscribers learn which
     # lab and host a vanished machine belonged to (a delete event carries only the id).
     retired: bool = False

@@ -1,7 +1,7 @@
 """A state change and its consequences are one unit, even over a connection that drops: an
 agent reports a deleted lab's last machine ABSENT over its websocket and the socket is gone a
 moment later (as when the agent is killed or the network blinks). The lab must still go, not
-stay "Deleting, waiting for hosts to remove 1 machine(s)" with no machine left.
+stay "Deleting, removing 1 machine(s) from their hosts" with no machine left.
 
 The janitor is switched off here: what is proven is that the report's own follow-up survives
 the drop (the janitor is the safety net, tested in tests/db/test_janitor.py)."""

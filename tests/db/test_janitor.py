@@ -92,13 +92,13 @@ async def test_a_deleting_lab_whose_machines_are_gone_is_removed(services: Servi
     await services.labs.delete_deployment("stuck")
     # The machine document was removed, then the process died before recomputing the lab.
     await Machine.get_pymongo_collection().delete_many({"deployment": "stuck"})
-    assert (await services.labs.get_deployment("stuck")).message == "waiting for hosts to remove 1 machine(s)"
+    assert (await services.labs.get_deployment("stuck")).message == "removing 1 machine(s) from their hosts"
     caplog.set_level(logging.WARNING, logger="kubekvm.janitor")
     repairs = await janitor(services, "replica-a", Clock()).run_once()
     assert repairs is not None and repairs.labs == ["stuck"]
     with pytest.raises(NotFound):
         await services.labs.get_deployment("stuck")
-    assert "lab stuck was Deleting (waiting for hosts to remove 1 machine(s)) with no machine left: removed" in caplog.text
+    assert "lab stuck was Deleting (removing 1 machine(s) from their hosts) with no machine left: removed" in caplog.text
 
 
 async def test_a_stale_phase_and_a_half_removed_machine_are_finished(services: Services) -> None:

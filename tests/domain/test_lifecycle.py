@@ -50,6 +50,32 @@ def test_shutoff_before_the_start_request_is_acknowledged_is_still_pending() -> 
     assert phase([M(S.RUNNING), not_started]) == Phase.PENDING
 
 
+def test_a_shutoff_report_without_a_generation_is_not_powered_off_by_students() -> None:
+    # "Start all", then an agent's event about a domain it had not reported (no generation yet):
+    # the lab must not say "Active: 1/3 running (2 powered off by students)" while they start.
+    unreported = M(S.SHUTOFF, power_generation=2, observed_power_generation=None)
+    decision = lifecycle.lab_phase(deleting=False, power=Power.RUNNING,
+                                   machines=[M(S.RUNNING, power_generation=2, observed_power_generation=2),
+                                             unreported, unreported])
+    assert decision.phase == Phase.PENDING
+    assert decision.message == "1/3 running, 2 starting"
+    assert "powered off" not in decision.message
+
+
+def test_the_pending_message_counts_each_step_and_names_what_the_first_made_waits_for() -> None:
+    decision = lifecycle.lab_phase(deleting=False, power=Power.RUNNING, machines=[
+        M(S.RUNNING), M(S.PENDING, name="lab-2", message="creating: cloning the disk"),
+        M(S.SHUTOFF, power_generation=2), M(S.SHUTOFF)])
+    assert decision.message == "1/4 running, 1 being made, 1 starting, 1 powered off by students" \
+        " — lab-2: creating: cloning the disk"
+
+
+def test_a_lab_being_deleted_says_what_it_waits_for_not_how_many_run() -> None:
+    assert lifecycle.lab_phase(deleting=True, power=Power.RUNNING, machines=[M(S.RUNNING)] * 2).message \
+        == "removing 2 machine(s) from their hosts"
+    assert lifecycle.lab_phase(deleting=True, power=Power.RUNNING, machines=[]).message == "removing the lab"
+
+
 def test_stopping_lab_is_pending_until_all_are_off() -> None:
     assert phase([M(S.RUNNING, D.STOPPED), M(S.SHUTOFF, D.STOPPED)], power=Power.STOPPED) == Phase.PENDING
     assert phase([M(S.SHUTOFF, D.STOPPED)] * 2, power=Power.STOPPED) == Phase.INACTIVE

@@ -12,17 +12,41 @@ from `kubekvm.lifecycle`, so the templates only lay it out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from markupsafe import escape
 
-from kubekvm import lifecycle, validation
+from kubekvm import lifecycle, progress, validation
 from kubekvm.authorized import Authorized
-from kubekvm.models import Deployment, DesiredState, LabEvent, Machine, ObservedState, Phase
+from kubekvm.models import Deployment, DesiredState, LabEvent, Machine, ObservedState, Phase, utcnow
 from kubekvm.pages.common import Renderer
 
 PAGE_SIZE = 100
+
+
+@dataclass(frozen=True, kw_only=True)
+class Clock:
+    """What a status is judged against: now, whether the machines' hosts still report, and the
+    thresholds of "unusually long" (settings)."""
+
+    now: datetime
+    reporting: Mapping[str, bool]
+    thresholds: progress.Thresholds
+
+    def machine(self, machine: Machine) -> progress.Progress:
+        since = machine.since or machine.observed_at or machine.created_at
+        return progress.machine_progress(
+            machine, since=since, now=self.now, thresholds=self.thresholds,
+            host_reporting=None if machine.host is None else self.reporting.get(machine.host, False))
+
+
+async def clock_for(services: Authorized, machines: Sequence[Machine] = ()) -> Clock:
+    settings = services.settings
+    return Clock(now=utcnow(), reporting=await services.hosts_reporting(m.host for m in machines if m.host),
+                 thresholds=progress.Thresholds(create_seconds=settings.slow_create_seconds,
+                                                change_seconds=settings.slow_change_seconds))
 
 
 @dataclass(frozen=True)
@@ -31,14 +55,22 @@ class LabSummary:
     running: int
     total: int
     template_title: str
+    since_seconds: float = 0.0
+    slow: bool = False
 
     @property
     def deleting(self) -> bool:
         return self.lab.phase == Phase.DELETING
 
     @property
+    def in_phase(self) -> str:
+        """"Pending for 4 min": how long the lab has been in its phase."""
+        return f"{self.lab.phase.value} for {progress.elapsed(self.since_seconds)}"
+
+    @property
     def note(self) -> str:
-        """The lab's message, unless it only repeats the progress bar's "3/30 running"."""
+        """The lab's message (derived from its machines with its phase, `lifecycle.lab_phase`),
+        unless it only repeats the progress bar's "3/30 running"."""
         message = self.lab.message
         return "" if message == f"{self.running}/{self.total} running" else message
 
@@ -55,22 +87,16 @@ class MachineRow:
     transition: str | None  # what the machine is on its way to doing, if anything
     can_start: bool  # False when it runs (or is starting) and should: the button would do nothing
     can_stop: bool  # False when it is off and should be
+    status: progress.Progress  # what it does and waits on, for how long
 
 
-def machine_row(machine: Machine, *, phase: Phase) -> MachineRow:
-    transition: str | None = None
-    if machine.desired == DesiredState.ABSENT:
-        transition = "removing"
-    elif machine.observed == ObservedState.PENDING and machine.message == "resetting":
-        transition = "resetting"
-    elif not lifecycle.acknowledged(machine) or (
-        machine.desired == DesiredState.RUNNING and machine.observed == ObservedState.PENDING
-    ):
-        transition = "starting" if machine.desired == DesiredState.RUNNING else "stopping"
+def machine_row(machine: Machine, *, phase: Phase, clock: Clock) -> MachineRow:
+    status = clock.machine(machine)
+    transition = status.doing if status.doing != "waiting for a host" else "creating"
     refused = lifecycle.can_act_on_machine(phase=phase, desired=machine.desired)
     off = machine.observed in (ObservedState.SHUTOFF, ObservedState.CRASHED)
     return MachineRow(
-        machine=machine, refused=refused, transition=transition,
+        machine=machine, refused=refused, transition=transition, status=status,
         can_start=not (machine.desired == DesiredState.RUNNING
                        and machine.observed in (ObservedState.RUNNING, ObservedState.PENDING)),
         can_stop=not (machine.desired == DesiredState.STOPPED and off),
@@ -89,19 +115,29 @@ async def my_rows(services: Authorized) -> list[MyMachine]:
     """The signed-in student's machines (`list_machines` is narrowed to them)."""
     machines = await services.list_machines()
     labs = await services.labs_named(sorted({m.deployment for m in machines}))
+    clock = await clock_for(services, machines)
     # A lab the student left between the two reads (taken off its roster) is no longer theirs.
-    return [MyMachine(row=machine_row(m, phase=labs[m.deployment].phase), lab_title=labs[m.deployment].title)
+    return [MyMachine(row=machine_row(m, phase=labs[m.deployment].phase, clock=clock),
+                      lab_title=labs[m.deployment].title)
             for m in machines if m.deployment in labs]
+
+
+def machine_rows(machines: Sequence[Machine], *, phase: Phase, clock: Clock) -> list[MachineRow]:
+    return [machine_row(m, phase=phase, clock=clock) for m in machines]
 
 
 async def summaries(services: Authorized, labs: Sequence[Deployment]) -> list[LabSummary]:
     counts = await services.running_counts(labs)
     titles = {t.name: t.title for t in await services.list_templates()} if labs else {}
-    return [
-        LabSummary(lab=lab, running=counts[lab.name][0], total=counts[lab.name][1],
-                   template_title=titles.get(lab.template, lab.template))
-        for lab in labs
-    ]
+    settings, now = services.settings, utcnow()
+
+    def made(lab: Deployment) -> LabSummary:
+        seconds = max(0.0, (now - (lab.phase_since or lab.updated_at)).total_seconds())
+        settling = lab.phase in (Phase.PENDING, Phase.DELETING)
+        return LabSummary(lab=lab, running=counts[lab.name][0], total=counts[lab.name][1],
+                          template_title=titles.get(lab.template, lab.template), since_seconds=seconds,
+                          slow=settling and seconds > settings.slow_create_seconds)
+    return [made(lab) for lab in labs]
 
 
 async def summary(services: Authorized, name: str) -> LabSummary:

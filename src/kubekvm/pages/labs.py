@@ -34,7 +34,9 @@ from kubekvm.pages.fragments import (
     PAGE_SIZE,
     Fragments,
     ListView,
+    clock_for,
     machine_row,
+    machine_rows,
     my_rows,
     summaries,
     summary,
@@ -78,7 +80,7 @@ class LabPages:
         machines = await services.list_machines(deployment=lab.lab.name)
         return self.renderer.page(request, "labs/detail.html", {
             "section": "labs", "s": lab, "oob": False,
-            "rows": [machine_row(m, phase=lab.lab.phase) for m in machines],
+            "rows": machine_rows(machines, phase=lab.lab.phase, clock=await clock_for(services, machines)),
             "events": await services.lab_events(lab.lab.name),
             **await self._roster_context(services, lab.lab, text=None),
         })
@@ -110,7 +112,7 @@ class LabPages:
             machines = await services.list_machines(deployment=lab.name)
             return self.renderer.page(request, "labs/detail.html", {
                 "section": "labs", "s": summary_, "oob": False,
-                "rows": [machine_row(m, phase=summary_.lab.phase) for m in machines],
+                "rows": machine_rows(machines, phase=summary_.lab.phase, clock=await clock_for(services, machines)),
                 "events": await services.lab_events(lab.name),
                 **await self._roster_context(services, lab, text=typed, error=error.message),
             }, status=422)
@@ -320,7 +322,8 @@ class LabPages:
             mine = next(m for m in await my_rows(services) if m.row.machine.name == name)
             return self.renderer.htmx(self.fragments.my_row(mine), flash=flash)
         lab = await services.get_deployment(machine.deployment)
-        return self.renderer.htmx(self.fragments.row(machine_row(machine, phase=lab.phase)),
+        clock = await clock_for(services, [machine])
+        return self.renderer.htmx(self.fragments.row(machine_row(machine, phase=lab.phase, clock=clock)),
                                   flash=flash)
 
 

@@ -47,7 +47,7 @@ LabUpdate = dict[str, Any]
 def new_machine(*, lab: str, index: int, spec: MachineSpec, power: Power) -> Machine:
     return Machine(deployment=lab, index=index, name=f"{lab}-{index}", spec=spec,
                    desired=lifecycle.desired_for(power), message="waiting for a host",
-                   request_id=current_request_id())
+                   request_id=current_request_id(), since=utcnow())
 
 
 class Convergence(Noun):
@@ -109,7 +109,8 @@ class Convergence(Noun):
         desired = lifecycle.desired_for(power)
         query = {"deployment": name, "retired": False, "desired": {"$ne": DesiredState.ABSENT.value}}
         await Machine.get_pymongo_collection().update_many(
-            query, {"$set": {"desired": desired.value, "updated_at": utcnow(), "request_id": current_request_id()},
+            query, {"$set": {"desired": desired.value, "updated_at": utcnow(), "request_id": current_request_id(),
+                             "since": utcnow()},
                     "$inc": {"power_generation": 1}},
         )
         await self.ctx.publish_machines(query)
@@ -126,14 +127,14 @@ class Convergence(Noun):
             query = {"deployment": lab.name, "index": {"$in": plan.retire}, "retired": False}
             await collection.update_many(query, {"$set": {"desired": DesiredState.ABSENT.value,
                                                           "student": None, "updated_at": utcnow(),
-                                                          "request_id": current_request_id()}})
+                                                          "request_id": current_request_id(), "since": utcnow()}})
             await self.ctx.publish_machines(query)
             await self._drop_unplaced(lab.name)
         if plan.revive:
             query = {"deployment": lab.name, "index": {"$in": plan.revive}, "retired": False,
                      "desired": DesiredState.ABSENT.value}
             await collection.update_many(query, {"$set": {"desired": lifecycle.desired_for(power).value,
-                                                          "request_id": current_request_id()},
+                                                          "request_id": current_request_id(), "since": utcnow()},
                                                  "$inc": {"power_generation": 1}})
             await self.ctx.publish_machines({"deployment": lab.name, "index": {"$in": plan.revive}})
         if plan.create:
@@ -153,7 +154,7 @@ class Convergence(Noun):
         query = {"deployment": name, "retired": False, "desired": {"$ne": DesiredState.ABSENT.value}}
         result = await Machine.get_pymongo_collection().update_many(
             query, {"$set": {"desired": DesiredState.ABSENT.value, "student": None, "updated_at": utcnow(),
-                             "request_id": current_request_id()}}
+                             "request_id": current_request_id(), "since": utcnow()}}
         )
         if result.modified_count:
             await self.ctx.publish_machines({"deployment": name, "retired": False})
@@ -233,16 +234,18 @@ class Convergence(Noun):
                     return lab
                 await backoff(attempt)
                 continue
+            changes: dict[str, Any] = {"phase": decision.phase.value, "message": decision.message,
+                                       "running": running, "kept": kept, "updated_at": utcnow()}
+            if decision.phase != lab.phase:
+                changes["phase_since"] = changes["updated_at"]
             result = await collection.update_one(
-                {"_id": lab.id, "version": lab.version},
-                {"$set": {"phase": decision.phase.value, "message": decision.message,
-                          "running": running, "kept": kept, "updated_at": utcnow()}, "$inc": {"version": 1}},
-            )
+                {"_id": lab.id, "version": lab.version}, {"$set": changes, "$inc": {"version": 1}})
             if result.matched_count:
                 if decision.phase != lab.phase:
                     await self.ctx.note(name, f"phase {lab.phase.value} → {decision.phase.value}: {decision.message}")
                 lab.phase, lab.message, lab.version = decision.phase, decision.message, lab.version + 1
                 lab.running, lab.kept = running, kept
+                lab.phase_since = changes.get("phase_since", lab.phase_since)
                 self.ctx.published(lab)
                 return lab
             await backoff(attempt)

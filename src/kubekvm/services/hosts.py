@@ -21,7 +21,7 @@ from kubekvm.models import (
     utcnow,
 )
 from kubekvm.services.context import Noun
-from kubekvm.services.rules import HOST_AGENT, HOST_OR_STAFF, STAFF, Operations, named, operation
+from kubekvm.services.rules import HOST_AGENT, HOST_OR_STAFF, SIGNED_IN, STAFF, Operations, named, operation
 
 if TYPE_CHECKING:
     pass
@@ -50,6 +50,15 @@ class Hosts(Noun):
     def host_ready(self, host: Host, *, now: datetime | None = None) -> bool:
         age = ((now or utcnow()) - host.last_heartbeat).total_seconds()
         return age <= self.ctx.settings.host_timeout_seconds
+
+    async def hosts_reporting(self, names: Iterable[str]) -> dict[str, bool]:
+        wanted = sorted(set(names))
+        if not wanted:
+            return {}
+        now = utcnow()
+        found = {h.name: self.host_ready(h, now=now)
+                 for h in await Host.find({"name": {"$in": wanted}}).to_list()}
+        return {name: found.get(name, False) for name in wanted}
 
     async def list_hosts(self) -> list[HostStatus]:
         now = utcnow()
@@ -139,6 +148,12 @@ class HostOperations(Operations):
     @operation(STAFF, field="hosts")
     async def list_hosts(self) -> list[HostStatus]:
         return await self.services.hosts.list_hosts()
+
+    @operation(SIGNED_IN)
+    async def hosts_reporting(self, names: Iterable[str]) -> dict[str, bool]:
+        """Whether each of these hosts (those of machines the caller sees) is still heard from, so
+        a machine's status can say its host has gone quiet; only the names asked about."""
+        return await self.services.hosts.hosts_reporting(names)
 
     @operation(HOST_OR_STAFF)
     async def host_status(self, name: str) -> HostStatus:

@@ -168,6 +168,7 @@ class Labs(Noun):
             checks.fail(ValidationFailed("template", f"There is no template named {template!r}."))
         checks.done()
         lab = Deployment(name=name, title=lab_title, template=template, replicas=replicas, power=power,
+                         phase_since=utcnow(),
                          owner=owner)
         try:
             await lab.insert()
@@ -266,7 +267,8 @@ class Labs(Noun):
         def change(lab: Deployment) -> LabUpdate | None:
             if lab.phase == Phase.DELETING:
                 return None  # asked again: the machines' removal below is still made sure of
-            return {"$set": {"phase": Phase.DELETING.value, "updated_at": utcnow()}, "$inc": {"generation": 1}}
+            return {"$set": {"phase": Phase.DELETING.value, "updated_at": utcnow(), "phase_since": utcnow()},
+                    "$inc": {"generation": 1}}
 
         _, written = await self.core.convergence.change_lab(name, change)
         await self.core.convergence.remove_machines(name)

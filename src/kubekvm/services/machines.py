@@ -75,7 +75,7 @@ class Machines(Noun):
         if refused:
             raise Conflict(f"Cannot change {name}: {refused}.")
         update: dict[str, Any] = {"$set": {"desired": desired.value, "updated_at": utcnow(),
-                                           "request_id": current_request_id()},
+                                           "request_id": current_request_id(), "since": utcnow()},
                                   "$inc": {"power_generation": 1}}
         if reset:
             update["$inc"]["reset_generation"] = 1
@@ -119,8 +119,10 @@ class Machines(Noun):
             state, message, seen)
         if unchanged and not lifecycle.machine_gone(desired=machine.desired, observed=state):
             return machine
-        changes = {"observed": state.value, "message": message, "observed_at": utcnow(),
-                   "observed_power_generation": seen}
+        changes: dict[str, Any] = {"observed": state.value, "message": message, "observed_at": utcnow(),
+                                   "observed_power_generation": seen}
+        if state != machine.observed or seen != machine.observed_power_generation:
+            changes["since"] = changes["observed_at"]
         written = await Machine.get_pymongo_collection().update_one(
             {"_id": machine.id, "retired": False, "host": host}, {"$set": changes}
         )
@@ -128,7 +130,8 @@ class Machines(Noun):
             raise NotFound(f"There is no machine with id {machine_id} on {host}; it was removed.")
         previous = machine.observed
         machine.observed, machine.message, machine.observed_power_generation = state, message, seen
-        machine.observed_at = changes["observed_at"]  # type: ignore[assignment]
+        machine.observed_at = changes["observed_at"]
+        machine.since = changes.get("since", machine.since)
         self.ctx.published(machine)
         if state != previous:
             detail = f": {message}" if message else ""

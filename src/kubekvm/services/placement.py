@@ -59,7 +59,7 @@ class Placement(Noun):
                 ids = [m.id for m in machines]
                 result = await collection.update_many(
                     {"_id": {"$in": ids}, "host": None},
-                    {"$set": {"host": host_name, "message": "", "updated_at": utcnow()}},
+                    {"$set": {"host": host_name, "message": "", "updated_at": utcnow(), "since": utcnow()}},
                 )
                 unclaimed = len(machines) - result.modified_count
                 if unclaimed:  # another replica placed some of them meanwhile
