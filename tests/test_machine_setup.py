@@ -9,6 +9,7 @@ QEMU test here slows from milliseconds to seconds per libvirt call, then times o
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -39,9 +40,11 @@ def test_dev_kvm_is_root_kvm_0660_as_udev_leaves_it() -> None:
 # What each is for: libvirt + QEMU (the agent, tests/agent/test_qemu.py, e2e), its reaper (tini,
 # scripts/libvirtd-up), the tiny-linux guest's build (busybox, cpio, dpkg-deb, apt-get), the
 # browser tests (chromium), the benchmarks (qemu-io, virt-clone, wrk) and the deploy tests'
-# simulation of the MongoDB init script (node).
+# simulation of the MongoDB init script and the sign-in tests' OpenID provider (node, npm), the
+# LDAP sign-in tests' own directory (slapd, slapadd; ldapsearch to look into it by hand).
 TOOLS = ["qemu-img", "qemu-io", "virsh", "virt-clone", "qemu-system-x86_64", "libvirtd", "virtlogd", "tini",
-         "busybox", "cpio", "dpkg-deb", "apt-get", "chromium", "wrk", "node"]
+         "busybox", "cpio", "dpkg-deb", "apt-get", "chromium", "wrk", "node", "npm", "slapd", "slapadd",
+         "ldapsearch"]
 
 
 @pytest.mark.parametrize("tool", TOOLS)
@@ -57,6 +60,15 @@ def test_setup_installed_the_python_tools_the_tests_use() -> None:
 
     node, cli = compute_driver_executable()
     assert Path(node).is_file() and Path(cli).is_file(), "Playwright's wheel came without its driver"
+
+
+def test_setup_installed_the_test_openid_provider_as_locked() -> None:
+    # `npm ci` in tests/support/oidc: oidc-provider at the version its package-lock.json pins.
+    oidc = Path(__file__).resolve().parent / "support" / "oidc"
+    locked = json.loads((oidc / "package-lock.json").read_text())["packages"]["node_modules/oidc-provider"]["version"]
+    installed = oidc / "node_modules" / "oidc-provider" / "package.json"
+    assert installed.is_file(), "no oidc-provider in tests/support/oidc: scripts/setup test runs npm ci there"
+    assert json.loads(installed.read_text())["version"] == locked
 
 
 def test_the_browser_has_fonts() -> None:

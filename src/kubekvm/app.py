@@ -66,6 +66,7 @@ from kubekvm.headers import EXPLORER_POLICY, SecurityHeaders
 from kubekvm.janitor import LEASE_NAME, Janitor
 from kubekvm.lease import Lease
 from kubekvm.metrics import RequestMetrics, metrics_endpoint
+from kubekvm.oidc import OpenIdSignIn
 from kubekvm.pages.common import Renderer
 from kubekvm.pages.images import image_file
 from kubekvm.quotas import SubscriptionQuotas
@@ -211,6 +212,7 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
         app.state.accounts = accounts
         app.state.connection = connection
         app.state.settings = settings
+        app.state.oidc = OpenIdSignIn(settings.identity)
         app.state.session_serializer = serializer(await accounts.session_secret())
         if settings.seed_templates:
             await services.templates.seed_templates()

@@ -83,11 +83,12 @@ def services_for(request: Request) -> Authorized:
     return services
 
 
-async def sign_in(request: Request, *, user: User) -> None:
+async def sign_in(request: Request, *, user: User, provider: str | None = None) -> None:
     """A fresh session for `user` (a new CSRF token too: nothing from before sign-in carries
-    over, and a session id planted before cannot be ridden)."""
+    over, and a session id planted before cannot be ridden); `provider`: the OpenID provider
+    it came through."""
     accounts: Accounts = request.app.state.accounts
-    session_id, record = await accounts.start_session(user, address=actor_of(request).address)
+    session_id, record = await accounts.start_session(user, address=actor_of(request).address, provider=provider)
     request.session.clear()
     request.session.update({SESSION_ID_KEY: session_id, CSRF_KEY: record.csrf})
 

@@ -16,6 +16,7 @@ from kubekvm.services.changes import SESSION_RECHECK_SECONDS, ChangeOperations
 from kubekvm.services.console_requests import ConsoleRequestOperations
 from kubekvm.services.consoles import ConsoleOperations
 from kubekvm.services.hosts import HostOperations
+from kubekvm.services.identities import IdentityOperations
 from kubekvm.services.images import ImageOperations
 from kubekvm.services.labs import LabOperations
 from kubekvm.services.machines import MachineOperations
@@ -31,7 +32,8 @@ __all__ = ["SESSION_RECHECK_SECONDS", "Authorized"]
 
 class Authorized(TemplateOperations, LabOperations, RosterOperations, MachineOperations, HostOperations,
                  ConsoleOperations, ConsoleRequestOperations, ChangeOperations, UserOperations, TokenOperations,
-                 AuditOperations, ServerOperations, ImageOperations, TimetableOperations):
+                 AuditOperations, ServerOperations, ImageOperations, TimetableOperations,
+                 IdentityOperations):
     """The service layer as one actor may use it."""
 
     @property

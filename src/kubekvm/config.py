@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from kubekvm.identity_config import IdentitySettings
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -146,6 +148,9 @@ class Settings:
     metrics_lease_seconds: float = 60.0
     # Log lines: "text" (for people: `make run`) or "json" (one object per line, for a log stack).
     log_format: str = "text"
+    # Sign-in from outside: OpenID Connect providers, an LDAP directory, local passwords on or
+    # off (`kubekvm.identity_config`).
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -205,6 +210,7 @@ class Settings:
             image_tool_timeout_seconds=_env_number("KUBEKVM_IMAGE_TOOL_TIMEOUT", 1800.0),
             metrics_lease_seconds=_env_number("KUBEKVM_METRICS_LEASE", 60.0),
             log_format=_log_format(os.environ.get("KUBEKVM_LOG_FORMAT", "text")),
+            identity=IdentitySettings.from_environment(),
         )
 
 

@@ -235,6 +235,8 @@ class Deployment(Stored):
     owner: str | None = None
     # Usernames of the lab's students; each is bound to one machine (`Machine.student`).
     roster: list[str] = Field(default_factory=list)
+    # The directory group the roster was last filled from (refreshed from it on demand).
+    roster_group: str | None = None
     # Compare-and-set counter for phase updates made by concurrent server replicas.
     version: int = 0
     # Its machines observed running and kept (not on their way out), written with the phase by
@@ -339,12 +341,17 @@ class User(Stored):
     password_code_hash: str | None = None
     password_code_expires: datetime | None = None
     password_code_issuer: str | None = None
+    # Who vouches for this person when the account is signed in from outside (None: a local
+    # account): "ldap:<dn>" or "oidc:<provider>:<sub>" (`kubekvm.identity`). Such an account
+    # needs no password here; its role follows the directory's groups at every sign-in.
+    identity: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
     class Settings:
         name = "users"
         indexes = [pymongo.IndexModel([("role", pymongo.ASCENDING)]),
-                   pymongo.IndexModel([("password_code_hash", pymongo.ASCENDING)])]
+                   pymongo.IndexModel([("password_code_hash", pymongo.ASCENDING)]),
+                   pymongo.IndexModel([("identity", pymongo.ASCENDING)])]
 
 
 class ApiToken(Stored):
@@ -414,6 +421,9 @@ class UserSession(Stored):
     user: Indexed(str)  # type: ignore[valid-type]
     csrf: str
     address: str = ""
+    # The OpenID provider this session was signed in through (its end-session endpoint is
+    # offered at sign-out), if any.
+    provider: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     last_seen: datetime = Field(default_factory=utcnow)
     expires_at: datetime

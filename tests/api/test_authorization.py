@@ -160,6 +160,11 @@ MATRIX: dict[str, Entry] = {
                               lambda ctx, who: {"n": _lab_of_ta(ctx, "gone-lab")}),
     "setRoster": Entry("mutation($n: String!) { setRoster(name: $n, students: [\"stu3\"]) { unbound } }", OWNED_LAB,
                        lambda ctx, who: {"n": _lab_of_ta(ctx, "roster-lab")}),
+    # This server has no directory: the owner and admins are told so (tests/identity/test_ldap.py has one).
+    "fillRosterFromGroup": Entry(
+        'mutation($n: String!) { fillRosterFromGroup(name: $n, group: "redes-2026") { unbound } }',
+        outcomes(other=NOT_FOUND, owner=VALIDATION_FAILED, admin=VALIDATION_FAILED),
+        lambda ctx, who: {"n": _lab_of_ta(ctx, "group-lab")}),
     "startMachine": Entry(f'mutation {{ startMachine(name: "{LAB}-1") {{ name }} }}', OWN_MACHINE),
     "stopMachine": Entry(f'mutation {{ stopMachine(name: "{LAB}-1") {{ name }} }}', OWN_MACHINE),
     "resetMachine": Entry(f'mutation {{ resetMachine(name: "{LAB}-1") {{ name }} }}', OWN_MACHINE),

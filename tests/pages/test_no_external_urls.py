@@ -54,6 +54,10 @@ def test_rendered_pages_reference_only_this_server(server: Server, sample_lab: s
         "/server": "/server", "/login": "/login", "/setup": "/setup?code=x",
         "/set-password": "/set-password?code=x", "/account": "/account", "/my": "/my",
         "/users": "/users", "/audit": "/audit", "/images": "/images", "/machines/{name}/console": "/machines/url-scan-1/console",
+        # Signing in with an OpenID provider (none configured here: the provider's own links, to
+        # the university's sign-in, are the only foreign ones, and only where one is configured).
+        "/login/oidc/{provider}": "/login/oidc/none", "/login/oidc/{provider}/callback": "/login/oidc/none/callback",
+        "/signed-out": "/signed-out",
     }
     routes = [r for r in pages.routes(settings=Settings()) if isinstance(r, Route)]
     gets = {r.path for r in routes if r.methods and "GET" in r.methods and r.path != "/events"}

@@ -298,6 +298,18 @@ class Mutation(TimetableMutation):
         lab, unbound, created = await services.set_roster(name, students=students, match_replicas=match_replicas)
         return RosterChange(deployment=await _deployment(services, lab), unbound=unbound, created_accounts=created)
 
+    @strawberry.mutation(description=(
+        "Make the members of a directory (LDAP) group the lab's roster, as setRoster does; `group` "
+        "is its name (redes-2026), RDN (cn=redes-2026) or DN; omitted, the group the lab was last "
+        "filled from (a refresh). Members whose accounts are staff are left out."))
+    async def fill_roster_from_group(self, info: strawberry.Info, name: str, group: str | None = None,
+                                     match_replicas: bool = False) -> RosterChange:
+        services = _services(info)
+        lab, unbound, created, left_out = await services.fill_roster_from_group(
+            name, group=group, match_replicas=match_replicas)
+        return RosterChange(deployment=await _deployment(services, lab), unbound=unbound, created_accounts=created,
+                            left_out=left_out)
+
     @strawberry.mutation
     async def start_machine(self, info: strawberry.Info, name: str) -> Machine:
         return Machine.of(await _services(info).start_machine(name))

@@ -107,6 +107,8 @@ class Deployment:
     running: int = strawberry.field(description="Machines observed running.")
     machine_count: int = strawberry.field(description="Machines the lab keeps (not being removed).")
     roster_names: strawberry.Private[list[str]]
+    roster_group: str | None = strawberry.field(
+        default=None, description="The directory group the roster was last filled from (fillRosterFromGroup).")
 
     @classmethod
     def of(cls, d: models.Deployment, *, running: int = 0, machine_count: int = 0) -> Deployment:
@@ -114,7 +116,7 @@ class Deployment:
                    replicas=d.replicas, power=d.power, phase=d.phase,
                    message=d.message, generation=d.generation, owner=d.owner, created_at=d.created_at,
                    updated_at=d.updated_at, running=running, machine_count=machine_count,
-                   roster_names=d.roster)
+                   roster_names=d.roster, roster_group=d.roster_group)
 
     @strawberry.field(description="The lab's students (usernames); empty for a student asking.")
     async def roster(self, info: strawberry.Info) -> list[str]:
@@ -281,12 +283,15 @@ class User:
     name: str
     role: models.Role
     has_password: bool
+    signs_in_with: str = strawberry.field(description=(
+        "local (a password here), ldap, or oidc:<provider>: who vouches for this account at sign-in."))
     created_at: datetime
 
     @classmethod
     def of(cls, u: models.User) -> User:
         return cls(name=u.name, role=u.role, has_password=u.password_hash is not None,
-                   created_at=u.created_at)
+                   signs_in_with=":".join(u.identity.split(":")[:2 if u.identity.startswith("oidc:") else 1])
+                   if u.identity else "local", created_at=u.created_at)
 
 
 @strawberry.type(description="A bearer token's record (the token itself is shown only when made).")
@@ -316,6 +321,8 @@ class RosterChange:
     deployment: Deployment
     unbound: list[str]
     created_accounts: list[str]
+    left_out: list[str] = strawberry.field(
+        default_factory=list, description="Members of the directory group left out: their accounts are staff.")
 
 
 @strawberry.type(description="One line of the audit log.")

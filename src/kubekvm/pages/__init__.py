@@ -4,6 +4,7 @@ Routes (all HTML; every POST also works as a plain form without JavaScript, and 
 session's CSRF token):
 
   GET|POST /login   POST /logout        sign in and out (throttled per account and address)
+  GET  /login/oidc/{provider}[/callback]   sign in with an OpenID provider; GET /signed-out
   GET|POST /setup?code=                 the first admin (only while no admin exists)
   GET|POST /set-password?code=          a one-time set-password link
   GET  /account  POST /account/tokens|password   your tokens and password
@@ -13,6 +14,7 @@ session's CSRF token):
   GET  /new-lab   POST /labs            new lab form, create
   GET  /labs/{name}                     a lab's machines, roster and recent events, live
   POST /labs/{name}/roster              the roster (typed, pasted or a CSV file)
+  POST /labs/{name}/roster/group        the roster from a directory group (or refreshed from it)
   POST /labs/{name}/roster/{student}/link   a set-password link for a student
   GET|POST /labs/{name}/edit            title, replicas, power
   POST /labs/{name}/start|stop          every machine of the lab
@@ -44,6 +46,7 @@ from kubekvm.pages.catalog import CatalogPages
 from kubekvm.pages.common import Handler, Renderer
 from kubekvm.pages.console import ConsolePages
 from kubekvm.pages.fragments import Fragments
+from kubekvm.pages.identity import IdentityPages
 from kubekvm.pages.images import ImagePages
 from kubekvm.pages.labs import LabPages
 
@@ -59,6 +62,7 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
     accounts = AccountPages(renderer=renderer)
     console = ConsolePages(renderer=renderer)
     images = ImagePages(renderer=renderer)
+    identity = IdentityPages(renderer=renderer, settings=settings)
     live = LiveUpdates(fragments=fragments, heartbeat_seconds=settings.live_heartbeat_seconds,
                        max_streams_per_user=settings.live_max_streams_per_user)
     guard = renderer.guard
@@ -74,6 +78,9 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
         Route("/login", guard(accounts.login_form, public=True)),
         Route("/login", guard(accounts.login, public=True), methods=post),
         Route("/logout", guard(accounts.logout, public=True), methods=post),
+        Route("/login/oidc/{provider}", guard(identity.start, public=True)),
+        Route("/login/oidc/{provider}/callback", guard(identity.callback, public=True)),
+        Route("/signed-out", guard(identity.signed_out, public=True)),
         Route("/setup", guard(accounts.setup_form, public=True)),
         Route("/setup", guard(accounts.setup, public=True), methods=post),
         Route("/set-password", guard(accounts.set_password_form, public=True), name="set_password_page"),
@@ -94,6 +101,7 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
         Route("/new-lab", staff(labs.new)),
         Route("/labs/{name}", staff(labs.detail)),
         Route("/labs/{name}/roster", staff(labs.set_roster), methods=post),
+        Route("/labs/{name}/roster/group", staff(labs.roster_from_group), methods=post),
         Route("/labs/{name}/roster/{student}/link", staff(labs.password_link), methods=post),
         Route("/labs/{name}/edit", staff(labs.edit)),
         Route("/labs/{name}/edit", staff(labs.update), methods=post),

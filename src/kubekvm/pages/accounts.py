@@ -16,10 +16,12 @@ from starlette.responses import RedirectResponse, Response
 
 from kubekvm import credentials, roster, validation
 from kubekvm.auth import actor_of, services_for, sign_in, sign_out
-from kubekvm.errors import KubeKVMError, NotFound, Throttled, Unauthenticated, ValidationFailed
+from kubekvm.errors import KubeKVMError, NotFound, Throttled, Unauthenticated, Unavailable, ValidationFailed
 from kubekvm.models import ApiToken, Role
-from kubekvm.pages.common import Flash, FormState, Renderer, safe_next, set_flash, text
+from kubekvm.pages.common import Flash, FormState, Renderer, safe_next, set_flash, status_of, text
 from kubekvm.pages.fragments import my_rows
+from kubekvm.pages.identity import login_page
+from kubekvm.services.accounts import Accounts
 
 AUDIT_PAGE = 100
 
@@ -43,8 +45,7 @@ class AccountPages:
         return self._login(request, FormState(values={"name": "", "next": request.query_params.get("next", "/")}))
 
     def _login(self, request: Request, state: FormState, *, status: int = 200) -> Response:
-        return self.renderer.page(request, "accounts/login.html", {"state": state, "section": "login"},
-                                  status=status)
+        return login_page(self.renderer, request, state, status=status)
 
     async def login(self, request: Request) -> Response:
         form = await request.form()
@@ -58,17 +59,27 @@ class AccountPages:
             response = self._login(request, state, status=429)
             response.headers["Retry-After"] = str(error.retry_after)
             return response
-        except Unauthenticated as error:
+        except (Unauthenticated, Unavailable) as error:
             state.errors["form"] = error.message
-            return self._login(request, state, status=401)
+            return self._login(request, state, status=status_of(error))
+        except ValidationFailed as error:  # a directory's username that cannot be one here
+            state.errors["form"] = error.message
+            return self._login(request, state, status=422)
         await sign_in(request, user=user)
         home = "/my" if user.role == Role.STUDENT else "/"
         return _go(safe_next(state.values["next"], home) if state.values["next"] not in ("", "/") else home)
 
     async def logout(self, request: Request) -> Response:
-        if actor_of(request).is_user:
+        actor = actor_of(request)
+        provider = None
+        if actor.is_user:
             await services_for(request).sign_out()
+            accounts: Accounts = request.app.state.accounts
+            record = await accounts.session_record(actor.session) if actor.session else None
+            provider = record.provider if record else None
         await sign_out(request)
+        if provider:  # offer the provider's own sign-out too
+            return _go(f"/signed-out?{urlencode({'provider': provider})}")
         return _go("/login", Flash("You are signed out."))
 
     # --------------------------------------------------------- the first admin

@@ -90,7 +90,8 @@ class LabPages:
         students = {u.name: u for u in await services.students_of(lab.name)}
         machines = {m.student: m.name for m in await services.list_machines(deployment=lab.name) if m.student}
         return {"roster": [(name, students.get(name), machines.get(name)) for name in lab.roster],
-                "roster_text": "\n".join(lab.roster) if text is None else text, "roster_error": error}
+                "roster_text": "\n".join(lab.roster) if text is None else text, "roster_error": error,
+                "directory": services.settings.identity.ldap is not None}
 
     # ------------------------------------------------------------------ roster
 
@@ -122,6 +123,22 @@ class LabPages:
         if unbound:
             said.append(f"without a machine, as the lab has fewer machines than students: {', '.join(unbound)}")
         return _back(f"/labs/{lab.name}#roster", Flash("; ".join(said) + ".", "error" if unbound else "ok"))
+
+    async def roster_from_group(self, request: Request) -> Response:
+        """The roster from a directory group (or refreshed from the one it came from); a refusal
+        comes back as the guard's flash."""
+        services = services_of(request)
+        form = await request.form()
+        updated, unbound, created, left_out = await services.fill_roster_from_group(
+            _name(request), group=text(form, "group") or None, match_replicas=text(form, "match_replicas") == "yes")
+        said = [f"Roster of {updated.name} filled from {updated.roster_group}: {len(updated.roster)} student(s)"]
+        if created:
+            said.append(f"new accounts: {', '.join(created)}")
+        if left_out:
+            said.append(f"left out as staff: {', '.join(left_out)}")
+        if unbound:
+            said.append(f"without a machine, as the lab has fewer machines than students: {', '.join(unbound)}")
+        return _back(f"/labs/{updated.name}#roster", Flash("; ".join(said) + ".", "error" if unbound else "ok"))
 
     async def password_link(self, request: Request) -> Response:
         services = services_of(request)

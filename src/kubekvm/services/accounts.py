@@ -1,6 +1,7 @@
 """Accounts: the records of people, gathered in one object — users and their passwords
 (`users`), set-password links (`links`), API and host tokens (`tokens`), sessions and sign-in
-(`sessions`), the session-signing key and the first admin (`server`).
+(`sessions`), the session-signing key and the first admin (`server`), and people an LDAP
+directory or an OpenID provider vouches for (`identities`).
 
 `Accounts` decides nothing about who may do what: the operations callers use are `users`' and
 `tokens`' (each declaring its rule), the sign-in middleware (`kubekvm.auth`) resumes sessions
@@ -10,11 +11,12 @@ one only puts them together, so that one `Accounts` made at the server's start s
 
 from __future__ import annotations
 
+from kubekvm.services.identities import IdentityRecords
 from kubekvm.services.links import PasswordLinks
 from kubekvm.services.server import ServerStart
 from kubekvm.services.tokens import TokenRecords
 
 
-class Accounts(PasswordLinks, ServerStart, TokenRecords):
-    """People's records: users and passwords, set-password links, tokens, the first admin, and
-    sessions and sign-in."""
+class Accounts(IdentityRecords, PasswordLinks, ServerStart, TokenRecords):
+    """People's records: users and passwords, set-password links, tokens, the first admin,
+    sessions and sign-in, and people from outside."""

@@ -1,5 +1,7 @@
 """Rosters: a lab's students, each bound to one of its machines (`kubekvm.roster` decides who
-gets which; this writes it, conditionally, until no student holds two machines of a lab).
+gets which; this writes it, conditionally, until no student holds two machines of a lab). A
+roster may be filled from a directory group (`kubekvm.directory`), and refreshed from it on
+demand: the lab remembers the group.
 """
 
 from __future__ import annotations
@@ -7,22 +9,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from kubekvm import roster
+from kubekvm import identity, roster
 from kubekvm.errors import Conflict, Unavailable, ValidationFailed
 from kubekvm.models import (
     Deployment,
     DesiredState,
     Machine,
     Phase,
+    Role,
     User,
     utcnow,
 )
 from kubekvm.services.context import WRITE_ATTEMPTS, Noun, backoff
 from kubekvm.services.convergence import LabUpdate
-from kubekvm.services.rules import LAB_MANAGED, SIGNED_IN, Operations, named, operation
+from kubekvm.services.rules import (
+    LAB_MANAGED,
+    NOT_FOUND,
+    SIGNED_IN,
+    VALIDATION_FAILED,
+    Operations,
+    named,
+    operation,
+    outcomes,
+)
 
 if TYPE_CHECKING:
     pass
+
+
+STAFF_ROLES = (Role.TEACHER, Role.ADMIN)
 
 
 class Rosters(Noun):
@@ -43,17 +58,18 @@ class Rosters(Noun):
                 "cannot each get one."))
         return names
 
-    async def set_roster(self, name: str, *, students: Sequence[str],
-                         match_replicas: bool = False) -> tuple[Deployment, list[str]]:
+    async def set_roster(self, name: str, *, students: Sequence[str], match_replicas: bool = False,
+                         group: str | None = None) -> tuple[Deployment, list[str]]:
         """Make `students` the lab's roster and bind each to a machine; with `match_replicas`
-        the lab is first scaled to one machine per student. Returns the lab and the students
-        left without a machine (more students than machines)."""
+        the lab is first scaled to one machine per student. `group`: the directory group they
+        came from (None: typed in). Returns the lab and the students left without a machine
+        (more students than machines)."""
         names = await self.check_roster(name, students=students, match_replicas=match_replicas)
 
         def change(lab: Deployment) -> LabUpdate:
             if lab.phase == Phase.DELETING:
                 raise Conflict(f"Lab {name!r} is being deleted.")
-            changes: dict[str, Any] = {"roster": names, "updated_at": utcnow()}
+            changes: dict[str, Any] = {"roster": names, "roster_group": group, "updated_at": utcnow()}
             scaled = match_replicas and names and len(names) != lab.replicas
             if scaled:
                 changes["replicas"] = len(names)
@@ -138,6 +154,36 @@ class RosterOperations(Operations):
         created = await self.accounts.ensure_students(names)
         lab, unbound = await self.services.rosters.set_roster(name, students=names, match_replicas=match_replicas)
         return lab, unbound, created
+
+    # The matrix's server has no directory: there the call is refused as bad input (VALIDATION_FAILED).
+    @operation(LAB_MANAGED, audit="fillRosterFromGroup", target=named("lab"),
+               outcomes=outcomes(other=NOT_FOUND, owner=VALIDATION_FAILED, admin=VALIDATION_FAILED))
+    async def fill_roster_from_group(self, name: str, *, group: str | None = None, match_replicas: bool = False,
+                                     ) -> tuple[Deployment, list[str], list[str], list[str]]:
+        """Make the members of a directory group (`group`, else the one the lab was last filled
+        from) the lab's roster. Members whose accounts here are staff are left out (only students
+        can be on a roster). The lab, the students without a machine, the accounts created and
+        the members left out."""
+        directory, ldap = self.accounts.directory, self.accounts.settings.identity.ldap
+        if directory is None or ldap is None:
+            raise ValidationFailed("group", "No directory (LDAP) is configured on this server: fill the roster "
+                                            "by hand.")
+        lab = await self.services.labs.get_deployment(name)
+        chosen = (group or "").strip() or lab.roster_group
+        if not chosen:
+            raise ValidationFailed("group", "Name the directory group (e.g. redes-2026); this lab has none yet.")
+        members = await directory.group_members(chosen)
+        # Staff are left out: those the directory's groups make staff, and accounts here that are.
+        staff = {m.username for m in members
+                 if identity.decide_role(ldap.roles, username=m.username, groups=m.groups) in STAFF_ROLES}
+        staff |= {u.name for u in await self.accounts.list_users(names=[m.username for m in members])
+                  if u.role != Role.STUDENT}
+        names = await self.services.rosters.check_roster(
+            name, students=[m.username for m in members if m.username not in staff], match_replicas=match_replicas)
+        created = await self.accounts.ensure_students(names)
+        lab, unbound = await self.services.rosters.set_roster(name, students=names, match_replicas=match_replicas,
+                                                             group=chosen)
+        return lab, unbound, created, sorted(staff)
 
     @operation(LAB_MANAGED)
     async def students_of(self, name: str) -> list[User]:

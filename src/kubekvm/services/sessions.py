@@ -48,14 +48,16 @@ class SessionRecords:
         return min(now + timedelta(seconds=self.settings.session_idle_seconds),
                    created + timedelta(seconds=self.settings.session_max_seconds))
 
-    async def start_session(self, user: User, *, address: str) -> tuple[str, UserSession]:
+    async def start_session(self, user: User, *, address: str,
+                            provider: str | None = None) -> tuple[str, UserSession]:
         """A new session of `user`: the random id for the cookie (returned here only) and its
-        record (which keeps the id's sha256 and the session's CSRF token)."""
+        record (which keeps the id's sha256 and the session's CSRF token, and the OpenID
+        provider it was signed in through, if any)."""
         session_id = credentials.new_token("")
         now = utcnow()
         record = UserSession(key_hash=credentials.token_hash(session_id), user=user.name,
-                             csrf=credentials.new_code(), address=address, created_at=now, last_seen=now,
-                             expires_at=self._session_expiry(created=now, now=now))
+                             csrf=credentials.new_code(), address=address, provider=provider, created_at=now,
+                             last_seen=now, expires_at=self._session_expiry(created=now, now=now))
         await record.insert()
         # The user's sessions that lapsed meanwhile go now (the TTL monitor may be slower).
         await UserSession.get_pymongo_collection().delete_many({"user": user.name, "expires_at": {"$lte": now}})
@@ -63,14 +65,14 @@ class SessionRecords:
 
     async def resume_session(self, session_id: str) -> tuple[UserSession, User] | None:
         """The live session of a cookie's id and its user, or None (ended, lapsed, or its user
-        gone or without a password). Use moves its idle expiry forward (written at most every
-        few seconds, not on every request)."""
+        gone, or with neither a password nor an outside identity). Use moves its idle expiry
+        forward (written at most every few seconds, not on every request)."""
         record = await UserSession.find_one(UserSession.key_hash == credentials.token_hash(session_id))
         now = utcnow()
         if record is None or record.expires_at <= now:
             return None
         user = await self.find_user(record.user)
-        if user is None or not user.password_hash:
+        if user is None or not (user.password_hash or user.identity):
             await UserSession.get_pymongo_collection().delete_one({"_id": record.id})
             return None
         touch_every = min(60.0, self.settings.session_idle_seconds / 4)

@@ -144,7 +144,7 @@ async def _account_facts(ops: Operations, name: str) -> access.AccountFacts | No
     user = await ops.accounts.find_user(name)
     if user is None:
         return None
-    return access.AccountFacts(name=user.name, role=user.role, has_password=bool(user.password_hash),
+    return access.AccountFacts(name=user.name, role=user.role, has_password=bool(user.password_hash or user.identity),
                                lab_owners=frozenset(await ops.accounts.lab_owners_of(user.name)))
 
 

@@ -1,0 +1,177 @@
+"""A real OpenLDAP server for the sign-in tests: Debian's `slapd` (`scripts/setup test`), run as
+a process of the test's own, with its configuration (cn=config) and database in a temporary
+folder and listening on a free loopback port; stopped, and its folder removed, on every exit path.
+
+The directory of `dc=uni,dc=test` (loaded with `slapadd` before the server starts):
+- ou=services: `cn=kubekvm`, the account KubeKVM searches as (only it may read people and groups);
+- ou=people: tina (in `staff`), sam, sara, dora (in `students`), alice (in nothing), ursula
+  (disabled: outside the user filter, `employeeType: disabled`, as AD's filters leave out
+  `userAccountControl`'s disabled bit);
+- ou=groups: staff, students, redes-2026 (sam, sara, tina, ursula), empty-course (nobody but the
+  placeholder groupOfNames requires).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.processes import free_port
+from tests.support.waiting import wait_until
+
+SUFFIX = "dc=uni,dc=test"
+SERVICE_DN = f"cn=kubekvm,ou=services,{SUFFIX}"
+SERVICE_PASSWORD = "service-secret"
+PASSWORDS = {"tina": "tina-pw", "sam": "sam-pw", "sara": "sara-pw", "dora": "dora-pw", "alice": "alice-pw",
+             "ursula": "ursula-pw"}
+USER_FILTER = "(&(objectClass=inetOrgPerson)(uid={username})(!(employeeType=disabled)))"
+
+_CONFIG = """\
+dn: cn=config
+objectClass: olcGlobal
+cn: config
+olcPidFile: {root}/slapd.pid
+
+dn: cn=module{{0}},cn=config
+objectClass: olcModuleList
+cn: module{{0}}
+olcModulePath: /usr/lib/ldap
+olcModuleLoad: back_mdb
+
+dn: cn=schema,cn=config
+objectClass: olcSchemaConfig
+cn: schema
+
+include: file:///etc/ldap/schema/core.ldif
+include: file:///etc/ldap/schema/cosine.ldif
+include: file:///etc/ldap/schema/inetorgperson.ldif
+include: file:///etc/ldap/schema/nis.ldif
+
+dn: olcDatabase={{-1}}frontend,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcFrontendConfig
+olcDatabase: {{-1}}frontend
+
+dn: olcDatabase={{0}}config,cn=config
+objectClass: olcDatabaseConfig
+olcDatabase: {{0}}config
+olcAccess: {{0}}to * by * none
+
+dn: olcDatabase={{1}}mdb,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcMdbConfig
+olcDatabase: {{1}}mdb
+olcSuffix: {suffix}
+olcDbDirectory: {root}/data
+olcRootDN: cn=admin,{suffix}
+olcRootPW: admin-secret
+olcDbIndex: objectClass eq
+olcDbIndex: uid,cn,member eq
+olcAccess: {{0}}to attrs=userPassword by anonymous auth by * none
+olcAccess: {{1}}to * by dn.exact="{service}" read by self read by * none
+"""
+
+
+def _person(uid: str, *, extra: str = "") -> str:
+    return (f"dn: uid={uid},ou=people,{SUFFIX}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid.title()}\n"
+            f"sn: {uid.title()}\nuserPassword: {PASSWORDS[uid]}\n{extra}\n")
+
+
+def _group(cn: str, members: list[str]) -> str:
+    lines = [f"dn: cn={cn},ou=groups,{SUFFIX}", "objectClass: groupOfNames", f"cn: {cn}"]
+    lines += [f"member: uid={m},ou=people,{SUFFIX}" for m in members] or [f"member: {SERVICE_DN}"]
+    return "\n".join(lines) + "\n\n"
+
+
+def _data() -> str:
+    units = "".join(f"dn: ou={ou},{SUFFIX}\nobjectClass: organizationalUnit\nou: {ou}\n\n"
+                    for ou in ("people", "groups", "services"))
+    return (f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: uni\no: Test University\n\n"
+            + units
+            + f"dn: {SERVICE_DN}\nobjectClass: applicationProcess\nobjectClass: simpleSecurityObject\ncn: kubekvm\n"
+              f"userPassword: {SERVICE_PASSWORD}\n\n"
+            + "".join(_person(uid) for uid in ("tina", "sam", "sara", "dora", "alice"))
+            + _person("ursula", extra="employeeType: disabled\n")
+            + _group("staff", ["tina"]) + _group("students", ["sam", "sara", "dora"])
+            + _group("redes-2026", ["sam", "sara", "tina", "ursula"]) + _group("empty-course", []))
+
+
+@dataclass
+class Slapd:
+    url: str
+    root: Path
+    process: subprocess.Popen[bytes]
+
+    def settings(self, **overrides: str) -> dict[str, str]:
+        """The KUBEKVM_LDAP_* environment of a server using this directory."""
+        return {"KUBEKVM_LDAP_URL": self.url, "KUBEKVM_LDAP_BIND_DN": SERVICE_DN,
+                "KUBEKVM_LDAP_BIND_PASSWORD": SERVICE_PASSWORD, "KUBEKVM_LDAP_USER_BASE": f"ou=people,{SUFFIX}",
+                "KUBEKVM_LDAP_GROUP_BASE": f"ou=groups,{SUFFIX}", "KUBEKVM_LDAP_USER_FILTER": USER_FILTER,
+                "KUBEKVM_LDAP_ROLES": "staff=teacher;students=student", "KUBEKVM_LDAP_ADMINS": "alice",
+                "KUBEKVM_LDAP_DEFAULT_ROLE": "none", "KUBEKVM_LDAP_TIMEOUT": "10", **overrides}
+
+    def stop(self) -> None:
+        try:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(timeout=10)
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_slapd(*, timeout: float = 30.0) -> Slapd:
+    root = Path(tempfile.mkdtemp(prefix="kubekvm-slapd-"))
+    try:
+        (root / "config").mkdir()
+        (root / "data").mkdir()
+        (root / "config.ldif").write_text(_CONFIG.format(root=root, suffix=SUFFIX, service=SERVICE_DN))
+        (root / "data.ldif").write_text(_data())
+        for args in (["-n0", "-l", str(root / "config.ldif")], ["-n1", "-l", str(root / "data.ldif")]):
+            done = subprocess.run(["/usr/sbin/slapadd", "-F", str(root / "config"), *args],
+                                  capture_output=True, text=True, timeout=60)
+            if done.returncode != 0:
+                raise RuntimeError(f"slapadd {args[0]} failed: {done.stderr}")
+        port = free_port()
+        url = f"ldap://127.0.0.1:{port}"
+        log = (root / "slapd.log").open("wb")
+        # -d 0: stay in the foreground (a child of this test, stopped by it), logging nothing.
+        process = subprocess.Popen(["/usr/sbin/slapd", "-d", "0", "-h", url, "-F", str(root / "config")],
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    slapd = Slapd(url=url, root=root, process=process)
+    try:
+        _wait_until_bindable(slapd, timeout=timeout)
+    except BaseException:
+        slapd.stop()
+        raise
+    return slapd
+
+
+def _wait_until_bindable(slapd: Slapd, *, timeout: float) -> None:
+    """Ready: the service account binds (slapd listens only once its database is open)."""
+    from ldap3 import Connection, Server
+
+    def bound() -> bool:
+        if slapd.process.poll() is not None:
+            raise RuntimeError(f"slapd exited with {slapd.process.returncode}: "
+                               f"{(slapd.root / 'slapd.log').read_text(errors='replace')[-2000:]}")
+        try:
+            connection = Connection(Server(slapd.url, connect_timeout=2), user=SERVICE_DN,
+                                    password=SERVICE_PASSWORD, receive_timeout=5)
+            if not connection.bind():
+                return False
+            connection.unbind()
+            return True
+        except Exception:  # not listening yet
+            return False
+
+    wait_until(bound, timeout=timeout, what="slapd accepting the service account's bind", interval=0.05)
