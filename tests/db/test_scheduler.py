@@ -181,3 +181,17 @@ async def test_an_end_date_in_the_past_is_refused(world: World) -> None:
         await world.services.timetables.save("past", rule, by="ta", now=MONDAY)
     assert getattr(refused.value, "field", None) == "endsOn"
     assert await LabSchedule.find_one(LabSchedule.lab == "past") is None
+
+
+async def test_labs_nobody_used_for_the_set_days_are_flagged(world: World) -> None:
+    await world.services.labs.create_deployment(name="idle", template="tiny-linux", replicas=1,
+                                                power=Power.STOPPED, owner="ta")
+    lab = await Deployment.find_one(Deployment.name == "idle")
+    assert lab is not None
+    made = lab.updated_at
+    assert await world.services.timetables.unused(now=made + timedelta(days=59)) == []
+    flagged = await world.services.timetables.unused(now=made + timedelta(days=61))
+    assert [(u.lab, u.owner, u.days) for u in flagged] == [("idle", "ta", 61)]
+    # A machine running now is use, however old the last change.
+    await Machine.get_pymongo_collection().update_many({"deployment": "idle"}, {"$set": {"observed": "running"}})
+    assert await world.services.timetables.unused(now=made + timedelta(days=61)) == []

@@ -19,6 +19,8 @@ session's CSRF token):
   GET|POST /labs/{name}/edit            title, replicas, power
   POST /labs/{name}/start|stop          every machine of the lab
   GET|POST /labs/{name}/delete          confirmation (the lab's name, if machines run), delete
+  GET|POST /labs/{name}/timetable       the lab's timetable and last day (pages.timetables)
+  GET  /labs/{name}/usage.csv           its machines, students and times, as CSV
   POST /machines/{name}/start|stop|reset
   GET  /machines/{name}/console          the machine's console (noVNC), a page of its own
   POST /machines/{name}/console/ticket   a one-time ticket for the console's websocket (JSON)
@@ -49,6 +51,7 @@ from kubekvm.pages.fragments import Fragments
 from kubekvm.pages.identity import IdentityPages
 from kubekvm.pages.images import ImagePages
 from kubekvm.pages.labs import LabPages
+from kubekvm.pages.timetables import CoursePages
 
 STAFF = (Role.ADMIN, Role.TEACHER)
 ADMIN = (Role.ADMIN,)
@@ -58,6 +61,7 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
     renderer = Renderer(settings)
     fragments = Fragments(renderer)
     labs = LabPages(renderer=renderer, fragments=fragments, settings=settings)
+    course = CoursePages(renderer=renderer)
     catalog = CatalogPages(renderer=renderer)
     accounts = AccountPages(renderer=renderer)
     console = ConsolePages(renderer=renderer)
@@ -109,6 +113,9 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
         Route("/labs/{name}/stop", staff(labs.stop), methods=post),
         Route("/labs/{name}/delete", staff(labs.confirm_delete)),
         Route("/labs/{name}/delete", staff(labs.delete), methods=post),
+        Route("/labs/{name}/timetable", staff(course.form)),
+        Route("/labs/{name}/timetable", staff(course.save), methods=post),
+        Route("/labs/{name}/usage.csv", staff(course.usage_csv)),
         Route("/machines/{name}/{action}", guard(labs.machine_action), methods=post),
         Route("/machines/{name}/console", guard(console.page)),
         Route("/machines/{name}/console/ticket", guard(console.ticket), methods=post),

@@ -148,6 +148,9 @@ class CatalogPages:
         return self.renderer.page(request, "server.html", {
             "section": "server", "info": await services.server_info(),
             "live_streams": services.feed.subscriber_count, "now": utcnow(),
+            # Admins: the labs nobody has used for KUBEKVM_LAB_UNUSED_DAYS (issue 17).
+            "unused": await services.unused_labs() if services.actor.is_admin else None,
+            "unused_days": services.settings.lab_unused_days,
         })
 
 

@@ -41,6 +41,7 @@ from kubekvm.pages.fragments import (
     summaries,
     summary,
 )
+from kubekvm.pages.timetables import shown
 
 LAB_FIELDS = ("name", "title", "template", "replicas")
 EDIT_FIELDS = ("title", "replicas", "power")
@@ -82,6 +83,7 @@ class LabPages:
             "section": "labs", "s": lab, "oob": False,
             "rows": machine_rows(machines, phase=lab.lab.phase, clock=await clock_for(services, machines)),
             "events": await services.lab_events(lab.lab.name),
+            "course": shown(await services.course(lab.lab.name)),
             **await self._roster_context(services, lab.lab, text=None),
         })
 
@@ -115,6 +117,7 @@ class LabPages:
                 "section": "labs", "s": summary_, "oob": False,
                 "rows": machine_rows(machines, phase=summary_.lab.phase, clock=await clock_for(services, machines)),
                 "events": await services.lab_events(lab.name),
+                "course": shown(await services.course(lab.name)),
                 **await self._roster_context(services, lab, text=typed, error=error.message),
             }, status=422)
         said = [f"Roster of {updated.name} saved: {len(updated.roster)} student(s)"]
