@@ -204,6 +204,7 @@ class ServerClient:
                                        machine_id=report.machine_id, host=self.host.name,
                                        state=report.state, message=report.message,
                                        power_generation=report.power_generation,
+                                       cpu_seconds=report.cpu_seconds,
                                    ))
                 except TransportQueryError as error:
                     # The server refused this report (e.g. the machine is gone): resending

@@ -33,6 +33,8 @@ class AgentConfig:
     parallel: int = 8
     stop_grace: float = 60.0
     resync_interval: float = 30.0
+    # How often running guests' CPU times are sampled and sent (idle shutdown); 0: never.
+    cpu_sample_interval: float = 60.0
     heartbeat_interval: float = 10.0
     libvirt_timeout: float = 60.0
     gc_orphans: bool = False
@@ -74,6 +76,8 @@ class AgentConfig:
             parser.error("--health-port must be 0 (off) to 65535")
         if args.parallel < 1:
             parser.error("--parallel must be at least 1")
+        if args.cpu_sample_interval < 0:
+            parser.error("--cpu-sample-interval must be 0 (off) or positive")
         for option in ("stop_grace", "resync_interval", "heartbeat_interval", "libvirt_timeout"):
             if getattr(args, option) <= 0:
                 parser.error(f"--{option.replace('_', '-')} must be positive")
@@ -91,6 +95,7 @@ class AgentConfig:
             parallel=args.parallel,
             stop_grace=args.stop_grace,
             resync_interval=args.resync_interval,
+            cpu_sample_interval=args.cpu_sample_interval,
             heartbeat_interval=args.heartbeat_interval,
             libvirt_timeout=args.libvirt_timeout,
             gc_orphans=gc_orphans,
@@ -148,6 +153,10 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                         default=env("RESYNC_INTERVAL", "30"), metavar="S",
                         help="seconds between full re-reads of libvirt "
                         "[KUBEKVM_RESYNC_INTERVAL; 30]")
+    parser.add_argument("--cpu-sample-interval", type=float,
+                        default=env("CPU_SAMPLE_INTERVAL", "60"), metavar="S",
+                        help="seconds between samples of running guests' CPU time, sent to the "
+                        "server for idle shutdown; 0 = off [KUBEKVM_CPU_SAMPLE_INTERVAL; 60]")
     parser.add_argument("--heartbeat-interval", type=float,
                         default=env("HEARTBEAT_INTERVAL", "10"), metavar="S",
                         help="[KUBEKVM_HEARTBEAT_INTERVAL; 10]")

@@ -29,9 +29,10 @@ mutation Heartbeat($name: String!, $images: [String!]) {
 """
 REPORT_MACHINE_STATE: Final = """
 mutation ReportMachineState($machineId: ID!, $host: String!, $state: ObservedMachineState!,
-                            $message: String, $powerGeneration: Int) {
+                            $message: String, $powerGeneration: Int, $cpuSeconds: Float) {
   reportMachineState(input: {machineId: $machineId, host: $host, state: $state,
-                             message: $message, powerGeneration: $powerGeneration}) {
+                             message: $message, powerGeneration: $powerGeneration,
+                             cpuSeconds: $cpuSeconds}) {
     __typename
   }
 }
@@ -86,13 +87,14 @@ def heartbeat(*, name: str, images: list[str] | None) -> dict[str, Any]:
 
 def report_machine_state(
     *, machine_id: str, host: str, state: ObservedState | str, message: str | None,
-    power_generation: int | None,
+    power_generation: int | None, cpu_seconds: float | None = None,
 ) -> dict[str, Any]:
     """``power_generation`` is the latest start/stop request the host has carried out, as
     recorded in the domain; None when the report does not know it (the server keeps the
-    last one). Without it the server cannot tell "not started yet" from "powered off"."""
+    last one). Without it the server cannot tell "not started yet" from "powered off".
+    ``cpu_seconds``: the guest's cumulative CPU time, when this report carries a sample."""
     return {"machineId": machine_id, "host": host, "state": state.upper(), "message": message,
-            "powerGeneration": power_generation}
+            "powerGeneration": power_generation, "cpuSeconds": cpu_seconds}
 
 
 def report_orphans(*, host: str, domains: list[str]) -> dict[str, Any]:

@@ -71,6 +71,7 @@ async def run_host(config: AgentConfig, *, stop: asyncio.Event | None = None) ->
             stop_grace=config.stop_grace,
             resync_interval=config.resync_interval,
             gc_orphans=config.gc_orphans,
+            cpu_sample_interval=config.cpu_sample_interval,
         )
         tunnels = ConsoleTunnels(hypervisor=hypervisor, token_source=config.current_token)
         client = ServerClient(

@@ -284,6 +284,18 @@ class Hypervisor:
 
         return await self._call(collect, what="listAllDomains")
 
+    async def cpu_times(self) -> dict[str, float]:
+        """Every running domain's cumulative guest CPU time in seconds, in one libvirt call
+        (the bulk stats API: one round trip for the whole host, not one per domain)."""
+
+        def collect(connection: libvirt.virConnect) -> dict[str, float]:
+            stats = connection.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_CPU_TOTAL,
+                                                 libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
+            return {domain.name(): int(values["cpu.time"]) / 1e9
+                    for domain, values in stats if "cpu.time" in values}
+
+        return await self._call(collect, what="getAllDomainStats")
+
     async def status(self, name: str) -> DomainStatus | None:
         def read(connection: libvirt.virConnect) -> DomainStatus | None:
             try:

@@ -28,3 +28,6 @@ class StateReport:
     state: ObservedState
     message: str | None = None
     power_generation: int | None = None
+    # The guest's cumulative CPU time in seconds (libvirt), sent every CPU sample interval
+    # while it runs: the server's idle shutdown reads the load from its increase.
+    cpu_seconds: float | None = None

@@ -26,6 +26,8 @@ reported at once and trigger a pass; a periodic full resync is the safety net.
 
 Each report carries the power generation recorded in the domain (the latest start/stop
 request carried out on it), so the server can tell "not started yet" from "powered off".
+Every ``cpu_sample_interval`` (0: never) the running machines' guest CPU times are read in one
+bulk call and sent with each one's last report (the server's idle shutdown uses them).
 
 libvirtd being unreachable or not answering (``HypervisorUnavailable``: a dropped connection,
 a keepalive timeout, a call past its timeout) is not a machine error: a machine that was
@@ -101,6 +103,7 @@ class Reconciler:
         resync_interval: float = 30.0,
         gc_orphans: bool = False,
         pulls: Pulls | None = None,
+        cpu_sample_interval: float = 0.0,
     ) -> None:
         self.hypervisor = hypervisor
         self.images = images
@@ -114,6 +117,8 @@ class Reconciler:
         self.stop_grace = stop_grace
         self.resync_interval = resync_interval
         self.gc_orphans = gc_orphans
+        self.cpu_sample_interval = cpu_sample_interval
+        self._sample_task: asyncio.Task[None] | None = None
         self._report_callback = report
         self._report_orphans_callback = report_orphans
         self._slots = asyncio.Semaphore(parallel)
@@ -160,6 +165,8 @@ class Reconciler:
         self.hypervisor.add_connection_listener(self.request_resync)
         await self.hypervisor.open()
         self._resync_task = asyncio.create_task(self._resync_loop(), name="resync")
+        if self.cpu_sample_interval > 0:
+            self._sample_task = asyncio.create_task(self._sample_loop(), name="cpu-samples")
 
     async def close(self) -> None:
         """Stops all work; domains are left exactly as they are."""
@@ -170,6 +177,8 @@ class Reconciler:
         tasks.extend(self._background)
         if self._resync_task is not None:
             tasks.append(self._resync_task)
+        if self._sample_task is not None:
+            tasks.append(self._sample_task)
         for timer in [*self._timers.values(), *self._retries.values()]:
             timer.cancel()
         for task in tasks:
@@ -329,6 +338,32 @@ class Reconciler:
                 async with asyncio.timeout(wait):  # not wait_for: it may swallow a cancel
                     await self._resync_wanted.wait()
 
+    async def sample_cpu(self) -> None:
+        """Send each running machine's guest CPU time with its last report: the server's idle
+        shutdown reads the load from how much it grew between samples."""
+        times = await self.hypervisor.cpu_times()
+        for machine_id, assignment in list(self._desired.items()):
+            last = self._reported.get(machine_id)
+            seconds = times.get(assignment.domain_name)
+            if last is None or last.state != "running" or seconds is None or machine_id in self._in_pass:
+                continue
+            report = replace(last, cpu_seconds=seconds)
+            self._reported[machine_id] = report
+            try:
+                await self._report_callback(report)
+            except Exception:
+                log.exception("reporting the CPU time of machine %s failed", machine_id)
+
+    async def _sample_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cpu_sample_interval)
+            try:
+                await self.sample_cpu()
+            except HypervisorUnavailable as error:
+                log.warning("CPU sample: %s", error)  # the resync loop handles the reconnection
+            except Exception:
+                log.exception("CPU sample failed")
+
     # -- events and reports -------------------------------------------------------------
 
     def _on_lifecycle(self, name: str, state: ObservedState) -> None:
@@ -350,7 +385,9 @@ class Reconciler:
 
     async def _report(self, machine_id: str, outcome: Outcome) -> None:
         report = StateReport(machine_id, *outcome)
-        if machine_id not in self._desired or self._reported.get(machine_id) == report:
+        last = self._reported.get(machine_id)
+        # A CPU sample sent since is no news of the state: the same state is not sent again.
+        if machine_id not in self._desired or (last is not None and replace(last, cpu_seconds=None) == report):
             return
         self._reported[machine_id] = report
         try:

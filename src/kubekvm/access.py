@@ -45,8 +45,9 @@ class ActorKind(StrEnum):
     HOST = "host"
     # A scrape token (Prometheus): reads /metrics and nothing else.
     SCRAPER = "scraper"
-    # The server itself acting on its own schedule (the timetable's starts and stops, a course's
-    # expiry): it appears in the audit log as such and is never the actor of a request.
+    # The platform itself, acting on its own rules rather than a request (the timetable's starts
+    # and stops, a course's expiry, an idle machine stopped): it appears in the audit log as such,
+    # is never the actor of a request, and every rule refuses it.
     SYSTEM = "system"
 
 
@@ -89,6 +90,11 @@ class Actor:
 
 def anonymous(address: str = "") -> Actor:
     return Actor(kind=ActorKind.ANONYMOUS, address=address)
+
+
+def system(job: str) -> Actor:
+    """The platform acting on its own rules, as the audit log names it (`kubekvm:<job>`)."""
+    return Actor(kind=ActorKind.SYSTEM, name=f"kubekvm:{job}")
 
 
 # ------------------------------------------------------------------ role checks

@@ -13,11 +13,12 @@ a 500 with code INTERNAL and the security headers).
 
 `create_app` gets an open database connection (the CLI or a test made it) and, on start-up,
 starts the event feed, builds the service layer, seeds the default templates and starts the
-janitor (`kubekvm.janitor`) and the scheduler (`kubekvm.scheduler`: labs' timetables and course
-ends), each active on whichever replica holds its lease; on shutdown it stops them and hands
-their leases over. Every request passes `kubekvm.auth.AuthMiddleware`,
-which finds its actor; GraphQL and the pages reach the services only through that actor's
-operations (`kubekvm.authorized.Authorized`, each declared with its rule). Outside it,
+janitor (`kubekvm.janitor`), the scheduler (`kubekvm.scheduler`: labs' timetables and course
+ends) and the usage check (`kubekvm.usage_check`: idle shutdown, hours per student), each active
+on whichever replica holds its lease; on shutdown it stops them and hands their leases over.
+Every request passes `kubekvm.auth.AuthMiddleware`, which finds its actor; GraphQL and the
+pages reach the services only through that actor's operations
+(`kubekvm.authorized.Authorized`, each declared with its rule). Outside it,
 `kubekvm.faults.DatabaseFaults` answers "unavailable" when the database cannot be reached.
 `/readyz` fails while the database does not answer or the event feed is down. `/metrics`
 (`kubekvm.metrics`) is Prometheus' view of this replica, for admins and scrape tokens.
@@ -75,6 +76,8 @@ from kubekvm.scheduler import LEASE_NAME as SCHEDULER_LEASE
 from kubekvm.scheduler import Scheduler
 from kubekvm.services import Services
 from kubekvm.services.accounts import Accounts
+from kubekvm.usage_check import LEASE_NAME as USAGE_LEASE
+from kubekvm.usage_check import UsageCheck
 
 log = logging.getLogger(__name__)
 
@@ -235,9 +238,16 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
                                           ttl_seconds=3 * settings.scheduler_interval_seconds or 1.0))
         if settings.scheduler_interval_seconds > 0:
             scheduler.start()
+        usage_check = UsageCheck(services=services, interval_seconds=settings.usage_check_interval_seconds,
+                                 lease=Lease(collection=connection.database["leases"], name=USAGE_LEASE,
+                                             ttl_seconds=3 * settings.usage_check_interval_seconds or 1.0))
+        if settings.usage_check_interval_seconds > 0:
+            usage_check.start()
         try:
             yield
         finally:
+            if settings.usage_check_interval_seconds > 0:
+                await usage_check.stop()
             if settings.scheduler_interval_seconds > 0:
                 await scheduler.stop()
             if settings.janitor_interval_seconds > 0:

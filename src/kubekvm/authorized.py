@@ -25,6 +25,7 @@ from kubekvm.services.server import ServerOperations
 from kubekvm.services.templates import TemplateOperations
 from kubekvm.services.timetables import TimetableOperations
 from kubekvm.services.tokens import TokenOperations
+from kubekvm.services.usage import UsageOperations
 from kubekvm.services.users import UserOperations
 
 __all__ = ["SESSION_RECHECK_SECONDS", "Authorized"]
@@ -33,7 +34,7 @@ __all__ = ["SESSION_RECHECK_SECONDS", "Authorized"]
 class Authorized(TemplateOperations, LabOperations, RosterOperations, MachineOperations, HostOperations,
                  ConsoleOperations, ConsoleRequestOperations, ChangeOperations, UserOperations, TokenOperations,
                  AuditOperations, ServerOperations, ImageOperations, TimetableOperations,
-                 IdentityOperations):
+                 IdentityOperations, UsageOperations):
     """The service layer as one actor may use it."""
 
     @property

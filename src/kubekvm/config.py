@@ -113,6 +113,9 @@ class Settings:
     # this often, on the one replica holding its lease; the lease lasts three intervals, so a
     # replica that dies hands the job over within that. 0 turns the janitor off.
     janitor_interval_seconds: float = 60.0
+    # The usage check (kubekvm.usage_check) stops idle machines and those over their lab's
+    # limits this often, on the one replica holding its lease; 0 turns it off.
+    usage_check_interval_seconds: float = 60.0
     # The database: every call ends within `db_timeout_seconds` (pymongo's timeoutMS; 0: no
     # limit), finding a server to send it to within `db_server_selection_seconds` (so while the
     # database is down or electing a primary a request is answered UNAVAILABLE in about that
@@ -200,6 +203,7 @@ class Settings:
             lab_retention_days=_env_number("KUBEKVM_LAB_RETENTION_DAYS", 30),
             lab_expiry_warning_days=_env_number("KUBEKVM_LAB_EXPIRY_WARNING_DAYS", 7),
             lab_unused_days=_env_number("KUBEKVM_LAB_UNUSED_DAYS", 60),
+            usage_check_interval_seconds=_env_number("KUBEKVM_USAGE_CHECK_INTERVAL", 60.0),
             db_timeout_seconds=_env_number("KUBEKVM_DB_TIMEOUT", 10.0),
             db_server_selection_seconds=_env_number("KUBEKVM_DB_SERVER_SELECTION_TIMEOUT", 2.0),
             db_write_timeout_seconds=_env_number("KUBEKVM_DB_WRITE_TIMEOUT", 5.0),

@@ -65,6 +65,15 @@ class TokenKind(StrEnum):
     SCRAPE = "scrape"  # reads /metrics only (Prometheus)
 
 
+class StopReason(StrEnum):
+    """Why the platform, not a person, stopped a machine (`kubekvm.idle`, `kubekvm.usage`): kept
+    on the machine until it is started again, and turned into words where it is shown."""
+
+    IDLE = "idle"  # no console open and the guest's CPU under the lab's threshold for long enough
+    MAX_RUNTIME = "max-runtime"  # running longer than the lab allows in one go
+    QUOTA = "quota"  # its student's hours outside scheduled slots are spent
+
+
 class ConsoleState(StrEnum):
     RESERVED = "reserved"  # counted against the user's limit, not yet announced to the agent
     REQUESTED = "requested"  # a browser waits for the host's agent to dial in

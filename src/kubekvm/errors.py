@@ -100,3 +100,10 @@ class TooManySubscriptions(KubeKVMError):
     """The user (or the websocket) holds as many live streams or subscriptions as allowed."""
 
     code = "TOO_MANY_SUBSCRIPTIONS"
+
+
+class QuotaSpent(Conflict):
+    """A machine asked to start outside the lab's scheduled hours by a student whose hours of
+    use are spent (`kubekvm.usage`); the lab's teacher can grant more."""
+
+    code = "QUOTA_SPENT"

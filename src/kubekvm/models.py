@@ -8,6 +8,9 @@ The database is also older and wider than this code: it may hold documents no mo
 describes (one written by the 2019 application this replaces, or by hand). Every model derives
 from `Stored`, whose reads skip such a document with a warning naming it instead of failing the
 whole read: one bad document never takes a page, a list or a subscription down.
+
+Longer than 400 lines: every stored document in one place, which is the database's schema as
+an operator reads it (each model is a few fields with why they are there).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from kubekvm.domain import OSFamily as OSFamily
 from kubekvm.domain import Phase as Phase
 from kubekvm.domain import Power as Power
 from kubekvm.domain import Role as Role
+from kubekvm.domain import StopReason as StopReason
 from kubekvm.domain import TokenKind as TokenKind
 
 log = logging.getLogger(__name__)
@@ -217,6 +221,15 @@ class MachineSpec(BaseModel):
     disk_gib: int
 
 
+class UsagePolicy(BaseModel):
+    """A lab's limits on its machines' running (`kubekvm.idle`, `kubekvm.usage`); None: off."""
+
+    idle_minutes: float | None = None
+    idle_cpu_percent: float = 5.0
+    max_run_minutes: float | None = None
+    quota_hours: float | None = None  # per student, outside scheduled slots
+
+
 class Deployment(Stored):
     """A lab: `replicas` machines of one template."""
 
@@ -237,6 +250,7 @@ class Deployment(Stored):
     roster: list[str] = Field(default_factory=list)
     # The directory group the roster was last filled from (refreshed from it on demand).
     roster_group: str | None = None
+    policy: UsagePolicy = Field(default_factory=UsagePolicy)
     # Compare-and-set counter for phase updates made by concurrent server replicas.
     version: int = 0
     # Its machines observed running and kept (not on their way out), written with the phase by
@@ -253,6 +267,15 @@ class Deployment(Stored):
         indexes = [pymongo.IndexModel([("phase", pymongo.ASCENDING)]),
                    pymongo.IndexModel([("owner", pymongo.ASCENDING)]),
                    pymongo.IndexModel([("roster", pymongo.ASCENDING)])]
+
+
+class CpuSample(BaseModel):
+    """`kubekvm.idle.CpuActivity` as stored."""
+
+    cpu_seconds: float
+    sampled_at: datetime
+    load_percent: float | None = None
+    quiet_since: datetime | None = None
 
 
 class Machine(Stored):
@@ -277,6 +300,13 @@ class Machine(Stored):
     # When the machine entered its present situation: a new observed state, a start/stop/reset
     # request, a host given, a removal asked (`kubekvm.progress` says how long it has been so).
     since: datetime | None = None
+    # Since when the host has reported it running (None: it is not), its guest CPU as sampled
+    # by the host (`kubekvm.idle`), when its last console closed, and why the platform stopped
+    # it, if it did (kept until it is started again).
+    running_since: datetime | None = None
+    cpu: CpuSample | None = None
+    console_closed_at: datetime | None = None
+    stop_reason: StopReason | None = None
     # Set just before the document is deleted, so that change-stream subscribers learn which
     # lab and host a vanished machine belonged to (a delete event carries only the id).
     retired: bool = False
@@ -378,7 +408,7 @@ class AuditEntry(Stored):
 
     at: datetime = Field(default_factory=utcnow)
     actor: str  # user or host name; "" when anonymous
-    actor_kind: str  # anonymous | user | host
+    actor_kind: str  # anonymous | user | host | system
     role: str = ""
     action: str  # the GraphQL mutation's name, or login/logout/...
     target: str = ""  # e.g. "lab:redes-2025", "machine:redes-2025-3", "user:ana"
@@ -487,6 +517,37 @@ class ConsoleSession(Stored):
                    pymongo.IndexModel([("host", pymongo.ASCENDING), ("state", pymongo.ASCENDING)])]
 
 
+class UsageInterval(Stored):
+    """A span a host observed a machine running (`kubekvm.usage`): from the report that it runs
+    to the report that it no longer does. Keyed by machine and start, so recording it twice
+    (a retried report) writes it once."""
+
+    deployment: str
+    machine: str
+    student: str | None = None
+    start: datetime
+    end: datetime
+
+    class Settings:
+        name = "usage_intervals"
+        indexes = [pymongo.IndexModel([("machine", pymongo.ASCENDING), ("start", pymongo.ASCENDING)], unique=True),
+                   pymongo.IndexModel([("deployment", pymongo.ASCENDING), ("student", pymongo.ASCENDING)])]
+
+
+class UsageGrant(Stored):
+    """Hours a teacher granted one student of one lab beyond its quota, summed (`$inc`)."""
+
+    deployment: str
+    student: str
+    hours: float = 0.0
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "usage_grants"
+        indexes = [pymongo.IndexModel([("deployment", pymongo.ASCENDING), ("student", pymongo.ASCENDING)],
+                                      unique=True)]
+
+
 DOCUMENT_MODELS: list[type[Document]] = [Template, Deployment, Machine, Host, LabEvent, User, ApiToken,
                                          AuditEntry, LoginThrottle, UserSession, ServerSecret, ConsoleTicket,
-                                         ConsoleSession]
+                                         ConsoleSession, UsageInterval, UsageGrant]

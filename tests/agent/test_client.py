@@ -121,6 +121,7 @@ class ReportMachineStateInput:
     state: ObservedMachineState
     message: str | None = None
     power_generation: int | None = None
+    cpu_seconds: float | None = None
 
 
 @strawberry.input

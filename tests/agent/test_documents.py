@@ -41,7 +41,8 @@ EXAMPLES: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
     "Heartbeat": (documents.HEARTBEAT, lambda: documents.heartbeat(
         name="kvm-01", images=["tiny-linux.qcow2"])),
     "ReportMachineState": (documents.REPORT_MACHINE_STATE, lambda: documents.report_machine_state(
-        machine_id="m1", host="kvm-01", state="running", message=None, power_generation=3)),
+        machine_id="m1", host="kvm-01", state="running", message=None, power_generation=3,
+        cpu_seconds=12.5)),
     "ReportOrphans": (documents.REPORT_ORPHANS, lambda: documents.report_orphans(
         host="kvm-01", domains=["kubekvm-old-0"])),
     "HostAssignments": (documents.HOST_ASSIGNMENTS, lambda: documents.host_assignments(

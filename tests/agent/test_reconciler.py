@@ -387,3 +387,26 @@ async def test_a_machine_under_a_new_name_leaves_its_old_domain_an_orphan(
     rig.reconciler.replace_desired([moved])
     await converge(rig, [moved], "running")
     await rig.reports.wait(lambda: rig.reports.orphans[-1:] == [[machine.domain_name]])
+
+
+class SampledHypervisor(Hypervisor):
+    """libvirt's test driver keeps no CPU statistics: this one says each running domain used
+    `seconds` of CPU (everything else is the test driver's)."""
+
+    seconds = 1.5
+
+    async def cpu_times(self) -> dict[str, float]:
+        return {name: self.seconds for name, status in (await self.list_domains()).items() if status.active}
+
+
+async def test_cpu_samples_go_with_the_last_report_and_are_no_news_of_the_state(
+        make_rig: Make, make_assignment: Make, lab: str) -> None:
+    rig, machines = await running_machines(make_rig, make_assignment, lab, 2, hypervisor=SampledHypervisor(TEST_URI))
+    await rig.reconciler.sample_cpu()
+    sampled = {r.machine_id: r for r in rig.reports.sent[-2:]}
+    assert {mid: (r.state, r.cpu_seconds, r.power_generation) for mid, r in sampled.items()} == {
+        m.machine_id: ("running", 1.5, 1) for m in machines}
+    sent = len(rig.reports.sent)
+    await rig.reconciler.resync()
+    await rig.reconciler.wait_idle()
+    assert len(rig.reports.sent) == sent, "a pass finding the same state sends nothing after a sample"

@@ -139,6 +139,9 @@ MATRIX: dict[str, Entry] = {
     "timetable": Entry(f'{{ timetable(name: "{LAB}") {{ timeZone nextStart }} }}',
                        outcomes(student=OK, other=NOT_FOUND, owner=OK)),
     "unusedLabs": Entry("{ unusedLabs { name } }", ADMIN_ONLY),
+    # Every student's hours for the lab's teacher; a student's own for a student.
+    "labUsage": Entry(f'{{ labUsage(name: "{LAB}") {{ student remainingHours }} }}',
+                      outcomes(student=OK, other=NOT_FOUND, owner=OK)),
     # ---------------------------------------------------------------- mutations
     "createTemplate": Entry(
         "mutation($i: TemplateInput!) { createTemplate(input: $i) { name } }", ADMIN_ONLY,
@@ -165,6 +168,10 @@ MATRIX: dict[str, Entry] = {
         'mutation($n: String!) { fillRosterFromGroup(name: $n, group: "redes-2026") { unbound } }',
         outcomes(other=NOT_FOUND, owner=VALIDATION_FAILED, admin=VALIDATION_FAILED),
         lambda ctx, who: {"n": _lab_of_ta(ctx, "group-lab")}),
+    "setUsagePolicy": Entry(f'mutation {{ setUsagePolicy(name: "{LAB}", input: {{quotaHours: 500}}) '
+                            '{ quotaHours } }', OWNED_LAB),
+    "grantUsageHours": Entry(f'mutation {{ grantUsageHours(name: "{LAB}", student: "stu", hours: 1) '
+                             '{ remainingHours } }', OWNED_LAB),
     "startMachine": Entry(f'mutation {{ startMachine(name: "{LAB}-1") {{ name }} }}', OWN_MACHINE),
     "stopMachine": Entry(f'mutation {{ stopMachine(name: "{LAB}-1") {{ name }} }}', OWN_MACHINE),
     "resetMachine": Entry(f'mutation {{ resetMachine(name: "{LAB}-1") {{ name }} }}', OWN_MACHINE),

@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 PURE = ["kubekvm.domain", "kubekvm.lifecycle", "kubekvm.access", "kubekvm.placement", "kubekvm.validation",
         "kubekvm.image_rules",
         "kubekvm.timetable",
-        "kubekvm.roster", "kubekvm.identity"]
+        "kubekvm.roster", "kubekvm.identity", "kubekvm.idle", "kubekvm.usage"]
 FORBIDDEN = {"pymongo", "bson", "motor", "beanie", "pydantic", "starlette", "strawberry", "libvirt", "jinja2",
              "uvicorn", "gql"}
 # Modules of this project that (directly or not) import one of the above.

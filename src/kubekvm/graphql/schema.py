@@ -52,6 +52,7 @@ from kubekvm.graphql.types import (
     Template,
     User,
 )
+from kubekvm.graphql.usage import UsageMutation, UsageQuery
 from kubekvm.quotas import SubscriptionQuotas
 
 
@@ -154,6 +155,8 @@ class MachineReportInput:
     message: str | None = None
     power_generation: int | None = strawberry.field(
         default=None, description="The latest start/stop request the host has acted on.")
+    cpu_seconds: float | None = strawberry.field(
+        default=None, description="The guest's cumulative CPU time (libvirt), for idle shutdown.")
 
 
 @strawberry.input
@@ -163,7 +166,7 @@ class OrphanReportInput:
 
 
 @strawberry.type
-class Query(TimetableQuery):
+class Query(TimetableQuery, UsageQuery):
     @strawberry.field
     async def templates(self, info: strawberry.Info) -> list[Template]:
         return [Template.of(t) for t in await _services(info).list_templates()]
@@ -232,7 +235,7 @@ class Query(TimetableQuery):
 
 
 @strawberry.type
-class Mutation(TimetableMutation):
+class Mutation(TimetableMutation, UsageMutation):
     @strawberry.mutation
     async def create_template(self, info: strawberry.Info, input: TemplateInput) -> Template:
         t = await _services(info).create_template(
@@ -341,7 +344,7 @@ class Mutation(TimetableMutation):
         m = await _services(info).report_machine_state(
             machine_id=str(input.machine_id), host=input.host,
             state=input.state, message=input.message or "",
-            power_generation=input.power_generation)
+            power_generation=input.power_generation, cpu_seconds=input.cpu_seconds)
         return Machine.of(m)
 
     @strawberry.mutation(description="For host agents: KubeKVM domains that no lab claims.")

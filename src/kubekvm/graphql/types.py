@@ -9,6 +9,8 @@ import strawberry
 from strawberry.dataloader import DataLoader
 
 from kubekvm import image_models, models, streams
+from kubekvm.graphql.usage import StopReason as StopReason
+from kubekvm.graphql.usage import UsagePolicy
 from kubekvm.services import console_requests
 
 if TYPE_CHECKING:
@@ -80,6 +82,9 @@ class Machine:
     observed_at: datetime | None
     reset_generation: int
     power_generation: int
+    running_since: datetime | None = strawberry.field(description="Since when its host reports it running.")
+    stop_reason: models.StopReason | None = strawberry.field(
+        description="Why the platform stopped it (kept until it is started again).")
 
     @classmethod
     def of(cls, m: models.Machine) -> Machine:
@@ -87,7 +92,8 @@ class Machine:
                    template=m.spec.template, host=m.host, student=m.student,
                    desired=m.desired, observed=m.observed, message=m.message,
                    observed_at=m.observed_at, reset_generation=m.reset_generation,
-                   power_generation=m.power_generation)
+                   power_generation=m.power_generation, running_since=m.running_since,
+                   stop_reason=m.stop_reason)
 
 
 @strawberry.type(description="A lab: `replicas` machines of one template, one per student.")
@@ -105,6 +111,7 @@ class Deployment:
     created_at: datetime
     updated_at: datetime
     running: int = strawberry.field(description="Machines observed running.")
+    usage_policy: UsagePolicy = strawberry.field(description="Its limits on running (idle shutdown, quotas).")
     machine_count: int = strawberry.field(description="Machines the lab keeps (not being removed).")
     roster_names: strawberry.Private[list[str]]
     roster_group: str | None = strawberry.field(
@@ -116,7 +123,7 @@ class Deployment:
                    replicas=d.replicas, power=d.power, phase=d.phase,
                    message=d.message, generation=d.generation, owner=d.owner, created_at=d.created_at,
                    updated_at=d.updated_at, running=running, machine_count=machine_count,
-                   roster_names=d.roster, roster_group=d.roster_group)
+                   roster_names=d.roster, roster_group=d.roster_group, usage_policy=UsagePolicy.of(d.policy))
 
     @strawberry.field(description="The lab's students (usernames); empty for a student asking.")
     async def roster(self, info: strawberry.Info) -> list[str]:

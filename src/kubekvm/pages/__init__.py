@@ -16,6 +16,8 @@ session's CSRF token):
   POST /labs/{name}/roster              the roster (typed, pasted or a CSV file)
   POST /labs/{name}/roster/group        the roster from a directory group (or refreshed from it)
   POST /labs/{name}/roster/{student}/link   a set-password link for a student
+  POST /labs/{name}/usage               the lab's usage limits (idle shutdown, hours per student)
+  POST /labs/{name}/usage/{student}/grant   more hours for a student
   GET|POST /labs/{name}/edit            title, replicas, power
   POST /labs/{name}/start|stop          every machine of the lab
   GET|POST /labs/{name}/delete          confirmation (the lab's name, if machines run), delete
@@ -52,6 +54,7 @@ from kubekvm.pages.identity import IdentityPages
 from kubekvm.pages.images import ImagePages
 from kubekvm.pages.labs import LabPages
 from kubekvm.pages.timetables import CoursePages
+from kubekvm.pages.usage import UsagePages
 
 STAFF = (Role.ADMIN, Role.TEACHER)
 ADMIN = (Role.ADMIN,)
@@ -62,6 +65,7 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
     fragments = Fragments(renderer)
     labs = LabPages(renderer=renderer, fragments=fragments, settings=settings)
     course = CoursePages(renderer=renderer)
+    usage = UsagePages(renderer=renderer, labs=labs)
     catalog = CatalogPages(renderer=renderer)
     accounts = AccountPages(renderer=renderer)
     console = ConsolePages(renderer=renderer)
@@ -107,6 +111,8 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
         Route("/labs/{name}/roster", staff(labs.set_roster), methods=post),
         Route("/labs/{name}/roster/group", staff(labs.roster_from_group), methods=post),
         Route("/labs/{name}/roster/{student}/link", staff(labs.password_link), methods=post),
+        Route("/labs/{name}/usage", staff(usage.set_policy), methods=post),
+        Route("/labs/{name}/usage/{student}/grant", staff(usage.grant), methods=post),
         Route("/labs/{name}/edit", staff(labs.edit)),
         Route("/labs/{name}/edit", staff(labs.update), methods=post),
         Route("/labs/{name}/start", staff(labs.start), methods=post),

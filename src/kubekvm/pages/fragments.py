@@ -18,7 +18,7 @@ from datetime import datetime
 
 from markupsafe import escape
 
-from kubekvm import lifecycle, progress, validation
+from kubekvm import lifecycle, progress, usage, validation
 from kubekvm.authorized import Authorized
 from kubekvm.models import Deployment, DesiredState, LabEvent, Machine, ObservedState, Phase, utcnow
 from kubekvm.pages.common import Renderer
@@ -88,6 +88,8 @@ class MachineRow:
     can_start: bool  # False when it runs (or is starting) and should: the button would do nothing
     can_stop: bool  # False when it is off and should be
     status: progress.Progress  # what it does and waits on, for how long
+    # Why the platform stopped it (idle, longest run, spent hours), in words; "" if it did not.
+    stopped_because: str = ""
 
 
 def machine_row(machine: Machine, *, phase: Phase, clock: Clock) -> MachineRow:
@@ -100,6 +102,8 @@ def machine_row(machine: Machine, *, phase: Phase, clock: Clock) -> MachineRow:
         can_start=not (machine.desired == DesiredState.RUNNING
                        and machine.observed in (ObservedState.RUNNING, ObservedState.PENDING)),
         can_stop=not (machine.desired == DesiredState.STOPPED and off),
+        stopped_because=usage.describe_stop(machine.stop_reason)
+        if machine.stop_reason is not None and machine.desired == DesiredState.STOPPED else "",
     )
 
 
@@ -109,6 +113,8 @@ class MyMachine:
 
     row: MachineRow
     lab_title: str
+    # The student's hours left outside the lab's scheduled slots ("" when the lab has no quota).
+    hours_left: str = ""
 
 
 async def my_rows(services: Authorized) -> list[MyMachine]:
@@ -116,9 +122,15 @@ async def my_rows(services: Authorized) -> list[MyMachine]:
     machines = await services.list_machines()
     labs = await services.labs_named(sorted({m.deployment for m in machines}))
     clock = await clock_for(services, machines)
+    left: dict[str, str] = {}
+    for lab in labs.values():
+        if lab.policy.quota_hours is not None and services.actor.is_student:
+            mine = await services.student_hours(lab.name)
+            if mine:
+                left[lab.name] = usage.hours_text(mine[0].balance.remaining_hours)
     # A lab the student left between the two reads (taken off its roster) is no longer theirs.
     return [MyMachine(row=machine_row(m, phase=labs[m.deployment].phase, clock=clock),
-                      lab_title=labs[m.deployment].title)
+                      lab_title=labs[m.deployment].title, hours_left=left.get(m.deployment, ""))
             for m in machines if m.deployment in labs]
 
 

@@ -42,6 +42,7 @@ from kubekvm.pages.fragments import (
     summary,
 )
 from kubekvm.pages.timetables import shown
+from kubekvm.pages.usage import usage_context
 
 LAB_FIELDS = ("name", "title", "template", "replicas")
 EDIT_FIELDS = ("title", "replicas", "power")
@@ -75,9 +76,16 @@ class LabPages:
             "oob": False,
         })
 
+    services_of = staticmethod(services_of)
+
     async def detail(self, request: Request) -> Response:
+        return await self.render_detail(request, _name(request))
+
+    async def render_detail(self, request: Request, name: str, *, extra: dict[str, object] | None = None,
+                            status: int = 200) -> Response:
+        """A lab's page; `extra` replaces parts of it (a refused form, shown again with why)."""
         services = services_of(request)
-        lab = await summary(services, _name(request))
+        lab = await summary(services, name)
         machines = await services.list_machines(deployment=lab.lab.name)
         return self.renderer.page(request, "labs/detail.html", {
             "section": "labs", "s": lab, "oob": False,
@@ -85,7 +93,9 @@ class LabPages:
             "events": await services.lab_events(lab.lab.name),
             "course": shown(await services.course(lab.lab.name)),
             **await self._roster_context(services, lab.lab, text=None),
-        })
+            **await usage_context(services, lab.lab),
+            **(extra or {}),
+        }, status=status)
 
     async def _roster_context(self, services: Authorized, lab: Deployment, *, text: str | None,
                               error: str | None = None) -> dict[str, object]:
@@ -111,15 +121,8 @@ class LabPages:
             match = text(form, "match_replicas") == "yes"
             updated, unbound, created = await services.set_roster(lab.name, students=names, match_replicas=match)
         except ValidationFailed as error:
-            summary_ = await summary(services, lab.name)
-            machines = await services.list_machines(deployment=lab.name)
-            return self.renderer.page(request, "labs/detail.html", {
-                "section": "labs", "s": summary_, "oob": False,
-                "rows": machine_rows(machines, phase=summary_.lab.phase, clock=await clock_for(services, machines)),
-                "events": await services.lab_events(lab.name),
-                "course": shown(await services.course(lab.name)),
-                **await self._roster_context(services, lab, text=typed, error=error.message),
-            }, status=422)
+            return await self.render_detail(request, lab.name, status=422, extra=await self._roster_context(
+                services, lab, text=typed, error=error.message))
         said = [f"Roster of {updated.name} saved: {len(updated.roster)} student(s)"]
         if created:
             said.append(f"new accounts (no password yet): {', '.join(created)}")

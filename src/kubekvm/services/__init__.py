@@ -10,6 +10,8 @@ used by each other, the janitor and the CLI) and its operations class (`Template
   (`console_requests`: how a host's agent hears that a console waits for it; `images`: the
   image store's golden images);
 - `timetables`: a lab's timetable and course (end date, usage, unused labs);
+- `usage`: a lab's limits on running (idle shutdown, hours per student) and the running
+  time hosts observe;
 - `convergence`: what follows every lab change (machines follow the lab, its phase is
   recomputed), made again by the janitor; `placement`: machines onto hosts;
 - `users`, `links` (set-password links), `tokens`, `sessions` (and sign-in), `server` (its first
@@ -43,6 +45,7 @@ from kubekvm.services.placement import Placement
 from kubekvm.services.rosters import Rosters
 from kubekvm.services.templates import Templates
 from kubekvm.services.timetables import Timetables
+from kubekvm.services.usage import Usage
 
 __all__ = ["Context", "HostStatus", "Page", "ServerInfo", "Services", "backoff", "finish", "host_name",
            "lab_filter", "object_id"]
@@ -69,3 +72,5 @@ class Services:
         self.images = Images(self)
         # Labs' timetables and courses (fired by `kubekvm.scheduler`).
         self.timetables = Timetables(self)
+        # Limits on running: idle shutdown, observed running time, hours per student.
+        self.usage = Usage(self)

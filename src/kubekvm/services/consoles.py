@@ -160,6 +160,9 @@ class Consoles:
 
     async def close_session(self, session: ConsoleSession) -> None:
         await ConsoleSession.get_pymongo_collection().delete_one({"session": session.session})
+        # Idle shutdown counts a machine's quiet time from its last console's closing.
+        await Machine.get_pymongo_collection().update_one({"name": session.machine},
+                                                          {"$set": {"console_closed_at": utcnow()}})
         if self.feed.publishes_locally:
             self.feed.publish(collection=COLLECTION, operation="delete", id=str(session.id), document=None)
 

@@ -33,6 +33,8 @@ from kubekvm.models import (
     MachineSpec,
     Phase,
     Power,
+    UsageGrant,
+    UsageInterval,
     utcnow,
 )
 from kubekvm.services.context import WRITE_ATTEMPTS, Noun, backoff
@@ -109,8 +111,8 @@ class Convergence(Noun):
         desired = lifecycle.desired_for(power)
         query = {"deployment": name, "retired": False, "desired": {"$ne": DesiredState.ABSENT.value}}
         await Machine.get_pymongo_collection().update_many(
-            query, {"$set": {"desired": desired.value, "updated_at": utcnow(), "request_id": current_request_id(),
-                             "since": utcnow()},
+            query, {"$set": {"desired": desired.value, "stop_reason": None, "updated_at": utcnow(),
+                             "request_id": current_request_id(), "since": utcnow()},
                     "$inc": {"power_generation": 1}},
         )
         await self.ctx.publish_machines(query)
@@ -190,6 +192,9 @@ class Convergence(Noun):
         # Its timetable, the record of what that fired, and what it was imported from go too.
         for records in (LabSchedule, ScheduleFire, LegacyImport):
             await records.get_pymongo_collection().delete_many({"lab": lab.name})
+        # Its running time and grants go with it (a new lab of the same name starts afresh).
+        await UsageInterval.find(UsageInterval.deployment == lab.name).delete()
+        await UsageGrant.find(UsageGrant.deployment == lab.name).delete()
 
     async def converge_lab(self, name: str) -> tuple[Deployment | None, Deployment | None]:
         """The follow-up of every lab change, run again (by the janitor) in case a crash cut it

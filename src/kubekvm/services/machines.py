@@ -74,7 +74,10 @@ class Machines(Noun):
         refused = lifecycle.can_act_on_machine(phase=lab.phase, desired=machine.desired)
         if refused:
             raise Conflict(f"Cannot change {name}: {refused}.")
-        update: dict[str, Any] = {"$set": {"desired": desired.value, "updated_at": utcnow(),
+        if desired == DesiredState.RUNNING:
+            await self.core.usage.check_start(machine)
+        # A person's request supersedes the platform's reason for a stop (idle, quota).
+        update: dict[str, Any] = {"$set": {"desired": desired.value, "stop_reason": None, "updated_at": utcnow(),
                                            "request_id": current_request_id(), "since": utcnow()},
                                   "$inc": {"power_generation": 1}}
         if reset:
@@ -94,7 +97,7 @@ class Machines(Noun):
 
     async def report_machine_state(
         self, *, machine_id: str, host: str, state: ObservedState, message: str = "",
-        power_generation: int | None = None,
+        power_generation: int | None = None, cpu_seconds: float | None = None,
     ) -> Machine:
         """Record what a host observed and what follows from it (a machine confirmed gone is
         forgotten, its lab's phase recomputed) as one unit: an agent whose connection drops
@@ -102,11 +105,12 @@ class Machines(Noun):
         if power_generation is not None:
             validation.whole_number(power_generation, field="powerGeneration", minimum=0, maximum=2**63 - 1)
         return await finish(self._record_report(machine_id=machine_id, host=host, state=state,
-                                                message=message, power_generation=power_generation))
+                                                message=message, power_generation=power_generation,
+                                                cpu_seconds=cpu_seconds))
 
     async def _record_report(
         self, *, machine_id: str, host: str, state: ObservedState, message: str,
-        power_generation: int | None,
+        power_generation: int | None, cpu_seconds: float | None,
     ) -> Machine:
         machine = await Machine.get(object_id(machine_id, what="machine"))
         if machine is None or machine.retired:
@@ -114,6 +118,8 @@ class Machines(Noun):
         if machine.host != host:
             raise Conflict(f"Machine {machine.name} is assigned to {machine.host or 'no host'}, not {host}.")
         message = validation.note(message)
+        # Running time and guest CPU are accounted from every report, changed state or not.
+        await self.core.usage.observe(machine, state=state, cpu_seconds=cpu_seconds)
         seen = power_generation if power_generation is not None else machine.observed_power_generation
         unchanged = (machine.observed, machine.message, machine.observed_power_generation) == (
             state, message, seen)
@@ -185,6 +191,8 @@ class MachineOperations(Operations):
 
     @operation(HOST_AGENT, audit="reportMachineState", target=named("machine-id", "machine_id"), routine=True)
     async def report_machine_state(self, *, machine_id: str, host: str, state: ObservedState,
-                                   message: str = "", power_generation: int | None = None) -> Machine:
+                                   message: str = "", power_generation: int | None = None,
+                                   cpu_seconds: float | None = None) -> Machine:
         return await self.services.machines.report_machine_state(
-            machine_id=machine_id, host=host, state=state, message=message, power_generation=power_generation)
+            machine_id=machine_id, host=host, state=state, message=message, power_generation=power_generation,
+            cpu_seconds=cpu_seconds)
