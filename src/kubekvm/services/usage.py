@@ -268,7 +268,8 @@ class Usage(Noun):
         """Stop `machine` for `reason`, if it is still meant to run; whether it was stopped."""
         result = await Machine.get_pymongo_collection().update_one(
             {"_id": machine.id, "retired": False, "desired": DesiredState.RUNNING.value},
-            {"$set": {"desired": DesiredState.STOPPED.value, "stop_reason": reason.value, "updated_at": utcnow()},
+            {"$set": {"desired": DesiredState.STOPPED.value, "stop_reason": reason.value, "updated_at": utcnow(),
+                      "since": utcnow()},
              "$inc": {"power_generation": 1}})
         if not result.modified_count:
             return False  # stopped, removed or started anew meanwhile: nothing to do
