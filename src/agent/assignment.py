@@ -16,8 +16,9 @@ Everything that later becomes a file name or libvirt text is validated here, on 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from agent.machine_state import DESIRED_STATES, DesiredState
@@ -25,6 +26,9 @@ from agent.names import check_image_name, check_index, check_lab_name, domain_na
 
 MAX_VCPUS = 256
 MIN_MEMORY_MIB = 16
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 class AssignmentError(ValueError):
@@ -71,6 +75,9 @@ class Assignment:
     reset_generation: int
     template: TemplateSpec
     power_generation: int = 0
+    # The request that last changed the machine (for the log lines of its steps, `agent.logs`);
+    # not part of what the machine should be, so not compared.
+    request_id: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         _check_text("machineId", self.machine_id)
@@ -81,6 +88,8 @@ class Assignment:
             raise AssignmentError(f"invalid desired state {self.desired!r}")
         _check_int("resetGeneration", self.reset_generation, low=0)
         _check_int("powerGeneration", self.power_generation, low=0)
+        if self.request_id is not None and not _REQUEST_ID.fullmatch(self.request_id):
+            object.__setattr__(self, "request_id", None)  # only ids fit for a log line
 
     @property
     def domain_name(self) -> str:
@@ -102,6 +111,7 @@ class Assignment:
                 desired=cast(DesiredState, desired),
                 reset_generation=payload["resetGeneration"],
                 power_generation=payload.get("powerGeneration", 0),
+                request_id=payload.get("requestId") if isinstance(payload.get("requestId"), str) else None,
                 template=TemplateSpec(
                     name=template["name"],
                     image=template["image"],

@@ -1,6 +1,6 @@
 """CLI: the ``kubekvm-agent`` command.
 
-Parses the configuration, sets up logging and runs the host until SIGTERM or SIGINT, which
+Parses the configuration, sets up logging (`agent.logs`) and runs the host until SIGTERM or SIGINT, which
 stop the agent cleanly without touching any machine (systemd stops the agent on upgrades;
 the labs must not notice).
 """
@@ -14,17 +14,14 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from agent import logs
 from agent.config import AgentConfig
 from agent.host import run_host
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = AgentConfig.from_sources(argv, os.environ)
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(format=config.log_format, level=config.log_level)
     try:
         asyncio.run(_serve(config))
     except KeyboardInterrupt:

@@ -45,6 +45,7 @@ class AgentConfig:
     health_port: int = 0
     health_address: str = "127.0.0.1"
     log_level: str = "INFO"
+    log_format: str = "text"
 
     def current_token(self) -> str | None:
         if self.token_file is not None:
@@ -104,6 +105,7 @@ class AgentConfig:
             health_port=args.health_port,
             health_address=args.health_address,
             log_level=args.log_level.upper(),
+            log_format=args.log_format.lower(),
         )
 
 
@@ -179,4 +181,6 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                         choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info",
                                  "warning", "error"],
                         help="[KUBEKVM_LOG_LEVEL; INFO]")
+    parser.add_argument("--log-format", default=env("LOG_FORMAT", "text"), choices=["text", "json"],
+                        type=str.lower, help="json: one JSON object per line [KUBEKVM_LOG_FORMAT; text]")
     return parser

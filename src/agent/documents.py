@@ -48,7 +48,7 @@ subscription HostAssignments($host: String!, $cursor: String) {
     kind
     cursor
     assignments {
-      machineId vmName deployment index desired resetGeneration powerGeneration
+      machineId vmName deployment index desired resetGeneration powerGeneration requestId
       template { name image os vcpus memoryMib diskGib }
     }
     removed

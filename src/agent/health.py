@@ -1,4 +1,5 @@
-"""Health endpoint: a minimal HTTP `/healthz` for Kubernetes' liveness and readiness probes.
+"""Health endpoint: a minimal HTTP `/healthz` for Kubernetes' liveness and readiness probes,
+and `/metrics` for Prometheus (`agent.metrics`).
 
 It answers from the agent's own event loop, so a blocked or dead loop fails the probe. It
 says nothing about the server connection: a server outage must not make Kubernetes restart
@@ -18,7 +19,10 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from agent import metrics
+
 log = logging.getLogger("agent.health")
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
@@ -29,8 +33,8 @@ def health_body(warnings: list[str]) -> bytes:
     return "".join(["ok\n", *(f"warning: {warning}\n" for warning in warnings)]).encode()
 
 
-def _ok(body: bytes) -> bytes:
-    head = (f"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
+def _ok(body: bytes, *, content_type: str = "text/plain; charset=utf-8") -> bytes:
+    head = (f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
     return head.encode() + body
 
@@ -41,9 +45,14 @@ async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
         async with asyncio.timeout(5):
             request_line = await reader.readline()
         parts = request_line.split()
-        healthy = len(parts) >= 2 and parts[0] in (b"GET", b"HEAD") and parts[1] in (b"/healthz", b"/readyz")
-        # The warnings read the file system (a stat of /dev/kvm): not on the loop.
-        writer.write(_ok(health_body(await asyncio.to_thread(warnings))) if healthy else _NOT_FOUND)
+        path = parts[1] if len(parts) >= 2 and parts[0] in (b"GET", b"HEAD") else b""
+        if path in (b"/healthz", b"/readyz"):
+            # The warnings read the file system (a stat of /dev/kvm): not on the loop.
+            writer.write(_ok(health_body(await asyncio.to_thread(warnings))))
+        elif path == b"/metrics":
+            writer.write(_ok(metrics.exposition(), content_type=METRICS_TYPE))
+        else:
+            writer.write(_NOT_FOUND)
         await writer.drain()
     except (TimeoutError, ConnectionError):
         pass

@@ -20,6 +20,7 @@ from kubekvm.services.identities import IdentityOperations
 from kubekvm.services.images import ImageOperations
 from kubekvm.services.labs import LabOperations
 from kubekvm.services.machines import MachineOperations
+from kubekvm.services.overview import OverviewOperations
 from kubekvm.services.rosters import RosterOperations
 from kubekvm.services.server import ServerOperations
 from kubekvm.services.templates import TemplateOperations
@@ -34,7 +35,7 @@ __all__ = ["SESSION_RECHECK_SECONDS", "Authorized"]
 class Authorized(TemplateOperations, LabOperations, RosterOperations, MachineOperations, HostOperations,
                  ConsoleOperations, ConsoleRequestOperations, ChangeOperations, UserOperations, TokenOperations,
                  AuditOperations, ServerOperations, ImageOperations, TimetableOperations,
-                 IdentityOperations, UsageOperations):
+                 IdentityOperations, UsageOperations, OverviewOperations):
     """The service layer as one actor may use it."""
 
     @property

@@ -7,11 +7,12 @@ it keeps the embedded database alive (`EmbeddedDatabase.supervise`) for as long 
 `kubekvm image import FILE` inspects a disk image and adds it to the image store (the same path as
 the Images page's upload: `kubekvm.services.images`); `kubekvm image list` lists the store.
 `kubekvm user create NAME --role ROLE` (password prompted, or read from standard input when
-it is not a terminal), `kubekvm token create USER`, `kubekvm host token HOST` and `kubekvm
-template create` work on the database directly, whether or not a server runs: MONGODB_URI, or
-the embedded database of `<data dir>/db` — the running server's (SecantusDB is a database
-server; the command is a second client of it, and the server hears the change through its
-change stream like any other write), or, with no server running, one started for the command.
+it is not a terminal), `kubekvm token create USER`, `kubekvm token scrape` (Prometheus'),
+`kubekvm host token HOST` and `kubekvm template create` work on the database directly, whether
+or not a server runs: MONGODB_URI, or the embedded database of `<data dir>/db` — the running
+server's (SecantusDB is a database server; the command is a second client of it, and the server
+hears the change through its change stream like any other write), or, with no server running,
+one started for the command.
 A token is printed once, on standard output, and stored only as its sha256.
 """
 
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     create_token = token.add_parser("create", help="print a new API token for a user")
     create_token.add_argument("name")
     create_token.add_argument("--label", default="")
+    scrape_token = token.add_parser("scrape", help="print a new token for Prometheus (reads /metrics only)")
+    scrape_token.add_argument("--label", default="prometheus")
     host = commands.add_parser("host", help="host agents").add_subparsers(dest="action", required=True)
     host_token = host.add_parser("token", help="print a new token for a host's agent")
     host_token.add_argument("name")
@@ -124,6 +127,9 @@ def main(argv: list[str] | None = None) -> None:
         password = None if args.no_password else _read_password()
         sys.exit(_admin_task(lambda s: s.create_user(name=args.name, role=Role(args.role), password=password),
                              lambda _: f"user {args.name} ({args.role}) created"))
+    if args.command == "token" and args.action == "scrape":
+        sys.exit(_admin_task(lambda s: s.create_scrape_token(label=args.label),
+                             lambda made: str(made[1])))  # type: ignore[index]
     if args.command == "token":
         sys.exit(_admin_task(lambda s: _user_token(s, args.name, args.label), lambda token: str(token)))
     if args.command == "template":

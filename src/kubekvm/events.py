@@ -317,11 +317,11 @@ def _measure_lag(event: Mapping[str, Any]) -> None:
     written = event.get("wallTime")
     if isinstance(written, datetime):
         at = written if written.tzinfo else written.replace(tzinfo=UTC)
-        metrics.FEED_LAG.set(max(0.0, (datetime.now(UTC) - at).total_seconds()))
+        metrics.set_feed_lag(max(0.0, (datetime.now(UTC) - at).total_seconds()))
         return
     cluster = event.get("clusterTime")
     if isinstance(cluster, Timestamp):
-        metrics.FEED_LAG.set(max(0.0, time.time() - cluster.time))
+        metrics.set_feed_lag(max(0.0, time.time() - cluster.time))
 
 
 def _history_lost(error: OperationFailure) -> bool:

@@ -7,8 +7,8 @@ scraped after the lease's expiry takes over. Every replica says whether it is th
 (`kubekvm_shared_state_exporter`), and the others export no shared series at all, so a `sum()`
 over replicas counts each lab once.
 
-The reads are three aggregations grouped by a bounded field (phase, states) and the hosts'
-list; each is one round trip whatever the fleet's size.
+The reads are the Operations page's (`kubekvm.services.overview.read_fleet`: aggregations
+grouped by a bounded field) and the hosts' list; each one round trip whatever the fleet's size.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from collections import defaultdict
 
 from kubekvm import metrics
 from kubekvm.lease import Lease
-from kubekvm.models import Deployment, Host, Machine
+from kubekvm.models import Host
 from kubekvm.services import Services
+from kubekvm.services.overview import read_fleet
 
 LEASE_NAME = "metrics"
 MIB = 1024 * 1024
@@ -37,16 +38,9 @@ class FleetGauges:
             for gauge in (metrics.LABS, metrics.MACHINES, metrics.HOSTS, metrics.HOST_VCPUS, metrics.HOST_MEMORY):
                 gauge.clear()
             return
-        labs: dict[tuple[str, ...], float] = {}
-        rows = await Deployment.get_pymongo_collection().aggregate([{"$group": {"_id": "$phase", "n": {"$sum": 1}}}])
-        async for row in rows:
-            labs[(str(row["_id"]),)] = float(row["n"])
-        machines: dict[tuple[str, ...], float] = {}
-        rows = await Machine.get_pymongo_collection().aggregate([
-            {"$match": {"retired": False}},
-            {"$group": {"_id": {"desired": "$desired", "observed": "$observed"}, "n": {"$sum": 1}}}])
-        async for row in rows:
-            machines[(str(row["_id"].get("desired")), str(row["_id"].get("observed")))] = float(row["n"])
+        fleet = await read_fleet()
+        labs: dict[tuple[str, ...], float] = {(phase,): float(n) for phase, n in fleet.labs_by_phase.items()}
+        machines: dict[tuple[str, ...], float] = {state: float(n) for state, n in fleet.machines_by_state.items()}
         hosts: dict[tuple[str, ...], float] = defaultdict(float)
         vcpus: dict[tuple[str, ...], float] = {}
         memory: dict[tuple[str, ...], float] = {}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -61,6 +62,8 @@ FEED_LAG = Gauge("kubekvm_event_feed_lag_seconds",
                  "when it read it.", registry=REGISTRY)
 FEED_HEALTHY = Gauge("kubekvm_event_feed_healthy", "1 while this replica's event feed follows the database.",
                      registry=REGISTRY)
+DATABASE_UP = Gauge("kubekvm_database_up", "1 if the database answered this replica's ping at the last scrape.",
+                    registry=REGISTRY)
 FEED_RESTARTS = Counter("kubekvm_event_feed_restarts",
                         "Times this replica's event feed restarted its change stream, by reason.", ["reason"],
                         registry=REGISTRY)
@@ -146,7 +149,40 @@ def _count(scope: Scope, status: int, started: float) -> None:
     HTTP_REQUESTS.labels(route=route, method=method, status=f"{status // 100}xx").inc()
     HTTP_DURATION.labels(route=route, method=method).observe(time.perf_counter() - started)
     if status >= 500:
-        ERRORS.labels(kind="http").inc()
+        error(kind="http")
+
+
+# When this replica last answered failures (for the Operations page's "last hour"), bounded.
+_recent: deque[float] = deque(maxlen=10_000)
+
+
+def error(*, kind: str) -> None:
+    """A failure nothing handled: counted, and remembered for the Operations page."""
+    ERRORS.labels(kind=kind).inc()
+    _recent.append(time.monotonic())
+
+
+def recent_errors(*, within: float) -> int:
+    since = time.monotonic() - within
+    return sum(1 for at in _recent if at >= since)
+
+
+_feed_lag: list[float] = []  # the last lag measured, once one was
+
+
+def set_feed_lag(seconds: float) -> None:
+    FEED_LAG.set(seconds)
+    _feed_lag[:] = [seconds]
+
+
+def feed_lag() -> float | None:
+    """The event feed's last lag (None before it read any change)."""
+    return _feed_lag[0] if _feed_lag else None
+
+
+def feed_restarts() -> int:
+    return int(sum(s.value for family in FEED_RESTARTS.collect() for s in family.samples
+                   if s.name.endswith("_total")))
 
 
 SharedReader = Callable[[], Awaitable[None]]
@@ -161,9 +197,12 @@ async def metrics_endpoint(request: Request) -> Response:
                                  status_code=401, headers={"WWW-Authenticate": 'Bearer realm="kubekvm"'})
     if not (actor.kind == ActorKind.SCRAPER or actor.is_admin):
         return PlainTextResponse("Metrics are for admins and scrape tokens.", status_code=403)
-    feed = getattr(request.app.state, "services", None)
-    if feed is not None:
-        FEED_HEALTHY.set(1 if feed.feed.healthy else 0)
+    services = getattr(request.app.state, "services", None)
+    if services is not None:
+        FEED_HEALTHY.set(1 if services.feed.healthy else 0)
+    connection = getattr(request.app.state, "connection", None)
+    if connection is not None:
+        DATABASE_UP.set(1 if await connection.ping() else 0)
     reader: SharedReader | None = getattr(request.app.state, "shared_metrics", None)
     if reader is not None:
         started = time.perf_counter()

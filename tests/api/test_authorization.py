@@ -131,6 +131,7 @@ MATRIX: dict[str, Entry] = {
     "machines": Entry("{ machines { name } }", USER_READ),
     "hosts": Entry("{ hosts { name } }", STAFF_READ),
     "serverInfo": Entry("{ serverInfo { version } }", EVERYONE),
+    "operationsOverview": Entry("{ operationsOverview { hostsReady } }", ADMIN_ONLY),
     "me": Entry("{ me { kind name role } }", EVERYONE),
     "users": Entry("{ users { name } }", ADMIN_ONLY),
     "apiTokens": Entry("{ apiTokens { label } }", USER_READ),

@@ -142,3 +142,20 @@ def test_request_ids_are_echoed_made_and_logged(replicas: tuple[Server, Server])
     line = logged()[0]
     assert {"ts", "level", "logger", "event"} <= set(line)
     assert line["logger"] == "uvicorn.access"
+
+
+def test_the_operations_page_shows_the_fleet(replicas: tuple[Server, Server]) -> None:
+    """After the lifecycle above: one ready host, one Active lab, a refused sign-in."""
+    server = replicas[0]
+    page = httpx.get(f"{server.url}/operations", headers=server.admin_headers, timeout=30)
+    assert page.status_code == 200
+    assert re.search(r'id="hosts-ready">1<', page.text)
+    assert re.search(r'<dt>Active</dt><dd>1</dd>', page.text)
+    assert re.search(r'<dt>running</dt><dd>2</dd>', page.text)
+    assert re.search(r'id="failed-sign-ins"><a [^>]*>[1-9]', page.text)
+    teacher = httpx.get(f"{server.url}/operations", headers={"Authorization": f"Bearer {server.token_for(TEACHER)}"})
+    assert teacher.status_code in (403, 404)
+    overview = data(server.graphql("{ operationsOverview { hostsReady labsByPhase { key count } eventFeedHealthy } }"))
+    assert overview["operationsOverview"]["hostsReady"] == 1
+    assert {"key": "Active", "count": 1} in overview["operationsOverview"]["labsByPhase"]
+    assert overview["operationsOverview"]["eventFeedHealthy"] is True

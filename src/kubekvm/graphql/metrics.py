@@ -46,7 +46,7 @@ class OperationMetrics(SchemaExtension):
             return
         outcome = _code(errors[0]) if errors else "ok"
         if outcome == "INTERNAL":
-            metrics.ERRORS.labels(kind="graphql").inc()
+            metrics.error(kind="graphql")
         for field in _root_fields(context) if self.valid else [INVALID]:
             metrics.GRAPHQL_OPERATIONS.labels(type=kind, field=field, outcome=outcome).inc()
         metrics.GRAPHQL_DURATION.labels(type=kind).observe(time.perf_counter() - started)

@@ -47,6 +47,7 @@ from kubekvm.graphql.types import (
     Image,
     Machine,
     NewToken,
+    OperationsOverview,
     RosterChange,
     ServerInfo,
     Template,
@@ -226,6 +227,10 @@ class Query(TimetableQuery, UsageQuery):
         page = await _services(info).audit_log(actor=actor, action=action, target=target, outcome=outcome,
                                                since=since, offset=offset, limit=limit)
         return AuditPage(items=[AuditEntry.of(e) for e in page.items], total=page.total)
+
+    @strawberry.field(description="Admins: hosts, labs, machines, the event feed and failures at a glance.")
+    async def operations_overview(self, info: strawberry.Info) -> OperationsOverview:
+        return OperationsOverview.of(await _services(info).overview())
 
     @strawberry.field(description="Which server replica answered (the load-balancing test).")
     async def server_info(self, info: strawberry.Info) -> ServerInfo:

@@ -11,7 +11,7 @@ from strawberry.dataloader import DataLoader
 from kubekvm import image_models, models, streams
 from kubekvm.graphql.usage import StopReason as StopReason
 from kubekvm.graphql.usage import UsagePolicy
-from kubekvm.services import console_requests
+from kubekvm.services import console_requests, overview
 
 if TYPE_CHECKING:
     from kubekvm.services import HostStatus
@@ -200,6 +200,41 @@ class ServerInfo:
     database: str
     event_stream: str = strawberry.field(
         description="change-streams (works across replicas) or in-process (one replica only).")
+
+
+@strawberry.type
+class Count:
+    key: str
+    count: int
+
+
+@strawberry.type(description=(
+    "Admins: the fleet at a glance (the Operations page). `replica…`/`…Here` figures are the answering "
+    "replica's own; the others are the whole fleet's."))
+class OperationsOverview:
+    replica: str
+    hosts_ready: int
+    hosts_unreachable: int
+    labs_by_phase: list[Count]
+    machines_by_observed_state: list[Count]
+    event_feed_mode: str
+    event_feed_healthy: bool
+    event_feed_lag_seconds: float | None
+    event_feed_restarts: int
+    errors_last_hour_here: int
+    failed_sign_ins_last_hour: int
+    server_faults_last_hour: int
+
+    @classmethod
+    def of(cls, o: overview.Overview) -> OperationsOverview:
+        return cls(replica=o.replica, hosts_ready=o.hosts_ready, hosts_unreachable=o.hosts_unreachable,
+                   labs_by_phase=[Count(key=k, count=v) for k, v in o.fleet.labs_by_phase.items()],
+                   machines_by_observed_state=[Count(key=k, count=v) for k, v in o.machines_by_observed.items()],
+                   event_feed_mode=o.feed_mode, event_feed_healthy=o.feed_healthy,
+                   event_feed_lag_seconds=o.feed_lag_seconds, event_feed_restarts=o.feed_restarts,
+                   errors_last_hour_here=o.errors_last_hour_here,
+                   failed_sign_ins_last_hour=o.failed_sign_ins_last_hour,
+                   server_faults_last_hour=o.server_faults_last_hour)
 
 
 @strawberry.type(description="The template a host builds a machine from.")

@@ -33,6 +33,7 @@ session's CSRF token):
   GET  /users   POST /users   POST /users/{name}/link   POST /users/{name}/sessions/end    (admins)
   GET  /audit                           the audit log, filtered (admins)
   GET  /server
+  GET  /operations                      the fleet at a glance (admins, `kubekvm.pages.operations`)
   GET  /events                          live updates (server-sent events, see `kubekvm.live`)
 
 The new-lab form lives at /new-lab, not /labs/new, because "new" is a valid lab name.
@@ -53,6 +54,7 @@ from kubekvm.pages.fragments import Fragments
 from kubekvm.pages.identity import IdentityPages
 from kubekvm.pages.images import ImagePages
 from kubekvm.pages.labs import LabPages
+from kubekvm.pages.operations import OperationsPages
 from kubekvm.pages.timetables import CoursePages
 from kubekvm.pages.usage import UsagePages
 
@@ -69,6 +71,7 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
     catalog = CatalogPages(renderer=renderer)
     accounts = AccountPages(renderer=renderer)
     console = ConsolePages(renderer=renderer)
+    operations = OperationsPages(renderer=renderer)
     images = ImagePages(renderer=renderer)
     identity = IdentityPages(renderer=renderer, settings=settings)
     live = LiveUpdates(fragments=fragments, heartbeat_seconds=settings.live_heartbeat_seconds,
@@ -137,5 +140,6 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
         # Not guarded like a form: it checks its caller and CSRF token before reading its body.
         Route("/images", images.upload, methods=post),
         Route("/server", guard(catalog.server)),
+        Route("/operations", admin(operations.overview)),
         *live.routes(),
     ]
