@@ -16,6 +16,9 @@ now" (timeouts, lost connections, no primary); the adapters turn those into `Una
 (GraphQL `UNAVAILABLE`, a 503 page) rather than an internal error. The embedded database is
 supervised (`EmbeddedDatabase.supervise`): when the child dies it is reaped and started again,
 with backoff, on the same port and files, and the client reconnects by itself.
+
+Longer than 400 lines: the connection and the embedded server it may start share the timeouts,
+the fault classification and the supervision; splitting the embedded server out is a candidate.
 """
 
 from __future__ import annotations
