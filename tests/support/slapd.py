@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.processes import free_port
+from tests.support.processes import Child, free_port
 from tests.support.waiting import wait_until
 
 SUFFIX = "dc=uni,dc=test"
@@ -115,13 +115,7 @@ class Slapd:
 
     def stop(self) -> None:
         try:
-            if self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(timeout=10)
+            Child(self.process, self.root / "slapd.log").stop()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
