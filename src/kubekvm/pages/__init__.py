@@ -15,7 +15,7 @@ session's CSRF token):
   GET  /labs/{name}                     a lab's machines, roster and recent events, live
   POST /labs/{name}/roster              the roster (typed, pasted or a CSV file)
   POST /labs/{name}/roster/group        the roster from a directory group (or refreshed from it)
-  POST /labs/{name}/roster/{student}/link   a set-password link for a student
+  GET|POST /labs/{name}/roster/{student}/link   a set-password link for a student (shown once)
   POST /labs/{name}/usage               the lab's usage limits (idle shutdown, hours per student)
   POST /labs/{name}/usage/{student}/grant   more hours for a student
   GET|POST /labs/{name}/edit            title, replicas, power
@@ -113,6 +113,7 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
         Route("/labs/{name}", staff(labs.detail)),
         Route("/labs/{name}/roster", staff(labs.set_roster), methods=post),
         Route("/labs/{name}/roster/group", staff(labs.roster_from_group), methods=post),
+        Route("/labs/{name}/roster/{student}/link", staff(labs.password_link_page)),
         Route("/labs/{name}/roster/{student}/link", staff(labs.password_link), methods=post),
         Route("/labs/{name}/usage", staff(usage.set_policy), methods=post),
         Route("/labs/{name}/usage/{student}/grant", staff(usage.grant), methods=post),

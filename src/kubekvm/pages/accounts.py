@@ -22,6 +22,7 @@ from kubekvm.pages.common import Flash, FormState, Renderer, safe_next, set_flas
 from kubekvm.pages.fragments import my_rows
 from kubekvm.pages.identity import login_page
 from kubekvm.services.accounts import Accounts
+from kubekvm.pages.reveal import reveal_and_go, revealed
 
 AUDIT_PAGE = 100
 
@@ -146,8 +147,11 @@ class AccountPages:
         return await self._account(request)
 
     async def _account(self, request: Request, *, state: FormState | None = None, pw: FormState | None = None,
-                       new_token: tuple[ApiToken, str] | None = None, status: int = 200) -> Response:
+                       new_token: tuple[ApiToken | None, str] | None = None, status: int = 200) -> Response:
         services = services_for(request)
+        carried = revealed(request, kind="token")
+        if new_token is None and carried is not None:
+            new_token = (None, carried["token"])
         return self.renderer.page(request, "accounts/account.html", {
             "section": "account", "tokens": await services.list_tokens(), "new_token": new_token,
             "state": state or FormState(values={"label": ""}), "pw": pw or FormState(),
@@ -157,14 +161,13 @@ class AccountPages:
         services = services_for(request)
         form = await request.form()
         state = FormState(values={"label": text(form, "label")})
-        new_token = None
         try:
             record, token = await services.create_token(label=state.values["label"])
-            new_token = (record, token)
-            state.values["label"] = ""
         except ValidationFailed as error:
             state.fail(error)
-        return await self._account(request, state=state, new_token=new_token, status=422 if state.errors else 200)
+            return await self._account(request, state=state, status=422)
+        return reveal_and_go(request, to="/account", kind="token", secret={"token": token},
+                             flash=Flash(f"Token {record.label} created."))
 
     async def revoke_token(self, request: Request) -> Response:
         services = services_for(request)
@@ -202,6 +205,9 @@ class AccountPages:
                      link: tuple[str, str] | None = None) -> Response:
         services = services_for(request)
         users = await services.list_users()
+        carried = revealed(request, kind="link")
+        if link is None and carried is not None:
+            link = (carried["name"], carried["link"])
         return self.renderer.page(request, "accounts/users.html", {
             "section": "users", "users": users, "state": state, "roles": [r.value for r in Role],
             "link": link, "sessions": await services.session_counts([u.name for u in users]),
@@ -244,7 +250,7 @@ class AccountPages:
         name = str(request.path_params["name"])
         code = await services.password_link(name)
         link = str(request.url_for("set_password_page").include_query_params(code=code))
-        return await self._users(request, FormState(values={"name": "", "role": "teacher"}), link=(name, link))
+        return reveal_and_go(request, to="/users", kind="link", secret={"name": name, "link": link})
 
     # ------------------------------------------------------------------ audit
 

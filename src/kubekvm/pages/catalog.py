@@ -18,6 +18,7 @@ from kubekvm.errors import Conflict, KubeKVMError, ValidationFailed
 from kubekvm.models import ApiToken, Template, utcnow
 from kubekvm.pages.common import Flash, FormState, Renderer, is_htmx, raw, text
 from kubekvm.pages.labs import services_of
+from kubekvm.pages.reveal import reveal_and_go, revealed
 
 TEMPLATE_FIELDS = ("name", "title", "description", "os", "image", "vcpus", "memoryMib", "diskGib", "teachers")
 SIZES = {"vcpus": "vCPUs", "memoryMib": "Memory", "diskGib": "Disk size"}
@@ -120,7 +121,7 @@ class CatalogPages:
     async def hosts(self, request: Request) -> Response:
         return await self._hosts(request, new_token=None, state=FormState(values={"host": ""}))
 
-    async def _hosts(self, request: Request, *, new_token: tuple[ApiToken, str] | None, state: FormState,
+    async def _hosts(self, request: Request, *, new_token: tuple[ApiToken | None, str] | None, state: FormState,
                      status: int = 200) -> Response:
         services = services_of(request)
         return self.renderer.page(request, "hosts.html", {
@@ -128,7 +129,7 @@ class CatalogPages:
             "overcommit": services.settings.cpu_overcommit,
             "timeout": services.settings.host_timeout_seconds,
             "host_tokens": await services.host_tokens() if services.actor.is_admin else [],
-            "new_token": new_token, "state": state,
+            "new_token": new_token or self._carried_token(request), "state": state,
         }, status=status)
 
     async def host_token(self, request: Request) -> Response:
@@ -141,7 +142,13 @@ class CatalogPages:
         except ValidationFailed as error:
             state.fail(ValidationFailed("host", error.message))
             return await self._hosts(request, new_token=None, state=state, status=422)
-        return await self._hosts(request, new_token=made, state=FormState(values={"host": ""}))
+        return reveal_and_go(request, to="/hosts", kind="host-token", secret={"token": made[1]},
+                             flash=Flash(f"Token for host {made[0].owner} created."))
+
+    @staticmethod
+    def _carried_token(request: Request) -> tuple[None, str] | None:
+        carried = revealed(request, kind="host-token")
+        return (None, carried["token"]) if carried is not None else None
 
     async def server(self, request: Request) -> Response:
         services = services_of(request)

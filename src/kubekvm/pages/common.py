@@ -54,6 +54,7 @@ from kubekvm.faults import quiet
 from kubekvm.models import Role
 
 FLASH_COOKIE = "kubekvm_flash"
+REVEAL_COOKIE = "kubekvm_reveal"  # `kubekvm.pages.reveal`
 Handler = Callable[[Request], Awaitable[Response]]
 
 # Domain errors whose rendered message htmx should swap in like a success (htmx leaves 4xx/5xx
@@ -225,6 +226,8 @@ class Renderer:
         )
         if cookie is not None:  # shown once
             response.delete_cookie(FLASH_COOKIE, path="/")
+        if REVEAL_COOKIE in request.cookies:  # a secret carried here is shown once, too (`reveal`)
+            response.delete_cookie(REVEAL_COOKIE, path=request.url.path)
         response.headers["Cache-Control"] = "no-store"
         return response
 

@@ -42,6 +42,7 @@ from kubekvm.pages.fragments import (
     summary,
 )
 from kubekvm.pages.timetables import shown
+from kubekvm.pages.reveal import reveal_and_go, revealed
 from kubekvm.pages.usage import usage_context
 
 LAB_FIELDS = ("name", "title", "template", "replicas")
@@ -154,8 +155,19 @@ class LabPages:
             raise NotFound(f"{student!r} is not on the roster of {lab.name}.")
         code = await services.password_link(student)
         link = str(request.url_for("set_password_page").include_query_params(code=code))
+        return reveal_and_go(request, to=f"/labs/{lab.name}/roster/{student}/link", kind="link",
+                             secret={"name": student, "link": link})
+
+    async def password_link_page(self, request: Request) -> Response:
+        """The link just made (once); afterwards, back to the lab's roster."""
+        services = services_of(request)
+        lab = await services.get_deployment(_name(request))
+        student = str(request.path_params["student"])
+        carried = revealed(request, kind="link")
+        if carried is None or carried["name"] != student:
+            return RedirectResponse(f"/labs/{lab.name}#roster", status_code=303)
         return self.renderer.page(request, "labs/password_link.html", {
-            "section": "labs", "lab": lab, "student": student, "link": link,
+            "section": "labs", "lab": lab, "student": student, "link": carried["link"],
         })
 
     # -------------------------------------------------------------- new / edit
