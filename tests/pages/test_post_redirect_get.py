@@ -24,6 +24,7 @@ NOT_FORMS = {
     "/images": "the image upload, posted by its script with progress; its plain-form success is `done` "
                "(tests/pages/test_images*.py)",
     "/setup": "open only while no admin exists (the tests' servers start with one); success is `_go` to /",
+    "/labs/{name}/roster/group": "needs a directory (LDAP, tests/identity); success is `_back` to the roster",
 }
 
 
@@ -71,6 +72,9 @@ def test_every_post_route_redirects_to_the_page_showing_the_result(
     post("/machines/{name}/{action}", "/machines/prg-lab-1/stop", {"next": "/labs/prg-lab"}, to="/labs/prg-lab")
     post("/machines/{name}/{action}", "/machines/prg-lab-1/reset", {"next": "/my", "confirmed": "yes"}, to="/my")
     post("/labs/{name}/roster", "/labs/prg-lab/roster", {"students": "prg-stu"}, to="/labs/prg-lab#roster")
+    post("/labs/{name}/timetable", "/labs/prg-lab/timetable", {
+        "timeZone": "Europe/Madrid", "leadMinutes": "5", "slots": "mon 09:00-11:00", "sessions": "",
+        "closures": "", "endsOn": ""}, to="/labs/prg-lab#timetable")
 
     # A set-password link: shown once on its own page, which a reload leaves for the lab.
     link_page = "/labs/prg-lab/roster/prg-stu/link"

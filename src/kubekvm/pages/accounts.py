@@ -21,8 +21,8 @@ from kubekvm.models import ApiToken, Role
 from kubekvm.pages.common import Flash, FormState, Renderer, safe_next, set_flash, status_of, text
 from kubekvm.pages.fragments import my_rows
 from kubekvm.pages.identity import login_page
-from kubekvm.services.accounts import Accounts
 from kubekvm.pages.reveal import reveal_and_go, revealed
+from kubekvm.services.accounts import Accounts
 
 AUDIT_PAGE = 100
 

@@ -41,8 +41,8 @@ from kubekvm.pages.fragments import (
     summaries,
     summary,
 )
-from kubekvm.pages.timetables import shown
 from kubekvm.pages.reveal import reveal_and_go, revealed
+from kubekvm.pages.timetables import shown
 from kubekvm.pages.usage import usage_context
 
 LAB_FIELDS = ("name", "title", "template", "replicas")
