@@ -22,7 +22,7 @@ from tests.support.processes import Server
 NOT_FORMS = {
     "/machines/{name}/console/ticket": "JSON for the console's script, which opens the websocket with it",
     "/images": "the image upload, posted by its script with progress; its plain-form success is `done` "
-               "(tests/pages/test_images*.py)",
+               "(tests/images)",
     "/setup": "open only while no admin exists (the tests' servers start with one); success is `_go` to /",
     "/labs/{name}/roster/group": "needs a directory (LDAP, tests/identity); success is `_back` to the roster",
 }
