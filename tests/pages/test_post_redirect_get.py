@@ -72,6 +72,10 @@ def test_every_post_route_redirects_to_the_page_showing_the_result(
     post("/machines/{name}/{action}", "/machines/prg-lab-1/stop", {"next": "/labs/prg-lab"}, to="/labs/prg-lab")
     post("/machines/{name}/{action}", "/machines/prg-lab-1/reset", {"next": "/my", "confirmed": "yes"}, to="/my")
     post("/labs/{name}/roster", "/labs/prg-lab/roster", {"students": "prg-stu"}, to="/labs/prg-lab#roster")
+    post("/labs/{name}/usage", "/labs/prg-lab/usage", {"idleMinutes": "", "idleCpuPercent": "", "maxRunMinutes": "",
+                                                       "quotaHours": "10"}, to="/labs/prg-lab#usage")
+    post("/labs/{name}/usage/{student}/grant", "/labs/prg-lab/usage/prg-stu/grant", {"hours": "2"},
+         to="/labs/prg-lab#usage")
     post("/labs/{name}/timetable", "/labs/prg-lab/timetable", {
         "timeZone": "Europe/Madrid", "leadMinutes": "5", "slots": "mon 09:00-11:00", "sessions": "",
         "closures": "", "endsOn": ""}, to="/labs/prg-lab#timetable")
