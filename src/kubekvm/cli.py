@@ -14,6 +14,8 @@ server's (SecantusDB is a database server; the command is a second client of it,
 hears the change through its change stream like any other write), or, with no server running,
 one started for the command.
 A token is printed once, on standard output, and stored only as its sha256.
+`kubekvm import-legacy --from URI --owner TEACHER [--dry-run]` makes labs of the 2019
+application's deployments (`kubekvm.legacy_import`), reading its database and never writing it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import uvicorn
 
-from kubekvm import logs
+from kubekvm import legacy_import, logs
 from kubekvm.access import Actor, ActorKind
 from kubekvm.app import create_app
 from kubekvm.authorized import Authorized
@@ -99,6 +101,12 @@ def main(argv: list[str] | None = None) -> None:
     import_image.add_argument("--format", choices=["qcow2", "raw"],
                               help="the file's format (default: from its name: .qcow2, .raw, .img)")
     image.add_parser("list", help="the images in the store")
+    legacy = commands.add_parser("import-legacy", help="make labs of the 2019 application's deployments")
+    legacy.add_argument("--from", dest="source", required=True, metavar="MONGODB_URI",
+                        help="the 2019 database (only read; its name in the URI, or --source-database)")
+    legacy.add_argument("--source-database", help="the 2019 database's name, if not in the URI (default kubekvm)")
+    legacy.add_argument("--owner", required=True, help="the teacher (or admin) the labs are for")
+    legacy.add_argument("--dry-run", action="store_true", help="report what would be done, write nothing")
     args = parser.parse_args(argv)
     if args.command == "serve":
         settings = Settings.from_environment()
@@ -142,6 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "host":
         sys.exit(_admin_task(lambda s: s.create_host_token(host=args.name, label=args.label),
                              lambda made: str(made[1])))  # type: ignore[index]
+    if args.command == "import-legacy":
+        sys.exit(_admin_task(lambda s: legacy_import.run(s, source_uri=args.source, owner=args.owner,
+                                                         source_database=args.source_database, dry_run=args.dry_run),
+                             lambda outcome: outcome.report()))  # type: ignore[attr-defined]
 
 
 def _image_command(args: argparse.Namespace) -> int:

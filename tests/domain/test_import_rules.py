@@ -14,6 +14,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 PURE = ["kubekvm.domain", "kubekvm.lifecycle", "kubekvm.access", "kubekvm.placement", "kubekvm.validation",
+        "kubekvm.legacy",
         "kubekvm.image_rules",
         "kubekvm.timetable",
         "kubekvm.roster", "kubekvm.identity", "kubekvm.idle", "kubekvm.usage"]
