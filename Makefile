@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint typecheck schema audit lock bench bench-quick classday classday-quick
+.PHONY: run test lint typecheck schema audit lock screenshots bench bench-quick classday classday-quick
 
 run:
 	scripts/setup run
@@ -35,6 +35,12 @@ audit:
 # `make lock ARGS=--upgrade` takes the newest versions allowed.
 lock:
 	scripts/lock $(ARGS)
+
+# The README's screenshots (docs/screenshots/*.png), taken by the browser tests; a plain test
+# run writes them to tests/artifacts/screenshots instead and never touches the tracked files.
+screenshots:
+	scripts/setup test
+	KUBEKVM_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(BIN)/pytest -q tests/pages/test_screenshots.py
 
 bench:
 	scripts/setup test

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import resource
-import signal
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from benchmarks import agent_scale, api_throughput, machine_info, provision, report, stack, status_latency
@@ -32,11 +30,6 @@ BENCHMARKS: dict[str, Callable[[Plan, Path], dict[str, Any]]] = {
     "P3": api_throughput.run,
     "P4": agent_scale.run,
 }
-
-
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    # Turn SIGTERM into an exception so every cleanup (finally, context managers) still runs.
-    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
 
-    signal.signal(signal.SIGTERM, _terminate)
+    stack.exit_cleanly_on_signals()
     # Thousands of websockets in P3: the server and the subscriber process inherit this.
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

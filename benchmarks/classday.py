@@ -74,7 +74,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
@@ -1035,11 +1034,6 @@ def text_summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    # SIGTERM becomes an exception, so every finally (processes, domains, files) still runs.
-    raise SystemExit(128 + signum)
-
-
 @contextlib.contextmanager
 def _run_dir() -> Iterator[Path]:
     stack.libvirtd_up()
@@ -1059,7 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
-    signal.signal(signal.SIGTERM, _terminate)
+    stack.exit_cleanly_on_signals()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with _run_dir() as work:

@@ -6,7 +6,7 @@ A lab template's image is ``<stem>.qcow2`` in the agent's image directory; with
 is made fresh each run: ``qemu-img create`` of the wanted size, then ``qemu-io`` writes a
 non-zero pattern over all of it, so a full copy really moves that many bytes while a linked
 clone moves none. The kernel and initramfs are the project's tiny-linux guest, built once
-into ``WORK_ROOT`` and kept between runs.
+into ``GUEST_ROOT`` and kept between runs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.stack import WORK_ROOT, traversable_dir
+from benchmarks.stack import GUEST_ROOT, traversable_dir
 from kubekvm_demo import tiny_linux
 
 
@@ -49,9 +49,9 @@ class GuestImage:
 def tiny_linux_files() -> tiny_linux.GuestFiles:
     """The tiny-linux kernel and initramfs, keyed by its /init so a changed guest rebuilds."""
     version = hashlib.sha256((tiny_linux.INIT_SCRIPT + tiny_linux.POWER_BUTTON_HANDLER).encode()).hexdigest()[:12]
-    traversable_dir(WORK_ROOT)
-    out = traversable_dir(WORK_ROOT / f"tiny-linux-{version}")
-    return tiny_linux.build(out=out, cache=traversable_dir(WORK_ROOT / "cache"))
+    traversable_dir(GUEST_ROOT)
+    out = traversable_dir(GUEST_ROOT / f"tiny-linux-{version}")
+    return tiny_linux.build(out=out, cache=traversable_dir(GUEST_ROOT / "cache"))
 
 
 def make_image(directory: Path, stem: str, *, size_mib: int, fill: bool = True, cmdline: str = "") -> GuestImage:

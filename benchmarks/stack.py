@@ -3,11 +3,14 @@
 Servers and databases come from ``tests.support.processes`` (the same way the test suite starts
 them, admin token and host tokens included), so the benchmarks exercise exactly what the
 tests do. Everything a benchmark creates on libvirt is named with a ``bench-`` prefix (the
-agent's domains are ``kubekvm-bench-...``) and lives under a run directory in ``WORK_ROOT``,
-which QEMU (running as libvirt's own user) can reach. A run directory names the process that
-owns it, so ``sweep`` can remove one run's domains, storage pools, processes and files, or
-everything that runs which ended without cleaning up left behind, and never touch a run still going
-(the smoke test may start while someone runs ``make bench``).
+agent's domains are ``kubekvm-bench-...``) and lives under a run directory in ``WORK_ROOT``
+(``KUBEKVM_BENCH_RUNS``: the smoke tests name a scratch folder of their own), which QEMU
+(running as libvirt's own user) can reach; the guest images stay in ``GUEST_ROOT`` between
+runs. A run directory names the process that owns it, so ``sweep`` can remove one run's
+domains, storage pools, processes and files, or everything that runs which ended without
+cleaning up left behind, and never touch a run still going (the smoke test may start while
+someone runs ``make bench``). ``exit_cleanly_on_signals`` makes SIGTERM and SIGHUP run every
+clean-up too.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from tests.support.processes import (
 )
 
 LIBVIRT_URI = "qemu:///system"
-WORK_ROOT = Path("/var/tmp/kubekvm-bench")
+GUEST_ROOT = Path("/var/tmp/kubekvm-bench")
+WORK_ROOT = Path(os.environ.get("KUBEKVM_BENCH_RUNS") or GUEST_ROOT)
 DOMAIN_PREFIXES = ("bench-", "kubekvm-bench-")
 OWNER_FILE = "owner.pid"
 
@@ -48,6 +52,18 @@ def traversable_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o755)
     return path
+
+
+def exit_cleanly_on_signals() -> None:
+    """SIGTERM and SIGHUP (a closed terminal) become ``SystemExit``, as Ctrl-C is
+    ``KeyboardInterrupt`` already, so every ``finally`` still runs: processes stopped, domains,
+    pools and files removed. (A SIGKILL cannot be caught: whoever sends one sweeps after it.)"""
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, terminate)
 
 
 def libvirtd_up() -> None:

@@ -1,5 +1,7 @@
-"""Shared fixtures: real database servers and real `kubekvm serve` processes; and the hooks
-that fail a run on a skip not in tests/skip-allowlist.txt (`tests.support.skips`)."""
+"""Shared fixtures: real database servers and real `kubekvm serve` processes; the hooks that
+fail a run on a skip not in tests/skip-allowlist.txt (`tests.support.skips`); and the plugin that
+fails it when the session leaves a process, domain or scratch folder behind
+(`tests.support.leftovers_plugin`)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ from tests.support.skips import (  # noqa: F401 (pytest finds hooks by name)
     pytest_sessionstart,
     pytest_terminal_summary,
 )
+
+# Fails the run when it leaves a process, domain or scratch folder of its own behind.
+pytest_plugins = ["tests.support.leftovers_plugin"]
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,24 @@
 """The benchmarks still run: `python -m benchmarks --quick` ends well and writes every figure.
 
 A smoke test only: CI asserts no timing (the quick plan's sizes are not the targets' sizes,
-and a shared machine's speed varies). It boots real QEMU guests (TCG) through libvirtd.
+and a shared machine's speed varies). It boots real QEMU guests (TCG) through libvirtd. The run
+is contained (`tests.support.contained`): whatever way it ends, nothing it started or defined
+outlives the test, and a run that ends by itself must have left nothing behind.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from numbers import Number
 from pathlib import Path
 
 import pytest
+
+from tests.support.contained import run_contained
+from tests.support.processes import LOG_DIR
+from tests.support.qemu import scratch_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = {"P1", "P2", "P3", "P4"}
@@ -25,16 +30,21 @@ def _numbers(value: object) -> bool:
     return isinstance(value, Number) and not isinstance(value, bool)
 
 
-@pytest.mark.timeout(240)
+# Above the run's own limit plus its clean-up, so a slow run is stopped (and cleaned up) by
+# run_contained, not cut short in the middle of its clean-up by pytest-timeout.
+@pytest.mark.timeout(300)
 def test_quick_benchmarks_write_every_figure(tmp_path: Path) -> None:
     needed = ["qemu-system-x86_64", "libvirtd", "qemu-img", "qemu-io", "virt-clone", "virsh", "wrk"]
     missing = [tool for tool in needed if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"the benchmarks need {', '.join(missing)} (scripts/setup test installs them)")
     out = tmp_path / "results"
-    run = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=220)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    work = scratch_dir("bench")
+    run = run_contained([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)], cwd=ROOT,
+                        timeout=220, log=LOG_DIR / f"benchmarks-smoke-{work.name}.log", scratch=work,
+                        env={"KUBEKVM_BENCH_RUNS": str(work)})
+    assert run.code == 0, run.output[-6000:]
+    assert run.left == [], f"the benchmarks left these behind: {run.left}"
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["plan"] == "quick" and summary["targets_judged"] is False
@@ -48,4 +58,4 @@ def test_quick_benchmarks_write_every_figure(tmp_path: Path) -> None:
         details = json.loads((out / bench["file"]).read_text())
         assert details["figures"] == bench["figures"]
     # Every table row made it to the terminal too.
-    assert "P4 agent scale" in run.stdout and "written:" in run.stdout
+    assert "P4 agent scale" in run.output and "written:" in run.output

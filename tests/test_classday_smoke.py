@@ -7,36 +7,45 @@ exactly the desired domains and overlays on every host, every subscriber and stu
 the final state, nothing left after delete, and no failed request outside the kill windows.
 Only outcomes are asserted, never timings (the loop-probe target is judged by the full run).
 It boots real QEMU guests (TCG) through libvirtd: run it under `flock /tmp/kubekvm-qemu.lock`.
+The run is contained (`tests.support.contained`): whatever way it ends, nothing it started or
+defined outlives the test, and a run that ends by itself must have left nothing behind.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from benchmarks.classday import QUICK
 
+from tests.support.contained import run_contained
+from tests.support.processes import LOG_DIR
+from tests.support.qemu import scratch_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.qemu
 
 
-@pytest.mark.timeout(280)
+# Above the run's own limit plus its clean-up (see tests/test_benchmarks_smoke.py).
+@pytest.mark.timeout(340)
 def test_quick_class_day_converges_with_no_error_outside_the_kill_windows(tmp_path: Path) -> None:
     out = tmp_path / "results"
-    run = subprocess.run([sys.executable, "-m", "benchmarks.classday", "--quick", "--out", str(out)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=270)
-    assert (out / "classday.json").is_file(), run.stdout[-3000:] + run.stderr[-3000:]
+    work = scratch_dir("classday")
+    run = run_contained([sys.executable, "-m", "benchmarks.classday", "--quick", "--out", str(out)], cwd=ROOT,
+                        timeout=270, log=LOG_DIR / f"classday-smoke-{work.name}.log", scratch=work,
+                        env={"KUBEKVM_BENCH_RUNS": str(work)})
+    assert (out / "classday.json").is_file(), run.output[-6000:]
+    assert run.left == [], f"the class day left these behind: {run.left}"
     result = json.loads((out / "classday.json").read_text())
     summary = (out / "classday.txt").read_text()
 
     assert "error" not in result, summary
     failed = [check for check in result["checks"] if not check["ok"]]
     assert not failed, summary
-    assert result["passed"] and run.returncode == 0, summary
+    assert result["passed"] and run.code == 0, summary
     # The faults really happened: one server replica, the database, and every agent kill.
     kinds = [window["what"] for window in result["kill_windows"]]
     assert kinds.count("server replica b SIGKILL") == 1, kinds

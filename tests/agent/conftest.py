@@ -17,7 +17,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from tests.support.qemu import QEMU_TEST_ROOT, QEMU_URI, build_tiny_linux, ensure_libvirtd, traversable_dir
+from tests.support.qemu import QEMU_URI, build_tiny_linux, ensure_libvirtd, scratch, traversable_dir
 
 from agent.accelerator import Accelerator
 from agent.assignment import Assignment, TemplateSpec
@@ -241,14 +241,17 @@ class QemuSite:
 
 @pytest.fixture
 def qemu_site(libvirtd: str, tiny_linux: Path, lab: str) -> Iterator[QemuSite]:
-    root = traversable_dir(QEMU_TEST_ROOT / lab)
-    image_dir = traversable_dir(root / "images")
-    for path in tiny_linux.iterdir():
-        if not path.name.startswith("."):
-            shutil.copyfile(path, image_dir / path.name)
-    yield QemuSite(root=root, image_dir=image_dir, state_dir=root / "state")
-    remove_domains(QEMU_URI, f"kubekvm-{lab}")
-    shutil.rmtree(root, ignore_errors=True)
+    """Removed afterwards, on every way out, with the lab's domains (also one whose definition
+    a killed reconciler left half-written)."""
+    with scratch(lab) as root:
+        try:
+            image_dir = traversable_dir(root / "images")
+            for path in tiny_linux.iterdir():
+                if not path.name.startswith("."):
+                    shutil.copyfile(path, image_dir / path.name)
+            yield QemuSite(root=root, image_dir=image_dir, state_dir=root / "state")
+        finally:
+            remove_domains(QEMU_URI, f"kubekvm-{lab}")
 
 
 @pytest.fixture

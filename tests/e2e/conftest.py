@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from tests.support.processes import LOG_DIR, VENV_BIN, Server
-from tests.support.qemu import QEMU_URI, build_tiny_linux, ensure_libvirtd, scratch_dir, traversable_dir
+from tests.support.qemu import (
+    QEMU_URI,
+    build_tiny_linux,
+    ensure_libvirtd,
+    remove_domains_under,
+    scratch,
+    traversable_dir,
+)
 from tests.support.waiting import wait_until
 
 
@@ -30,9 +37,11 @@ def tiny_linux() -> Path:
 
 
 @pytest.fixture
-def site() -> Path:
-    """A per-test directory QEMU can reach (pytest's tmp_path is 0700)."""
-    return scratch_dir("e2e")
+def site() -> Iterator[Path]:
+    """A per-test directory QEMU can reach (pytest's tmp_path is 0700), removed afterwards with
+    the domains whose disks are in it."""
+    with scratch("e2e") as path:
+        yield path
 
 
 def image_dir_with(site: Path, source: Path, *, cmdline: str = "") -> Path:
@@ -90,7 +99,9 @@ class Agent:
 
 
 @pytest.fixture
-def agents(libvirtd: str) -> Iterator[Callable[..., Agent]]:
+def agents(libvirtd: str, site: Path) -> Iterator[Callable[..., Agent]]:
+    """Starts `kubekvm-agent` processes; afterwards stops them and removes their domains (those
+    whose disks are in their state folders; `site`, set up first, goes after them)."""
     made: list[Agent] = []
 
     def make(server: Server | list[Server], state_dir: Path, image_dir: Path, *extra: str,
@@ -102,25 +113,13 @@ def agents(libvirtd: str) -> Iterator[Callable[..., Agent]]:
         made.append(agent)
         return agent.start()
 
-    yield make
-    for agent in made:
-        agent.stop()
-    destroy_test_domains()
-
-
-def destroy_test_domains(prefix: str = "kubekvm-e2e") -> None:
-    """Whatever a failed test left behind on libvirtd goes, so later runs start clean."""
-    import libvirt
-
-    conn = libvirt.open(QEMU_URI)
     try:
-        for dom in conn.listAllDomains():
-            if dom.name().startswith(prefix):
-                if dom.isActive():
-                    dom.destroy()
-                dom.undefine()
+        yield make
     finally:
-        conn.close()
+        for agent in made:
+            agent.stop()
+        for agent in made:
+            remove_domains_under(agent.state_dir)
 
 
 def unique_lab() -> str:

@@ -19,7 +19,10 @@ from tests.support.processes import ROOT, Server
 CHROMIUM = os.environ.get("KUBEKVM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# The README's pictures (docs/screenshots) are rewritten only when asked: `make screenshots`
+# sets KUBEKVM_SCREENSHOTS_DIR. Otherwise a test run leaves the tracked files alone and writes
+# its pictures with its logs (tests/artifacts, ignored by git).
+SCREENSHOTS = Path(os.environ.get("KUBEKVM_SCREENSHOTS_DIR") or ROOT / "tests" / "artifacts" / "screenshots")
 TEMPLATE = {"name": "tiny-linux", "title": "Tiny Linux", "os": "LINUX",
             "image": "tiny-linux.qcow2", "vcpus": 1, "memoryMib": 128, "diskGib": 1,
             "description": "A few MiB of busybox: boots in a second, for tests and demos."}

@@ -1,6 +1,7 @@
 """Screenshots of the main pages, for the docs and for a person to judge the design:
-docs/screenshots/{labs,labs-phone,lab-detail,new-lab}.png, on a database of their own holding
-labs in every phase."""
+{labs,labs-phone,lab-detail,new-lab}.png, on a database of their own holding labs in every
+phase. A test run writes them to tests/artifacts/screenshots; `make screenshots` rewrites the
+README's, docs/screenshots (tests/pages/conftest.py, KUBEKVM_SCREENSHOTS_DIR)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """Real QEMU guests for tests: libvirtd, the tiny-linux guest, and directories QEMU can read.
 
 QEMU runs as libvirt-qemu, so everything it opens must sit below world-traversable
-directories, which pytest's 0700 tmp_path is not: tests use /var/tmp/kubekvm-tests.
+directories, which pytest's 0700 tmp_path is not: tests use /var/tmp/kubekvm-tests — the built
+guest (kept between runs) and, per test session, `tests.support.leftovers.session_root()`, below
+which every scratch folder is made and which must be empty when the session ends.
 """
 
 from __future__ import annotations
@@ -10,9 +12,13 @@ import hashlib
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from tests.support.leftovers import session_root
 
 REPO = Path(__file__).resolve().parents[2]
 QEMU_URI = "qemu:///system"
@@ -47,6 +53,46 @@ def build_tiny_linux() -> Path:
 
 
 def scratch_dir(prefix: str) -> Path:
-    """A fresh directory QEMU can reach."""
-    traversable_dir(QEMU_TEST_ROOT)
-    return traversable_dir(QEMU_TEST_ROOT / f"{prefix}-{uuid.uuid4().hex[:8]}")
+    """A fresh directory QEMU can reach, in this session's scratch folder."""
+    return traversable_dir(session_root() / f"{prefix}-{uuid.uuid4().hex[:8]}")
+
+
+@contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    """`scratch_dir`, removed afterwards whatever happened (with whatever libvirt still defines
+    on it: its domains go first, their disks and logs are in it)."""
+    path = scratch_dir(prefix)
+    try:
+        yield path
+    finally:
+        remove_domains_under(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_domains_under(path: Path) -> list[str]:
+    """Destroys and undefines the domains (and storage pools: virt-clone makes one per folder it
+    copies into) on libvirtd whose definition points below `path`: a test's own, never another
+    run's, however they are named. Returns what it removed."""
+    import libvirt
+
+    def inside(xml: str) -> bool:
+        return f"{path}/" in xml or f"<path>{path}</path>" in xml
+
+    removed = []
+    connection = libvirt.open(QEMU_URI)
+    try:
+        items = [("domain", d) for d in connection.listAllDomains(0)]
+        items += [("pool", p) for p in connection.listAllStoragePools(0)]
+        for kind, item in items:
+            try:
+                if not inside(item.XMLDesc(0)):
+                    continue
+                if item.isActive():
+                    item.destroy()
+                item.undefine()
+            except libvirt.libvirtError:  # gone meanwhile, or already stopped
+                continue
+            removed.append(f"{kind} {item.name()}")
+    finally:
+        connection.close()
+    return removed
