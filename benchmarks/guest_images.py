@@ -11,7 +11,6 @@ into ``GUEST_ROOT`` and kept between runs.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import time
@@ -48,9 +47,8 @@ class GuestImage:
 
 def tiny_linux_files() -> tiny_linux.GuestFiles:
     """The tiny-linux kernel and initramfs, keyed by its /init so a changed guest rebuilds."""
-    version = hashlib.sha256((tiny_linux.INIT_SCRIPT + tiny_linux.POWER_BUTTON_HANDLER).encode()).hexdigest()[:12]
     traversable_dir(GUEST_ROOT)
-    out = traversable_dir(GUEST_ROOT / f"tiny-linux-{version}")
+    out = traversable_dir(GUEST_ROOT / f"tiny-linux-{tiny_linux.VERSION}")
     return tiny_linux.build(out=out, cache=traversable_dir(GUEST_ROOT / "cache"))
 
 

@@ -1,8 +1,9 @@
 """The tiny-linux test guest: a Debian cloud kernel and a busybox initramfs.
 
 Tests and demos need a guest that boots in seconds under QEMU's TCG, says when it is up and
-answers the ACPI power button, without any network beyond Debian's archive. This module
-builds one from Debian packages alone:
+answers the ACPI power button, without any network beyond Debian's archive; and a newcomer who
+opens its console should find something that answers. This module builds one from Debian
+packages alone:
 
 - ``tiny-linux.kernel``: the vmlinuz of the kernel package ``linux-image-cloud-amd64``
   depends on (downloaded once into a cache directory);
@@ -10,18 +11,24 @@ builds one from Debian packages alone:
   static busybox, the ``button`` and ``evdev`` modules of that kernel and an ``/init`` that
   prints ``KUBEKVM-GUEST-UP <hostname>`` to the serial console once busybox ``acpid`` is
   ready, powers off after ``kubekvm.poweroff_after=N`` seconds when the kernel command line
-  asks for it, and powers off on the ACPI power button (``virsh shutdown``);
+  asks for it, and powers off on the ACPI power button (``virsh shutdown``); then it gives the
+  screen (``tty1``, what the browser console shows) and the serial port (``ttyS0``) a busybox
+  shell each, through ``getty`` (so the shell has its terminal, and Ctrl-C works), that says
+  what it is in one line (``BANNER``) and starts again when it exits;
 - ``tiny-linux.qcow2``: a small empty base disk, so the template's image exists and every
   machine gets a real linked-clone overlay like any other template.
 
 The agent boots a template directly from ``<stem>.kernel`` + ``<stem>.initrd`` when they sit
-next to its base image (see ``agent.images``). Usage: ``python -m kubekvm_demo.tiny_linux --out DIR``.
+next to its base image (see ``agent.images``). ``VERSION`` names the guest's scripts: a build
+into a folder holding an initrd of another version makes it again. Usage:
+``python -m kubekvm_demo.tiny_linux --out DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import logging
 import os
 import shutil
@@ -42,6 +49,16 @@ BUSYBOX = Path("/bin/busybox")
 # Both are plain modules without dependencies in Debian's cloud kernel: the ACPI button
 # driver turns the power button into an input event, evdev hands it to busybox acpid.
 GUEST_MODULES = ("kernel/drivers/acpi/button.ko", "kernel/drivers/input/evdev.ko")
+
+BANNER = "KubeKVM demo guest tiny-linux — a shell for trying the console; nothing is saved"
+# What getty starts on each console: the banner, then a shell (busybox ash).
+SHELL_SCRIPT = f"""#!/bin/busybox sh
+echo
+echo "{BANNER}"
+export HOME=/ PATH=/bin PS1='\\h:\\w# '
+cd /
+exec /bin/sh
+"""
 
 # The guest's PID 1. It must never exit: the kernel would panic and, with panic=-1 and
 # on_reboot=restart, the guest would reboot forever instead of staying up.
@@ -72,11 +89,21 @@ done
 echo "{MARKER} $host" >/dev/ttyS0
 echo "<2>{MARKER} $host" >/dev/kmsg
 if [ -n "$after" ]; then (sleep "$after"; poweroff -f) & fi
+# A shell on the screen and one on the serial port, each started again when it exits (the
+# pause keeps a getty that cannot open its terminal from spinning). getty makes each shell the
+# leader of a session of its own with its terminal, so Ctrl-C and job control work.
+for tty in tty1 ttyS0; do
+  (while true; do getty -L -n -i -l /bin/demo-shell 0 "$tty" linux; sleep 1; done) &
+done
 while true; do sleep 3600; done
 """
 
 # busybox acpid runs /etc/acpi/<ACTION>/<PARAMETER>; the power button maps to PWRF/00000080.
 POWER_BUTTON_HANDLER = "#!/bin/busybox sh\n/bin/busybox poweroff -f\n"
+
+# Names this guest's scripts: caches of built guests are keyed by it, and `build` makes the
+# initrd again where it finds one of another version.
+VERSION = hashlib.sha256((INIT_SCRIPT + POWER_BUTTON_HANDLER + SHELL_SCRIPT).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -102,11 +129,14 @@ def default_cache_dir() -> Path:
 
 
 def build(*, out: Path, cache: Path | None = None) -> GuestFiles:
-    """Builds whatever of the guest is missing in ``out``; existing files are kept."""
+    """Builds whatever of the guest is missing in ``out``, and its initrd again when that is of
+    another ``VERSION`` (as in /var/lib/kubekvm/images after an update); the rest is kept."""
     files = guest_files(out)
     out.mkdir(parents=True, exist_ok=True)
     cache = cache or default_cache_dir()
-    if not files.kernel.exists() or not files.initrd.exists():
+    stamp = out / f".{STEM}.initrd.version"
+    current = files.initrd.exists() and stamp.exists() and stamp.read_text().strip() == VERSION
+    if not files.kernel.exists() or not current:
         cache.mkdir(parents=True, exist_ok=True)
         deb = _kernel_deb(cache)
         with tempfile.TemporaryDirectory(dir=cache) as scratch:
@@ -115,10 +145,11 @@ def build(*, out: Path, cache: Path | None = None) -> GuestFiles:
             if not files.kernel.exists():
                 (vmlinuz,) = sorted((tree / "boot").glob("vmlinuz-*"))
                 _write_atomic(files.kernel, vmlinuz.read_bytes())
-            if not files.initrd.exists():
+            if not current:
                 (module_root,) = sorted((tree / "lib" / "modules").iterdir())
                 modules = [module_root / relative for relative in GUEST_MODULES]
                 _write_atomic(files.initrd, initramfs(busybox=BUSYBOX, modules=modules))
+                _write_atomic(stamp, f"{VERSION}\n".encode())
     if not files.base.exists():
         partial = files.base.with_name(f".{files.base.name}.partial")
         subprocess.run(
@@ -181,6 +212,7 @@ def initramfs(*, busybox: Path, modules: Sequence[Path]) -> bytes:
     archive.char_device("dev/console", major=5, minor=1)
     archive.file("bin/busybox", busybox.read_bytes(), mode=0o755)
     archive.file("init", INIT_SCRIPT.encode(), mode=0o755)
+    archive.file("bin/demo-shell", SHELL_SCRIPT.encode(), mode=0o755)
     archive.file("etc/acpi/PWRF/00000080", POWER_BUTTON_HANDLER.encode(), mode=0o755)
     for module in modules:
         archive.file(f"lib/modules/{module.name}", module.read_bytes(), mode=0o644)
@@ -239,8 +271,11 @@ def _tool(name: str) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(data)
+    # A partial file of this writer's own: two builds into one folder never mix their bytes.
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    with os.fdopen(handle, "wb") as file:
+        file.write(data)
+    os.chmod(partial, 0o644)
     os.replace(partial, path)
 
 

@@ -1,7 +1,9 @@
 """A console on a real guest, through two server replicas and the real agent.
 
 The tiny-linux guest runs under QEMU (domain type qemu); its VNC display listens on the host's
-loopback. The browser's side (this test, an RFB client over the console websocket) reaches
+loopback. Its console answers: a command typed through the console (as keystrokes, the way
+noVNC sends them) runs in the guest's shell on its screen, which writes the result to the serial
+port, whose log the test reads. The browser's side (this test, an RFB client over the console websocket) reaches
 replica A; the agent is connected to replica B only. The console request goes A → MongoDB →
 B's change stream → the agent's `consoleRequests` subscription; the agent dials A directly
 with its host token, and A pipes the two websockets together. The test does the RFB client
@@ -25,6 +27,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from kubekvm_demo.tiny_linux import BANNER
 from tests.e2e.conftest import (
     Agent,
     add_tiny_template,
@@ -36,8 +39,9 @@ from tests.e2e.conftest import (
     wait_until,
 )
 from tests.support.processes import Server
-from tests.support.rfb import first_frame
+from tests.support.rfb import first_frame, type_text
 from tests.support.sockets import tcp_sockets
+from tests.support.waiting import wait_until_async
 
 pytestmark = pytest.mark.qemu
 
@@ -75,6 +79,11 @@ def test_console_of_a_real_guest_through_two_replicas(start_kubekvm: Callable[..
     assert answer.status_code == 200, answer.text
     ticket = answer.json()["ticket"]
 
+    serial = agent.serial_log(vm)
+
+    def said(text: str) -> bool:
+        return serial.is_file() and text in serial.read_text(errors="replace")
+
     async def console() -> dict[str, Any]:
         started = time.monotonic()
         async with console_socket(browser_side, ticket, student) as socket:
@@ -82,6 +91,19 @@ def test_console_of_a_real_guest_through_two_replicas(start_kubekvm: Callable[..
             took = time.monotonic() - started
             sockets = {"agent": tcp_sockets(agent.process.pid),  # type: ignore[union-attr]
                        "qemu": tcp_sockets(qemu_pid(f"kubekvm-{vm}"))}
+            # The guest's shells say what they are once started (the serial port's shows in its log).
+            await wait_until_async(lambda: said(BANNER), timeout=120, what="the guest's shell banner")
+            # Typed on the screen's shell; only a shell that ran it prints 42 on the serial port.
+            # Typed again while unanswered: keys that arrive while getty is still setting up
+            # the screen's terminal are dropped by it.
+            for attempt in range(6):
+                await type_text(socket, "echo $((6*7)) answered >/dev/ttyS0\n")
+                try:
+                    await wait_until_async(lambda: said("42 answered"), timeout=10, what="the typed command's output")
+                    break
+                except AssertionError:
+                    if attempt == 5:
+                        raise
         return {"frame": frame, "seconds": took, "sockets": sockets}
 
     seen = asyncio.run(console())

@@ -8,7 +8,6 @@ which every scratch folder is made and which must be empty when the session ends
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import uuid
@@ -43,11 +42,8 @@ def build_tiny_linux() -> Path:
     from kubekvm_demo import tiny_linux
 
     # Keyed by the guest's scripts, so a changed /init never boots from a stale cache.
-    version = hashlib.sha256(
-        (tiny_linux.INIT_SCRIPT + tiny_linux.POWER_BUTTON_HANDLER).encode()
-    ).hexdigest()[:12]
     traversable_dir(QEMU_TEST_ROOT)
-    out = traversable_dir(QEMU_TEST_ROOT / f"tiny-linux-{version}")
+    out = traversable_dir(QEMU_TEST_ROOT / f"tiny-linux-{tiny_linux.VERSION}")
     tiny_linux.build(out=out, cache=QEMU_TEST_ROOT / "cache")
     return out
 

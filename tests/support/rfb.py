@@ -3,7 +3,8 @@
 `first_frame` does the client's half of the handshake (RFC 6143): protocol version, security
 type None, ClientInit (shared), SetEncodings (Raw only, so every pixel arrives as-is), one
 FramebufferUpdateRequest for the whole screen; then it reads the FramebufferUpdate and counts
-the distinct pixel values in it (one value: a blank screen).
+the distinct pixel values in it (one value: a blank screen). `type_text` then types into the
+guest as a person at a US keyboard would: KeyEvents, Shift held for the shifted characters.
 """
 
 from __future__ import annotations
@@ -84,3 +85,27 @@ async def first_frame(socket: ClientConnection) -> Frame:
             colours.update(pixels[i:i + bytes_per_pixel] for i in range(0, len(pixels), bytes_per_pixel))
     return Frame(version=version, width=width, height=height, name=name, rectangles=rectangles,
                  colours=len(colours))
+
+
+KEY_EVENT = 4
+SHIFT_L = 0xFFE1
+RETURN = 0xFF0D
+# What a US keyboard types with Shift held.
+SHIFTED = set('~!@#$%^&*()_+{}|:"<>?ABCDEFGHIJKLMNOPQRSTUVWXYZ')
+
+
+async def type_text(socket: ClientConnection, text: str) -> None:
+    """Presses and releases the keys of `text` (ASCII; a newline is Return)."""
+
+    async def key(keysym: int, down: bool) -> None:
+        await socket.send(struct.pack(">BBxxI", KEY_EVENT, int(down), keysym))
+
+    for char in text:
+        keysym = RETURN if char == "\n" else ord(char)
+        shifted = char in SHIFTED
+        if shifted:
+            await key(SHIFT_L, True)
+        await key(keysym, True)
+        await key(keysym, False)
+        if shifted:
+            await key(SHIFT_L, False)
