@@ -40,14 +40,8 @@ from kubekvm.access import Actor, ActorKind
 from kubekvm.app import create_app
 from kubekvm.authorized import Authorized
 from kubekvm.config import Settings
-from kubekvm.database import (
-    DatabaseTimeouts,
-    DatabaseUnavailable,
-    EmbeddedDatabase,
-    connect,
-    describe_uri,
-    running_embedded,
-)
+from kubekvm.database import DatabaseTimeouts, DatabaseUnavailable, connect, describe_uri
+from kubekvm.embedded import EmbeddedDatabase, running_embedded
 from kubekvm.errors import KubeKVMError
 from kubekvm.events import EventFeed
 from kubekvm.faults import DeniedHandshakeLog
