@@ -49,10 +49,21 @@ TIDY = '''
 import shutil
 import subprocess
 
+import pytest
+
 from tests.support.leftovers import session_root
 
 
-def test_cleans_up_after_itself():
+@pytest.fixture(scope="session")
+def daemon():
+    # Stopped when the session's fixtures are torn down, which is before the check.
+    process = subprocess.Popen(["sleep", "600"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_cleans_up_after_itself(daemon):
     process = subprocess.Popen(["sleep", "600"])
     folder = session_root() / "used"
     folder.mkdir()
