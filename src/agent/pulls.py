@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from agent import metrics
+
 log = logging.getLogger(__name__)
 
 _STORE_NAME = re.compile(r"sha256-([0-9a-f]{64})\.qcow2")
@@ -110,14 +112,18 @@ class Pulls:
         try:
             await asyncio.to_thread(self._download, pull)
             pull.finished = True
+            metrics.IMAGE_PULLS.labels(outcome="ok").inc()
             log.info("pulled image %s (%d bytes)", pull.image, pull.done)
         except PullFailed as error:
             pull.error, pull.failed_at = str(error), time.monotonic()
+            metrics.IMAGE_PULLS.labels(outcome="failed").inc()
             log.warning("pull of image %s failed: %s", pull.image, error)
         except Exception as error:  # a bug must not kill the agent: the machine reports it
             pull.error, pull.failed_at = f"pull failed: {error!r}", time.monotonic()
+            metrics.IMAGE_PULLS.labels(outcome="error").inc()
             log.exception("pull of image %s failed", pull.image)
         finally:
+            metrics.IMAGE_PULL_BYTES.inc(pull.fetched)
             self.on_done()
 
     def _download(self, pull: Pull) -> None:
