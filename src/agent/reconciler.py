@@ -45,12 +45,16 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import NamedTuple
 
+import structlog
+
+from agent import metrics
 from agent.accelerator import Accelerator
 from agent.assignment import Assignment
 from agent.backoff import backoff_delay
@@ -390,6 +394,9 @@ class Reconciler:
         if machine_id not in self._desired or (last is not None and replace(last, cpu_seconds=None) == report):
             return
         self._reported[machine_id] = report
+        if last is None or last.state != report.state:
+            log.info("%s is %s%s", self._desired[machine_id].vm_name, report.state,
+                     f": {report.message}" if report.message else "")
         try:
             await self._report_callback(report)
         except Exception:
@@ -401,18 +408,30 @@ class Reconciler:
         assignment = self._desired.get(machine_id)
         if assignment is None:
             return
-        async with self._lock(assignment.domain_name):
+        # Every line this pass logs names the machine, its lab and the request that last
+        # changed it (agent.logs): one grep follows a click on the server to the steps here.
+        with structlog.contextvars.bound_contextvars(
+                machine=assignment.vm_name, lab=assignment.deployment, request_id=assignment.request_id):
+            started = time.monotonic()
+            outcome = await self._reconcile_pass(machine_id, assignment.domain_name)
+            if outcome is not None:
+                metrics.RECONCILE_PASSES.labels(outcome=outcome).inc()
+                metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
+
+    async def _reconcile_pass(self, machine_id: str, domain: str) -> str | None:
+        """One pass; how it went (ok, error, unavailable), or None if there was nothing to do."""
+        async with self._lock(domain):
             # Re-read: the assignment may have changed while this pass waited for the lock.
             assignment = self._desired.get(machine_id)
             if assignment is None:
-                return
+                return None
             self._in_pass.add(machine_id)
             try:
                 outcome = await self._converge(assignment)
             except HypervisorUnavailable as error:
                 log.warning("machine %s (%s): %s", machine_id, assignment.domain_name, error)
                 await self._libvirt_unavailable(machine_id, str(error))
-                return
+                return "unavailable"
             except (HypervisorError, DiskError, OSError) as error:
                 log.warning("machine %s (%s): %s", machine_id, assignment.domain_name, error)
                 outcome = Outcome("error", str(error))
@@ -425,6 +444,7 @@ class Reconciler:
         elif note is not None and outcome.message is None:
             outcome = outcome._replace(message=note[1])
         await self._report(machine_id, outcome)
+        return "error" if outcome.state == "error" else "ok"
 
     async def _libvirt_unavailable(self, machine_id: str, reason: str) -> None:
         """Not a machine error: keep what was reported (nothing, after a new snapshot: the

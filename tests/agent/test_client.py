@@ -88,6 +88,7 @@ class AssignmentType:
     reset_generation: int
     power_generation: int
     template: AssignmentTemplate
+    request_id: str | None = None
 
 
 @strawberry.type
