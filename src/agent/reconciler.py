@@ -46,6 +46,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -289,7 +290,8 @@ class Reconciler:
         return self._locks.setdefault(name, asyncio.Lock())
 
     def _forget(self, machine_id: str) -> None:
-        self._reported.pop(machine_id, None)
+        if self._reported.pop(machine_id, None) is not None:
+            self._count_states()
         self._notes.pop(machine_id, None)
         self._unavailable.pop(machine_id, None)
         retry = self._retries.pop(machine_id, None)
@@ -395,6 +397,7 @@ class Reconciler:
             return
         self._reported[machine_id] = report
         if last is None or last.state != report.state:
+            self._count_states()
             log.info("%s is %s%s", self._desired[machine_id].vm_name, report.state,
                      f": {report.message}" if report.message else "")
         try:
@@ -403,6 +406,13 @@ class Reconciler:
             log.exception("reporting %s for machine %s failed", report.state, machine_id)
 
     # -- one machine --------------------------------------------------------------------
+
+    def _count_states(self) -> None:
+        """The domains by the state last reported (`kubekvm_agent_domains`)."""
+        counts = Counter(report.state for report in self._reported.values())
+        metrics.DOMAINS.clear()
+        for state, n in counts.items():
+            metrics.DOMAINS.labels(state=state).set(n)
 
     async def _reconcile_machine(self, machine_id: str) -> None:
         assignment = self._desired.get(machine_id)
