@@ -20,7 +20,7 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from kubekvm import identity, throttle
+from kubekvm import identity, metrics, throttle
 from kubekvm.access import Actor, ActorKind
 from kubekvm.config import Settings
 from kubekvm.directory import Directory
@@ -105,14 +105,18 @@ class IdentityOperations(Operations):
     @operation(EVERYONE)
     async def sign_in_external(self, person: ExternalIdentity, *, rules: RoleRules) -> User:
         attempt = Actor(kind=ActorKind.ANONYMOUS, name=person.username, address=self.actor.address)
+        # The metric's label is the kind of source, never its configured title (kubekvm.metrics).
+        method = "ldap" if person.key.startswith("ldap:") else "oidc"
         try:
             user = await self.accounts.external_account(person, rules=rules)
         except (Unauthenticated, ValidationFailed) as error:
+            metrics.SIGN_INS.labels(method=method, outcome="refused").inc()
             await audit.record(attempt, action="login", target=f"user:{person.username}", outcome=error.code,
                                message=f"via {person.source}: {error.message}")
             raise
         except KubeKVMError:
             raise
+        metrics.SIGN_INS.labels(method=method, outcome="ok").inc()
         await audit.record(Actor(kind=ActorKind.USER, name=user.name, role=user.role, address=self.actor.address),
                            action="login", target=f"user:{user.name}", message=f"via {person.source}")
         return user
