@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pymongo import MongoClient
-
 from tests.agent.test_with_the_server import TEMPLATE, AgentProcess, data, wait_phase
 from tests.support.processes import Server
 from tests.support.waiting import wait_until

@@ -90,6 +90,9 @@ def test_a_timetable_saved_is_shown_read_and_audited_and_usage_downloads(server:
         assert usage.status_code == 200 and usage.headers["content-type"].startswith("text/csv")
         rows = list(csv.reader(io.StringIO(usage.text)))
         assert rows[0][:3] == ["machine", "student", "state"] and [r[0] for r in rows[1:]] == [f"{lab}-1"]
+        # With the usage accounting's figures: the machine never ran, it has no student.
+        assert rows[0][7:] == ["hours running", "student hours outside slots", "student hours left"]
+        assert rows[1][7:] == ["0.00", "", ""]
         # Another teacher may not read it.
         server.user("tt-other", "teacher")
         other = server.session("tt-other")

@@ -126,12 +126,18 @@ class CoursePages:
         rows = await services.lab_usage(name)
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(["machine", "student", "state", "host", "created", "last change", "last report"])
+        writer.writerow(["machine", "student", "state", "host", "created", "last change", "last report",
+                         "hours running", "student hours outside slots", "student hours left"])
         for row in rows:
             writer.writerow([row.machine, _cell(row.student), row.state, row.host, row.created_at.isoformat(),
-                             row.last_change.isoformat(), row.last_report.isoformat() if row.last_report else ""])
+                             row.last_change.isoformat(), row.last_report.isoformat() if row.last_report else "",
+                             f"{row.running_hours:.2f}", _hours(row.outside_slot_hours), _hours(row.remaining_hours)])
         return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers={
             "Content-Disposition": f'attachment; filename="{name}-usage.csv"', "Cache-Control": "no-store"})
+
+
+def _hours(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 def _cell(value: str) -> str:

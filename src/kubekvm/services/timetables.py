@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from kubekvm import timetable
 from kubekvm.course_records import LabSchedule, ScheduleFire
 from kubekvm.errors import Conflict, ValidationFailed
-from kubekvm.models import Deployment, Machine, ObservedState, Phase, utcnow
+from kubekvm.models import Deployment, Machine, ObservedState, Phase, UsageInterval, utcnow
 from kubekvm.services.context import Noun
 from kubekvm.services.rules import ADMIN, LAB_MANAGED, LAB_SEEN, Operations, named, operation
 
@@ -45,6 +45,11 @@ class UsageRow:
     created_at: datetime
     last_change: datetime
     last_report: datetime | None
+    # From the usage accounting (`services.usage`): the machine's running time as its host
+    # observed it, and its student's hours outside scheduled slots and what remains of them.
+    running_hours: float
+    outside_slot_hours: float | None
+    remaining_hours: float | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,11 +117,25 @@ class Timetables(Noun):
         await self.ctx.note(lab, f"timetable saved: {said} ({rule.zone})")
         return await self.course(lab, now=now)
 
-    async def usage(self, lab: str) -> list[UsageRow]:
+    async def usage(self, lab: str, *, now: datetime | None = None) -> list[UsageRow]:
+        now = now or utcnow()
+        found = await self.core.labs.get_deployment(lab)
         machines = await Machine.find(Machine.deployment == lab, Machine.retired == False).sort("index").to_list()  # noqa: E712
-        return [UsageRow(machine=m.name, student=m.student or "", state=m.observed.value, host=m.host or "",
-                         created_at=m.created_at, last_change=m.updated_at, last_report=m.observed_at)
-                for m in machines]
+        ran: dict[str, float] = {}
+        async for row in UsageInterval.get_pymongo_collection().find({"deployment": lab}, {"machine": 1, "start": 1,
+                                                                                        "end": 1}):
+            ran[row["machine"]] = ran.get(row["machine"], 0.0) + (row["end"] - row["start"]).total_seconds()
+        balances = {b.student: b.balance for b in await self.core.usage.balances(found, now=now)}
+        rows = []
+        for m in machines:
+            running = ran.get(m.name, 0.0) + ((now - m.running_since).total_seconds() if m.running_since else 0.0)
+            balance = balances.get(m.student) if m.student else None
+            rows.append(UsageRow(
+                machine=m.name, student=m.student or "", state=m.observed.value, host=m.host or "",
+                created_at=m.created_at, last_change=m.updated_at, last_report=m.observed_at,
+                running_hours=running / 3600.0, outside_slot_hours=balance.used_hours if balance else None,
+                remaining_hours=balance.remaining_hours if balance else None))
+        return rows
 
     async def unused(self, *, now: datetime | None = None) -> list[UnusedLab]:
         """Labs none of whose machines runs and that nobody (nor the timetable) changed, started
