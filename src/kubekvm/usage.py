@@ -123,9 +123,10 @@ def describe_stop(reason: StopReason, *, policy: IdlePolicy | None = None) -> st
 
 
 def _minutes(seconds: float) -> str:
-    minutes = seconds / 60.0
-    shown = f"{minutes:g}" if minutes >= 1 else f"{minutes:.2g}"
-    return f"{shown} minute{'s' if minutes != 1 else ''}"
+    if seconds < 60:
+        return f"{seconds:.0f} second{'s' if round(seconds) != 1 else ''}"
+    minutes = round(seconds / 60.0, 1)
+    return f"{minutes:g} minute{'s' if minutes != 1 else ''}"
 
 
 def _hours(hours: float) -> str:

@@ -144,3 +144,12 @@ async def test_two_replicas_check_but_one_acts(services: Services) -> None:
     first, second = [await check.run_once() for check in checks]
     assert first == [(ana.name, StopReason.MAX_RUNTIME)] and second is None
     assert await AuditEntry.find(AuditEntry.action == "autoStopMachine").count() == 1
+
+
+async def test_a_machine_removed_while_running_keeps_its_students_time(services: Services) -> None:
+    _, ben = await a_lab(services)
+    start = utcnow() - timedelta(minutes=30)
+    await services.usage.observe(ben, state=RUNNING, cpu_seconds=None, now=start)
+    await services.convergence.forget_machine(await fresh(ben.name))
+    [interval] = await UsageInterval.find(UsageInterval.machine == ben.name).to_list()
+    assert (interval.student, interval.start) == ("ben", start) and interval.end > start

@@ -130,6 +130,8 @@ def test_the_reason_a_student_reads() -> None:
     assert "idle for 20 minutes" in usage.describe_stop(StopReason.IDLE, policy=policy)
     assert "(240 minutes)" in usage.describe_stop(StopReason.MAX_RUNTIME, policy=policy)
     assert "grant more" in usage.describe_stop(StopReason.QUOTA)
+    assert "idle for 15 seconds" in usage.describe_stop(StopReason.IDLE, policy=idle.IdlePolicy(idle_seconds=15))
+    assert "idle for 1.5 minutes" in usage.describe_stop(StopReason.IDLE, policy=idle.IdlePolicy(idle_seconds=90))
 
 
 @pytest.mark.parametrize("value", [0, -1, float("nan"), float("inf"), 10**9, True])

@@ -4,7 +4,7 @@ thresholds of seconds (a usage check every second, a CPU sample every second).
 One lab of two tiny-linux guests, booted once. Ana has a quota of 0.003 h (about 11 s) outside
 scheduled slots (the lab has no timetable, so all of it counts) and is stopped when it is spent,
 then refused a start until her teacher grants more. Ben was granted hours, so his guest — which
-idles once booted, as the tiny-linux demo guest does — is stopped by the idle rule (30 s under
+idles once booted, as the tiny-linux demo guest does — is stopped by the idle rule (15 s under
 25 % CPU, no console open). Both stops are the agent's ordinary stop (ACPI, then forced), both
 are in the lab's events and the audit log, and Ana's running time is the interval the host
 observed, not the time between requests.
@@ -51,7 +51,7 @@ def test_quota_and_idle_shutdown_on_real_guests(start_kubekvm: Callable[..., Ser
     gql(server, 'mutation($n: String!) { createDeployment(input: {name: $n, template: "tiny-linux", replicas: 2}) '
                 "{ name } }", n=lab)
     gql(server, 'mutation($n: String!) { setRoster(name: $n, students: ["ana", "ben"]) { unbound } }', n=lab)
-    gql(server, "mutation($n: String!) { setUsagePolicy(name: $n, input: {quotaHours: 0.003, idleMinutes: 0.5, "
+    gql(server, "mutation($n: String!) { setUsagePolicy(name: $n, input: {quotaHours: 0.003, idleMinutes: 0.25, "
                 "idleCpuPercent: 25}) { quotaHours } }", n=lab)
     gql(server, 'mutation($n: String!) { grantUsageHours(name: $n, student: "ben", hours: 10) { remainingHours } }',
         n=lab)
@@ -83,7 +83,7 @@ def test_quota_and_idle_shutdown_on_real_guests(start_kubekvm: Callable[..., Ser
 
     events = [e["message"] for e in gql(server, "query($n: String!) { deployment(name: $n) { events(limit: 100) "
                                                 "{ message } } }", n=lab)["deployment"]["events"]]
-    assert any("stopped: Stopped because it was idle for 0.5 minutes" in e for e in events), events
+    assert any("stopped: Stopped because it was idle for 15 seconds" in e for e in events), events
     assert any("hours outside the lab's scheduled times are spent" in e for e in events), events
     audit = gql(server, '{ auditLog(action: "autoStopMachine") { items { actor actorKind target } } }')
     assert sorted((e["actor"], e["actorKind"], e["target"]) for e in audit["auditLog"]["items"]) == [

@@ -57,6 +57,8 @@ def test_limits_students_hours_and_a_grant(server: Server, teacher: httpx.Client
     usage = data(teacher.post("/graphql", json={"query": f'{{ labUsage(name: "{lab}") '
                                                          '{ student grantedHours budgetHours } }'}).json())
     assert usage["labUsage"] == [{"student": "upstu", "grantedHours": 1.5, "budgetHours": 0.0}]
+    sheet = teacher.get(f"/labs/{lab}/usage.csv").text.splitlines()
+    assert sheet[0].endswith("student hours outside slots,student hours left") and sheet[1].endswith(",0.00,1.50")
     bad = teacher.post(f"/labs/{lab}/usage/nobody/grant", data={"hours": "1"})
     assert bad.status_code == 303 and teacher.get(f"/labs/{lab}").text.count("is not a student of lab") == 1
 

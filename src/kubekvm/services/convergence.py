@@ -175,6 +175,9 @@ class Convergence(Noun):
         )
         if result is None:
             return  # another replica is forgetting it
+        if machine.running_since is not None:
+            # Removed while its host last said it ran: that running time is its student's.
+            await self.core.usage.close_span(machine, end=utcnow())
         machine.retired = True
         self.ctx.published(machine)
         if machine.host:
