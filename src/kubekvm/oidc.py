@@ -64,7 +64,7 @@ class OpenIdSignIn:
         client: StarletteOAuth2App = self.oauth.create_client(name)
         return client
 
-    async def _metadata(self, name: str) -> dict[str, Any]:
+    async def discover(self, name: str) -> dict[str, Any]:
         """The provider's discovery document (fetched once), its issuer checked."""
         provider = self.provider(name)
         try:
@@ -79,7 +79,7 @@ class OpenIdSignIn:
 
     async def start(self, request: Request, name: str, *, redirect_uri: str) -> Response:
         """The redirect to the provider's authorization endpoint."""
-        await self._metadata(name)
+        await self.discover(name)
         try:
             response: Response = await self._client(name).authorize_redirect(request, redirect_uri)
         except httpx.HTTPError:
@@ -90,7 +90,7 @@ class OpenIdSignIn:
         """The person the provider vouches for on this callback; Unauthenticated with the reason
         when anything about the answer is wrong."""
         provider = self.provider(name)
-        metadata = await self._metadata(name)
+        metadata = await self.discover(name)
         client = self._client(name)
         options = {"iss": {"essential": True, "value": metadata["issuer"]},
                    "aud": {"essential": True, "value": provider.client_id},
@@ -132,7 +132,7 @@ class OpenIdSignIn:
     async def end_session_url(self, name: str, *, post_logout: str) -> str | None:
         """Where to end one's session at the provider too (RP-initiated logout), if it has that."""
         try:
-            metadata = await self._metadata(name)
+            metadata = await self.discover(name)
         except (NotFound, Unavailable):
             return None
         endpoint = metadata.get("end_session_endpoint")

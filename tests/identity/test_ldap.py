@@ -180,3 +180,45 @@ def test_a_group_that_is_not_there_is_refused_and_the_roster_kept(server: Server
     assert body["errors"][0]["extensions"]["code"] == code, body  # type: ignore[index]
     lab = server.graphql('{ deployment(name: "kept") { roster rosterGroup } }')
     assert lab["data"]["deployment"] == {"roster": ["stu-kept"], "rosterGroup": None}  # type: ignore[index]
+
+
+def test_the_lab_page_fills_the_roster_from_a_group(server: Server) -> None:
+    server.graphql('mutation { createTemplate(input: {name: "dir-tpl", image: "nowhere.qcow2", memoryMib: 128, '
+                   "diskGib: 1}) { name } }")
+    server.graphql('mutation { createDeployment(input: {name: "by-page", template: "dir-tpl", replicas: 1}) '
+                   "{ name } }")
+    server.user("page-admin", "admin")  # a local admin: local passwords still sign in beside the directory
+    client = server.session("page-admin")
+    try:
+        page = client.get("/labs/by-page").text
+        assert 'id="roster-group-form"' in page and "Fill from the group" in page
+        answer = client.post("/labs/by-page/roster/group", data={"group": "students"})
+        assert answer.status_code == 303, answer.text[:500]
+        assert answer.headers["location"] == "/labs/by-page#roster"
+        page = client.get("/labs/by-page").text
+        assert "Refresh from the group" in page and 'value="students"' in page
+    finally:
+        client.close()
+    lab = server.graphql('{ deployment(name: "by-page") { roster rosterGroup } }')
+    # students: sam, sara (local here: taken as she is a student account), dora.
+    assert lab["data"]["deployment"] == {"roster": ["dora", "sam", "sara"], "rosterGroup": "students"}  # type: ignore[index]
+    audit = server.graphql('{ auditLog(action: "fillRosterFromGroup", target: "lab:by-page") { items { actor outcome } } }')
+    assert audit["data"]["auditLog"]["items"] == [{"actor": "page-admin", "outcome": "ok"}]  # type: ignore[index]
+
+
+def _directory(slapd: Slapd, url: str, **tls: Any) -> Directory:
+    return Directory(LdapDirectory(url=url, bind_dn=f"cn=kubekvm,ou=services,{SUFFIX}",
+                                   bind_password="service-secret", user_base=f"ou=people,{SUFFIX}",
+                                   group_base=f"ou=groups,{SUFFIX}", timeout_seconds=10, **tls))
+
+
+@pytest.mark.parametrize("how", ["StartTLS", "ldaps"])
+def test_the_directory_is_reached_over_tls_checked_against_the_ca_given(slapd: Slapd, how: str) -> None:
+    url = slapd.url if how == "StartTLS" else slapd.ldaps_url
+    trusted = _directory(slapd, url, start_tls=how == "StartTLS", ca_file=slapd.ca_file)
+    person = asyncio.run(trusted.authenticate("sam", PASSWORDS["sam"]))
+    assert person is not None and person.username == "sam"
+    # The system's CAs do not know the test CA: the certificate is refused, nothing is sent in clear.
+    untrusted = _directory(slapd, url, start_tls=how == "StartTLS")
+    with pytest.raises(Unavailable):
+        asyncio.run(untrusted.authenticate("sam", PASSWORDS["sam"]))

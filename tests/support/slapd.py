@@ -34,6 +34,9 @@ dn: cn=config
 objectClass: olcGlobal
 cn: config
 olcPidFile: {root}/slapd.pid
+olcTLSCACertificateFile: {root}/ca.pem
+olcTLSCertificateFile: {root}/server.pem
+olcTLSCertificateKeyFile: {root}/server.key
 
 dn: cn=module{{0}},cn=config
 objectClass: olcModuleList
@@ -99,11 +102,50 @@ def _data() -> str:
             + _group("redes-2026", ["sam", "sara", "tina", "ursula"]) + _group("empty-course", []))
 
 
+def _certificates(root: Path) -> None:
+    """A test CA (ca.pem) and the server's certificate for 127.0.0.1 signed by it, so StartTLS
+    and ldaps can be checked against a CA the client is given (and fail against any other)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "KubeKVM test directory CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+
+    server = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+              .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+              .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                             critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    (root / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (root / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    (root / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                        serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+
+
 @dataclass
 class Slapd:
-    url: str
+    url: str  # ldap:// (StartTLS offered)
+    ldaps_url: str
     root: Path
     process: subprocess.Popen[bytes]
+
+    @property
+    def ca_file(self) -> Path:
+        return self.root / "ca.pem"
 
     def settings(self, **overrides: str) -> dict[str, str]:
         """The KUBEKVM_LDAP_* environment of a server using this directory."""
@@ -125,6 +167,7 @@ def start_slapd(*, timeout: float = 30.0) -> Slapd:
     try:
         (root / "config").mkdir()
         (root / "data").mkdir()
+        _certificates(root)
         (root / "config.ldif").write_text(_CONFIG.format(root=root, suffix=SUFFIX, service=SERVICE_DN))
         (root / "data.ldif").write_text(_data())
         for args in (["-n0", "-l", str(root / "config.ldif")], ["-n1", "-l", str(root / "data.ldif")]):
@@ -132,16 +175,15 @@ def start_slapd(*, timeout: float = 30.0) -> Slapd:
                                   capture_output=True, text=True, timeout=60)
             if done.returncode != 0:
                 raise RuntimeError(f"slapadd {args[0]} failed: {done.stderr}")
-        port = free_port()
-        url = f"ldap://127.0.0.1:{port}"
+        url, ldaps_url = f"ldap://127.0.0.1:{free_port()}", f"ldaps://127.0.0.1:{free_port()}"
         log = (root / "slapd.log").open("wb")
         # -d 0: stay in the foreground (a child of this test, stopped by it), logging nothing.
-        process = subprocess.Popen(["/usr/sbin/slapd", "-d", "0", "-h", url, "-F", str(root / "config")],
+        process = subprocess.Popen(["/usr/sbin/slapd", "-d", "0", "-h", f"{url} {ldaps_url}", "-F", str(root / "config")],
                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
-    slapd = Slapd(url=url, root=root, process=process)
+    slapd = Slapd(url=url, ldaps_url=ldaps_url, root=root, process=process)
     try:
         _wait_until_bindable(slapd, timeout=timeout)
     except BaseException:
