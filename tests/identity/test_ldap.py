@@ -77,10 +77,16 @@ def test_a_directory_user_signs_in_with_the_role_their_groups_give(server: Serve
     try:
         assert answer.status_code == 303, answer.text[:500]
         assert _me(client) == {"kind": "user", "name": name, "role": role}
+        # Their password is the directory's: the account page says so instead of a form to change it.
+        page = client.get("/account").text
+        assert 'id="password-elsewhere"' in page and 'action="/account/password"' not in page
     finally:
         client.close()
     account = _accounts(server)[name]
     assert (account["role"], account["signsInWith"], account["hasPassword"]) == (role, "ldap", False)
+    users = httpx.get(f"{server.url}/users", headers=server.admin_headers, timeout=30).text
+    row = users[users.index(f'id="user-{name}"'):].split("</tr>", 1)[0]
+    assert "directory (LDAP)" in row and f'action="/users/{name}/link"' not in row
 
 
 def test_a_wrong_or_empty_password_and_an_unknown_name_are_refused_alike(server: Server) -> None:

@@ -154,6 +154,7 @@ class AccountPages:
             new_token = (None, carried["token"])
         return self.renderer.page(request, "accounts/account.html", {
             "section": "account", "tokens": await services.list_tokens(), "new_token": new_token,
+            "account": await services.me(),
             "state": state or FormState(values={"label": ""}), "pw": pw or FormState(),
         }, status=status)
 
