@@ -87,7 +87,8 @@ class LabSchedule(Stored):
 
 class ScheduleFire(Stored):
     """One event of a lab's timetable (or its course end) as the scheduler handled it:
-    `outcome` fired, missed (found later than its grace: recorded, not fired) or failed."""
+    `outcome` fired, missed (found later than its grace: recorded, not fired), failed, or
+    claimed (the replica that claimed it stopped before firing it)."""
 
     id: str  # type: ignore[assignment]  # "<lab>|<event id>": the claim (see the module's docstring)
     lab: str

@@ -9,7 +9,9 @@ not handled yet:
 
 - it claims the event by inserting its record (`course_records.ScheduleFire`, keyed by lab and
   event id): a second claim — another replica that also believed it held the lease around a
-  handover, or this one again — is refused by the unique key, so an event fires at most once;
+  handover, or this one again — is refused by the unique key, so an event fires at most once
+  (a replica killed between the claim and the fire leaves the record `claimed`, not `fired`:
+  that one event is lost, visibly, rather than risk firing it twice);
 - an event found within `KUBEKVM_SCHEDULE_GRACE` of its time is fired through the labs' own
   start and stop (the stop is the usual one: ACPI shutdown, forced after the agent's grace);
   one found later (the server was down) is recorded as missed, not fired late. A replica that
@@ -129,7 +131,7 @@ class Scheduler:
         late = now - event.at
         missed = not event.late_ok and late > timedelta(seconds=self.services.settings.schedule_grace_seconds)
         claim = ScheduleFire(id=key, lab=event.lab, kind=event.kind, due=event.at,
-                             outcome="missed" if missed else "fired", replica=self.lease.holder, at=now)
+                             outcome="missed" if missed else "claimed", replica=self.lease.holder, at=now)
         try:
             await claim.insert()
         except DuplicateKeyError:
@@ -160,6 +162,7 @@ class Scheduler:
                 "stop": f"timetable: machines stopped at the end of {event.said}",
                 "end": f"course over: machines stopped ({event.said})",
                 "delete": f"course over: lab deleted with its machines and disks ({event.said})"}[event.kind]
+        await ScheduleFire.get_pymongo_collection().update_one({"_id": key}, {"$set": {"outcome": "fired"}})
         if event.kind != "delete":  # a deleted lab's events go with it
             await self._tell(event.lab, said)
         await record(self.actor, action=action, target=target, message=said)

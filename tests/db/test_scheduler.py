@@ -89,6 +89,8 @@ async def test_warm_start_before_the_slot_and_stop_at_its_end(world: World) -> N
     turn = await scheduler.run_once()
     assert turn is not None and turn.fired == ["warm|start:2026-03-30T06:50:00Z"]
     assert await power("warm") == Power.RUNNING
+    record = await ScheduleFire.get(turn.fired[0])
+    assert record is not None and record.outcome == "fired" and record.due == datetime(2026, 3, 30, 6, 50, tzinfo=UTC)
     assert (await scheduler.run_once()) == type(turn)()  # fired once, never again
     world.clock.now = MONDAY + timedelta(hours=9, seconds=5)  # 11:00:05
     turn = await scheduler.run_once()

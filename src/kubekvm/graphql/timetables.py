@@ -46,7 +46,8 @@ class ScheduledEvent:
     event: str = strawberry.field(description="e.g. start:2026-03-30T06:50:00Z, end:2026-06-30.")
     kind: str = strawberry.field(description="start, stop, end (the course is over), delete.")
     due: datetime
-    outcome: str = strawberry.field(description="fired; missed (found later than the grace: not fired); failed.")
+    outcome: str = strawberry.field(description=(
+        "fired; missed (found later than the grace: not fired); failed; claimed (its replica stopped before firing)."))
     message: str
 
 
