@@ -82,6 +82,8 @@ class ServerClient:
         heartbeat_interval: float = 10.0,
         backoff_cap: float = 10.0,
         consoles: Callable[[ConsoleRequest], None] | None = None,
+        pulls: Callable[[], list[dict[str, Any]]] | None = None,
+        drop_images: Callable[[list[str]], object] | None = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one server URL is needed")
@@ -94,6 +96,10 @@ class ServerClient:
         self.heartbeat_interval = heartbeat_interval
         self.backoff_cap = backoff_cap
         self.consoles = consoles
+        # Store images: the pulls in progress go out with each heartbeat, and the answer names
+        # the host's images the store has garbage-collected, which `drop_images` deletes.
+        self.pulls = pulls
+        self.drop_images = drop_images
         self.connected = asyncio.Event()
         self._cursor: str | None = None
 
@@ -191,8 +197,11 @@ class ServerClient:
     async def _heartbeats(self, session: Any) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            await _execute(session, documents.HEARTBEAT,
-                           documents.heartbeat(name=self.host.name, images=self.images()))
+            answer = await _execute(session, documents.HEARTBEAT, documents.heartbeat(
+                name=self.host.name, images=self.images(), pulls=self.pulls() if self.pulls else None))
+            dropped = ((answer or {}).get("heartbeat") or {}).get("dropImages") or []
+            if dropped and self.drop_images is not None:
+                self.drop_images([str(name) for name in dropped])
 
     async def _drain(self, session: Any) -> None:
         while True:

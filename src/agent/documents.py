@@ -23,8 +23,8 @@ mutation RegisterHost($name: String!, $vcpus: Int!, $memoryMib: Int!, $images: [
 }
 """
 HEARTBEAT: Final = """
-mutation Heartbeat($name: String!, $images: [String!]) {
-  heartbeat(input: {name: $name, images: $images}) { name }
+mutation Heartbeat($name: String!, $images: [String!], $pulls: [ImagePullInput!]) {
+  heartbeat(input: {name: $name, images: $images, pulls: $pulls}) { name dropImages }
 }
 """
 REPORT_MACHINE_STATE: Final = """
@@ -80,9 +80,12 @@ def register_host(
             "domainType": domain_type, "agentVersion": agent_version}
 
 
-def heartbeat(*, name: str, images: list[str] | None) -> dict[str, Any]:
-    """``images=None`` leaves the host's image list as the server has it."""
-    return {"name": name, "images": images}
+def heartbeat(*, name: str, images: list[str] | None,
+              pulls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``images=None`` leaves the host's image list as the server has it; ``pulls`` (each
+    ``{"image", "doneBytes", "totalBytes", "error"}``): the store images being pulled, None
+    leaves the server's list as it is."""
+    return {"name": name, "images": images, "pulls": pulls}
 
 
 def report_machine_state(

@@ -88,6 +88,9 @@ async def run_host(config: AgentConfig, *, stop: asyncio.Event | None = None) ->
             token_source=config.current_token,
             heartbeat_interval=config.heartbeat_interval,
             consoles=tunnels.open,
+            pulls=pulls.report,
+            drop_images=lambda names: pulls.drop(
+                names, in_use={a.template.image for a in reconciler.desired.values()}),
         )
         await reconciler.start()
         health = (await serve_health(address=config.health_address, port=config.health_port,

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from agent import metrics
@@ -102,6 +103,27 @@ class Pulls:
 
     def in_progress(self) -> list[Pull]:
         return [p for p in self.pulls.values() if p.error is None and not p.finished]
+
+    def report(self) -> list[dict[str, Any]]:
+        """The pulls under way or failed, as the heartbeat carries them (`documents.heartbeat`)."""
+        return [{"image": p.image, "doneBytes": p.done, "totalBytes": p.total, "error": p.error or ""}
+                for p in self.pulls.values() if not p.finished][:50]
+
+    def drop(self, images: list[str], *, in_use: set[str]) -> list[str]:
+        """Deletes the store images the server garbage-collected, unless a machine here still
+        needs one (then the server will not have collected it: this is a second lock)."""
+        dropped = []
+        for image in images:
+            if digest_of(image) is None or image in in_use:
+                continue
+            path = self.directory / image
+            if path.is_file():
+                path.unlink()
+                dropped.append(image)
+                log.info("deleted image %s: the store retired it", image)
+            self._partial(image).unlink(missing_ok=True)
+            self.pulls.pop(image, None)
+        return dropped
 
     async def close(self) -> None:
         for pull in self.pulls.values():

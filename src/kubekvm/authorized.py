@@ -23,6 +23,7 @@ from kubekvm.services.machines import MachineOperations
 from kubekvm.services.overview import OverviewOperations
 from kubekvm.services.rosters import RosterOperations
 from kubekvm.services.server import ServerOperations
+from kubekvm.services.template_versions import TemplateVersionOperations
 from kubekvm.services.templates import TemplateOperations
 from kubekvm.services.timetables import TimetableOperations
 from kubekvm.services.tokens import TokenOperations
@@ -35,7 +36,7 @@ __all__ = ["SESSION_RECHECK_SECONDS", "Authorized"]
 class Authorized(TemplateOperations, LabOperations, RosterOperations, MachineOperations, HostOperations,
                  ConsoleOperations, ConsoleRequestOperations, ChangeOperations, UserOperations, TokenOperations,
                  AuditOperations, ServerOperations, ImageOperations, TimetableOperations,
-                 IdentityOperations, UsageOperations, OverviewOperations):
+                 IdentityOperations, UsageOperations, OverviewOperations, TemplateVersionOperations):
     """The service layer as one actor may use it."""
 
     @property

@@ -24,6 +24,9 @@ class Image(Stored):
     source_format: str
     imported_by: str
     imported_at: datetime = Field(default_factory=utcnow)
+    # Retired with the last template version using it: its file is gone from the store, and
+    # hosts drop their copies (`Host.drop_images`); kept so they learn it.
+    retired: bool = False
 
     class Settings:
         name = "images"

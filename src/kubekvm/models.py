@@ -191,6 +191,17 @@ class Stored(Document):
     _find_one_query_class = TolerantFindOne
 
 
+class TemplateVersion(BaseModel):
+    """One published version of a template: an image of the store (`image_models.Image`)."""
+
+    number: int
+    digest: str
+    note: str = ""
+    author: str
+    created_at: datetime = Field(default_factory=utcnow)
+    retired: bool = False
+
+
 class Template(Stored):
     name: Indexed(str, unique=True)  # type: ignore[valid-type]
     title: str
@@ -202,6 +213,9 @@ class Template(Stored):
     disk_gib: int
     # Empty: every teacher may use the template; else only these teachers (and admins).
     teachers: list[str] = Field(default_factory=list)
+    # Numbered versions, oldest first (`services.template_versions`); `image` is the newest
+    # kept one's file. None: a template of a file copied to the hosts by hand.
+    versions: list[TemplateVersion] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -219,6 +233,8 @@ class MachineSpec(BaseModel):
     vcpus: int
     memory_mib: int
     disk_gib: int
+    # The template version the machine's disk is based on (None: an unversioned template).
+    version: int | None = None
 
 
 class UsagePolicy(BaseModel):
@@ -236,6 +252,8 @@ class Deployment(Stored):
     name: Indexed(str, unique=True)  # type: ignore[valid-type]
     title: str
     template: Indexed(str)  # type: ignore[valid-type]
+    # The template version new and reset machines get (pinned at creation; the teacher moves it).
+    template_version: int | None = None
     replicas: int
     power: Power = Power.RUNNING
     phase: Phase = Phase.PENDING
@@ -327,6 +345,15 @@ class Machine(Stored):
         ]
 
 
+class ImagePull(BaseModel):
+    """A store image a host's agent is pulling (or failed to), as its last heartbeat said."""
+
+    image: str
+    done: int = 0
+    total: int | None = None
+    error: str = ""
+
+
 class Host(Stored):
     """A hypervisor with an agent. `allocated_*` are reserved atomically at placement."""
 
@@ -339,6 +366,7 @@ class Host(Stored):
     allocated_vcpus: int = 0
     allocated_memory_mib: int = 0
     orphans: list[str] = Field(default_factory=list)
+    pulls: list[ImagePull] = Field(default_factory=list)
     registered_at: datetime = Field(default_factory=utcnow)
     last_heartbeat: datetime = Field(default_factory=utcnow)
 

@@ -61,6 +61,7 @@ class AssignmentBatchKind(enum.Enum):
 class Host:
     name: str
     ready: bool
+    drop_images: list[str] = strawberry.field(default_factory=list)
 
 
 @strawberry.type
@@ -110,9 +111,18 @@ class RegisterHostInput:
 
 
 @strawberry.input
+class ImagePullInput:
+    image: str
+    done_bytes: float = 0
+    total_bytes: float | None = None
+    error: str = ""
+
+
+@strawberry.input
 class HeartbeatInput:
     name: str
     images: list[str] | None = None
+    pulls: list[ImagePullInput] | None = None
 
 
 @strawberry.input

@@ -39,7 +39,8 @@ EXAMPLES: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
         name="kvm-01", vcpus=16, memory_mib=65536, images=["tiny-linux.qcow2"],
         domain_type="kvm", agent_version="1.0")),
     "Heartbeat": (documents.HEARTBEAT, lambda: documents.heartbeat(
-        name="kvm-01", images=["tiny-linux.qcow2"])),
+        name="kvm-01", images=["tiny-linux.qcow2"],
+        pulls=[{"image": "sha256-" + "0" * 64 + ".qcow2", "doneBytes": 1.0, "totalBytes": 2.0, "error": ""}])),
     "ReportMachineState": (documents.REPORT_MACHINE_STATE, lambda: documents.report_machine_state(
         machine_id="m1", host="kvm-01", state="running", message=None, power_generation=3,
         cpu_seconds=12.5)),

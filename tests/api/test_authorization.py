@@ -28,6 +28,7 @@ from pymongo import MongoClient
 from kubekvm.authorized import Authorized
 from kubekvm.graphql.schema import schema
 from kubekvm.services.rules import Operations, declared
+from tests.images import hostile
 from tests.support.graphql import websocket_session
 from tests.support.processes import Server
 
@@ -63,6 +64,7 @@ class Context:
     tokens: dict[str, str | None]
     machine_ids: dict[str, str] = field(default_factory=dict)
     counter: int = 0
+    image_digest: str = ""
 
     def admin(self, query: str, **variables: Any) -> dict[str, Any]:
         body = self.server.graphql(query, variables)
@@ -103,6 +105,16 @@ def _template(ctx: Context, prefix: str) -> str:
     name = ctx.fresh(prefix)
     ctx.admin("mutation($i: TemplateInput!) { createTemplate(input: $i) { name } }",
               i={"name": name, "image": "nowhere.qcow2", "memoryMib": 128, "diskGib": 1})
+    return name
+
+
+def _versioned_template(ctx: Context) -> str:
+    """A template with two versions, the first used by nothing (retiring it garbage-collects
+    nothing: the image is the matrix's shared one, still used by v2)."""
+    name = _template(ctx, "versioned-tpl")
+    for _ in range(2):
+        ctx.admin("mutation($n: String!, $d: String!) { publishTemplateVersion(name: $n, digest: $d) { name } }",
+                  n=name, d=ctx.image_digest)
     return name
 
 
@@ -150,6 +162,12 @@ MATRIX: dict[str, Entry] = {
     "updateTemplate": Entry('mutation { updateTemplate(name: "mx-tpl", input: {title: "MX"}) { name } }', ADMIN_ONLY),
     "deleteTemplate": Entry("mutation($n: String!) { deleteTemplate(name: $n) { name } }", ADMIN_ONLY,
                             lambda ctx, who: {"n": _template(ctx, "gone-tpl")}),
+    "publishTemplateVersion": Entry("mutation($d: String!) { publishTemplateVersion(name: \"mx-tpl\", digest: $d) "
+                                    "{ name } }", ADMIN_ONLY, lambda ctx, who: {"d": ctx.image_digest}),
+    "retireTemplateVersion": Entry("mutation($n: String!) { retireTemplateVersion(name: $n, version: 1) { name } }",
+                                   ADMIN_ONLY, lambda ctx, who: {"n": _versioned_template(ctx)}),
+    "moveDeploymentToVersion": Entry(f'mutation {{ moveDeploymentToVersion(name: "{LAB}", version: 1) {{ name }} }}',
+                                     OWNED_LAB),
     "createDeployment": Entry(
         "mutation($i: DeploymentInput!) { createDeployment(input: $i) { name } }", outcomes(other=OK, owner=OK),
         lambda ctx, who: {"i": {"name": ctx.fresh("new-lab"), "template": "mx-tpl", "replicas": 1}}),
@@ -224,8 +242,9 @@ def dump(server: Server) -> dict[str, list[dict[str, Any]]]:
 
 
 @pytest.fixture(scope="module")
-def ctx(start_kubekvm: Callable[..., Server]) -> Context:
-    server = start_kubekvm()
+def ctx(start_kubekvm: Callable[..., Server], tmp_path_factory: pytest.TempPathFactory) -> Context:
+    store = tmp_path_factory.mktemp("matrix-images")
+    server = start_kubekvm(env={"KUBEKVM_IMAGE_STORE": str(store)})
     tokens: dict[str, str | None] = {
         "anonymous": None,
         "student": server.token_for("stu", "student"),
@@ -241,6 +260,14 @@ def ctx(start_kubekvm: Callable[..., Server]) -> Context:
                   i={"name": "mx-tpl", "image": "mx.qcow2", "memoryMib": 128, "diskGib": 1})
     context.as_("owner", "mutation($i: DeploymentInput!) { createDeployment(input: $i) { name } }",
                 i={"name": LAB, "template": "mx-tpl", "replicas": 2})
+    # An image of the store, and mx-tpl's first version made of it (the lab can move onto v1).
+    image = hostile.qcow2(store.parent / "matrix.qcow2")
+    imported = httpx.post(f"{server.url}/images", content=image.read_bytes(), timeout=60,
+                          headers={**server.admin_headers, "X-Image-Name": image.name})
+    assert imported.status_code == 200, imported.text
+    context.image_digest = imported.json()["digest"]
+    context.admin('mutation($d: String!) { publishTemplateVersion(name: "mx-tpl", digest: $d) { name } }',
+                  d=context.image_digest)
     context.as_("owner", f'mutation {{ setRoster(name: "{LAB}", students: ["stu", "stu2"]) {{ unbound }} }}')
     server.user("mx-pw", "student")
     for machine in context.admin(f'{{ machines(deployment: "{LAB}") {{ id name student host }} }}')["machines"]:

@@ -53,7 +53,8 @@ def test_rendered_pages_reference_only_this_server(server: Server, sample_lab: s
         "/templates/{name}/edit": "/templates/tiny-linux/edit", "/hosts": "/hosts",
         "/server": "/server", "/login": "/login", "/setup": "/setup?code=x",
         "/set-password": "/set-password?code=x", "/account": "/account", "/my": "/my",
-        "/users": "/users", "/audit": "/audit", "/images": "/images", "/machines/{name}/console": "/machines/url-scan-1/console",
+        "/users": "/users", "/audit": "/audit", "/images": "/images", "/templates/{name}/versions": "/templates/tiny-linux/versions",
+        "/labs/{name}/version": "/labs/url-scan/version", "/machines/{name}/console": "/machines/url-scan-1/console",
         # Signing in with an OpenID provider (none configured here: the provider's own links, to
         # the university's sign-in, are the only foreign ones, and only where one is configured).
         "/login/oidc/{provider}": "/login/oidc/none", "/login/oidc/{provider}/callback": "/login/oidc/none/callback",

@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from pathlib import Path
 
 import httpx
 import pytest
@@ -28,6 +29,7 @@ from starlette.routing import Route
 
 from kubekvm.config import Settings
 from kubekvm.pages import routes
+from tests.images import hostile
 from tests.security.input_support import HOSTILE_NUMBERS, TEMPLATE, admin_session, post_graphql
 from tests.support.processes import Server
 
@@ -35,7 +37,7 @@ LAB = "fuzz-form-lab"
 STUDENT = "fuzz-student"
 SCALE = float(os.environ.get("KUBEKVM_FUZZ_SCALE", "1"))
 START_PAGES = ["/", "/labs", "/new-lab", "/templates", "/templates/new", "/hosts", "/users", "/account", "/audit",
-               "/server", "/my", "/images", f"/labs/{LAB}", f"/labs/{LAB}/edit", f"/labs/{LAB}/delete",
+               "/server", "/my", "/images", "/templates/sec-tiny/versions", f"/labs/{LAB}/version", f"/labs/{LAB}", f"/labs/{LAB}/edit", f"/labs/{LAB}/delete",
                "/templates/sec-tiny/edit"]
 NOT_PAGES = ("/events", "/static/", "/graphql", "/consoles/", "/logout")
 # POST routes that are no form: the console page's script asks for a ticket (JSON, no fields).
@@ -130,6 +132,14 @@ def admin(server: Server) -> Iterator[httpx.Client]:
                                     'replicas: 2, power: STOPPED}) { name } }').get("errors")
     assert not post_graphql(server, f'mutation {{ setRoster(name: "{LAB}", students: ["{STUDENT}"]) '
                                     "{ unbound } }").get("errors")
+    # A version of sec-tiny (an image of the store), so its versions page shows a retire form.
+    image = hostile.qcow2(Path(server.env["KUBEKVM_IMAGE_STORE"]).parent / f"fuzz-{server.database_name}.qcow2")
+    imported = httpx.post(f"{server.url}/images", content=image.read_bytes(), timeout=60,
+                          headers={**server.admin_headers, "X-Image-Name": "fuzz.qcow2"})
+    image.unlink()
+    assert imported.status_code == 200, imported.text
+    assert not post_graphql(server, 'mutation($d: String!) { publishTemplateVersion(name: "sec-tiny", digest: $d) '
+                                    "{ name } }", {"d": imported.json()["digest"]}).get("errors")
     client = admin_session(server, "fuzz-admin")
     # Post/Redirect/Get: the token is shown on /account after the redirect.
     assert client.post("/account/tokens", data={"label": "fuzzed"}).status_code == 303

@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -123,6 +125,8 @@ class Server:
     admin_token: str = ""
     passwords: dict[str, str] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
+    # The image store this test server got of its own (a temporary directory, removed with it).
+    own_image_store: Path | None = None
 
     @property
     def graphql_url(self) -> str:
@@ -134,6 +138,8 @@ class Server:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         self.child.stop(sig)
+        if self.own_image_store is not None:
+            shutil.rmtree(self.own_image_store, ignore_errors=True)
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -217,6 +223,11 @@ def start_server(*, database_uri: str | None, database_name: str | None = None,
     environment = {**os.environ, "KUBEKVM_DATABASE": name, "KUBEKVM_HOST_TIMEOUT": "30",
                    "PYTHONUNBUFFERED": "1", "KUBEKVM_BOOTSTRAP_ADMIN_TOKEN_FILE": str(token_file),
                    **(env or {})}
+    own_store = None
+    if not (env or {}).get("KUBEKVM_IMAGE_STORE"):
+        # Never the checkout's ./.kubekvm/images: each test server imports into a store of its own.
+        own_store = Path(tempfile.mkdtemp(prefix="kubekvm-images-"))
+        environment["KUBEKVM_IMAGE_STORE"] = str(own_store)
     if database_uri is not None:
         environment["MONGODB_URI"] = database_uri
     else:
@@ -229,7 +240,7 @@ def start_server(*, database_uri: str | None, database_name: str | None = None,
     )
     server = Server(url=f"http://127.0.0.1:{port}", database_uri=database_uri or "",
                     database_name=name, child=Child(process, log), env=environment,
-                    admin_token=token_file.read_text().strip())
+                    admin_token=token_file.read_text().strip(), own_image_store=own_store)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

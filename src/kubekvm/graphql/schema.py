@@ -57,6 +57,13 @@ from kubekvm.graphql.usage import UsageMutation, UsageQuery
 from kubekvm.quotas import SubscriptionQuotas
 
 
+def _bytes(value: float) -> int:
+    """A byte count sent as a GraphQL Float (an Int stops at 2**31): a whole number."""
+    if value != value or value in (float("inf"), float("-inf")) or value != int(value):
+        raise ValidationFailed("pulls", "A byte count is a whole number.")
+    return int(value)
+
+
 def _services(info: strawberry.Info) -> Authorized:
     services: Authorized = info.context["services"]
     return services
@@ -142,10 +149,19 @@ class RegisterHostInput:
     agent_version: str = ""
 
 
+@strawberry.input(description="A store image the agent is pulling (its progress, or why it failed).")
+class ImagePullInput:
+    image: str
+    done_bytes: float = 0
+    total_bytes: float | None = None
+    error: str = ""
+
+
 @strawberry.input
 class HeartbeatInput:
     name: str
     images: list[str] | None = None
+    pulls: list[ImagePullInput] | None = None
 
 
 @strawberry.input
@@ -261,6 +277,23 @@ class Mutation(TimetableMutation, UsageMutation):
     async def delete_template(self, info: strawberry.Info, name: str) -> Template:
         return Template.of(await _services(info).delete_template(name))
 
+    @strawberry.mutation(description="A new version of the template: an image of the store, under the next "
+                                     "number. Existing machines keep their disks; new labs get it.")
+    async def publish_template_version(self, info: strawberry.Info, name: str, digest: str,
+                                       note: str = "") -> Template:
+        return Template.of(await _services(info).publish_template_version(name, digest=digest, note=note))
+
+    @strawberry.mutation(description="Retire a version no lab pins and no machine is based on; its image is "
+                                     "then deleted from the store and the hosts if nothing else uses it.")
+    async def retire_template_version(self, info: strawberry.Info, name: str, version: int) -> Template:
+        return Template.of(await _services(info).retire_template_version(name, version=version))
+
+    @strawberry.mutation(description="New and reset machines of the lab start from this template version; "
+                                     "the others keep their disks (and changes) until they are reset.")
+    async def move_deployment_to_version(self, info: strawberry.Info, name: str, version: int) -> Deployment:
+        services = _services(info)
+        return await _deployment(services, await services.move_deployment_to_version(name, version=version))
+
     @strawberry.mutation
     async def create_deployment(self, info: strawberry.Info, input: DeploymentInput) -> Deployment:
         services = _services(info)
@@ -341,7 +374,10 @@ class Mutation(TimetableMutation, UsageMutation):
     @strawberry.mutation(description="For host agents: I am alive (and these images are here).")
     async def heartbeat(self, info: strawberry.Info, input: HeartbeatInput) -> Host:
         services = _services(info)
-        await services.heartbeat(name=input.name, images=input.images)
+        pulls = None if input.pulls is None else [
+            models.ImagePull(image=p.image, done=_bytes(p.done_bytes), error=p.error,
+                             total=None if p.total_bytes is None else _bytes(p.total_bytes)) for p in input.pulls]
+        await services.heartbeat(name=input.name, images=input.images, pulls=pulls)
         return Host.of(await services.host_status(input.name))
 
     @strawberry.mutation(description="For host agents: what the host observes of a machine.")

@@ -41,6 +41,8 @@ class Template:
     disk_gib: int
     teachers: list[str] = strawberry.field(
         description="The teachers who may use it; empty: every teacher.")
+    versions: list[TemplateVersion] = strawberry.field(
+        description="Its published versions, oldest first; new labs get the newest kept one.")
     created_at: datetime
     updated_at: datetime
 
@@ -48,7 +50,23 @@ class Template:
     def of(cls, t: models.Template) -> Template:
         return cls(name=t.name, title=t.title, description=t.description, os=t.os,
                    image=t.image, vcpus=t.vcpus, memory_mib=t.memory_mib, disk_gib=t.disk_gib,
-                   teachers=t.teachers, created_at=t.created_at, updated_at=t.updated_at)
+                   teachers=t.teachers, versions=[TemplateVersion.of(v) for v in t.versions],
+                   created_at=t.created_at, updated_at=t.updated_at)
+
+
+@strawberry.type(description="One published version of a template: an image of the store.")
+class TemplateVersion:
+    number: int
+    digest: str
+    note: str
+    author: str
+    created_at: datetime
+    retired: bool
+
+    @classmethod
+    def of(cls, v: models.TemplateVersion) -> TemplateVersion:
+        return cls(number=v.number, digest=v.digest, note=v.note, author=v.author, created_at=v.created_at,
+                   retired=v.retired)
 
 
 @strawberry.type(description="A golden image of the image store: immutable, named by its digest.")
@@ -60,11 +78,13 @@ class Image:
     source_format: str = strawberry.field(description="qcow2, or raw (converted to qcow2 on import).")
     imported_by: str
     imported_at: datetime
+    retired: bool = strawberry.field(description="Garbage-collected: no kept version uses it any more.")
 
     @classmethod
     def of(cls, i: image_models.Image) -> Image:
         return cls(digest=i.digest, name=i.name, size=i.size, virtual_size=i.virtual_size,
-                   source_format=i.source_format, imported_by=i.imported_by, imported_at=i.imported_at)
+                   source_format=i.source_format, imported_by=i.imported_by, imported_at=i.imported_at,
+                   retired=i.retired)
 
 
 @strawberry.type(description="One VM of a lab.")
@@ -85,6 +105,8 @@ class Machine:
     running_since: datetime | None = strawberry.field(description="Since when its host reports it running.")
     stop_reason: models.StopReason | None = strawberry.field(
         description="Why the platform stopped it (kept until it is started again).")
+    base_version: int | None = strawberry.field(
+        description="The template version its disk is based on (null: an unversioned template).")
 
     @classmethod
     def of(cls, m: models.Machine) -> Machine:
@@ -93,7 +115,7 @@ class Machine:
                    desired=m.desired, observed=m.observed, message=m.message,
                    observed_at=m.observed_at, reset_generation=m.reset_generation,
                    power_generation=m.power_generation, running_since=m.running_since,
-                   stop_reason=m.stop_reason)
+                   stop_reason=m.stop_reason, base_version=m.spec.version)
 
 
 @strawberry.type(description="A lab: `replicas` machines of one template, one per student.")
@@ -113,6 +135,8 @@ class Deployment:
     running: int = strawberry.field(description="Machines observed running.")
     usage_policy: UsagePolicy = strawberry.field(description="Its limits on running (idle shutdown, quotas).")
     machine_count: int = strawberry.field(description="Machines the lab keeps (not being removed).")
+    template_version: int | None = strawberry.field(
+        description="The template version new and reset machines start from (null: unversioned).")
     roster_names: strawberry.Private[list[str]]
     roster_group: str | None = strawberry.field(
         default=None, description="The directory group the roster was last filled from (fillRosterFromGroup).")
@@ -123,7 +147,8 @@ class Deployment:
                    replicas=d.replicas, power=d.power, phase=d.phase,
                    message=d.message, generation=d.generation, owner=d.owner, created_at=d.created_at,
                    updated_at=d.updated_at, running=running, machine_count=machine_count,
-                   roster_names=d.roster, roster_group=d.roster_group, usage_policy=UsagePolicy.of(d.policy))
+                   template_version=d.template_version, roster_names=d.roster, roster_group=d.roster_group,
+                   usage_policy=UsagePolicy.of(d.policy))
 
     @strawberry.field(description="The lab's students (usernames); empty for a student asking.")
     async def roster(self, info: strawberry.Info) -> list[str]:
@@ -182,6 +207,12 @@ class Host:
     last_heartbeat: datetime
     ready: bool
     machines: int
+    pulls: list[ImagePullState] = strawberry.field(description="Store images the host's agent is pulling.")
+
+    @strawberry.field(description="Its images that the store garbage-collected: its agent deletes them.")
+    async def drop_images(self, info: strawberry.Info) -> list[str]:
+        dropped: list[str] = await info.context["services"].dropped_images(self.name, self.images)
+        return dropped
 
     @classmethod
     def of(cls, s: HostStatus) -> Host:
@@ -190,7 +221,17 @@ class Host:
                    domain_type=h.domain_type, agent_version=h.agent_version,
                    allocated_vcpus=h.allocated_vcpus, allocated_memory_mib=h.allocated_memory_mib,
                    orphans=h.orphans, registered_at=h.registered_at, last_heartbeat=h.last_heartbeat,
-                   ready=s.ready, machines=s.machines)
+                   ready=s.ready, machines=s.machines,
+                   pulls=[ImagePullState(image=p.image, done_bytes=p.done, total_bytes=p.total, error=p.error)
+                          for p in h.pulls])
+
+
+@strawberry.type(description="A store image a host's agent is pulling, or failed to pull.")
+class ImagePullState:
+    image: str
+    done_bytes: float
+    total_bytes: float | None
+    error: str
 
 
 @strawberry.type

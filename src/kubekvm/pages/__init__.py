@@ -29,6 +29,8 @@ session's CSRF token):
   GET  /templates  GET /templates/new  POST /templates
   GET|POST /templates/{name}/edit   POST /templates/{name}/delete
   GET  /hosts   POST /hosts/tokens      hosts; admins issue host tokens
+  GET|POST /templates/{name}/versions   POST /templates/{name}/versions/{number}/retire
+  GET|POST /labs/{name}/version         a template's versions; a lab's (`kubekvm.pages.versions`)
   GET|POST /images                      the image store (`kubekvm.pages.images`)
   GET  /users   POST /users   POST /users/{name}/link   POST /users/{name}/sessions/end    (admins)
   GET  /audit                           the audit log, filtered (admins)
@@ -57,6 +59,7 @@ from kubekvm.pages.labs import LabPages
 from kubekvm.pages.operations import OperationsPages
 from kubekvm.pages.timetables import CoursePages
 from kubekvm.pages.usage import UsagePages
+from kubekvm.pages.versions import VersionPages
 
 STAFF = (Role.ADMIN, Role.TEACHER)
 ADMIN = (Role.ADMIN,)
@@ -74,6 +77,7 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
     operations = OperationsPages(renderer=renderer)
     images = ImagePages(renderer=renderer)
     identity = IdentityPages(renderer=renderer, settings=settings)
+    versions = VersionPages(renderer=renderer)
     live = LiveUpdates(fragments=fragments, heartbeat_seconds=settings.live_heartbeat_seconds,
                        max_streams_per_user=settings.live_max_streams_per_user)
     guard = renderer.guard
@@ -135,6 +139,11 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
         Route("/templates/{name}/edit", admin(catalog.edit_template)),
         Route("/templates/{name}/edit", admin(catalog.update_template), methods=post),
         Route("/templates/{name}/delete", admin(catalog.delete_template), methods=post),
+        Route("/templates/{name}/versions", staff(versions.template_versions)),
+        Route("/templates/{name}/versions", admin(versions.publish), methods=post),
+        Route("/templates/{name}/versions/{number}/retire", admin(versions.retire), methods=post),
+        Route("/labs/{name}/version", staff(versions.lab_version)),
+        Route("/labs/{name}/version", staff(versions.move), methods=post),
         Route("/hosts", staff(catalog.hosts)),
         Route("/hosts/tokens", admin(catalog.host_token), methods=post),
         Route("/images", admin(images.images)),

@@ -8,7 +8,7 @@ used by each other, the janitor and the CLI) and its operations class (`Template
 - `rules`: the rules of the operations and the one wrapper that checks them and audits;
 - `templates`, `labs`, `rosters`, `machines`, `hosts`, `consoles`: the platform's nouns
   (`console_requests`: how a host's agent hears that a console waits for it; `images`: the
-  image store's golden images);
+  image store's golden images; `template_versions`: templates' numbered images);
 - `timetables`: a lab's timetable and course (end date, usage, unused labs);
 - `usage`: a lab's limits on running (idle shutdown, hours per student) and the running
   time hosts observe;
@@ -43,6 +43,7 @@ from kubekvm.services.labs import Labs, Page, lab_filter
 from kubekvm.services.machines import Machines
 from kubekvm.services.placement import Placement
 from kubekvm.services.rosters import Rosters
+from kubekvm.services.template_versions import TemplateVersions
 from kubekvm.services.templates import Templates
 from kubekvm.services.timetables import Timetables
 from kubekvm.services.usage import Usage
@@ -74,3 +75,4 @@ class Services:
         self.timetables = Timetables(self)
         # Limits on running: idle shutdown, observed running time, hours per student.
         self.usage = Usage(self)
+        self.template_versions = TemplateVersions(self)

@@ -141,7 +141,8 @@ class Convergence(Noun):
             await self.ctx.publish_machines({"deployment": lab.name, "index": {"$in": plan.revive}})
         if plan.create:
             source = await self.core.templates.get_template(lab.template)
-            new = [new_machine(lab=lab.name, index=i, spec=machine_spec(source), power=power)
+            new = [new_machine(lab=lab.name, index=i, spec=machine_spec(source, version=lab.template_version),
+                                power=power)
                    for i in plan.create]
             try:
                 await Machine.insert_many(new, ordered=False)

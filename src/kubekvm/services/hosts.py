@@ -17,6 +17,7 @@ from kubekvm import validation
 from kubekvm.errors import NotFound, ValidationFailed
 from kubekvm.models import (
     Host,
+    ImagePull,
     Machine,
     utcnow,
 )
@@ -42,6 +43,15 @@ def host_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", name or ""):
         raise ValidationFailed("name", f"A host name uses {HOST_NAME_RULE}.")
     return name
+
+
+def _pull(pull: ImagePull) -> ImagePull:
+    """A pull as an agent reported it, checked: a store image's name, sizes that fit."""
+    validation.image(pull.image)
+    for size in (pull.done, pull.total or 0):
+        validation.whole_number(size, field="pulls", minimum=0, maximum=2**53)
+    return ImagePull(image=pull.image, done=pull.done, total=pull.total,
+                     error=validation.note(pull.error, max_length=HOST_TEXT_MAX * 2))
 
 
 class Hosts(Noun):
@@ -111,13 +121,18 @@ class Hosts(Noun):
         await self.core.placement.place_pending()
         return host
 
-    async def heartbeat(self, *, name: str, images: Iterable[str] | None = None) -> Host:
+    async def heartbeat(self, *, name: str, images: Iterable[str] | None = None,
+                        pulls: Sequence[ImagePull] | None = None) -> Host:
         host = await self.get_host(name)
         was_ready = self.host_ready(host)
         changes: dict[str, Any] = {"last_heartbeat": utcnow()}
         new_images = validation.image_names(images) if images is not None else host.images
         if new_images != host.images:
             changes["images"] = new_images
+        if pulls is not None:
+            checked = [_pull(p) for p in pulls[:50]]
+            if checked != host.pulls:
+                changes["pulls"] = [p.model_dump() for p in checked]
         await Host.get_pymongo_collection().update_one({"_id": host.id}, {"$set": changes})
         host = await self.get_host(name)
         self.ctx.published(host)
@@ -169,8 +184,14 @@ class HostOperations(Operations):
                                                        domain_type=domain_type, agent_version=agent_version)
 
     @operation(HOST_AGENT, audit="heartbeat", target=named("host"), routine=True)
-    async def heartbeat(self, *, name: str, images: Iterable[str] | None = None) -> Host:
-        return await self.services.hosts.heartbeat(name=name, images=images)
+    async def heartbeat(self, *, name: str, images: Iterable[str] | None = None,
+                        pulls: Sequence[ImagePull] | None = None) -> Host:
+        return await self.services.hosts.heartbeat(name=name, images=images, pulls=pulls)
+
+    @operation(HOST_OR_STAFF)
+    async def dropped_images(self, host: str, images: Sequence[str]) -> list[str]:
+        """Which of a host's images the store has garbage-collected: its agent deletes them."""
+        return await self.services.images.retired_among(images)
 
     @operation(HOST_AGENT, audit="reportOrphans", target=named("host", "host"))
     async def report_orphans(self, *, host: str, domains: Sequence[str]) -> Host:

@@ -9,7 +9,7 @@ bytes imported twice are one image (the unique digest).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Sequence
 from pathlib import Path
 
 from pymongo.errors import DuplicateKeyError
@@ -56,6 +56,14 @@ class Images(Noun):
         if image is None:
             raise NotFound(f"There is no image {digest} in the store.")
         return image
+
+    async def retired_among(self, names: Sequence[str]) -> list[str]:
+        """The file names among `names` of images the store garbage-collected."""
+        digests = [d for d in (image_rules.digest_of_file_name(n) for n in names) if d is not None]
+        if not digests:
+            return []
+        gone = await Image.find({"digest": {"$in": digests}, "retired": True}).to_list()
+        return sorted(image_rules.file_name(i.digest) for i in gone)
 
     async def import_staged(self, staged: Path, *, name: str, format: str | None, by: str) -> tuple[Image, bool]:
         """Admits a staged file into the store and records it; (the image, whether it is new)."""

@@ -43,7 +43,7 @@ from kubekvm.services.rules import (
     named,
     operation,
 )
-from kubekvm.services.templates import machine_spec
+from kubekvm.services.templates import machine_spec, newest_version
 
 if TYPE_CHECKING:
     from kubekvm.services import Services
@@ -169,7 +169,7 @@ class Labs(Noun):
         checks.done()
         lab = Deployment(name=name, title=lab_title, template=template, replicas=replicas, power=power,
                          phase_since=utcnow(),
-                         owner=owner)
+                         owner=owner, template_version=newest_version(source))
         try:
             await lab.insert()
         except DuplicateKeyError:
@@ -178,7 +178,7 @@ class Labs(Noun):
             # Deleted by another replica after it was read: the lab would have no template.
             await lab.delete()
             raise ValidationFailed("template", f"Template {template!r} was deleted meanwhile.")
-        spec = machine_spec(source)
+        spec = machine_spec(source, version=lab.template_version)
         machines = [new_machine(lab=name, index=i, spec=spec, power=power) for i in range(1, replicas + 1)]
         try:
             await Machine.insert_many(machines)

@@ -19,6 +19,7 @@ from kubekvm.models import (
 )
 from kubekvm.services.context import BY_LAB_AND_INDEX, Noun, finish, object_id
 from kubekvm.services.rules import HOST_AGENT, MACHINE_SEEN, SIGNED_IN, Operations, named, operation
+from kubekvm.services.templates import machine_spec
 
 if TYPE_CHECKING:
     pass
@@ -83,6 +84,12 @@ class Machines(Noun):
         if reset:
             update["$inc"]["reset_generation"] = 1
             update["$set"].update({"observed": ObservedState.PENDING.value, "message": "resetting"})
+            if lab.template_version is not None and machine.spec.version != lab.template_version:
+                # A reset erases the machine's changes anyway: it starts from the lab's version.
+                template = await self.core.templates.get_template(lab.template)
+                spec = machine_spec(template, version=lab.template_version)
+                update["$set"].update({"spec.image": spec.image, "spec.version": spec.version})
+                note = f"{note} (template v{spec.version})"
         # Only a machine still kept: one the lab's deletion or a scale-down took meanwhile must
         # not be brought back to life by a request made from an older read.
         result = await Machine.get_pymongo_collection().update_one(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import DuplicateKeyError
 
-from kubekvm import roster, validation
+from kubekvm import image_rules, roster, validation
 from kubekvm.errors import Conflict, NotFound
 from kubekvm.models import (
     Deployment,
@@ -149,9 +149,21 @@ def _template_sizes(*, vcpus: int, memory_mib: int, disk_gib: int) -> dict[str, 
     return {key: value for key, value in sizes.items() if value is not None}
 
 
-def machine_spec(template: Template) -> MachineSpec:
-    return MachineSpec(template=template.name, image=template.image, os=template.os,
-                       vcpus=template.vcpus, memory_mib=template.memory_mib, disk_gib=template.disk_gib)
+def machine_spec(template: Template, *, version: int | None = None) -> MachineSpec:
+    """A new machine's spec: of the template's version `version` (a lab's pinned one), else of
+    its current image."""
+    image, number = template.image, None
+    chosen = next((v for v in template.versions if v.number == version), None) if version is not None else None
+    if chosen is not None:
+        image, number = image_rules.file_name(chosen.digest), chosen.number
+    return MachineSpec(template=template.name, image=image, os=template.os, vcpus=template.vcpus,
+                       memory_mib=template.memory_mib, disk_gib=template.disk_gib, version=number)
+
+
+def newest_version(template: Template) -> int | None:
+    """The version new labs get: the newest one not retired."""
+    kept = [v.number for v in template.versions if not v.retired]
+    return max(kept) if kept else None
 
 
 def _teachers(names: Sequence[str]) -> list[str]:
