@@ -37,6 +37,8 @@ from kubekvm.domain import Power as Power
 from kubekvm.domain import Role as Role
 from kubekvm.domain import StopReason as StopReason
 from kubekvm.domain import TokenKind as TokenKind
+from kubekvm.image_fields import ImagePull as ImagePull
+from kubekvm.image_fields import TemplateVersion as TemplateVersion
 
 log = logging.getLogger(__name__)
 
@@ -191,17 +193,6 @@ class Stored(Document):
     _find_one_query_class = TolerantFindOne
 
 
-class TemplateVersion(BaseModel):
-    """One published version of a template: an image of the store (`image_models.Image`)."""
-
-    number: int
-    digest: str
-    note: str = ""
-    author: str
-    created_at: datetime = Field(default_factory=utcnow)
-    retired: bool = False
-
-
 class Template(Stored):
     name: Indexed(str, unique=True)  # type: ignore[valid-type]
     title: str
@@ -343,15 +334,6 @@ class Machine(Stored):
             pymongo.IndexModel([("host", pymongo.ASCENDING)]),
             pymongo.IndexModel([("student", pymongo.ASCENDING)]),
         ]
-
-
-class ImagePull(BaseModel):
-    """A store image a host's agent is pulling (or failed to), as its last heartbeat said."""
-
-    image: str
-    done: int = 0
-    total: int | None = None
-    error: str = ""
 
 
 class Host(Stored):

@@ -1,0 +1,36 @@
+"""The golden images' parts of other documents (`kubekvm.models`): a template's versions, and the
+pulls a host's agent reports. Plain pydantic models, kept here so the documents module stays
+one screenful per document.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+
+
+def _now() -> datetime:
+    # As `models.utcnow`: Mongo keeps milliseconds.
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class TemplateVersion(BaseModel):
+    """One published version of a template: an image of the store (`image_models.Image`)."""
+
+    number: int
+    digest: str
+    note: str = ""
+    author: str
+    created_at: datetime = Field(default_factory=_now)
+    retired: bool = False
+
+
+class ImagePull(BaseModel):
+    """A store image a host's agent is pulling (or failed to), as its last heartbeat said."""
+
+    image: str
+    done: int = 0
+    total: int | None = None
+    error: str = ""
