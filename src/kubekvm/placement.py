@@ -6,7 +6,8 @@ image, and has the memory and vCPUs free. An image of the image store (named by 
 that already holds the image wins (no pull to wait for), then the one with most free memory,
 which spreads a class over the hosts. The plan is computed here from a snapshot; the service
 layer then reserves capacity with one conditional `$inc` per host, so two server replicas
-placing at once cannot over-commit a host (the loser re-plans).
+placing at once cannot over-commit a host (the loser re-plans). `availability` answers the new-lab
+form's question with the same rule: how many machines of a template could be placed right now.
 """
 
 from __future__ import annotations
@@ -75,3 +76,26 @@ def why_unplaced(*, hosts: Sequence[HostCapacity], need: Need) -> str:
         f"no ready host has image {need.image} with {need.memory_mib} MiB and "
         f"{need.vcpus} vCPU(s) free"
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Availability:
+    """What a template could get right now: ready hosts holding (or able to pull) its image, and
+    how many of its machines their free capacity takes; `reason` says why none, if none."""
+
+    hosts: int
+    machines: int
+    reason: str | None
+
+    @property
+    def can_run(self) -> bool:
+        return self.machines > 0
+
+
+def availability(*, hosts: Sequence[HostCapacity], need: Need) -> Availability:
+    pullable = digest_of_file_name(need.image) is not None
+    usable = [h for h in hosts if h.ready and (need.image in h.images or pullable)]
+    machines = sum(min(h.free_vcpus // max(need.vcpus, 1), h.free_memory_mib // max(need.memory_mib, 1))
+                   for h in usable if h.free_vcpus > 0 and h.free_memory_mib > 0)
+    return Availability(hosts=len(usable), machines=machines,
+                        reason=None if machines else why_unplaced(hosts=hosts, need=need))

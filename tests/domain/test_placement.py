@@ -51,3 +51,17 @@ def test_a_store_image_goes_where_it_is_held_else_anywhere_it_can_be_pulled() ->
     assert plan(hosts=[host("empty", images=())], needs=[need]).placed == {0: "empty"}
     # A plain file name is never pulled: only hosts that have it qualify.
     assert plan(hosts=[host("empty", images=())], needs=[XP]).placed == {}
+
+
+def test_availability_counts_the_machines_ready_hosts_with_the_image_could_take() -> None:
+    from kubekvm.placement import HostCapacity, Need, availability
+
+    hosts = [HostCapacity(name="a", ready=True, images=frozenset({"x.qcow2"}), free_vcpus=8, free_memory_mib=1024),
+             HostCapacity(name="b", ready=True, images=frozenset({"x.qcow2"}), free_vcpus=1, free_memory_mib=4096),
+             HostCapacity(name="c", ready=False, images=frozenset({"x.qcow2"}), free_vcpus=64, free_memory_mib=65536)]
+    x = availability(hosts=hosts, need=Need(image="x.qcow2", vcpus=1, memory_mib=512))
+    assert (x.hosts, x.machines, x.can_run, x.reason) == (2, 3, True, None)
+    y = availability(hosts=hosts, need=Need(image="y.qcow2", vcpus=1, memory_mib=512))
+    assert not y.can_run and y.reason == "no ready host has image y.qcow2"
+    full = availability(hosts=hosts, need=Need(image="x.qcow2", vcpus=1, memory_mib=8192))
+    assert full.machines == 0 and full.reason is not None and "8192 MiB" in full.reason

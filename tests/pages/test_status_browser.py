@@ -79,3 +79,18 @@ def test_the_new_lab_form_shows_every_bad_field_at_once_with_the_valid_name(
     expect(page.locator("#replicas-error")).to_be_visible()
     expect(page.locator("#name")).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#replicas")).to_have_attribute("aria-invalid", "true")
+
+
+def test_the_new_lab_form_says_what_each_template_can_run_and_preselects_one_that_can(
+        page: Any, server: Server, fake_host: FakeHost, tiny_template: str) -> None:
+    # First by name, but no host has its image: it must not be the one preselected.
+    data(server.graphql("mutation($i: TemplateInput!) { createTemplate(input: $i) { name } }", {"i": {
+        "name": "a-missing", "title": "A missing image", "os": "LINUX", "image": "nowhere.qcow2",
+        "vcpus": 1, "memoryMib": 128, "diskGib": 1}}))
+    page.goto("/new-lab")
+    expect(page.locator("#template")).to_have_value(tiny_template)
+    listing = page.locator("#template-availability")
+    expect(listing.locator('li[data-template="a-missing"]')).to_contain_text(
+        "cannot run now — no ready host has image nowhere.qcow2")
+    expect(listing.locator(f'li[data-template="{tiny_template}"]')).to_contain_text("on 1 ready host with its image")
+    expect(page.locator('#template option[value="a-missing"]')).to_contain_text("cannot run now")

@@ -252,11 +252,16 @@ class LabPages:
 
     async def _form(self, request: Request, state: FormState, *, lab: Deployment | None = None,
                     status: int = 200) -> Response:
-        templates = await services_of(request).list_templates()
+        services = services_of(request)
+        templates = await services.list_templates()
+        available = await services.template_availability() if lab is None else {}
         if lab is None and not state.values.get("template") and templates:
-            state.values["template"] = templates[0].name
+            # Preselect a template the hosts can run now (else the first): the one with most room.
+            runnable = [t for t in templates if t.name in available and available[t.name].can_run]
+            state.values["template"] = (max(runnable, key=lambda t: available[t.name].machines)
+                                        if runnable else templates[0]).name
         context = {
-            "state": state, "lab": lab, "templates": templates,
+            "state": state, "lab": lab, "templates": templates, "available": available,
             "max_replicas": self.settings.max_replicas, "section": "new-lab" if lab is None else "labs",
         }
         if is_htmx(request) and request.method == "POST":

@@ -7,6 +7,7 @@ recounts it from the machines should a crash leave it wrong.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from kubekvm import placement
@@ -14,6 +15,7 @@ from kubekvm.models import (
     DesiredState,
     Host,
     Machine,
+    Template,
     utcnow,
 )
 from kubekvm.services.context import BY_LAB_AND_INDEX, Noun
@@ -25,6 +27,23 @@ if TYPE_CHECKING:
 class Placement(Noun):
     """Placing pending machines on hosts."""
 
+    async def capacities(self) -> list[placement.HostCapacity]:
+        """Every host's readiness, images and free capacity, as placement counts them."""
+        return [
+            placement.HostCapacity(
+                name=s.host.name, ready=s.ready, images=frozenset(s.host.images),
+                free_vcpus=s.host.vcpus * self.ctx.settings.cpu_overcommit - s.host.allocated_vcpus,
+                free_memory_mib=s.host.memory_mib - s.host.allocated_memory_mib,
+            )
+            for s in await self.core.hosts.list_hosts()
+        ]
+
+    async def availability(self, templates: Sequence[Template]) -> dict[str, placement.Availability]:
+        """For each template: how many of its machines the hosts could take right now."""
+        hosts = await self.capacities()
+        return {t.name: placement.availability(hosts=hosts, need=placement.Need(
+                    image=t.image, vcpus=t.vcpus, memory_mib=t.memory_mib)) for t in templates}
+
     async def place_pending(self, *, deployment: str | None = None) -> None:
         """Give every unplaced machine (of one lab, or all) a host, or a message saying why not."""
         collection = Machine.get_pymongo_collection()
@@ -35,15 +54,7 @@ class Placement(Noun):
             pending = await Machine.find(query).sort(BY_LAB_AND_INDEX).to_list()
             if not pending:
                 return
-            statuses = await self.core.hosts.list_hosts()
-            capacities = [
-                placement.HostCapacity(
-                    name=s.host.name, ready=s.ready, images=frozenset(s.host.images),
-                    free_vcpus=s.host.vcpus * self.ctx.settings.cpu_overcommit - s.host.allocated_vcpus,
-                    free_memory_mib=s.host.memory_mib - s.host.allocated_memory_mib,
-                )
-                for s in statuses
-            ]
+            capacities = await self.capacities()
             needs = [placement.Need(image=m.spec.image, vcpus=m.spec.vcpus, memory_mib=m.spec.memory_mib)
                      for m in pending]
             plan = placement.plan(hosts=capacities, needs=needs)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import DuplicateKeyError
 
-from kubekvm import image_rules, roster, validation
+from kubekvm import image_rules, placement, roster, validation
 from kubekvm.errors import Conflict, NotFound
 from kubekvm.models import (
     Deployment,
@@ -177,6 +177,14 @@ class TemplateOperations(Operations):
     async def list_templates(self) -> list[Template]:
         return await self.services.templates.list_templates(
             teacher=None if self.actor.is_admin else self.actor.name)
+
+    @operation(STAFF)
+    async def template_availability(self) -> dict[str, placement.Availability]:
+        """For the templates the caller may use: how many machines the hosts could take now
+        (the new-lab form shows it, and preselects one that can run)."""
+        templates = await self.services.templates.list_templates(
+            teacher=None if self.actor.is_admin else self.actor.name)
+        return await self.services.placement.availability(templates)
 
     @operation(TEMPLATE_USABLE, field="template")
     async def get_template(self, name: str) -> Template:
