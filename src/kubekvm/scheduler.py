@@ -149,8 +149,9 @@ class Scheduler:
         try:
             await self._fire(event)
         except KubeKVMError as error:
-            if isinstance(error, NotFound):
-                return  # the lab went meanwhile (its records go with it)
+            if isinstance(error, NotFound):  # the lab went meanwhile: so does this claim
+                await ScheduleFire.get_pymongo_collection().delete_one({"_id": key})
+                return
             said = f"timetable: {event.kind} of {event.said} failed: {error.message}"
             await ScheduleFire.get_pymongo_collection().update_one(
                 {"_id": key}, {"$set": {"outcome": "failed", "message": error.message}})
