@@ -97,6 +97,14 @@ def test_a_wrong_or_empty_password_and_an_unknown_name_are_refused_alike(server:
     assert "dora" not in _accounts(server) and "nobody" not in _accounts(server)
 
 
+def test_a_directory_user_in_no_mapped_group_is_refused_and_the_audit_says_why(server: Server) -> None:
+    said = _refused(server, "nina", PASSWORDS["nina"])
+    assert "puts you in no group that may use KubeKVM" in said
+    assert "nina" not in _accounts(server)
+    body = server.graphql('{ auditLog(action: "login", target: "user:nina") { items { outcome message } } }')
+    assert body["data"]["auditLog"]["items"] == [{"outcome": "UNAUTHENTICATED", "message": said}]  # type: ignore[index]
+
+
 def test_a_disabled_directory_user_cannot_sign_in(server: Server) -> None:
     # ursula's password is right, but her entry is outside the user filter (employeeType: disabled).
     assert _refused(server, "ursula", PASSWORDS["ursula"]) == "Wrong username or password."

@@ -139,6 +139,14 @@ def _refusal(tab: Any) -> str:
     return text
 
 
+def _logins(server: Server, name: str) -> list[dict[str, Any]]:
+    body = server.graphql("query($t: String) { auditLog(action: \"login\", target: $t) { items { actor outcome message } } }",
+                          {"t": f"user:{name}"})
+    assert not body.get("errors"), body
+    items: list[dict[str, Any]] = body["data"]["auditLog"]["items"]  # type: ignore[index]
+    return items
+
+
 def _accounts(server: Server) -> dict[str, dict[str, Any]]:
     body = server.graphql("{ users { name role signsInWith hasPassword } }")
     assert not body.get("errors"), body
@@ -151,6 +159,7 @@ def test_the_first_sign_in_makes_the_account_with_the_mapped_role(context: Any, 
     assert _me(context) == {"kind": "user", "name": "olga", "role": "TEACHER"}
     assert _accounts(server)["olga"] == {"name": "olga", "role": "TEACHER", "signsInWith": f"oidc:{NAME}",
                                          "hasPassword": False}
+    assert _logins(server, "olga") == [{"actor": "olga", "outcome": "ok", "message": "via Campus"}]
 
 
 def test_a_student_lands_on_their_machines_and_signing_out_offers_the_providers_sign_out(
@@ -175,6 +184,9 @@ def test_someone_in_no_mapped_group_is_refused(context: Any, server: Server) -> 
     assert "puts you in no group that may use KubeKVM" in _refusal(tab)
     assert _me(context)["kind"] == "anonymous"
     assert "quinn" not in _accounts(server)
+    [refused] = _logins(server, "quinn")
+    assert (refused["actor"], refused["outcome"]) == ("quinn", "UNAUTHENTICATED")
+    assert refused["message"].startswith("via Campus: ")
 
 
 def test_a_tampered_state_is_refused(context: Any, server: Server) -> None:

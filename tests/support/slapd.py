@@ -4,9 +4,9 @@ folder and listening on a free loopback port; stopped, and its folder removed, o
 
 The directory of `dc=uni,dc=test` (loaded with `slapadd` before the server starts):
 - ou=services: `cn=kubekvm`, the account KubeKVM searches as (only it may read people and groups);
-- ou=people: tina (in `staff`), sam, sara, dora (in `students`), alice (in nothing), ursula
-  (disabled: outside the user filter, `employeeType: disabled`, as AD's filters leave out
-  `userAccountControl`'s disabled bit);
+- ou=people: tina (in `staff`), sam, sara, dora (in `students`), alice (an admin by name, in no
+  group), nina (in no group), ursula (disabled: outside the user filter, `employeeType:
+  disabled`, as AD's filters leave out `userAccountControl`'s disabled bit);
 - ou=groups: staff, students, redes-2026 (sam, sara, tina, ursula), empty-course (nobody but the
   placeholder groupOfNames requires).
 """
@@ -26,7 +26,7 @@ SUFFIX = "dc=uni,dc=test"
 SERVICE_DN = f"cn=kubekvm,ou=services,{SUFFIX}"
 SERVICE_PASSWORD = "service-secret"
 PASSWORDS = {"tina": "tina-pw", "sam": "sam-pw", "sara": "sara-pw", "dora": "dora-pw", "alice": "alice-pw",
-             "ursula": "ursula-pw"}
+             "ursula": "ursula-pw", "nina": "nina-pw"}
 USER_FILTER = "(&(objectClass=inetOrgPerson)(uid={username})(!(employeeType=disabled)))"
 
 _CONFIG = """\
@@ -96,7 +96,7 @@ def _data() -> str:
             + units
             + f"dn: {SERVICE_DN}\nobjectClass: applicationProcess\nobjectClass: simpleSecurityObject\ncn: kubekvm\n"
               f"userPassword: {SERVICE_PASSWORD}\n\n"
-            + "".join(_person(uid) for uid in ("tina", "sam", "sara", "dora", "alice"))
+            + "".join(_person(uid) for uid in ("tina", "sam", "sara", "dora", "alice", "nina"))
             + _person("ursula", extra="employeeType: disabled\n")
             + _group("staff", ["tina"]) + _group("students", ["sam", "sara", "dora"])
             + _group("redes-2026", ["sam", "sara", "tina", "ursula"]) + _group("empty-course", []))

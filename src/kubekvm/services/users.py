@@ -41,7 +41,7 @@ from kubekvm.services.rules import (
     outcomes,
     own,
 )
-from kubekvm.services.sessions import SessionRecords
+from kubekvm.services.sessions import WRONG_CREDENTIALS, SessionRecords
 
 WRONG_CURRENT_PASSWORD = "Your current password is not right; nothing changed."  # noqa: S105 (a message)
 
@@ -253,10 +253,13 @@ class UserOperations(Operations):
             await audit.record(attempt, action="login", target=f"user:{name}", outcome="THROTTLED",
                                message=error.message)
             raise
-        except Unauthenticated:
+        except Unauthenticated as error:
             metrics.SIGN_INS.labels(method="password", outcome="refused").inc()
-            await audit.record(attempt, action="login", target=f"user:{name}", outcome="WRONG_PASSWORD",
-                               message="unknown user or wrong password")
+            # A directory's refusal of a right password (no group, an account not theirs) says why.
+            wrong = error.message == WRONG_CREDENTIALS
+            await audit.record(attempt, action="login", target=f"user:{name}",
+                               outcome="WRONG_PASSWORD" if wrong else error.code,
+                               message="unknown user or wrong password" if wrong else error.message)
             raise
         metrics.SIGN_INS.labels(method="password", outcome="ok").inc()
         await audit.record(self._as(user), action="login", target=f"user:{user.name}")
