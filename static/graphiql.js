@@ -15,8 +15,8 @@
 
   var parameters = new URLSearchParams(window.location.search);
   var EXAMPLE = [
-    "# The KubeKVM GraphQL API (schema: the Docs button, or schema.graphql in the source).",
-    "# Run with Ctrl-Enter. For example, your labs and their state:",
+    "# KubeKVM's GraphQL API: the Docs button lists it.",
+    "# Ctrl-Enter runs a query. Your labs, for example:",
     "",
     "query MyLabs {",
     "  me { name role }",

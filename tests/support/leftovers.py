@@ -70,8 +70,6 @@ def session_root() -> Path:
     return root
 
 
-# ----------------------------------------------------------------------------- processes
-
 def marked_processes(variable: str, value: str) -> dict[int, str]:
     """pid -> command line of the live processes whose environment holds `variable=value`
     (not this process, nor a zombie, whose environment reads empty)."""
@@ -107,11 +105,13 @@ def processes_left(variable: str, value: str, *, grace: float | None = None) -> 
     return left
 
 
-# ----------------------------------------------------------------------------- libvirt
-
 def _virsh(*args: str) -> str:
-    done = subprocess.run(["virsh", "-q", "-c", LIBVIRT_URI, *args], capture_output=True, text=True,
-                          timeout=30, check=False)
+    """virsh's answer, or nothing when it fails or does not answer within 30 s."""
+    try:
+        done = subprocess.run(["virsh", "-q", "-c", LIBVIRT_URI, *args], capture_output=True, text=True,
+                              timeout=30, check=False)
+    except subprocess.TimeoutExpired:
+        return ""
     return done.stdout if done.returncode == 0 else ""
 
 
@@ -135,8 +135,6 @@ def libvirt_left(root: Path) -> list[str]:
     return left
 
 
-# ----------------------------------------------------------------------------- folders
-
 def folders_left(root: Path) -> list[str]:
     """What is still in the scratch folder `root`; it is then removed."""
     if not root.is_dir():
@@ -145,8 +143,6 @@ def folders_left(root: Path) -> list[str]:
     shutil.rmtree(root, ignore_errors=True)
     return left
 
-
-# ----------------------------------------------------------------------------- a verdict
 
 @dataclass
 class Verdict:
