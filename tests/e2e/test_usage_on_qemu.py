@@ -31,7 +31,8 @@ from tests.support.processes import Server
 
 pytestmark = pytest.mark.qemu
 
-MACHINES = "query($n: String!) { machines(deployment: $n) { name student observed desired stopReason runningSince } }"
+MACHINES = ("query($n: String!) { machines(deployment: $n) { name student observed desired stopReason stopMessage "
+            "runningSince } }")
 
 
 def machines(server: Server, lab: str) -> dict[str, dict[str, Any]]:
@@ -65,7 +66,7 @@ def test_quota_and_idle_shutdown_on_real_guests(start_kubekvm: Callable[..., Ser
     assert (ana["stopReason"], ana["desired"], ana["runningSince"]) == ("QUOTA", "STOPPED", None)
     ben = wait_until(lambda: stopped("ben"), timeout=180, what="Ben's idle machine stopped",
                      detail=lambda: machines(server, lab))
-    assert ben["stopReason"] == "IDLE"
+    assert ben["stopReason"] == "IDLE" and ben["stopMessage"].startswith("Stopped because it was idle")
 
     # Ana's running time is what the host observed: at least her quota, and not more than she ran.
     usage = {u["student"]: u for u in gql(server, "query($n: String!) { labUsage(name: $n) { student usedHours "

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import strawberry
 from strawberry.dataloader import DataLoader
 
-from kubekvm import image_models, models, streams
+from kubekvm import image_models, models, streams, usage
 from kubekvm.graphql.usage import StopReason as StopReason
 from kubekvm.graphql.usage import UsagePolicy
 from kubekvm.services import console_requests, overview
@@ -107,6 +107,8 @@ class Machine:
         description="Why the platform stopped it (kept until it is started again).")
     base_version: int | None = strawberry.field(
         description="The template version its disk is based on (null: an unversioned template).")
+    stop_message: str = strawberry.field(description=(
+        "`stopReason` in words, as the student reads it on their page; empty when there is none."))
 
     @classmethod
     def of(cls, m: models.Machine) -> Machine:
@@ -115,7 +117,8 @@ class Machine:
                    desired=m.desired, observed=m.observed, message=m.message,
                    observed_at=m.observed_at, reset_generation=m.reset_generation,
                    power_generation=m.power_generation, running_since=m.running_since,
-                   stop_reason=m.stop_reason, base_version=m.spec.version)
+                   stop_reason=m.stop_reason, base_version=m.spec.version,
+                   stop_message=usage.describe_stop(m.stop_reason) if m.stop_reason is not None else "")
 
 
 @strawberry.type(description="A lab: `replicas` machines of one template, one per student.")
