@@ -1,4 +1,9 @@
-"""GraphQL object types: read-only views of the documents, named as integrators see them."""
+"""GraphQL object types: read-only views of the documents, named as integrators see them.
+
+Longer than 400 lines: every object type of the API in one place, as integrators read them
+(each a list of fields with their descriptions and a one-line `of`); the types of one feature
+that stand on their own live beside it (`kubekvm.graphql.usage`, `kubekvm.graphql.timetables`).
+"""
 
 from __future__ import annotations
 
