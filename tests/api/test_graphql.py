@@ -169,6 +169,14 @@ def test_a_name_refused_for_its_form_suggests_the_valid_one(server: Server) -> N
     assert "redes-2025" in error_of(body)["message"]
 
 
+def test_machines_and_labs_say_since_when_they_are_in_their_state(server: Server) -> None:
+    data(server.graphql(CREATE, {"i": {"name": "since-lab", "template": "redes-neuronales", "replicas": 1}}))
+    lab_ = data(server.graphql('{ deployment(name: "since-lab") { phase phaseSince message } }'))["deployment"]
+    (machine,) = data(server.graphql('{ machines(deployment: "since-lab") { since observedAt } }'))["machines"]
+    assert lab_["phaseSince"] and machine["since"]
+    assert lab_["phase"] == "PENDING" and lab_["message"].startswith("0/1 running, 1 being made — since-lab-1: ")
+
+
 def test_every_bad_field_is_reported_at_once(server: Server) -> None:
     before = count_labs(server)
     body = server.graphql(CREATE, {"i": {"name": "Bad Name", "template": "no-such", "replicas": 0}})
@@ -183,6 +191,13 @@ def test_every_bad_field_is_reported_at_once(server: Server) -> None:
         "mutation { createTemplate(input: {name: \"T x\", os: LINUX, image: \"../x\", vcpus: 0, "
         "memoryMib: 1, diskGib: 1}) { name } }")
     assert {e["extensions"]["field"] for e in template["errors"]} == {"name", "image", "vcpus", "memoryMib"}
+    data(server.graphql(CREATE, {"i": {"name": "all-at-once", "template": "redes-neuronales", "replicas": 1}}))
+    limits = server.graphql('mutation { setUsagePolicy(name: "all-at-once", input: {idleMinutes: -1, '
+                            'idleCpuPercent: 500}) { idleMinutes } }')
+    assert {e["extensions"]["field"] for e in limits["errors"]} == {"idleMinutes", "idleCpuPercent"}
+    host = server.graphql('mutation { registerHost(input: {name: "bad host", vcpus: 0, memoryMib: 1, images: []}) '
+                          "{ name } }")
+    assert {e["extensions"]["field"] for e in host["errors"]} == {"name", "vcpus", "memoryMib"}
 
 
 def test_duplicate_name_is_conflict_and_missing_lab_is_not_found(server: Server) -> None:

@@ -105,6 +105,9 @@ class Machine:
     observed: models.ObservedState
     message: str
     observed_at: datetime | None
+    since: datetime | None = strawberry.field(description=(
+        "When the machine entered its present situation (a new observed state, a start/stop/reset "
+        "request, a host given, a removal asked): how long it has been doing what it does."))
     reset_generation: int
     power_generation: int
     running_since: datetime | None = strawberry.field(description="Since when its host reports it running.")
@@ -120,7 +123,7 @@ class Machine:
         return cls(id=strawberry.ID(str(m.id)), name=m.name, deployment=m.deployment, index=m.index,
                    template=m.spec.template, host=m.host, student=m.student,
                    desired=m.desired, observed=m.observed, message=m.message,
-                   observed_at=m.observed_at, reset_generation=m.reset_generation,
+                   observed_at=m.observed_at, since=m.since, reset_generation=m.reset_generation,
                    power_generation=m.power_generation, running_since=m.running_since,
                    stop_reason=m.stop_reason, base_version=m.spec.version,
                    stop_message=usage.describe_stop(m.stop_reason) if m.stop_reason is not None else "")
@@ -135,7 +138,10 @@ class Deployment:
     replicas: int
     power: models.Power
     phase: models.Phase
-    message: str
+    message: str = strawberry.field(description=(
+        "Derived from the machines' states and the pending request every time the phase is "
+        "recomputed, e.g. \"1/3 running, 2 starting\"."))
+    phase_since: datetime | None = strawberry.field(description="When the lab entered its phase.")
     generation: int
     owner: str | None = strawberry.field(description="The teacher whose lab it is.")
     created_at: datetime
@@ -152,7 +158,7 @@ class Deployment:
     @classmethod
     def of(cls, d: models.Deployment, *, running: int = 0, machine_count: int = 0) -> Deployment:
         return cls(id=strawberry.ID(str(d.id)), name=d.name, title=d.title, template=d.template,
-                   replicas=d.replicas, power=d.power, phase=d.phase,
+                   replicas=d.replicas, power=d.power, phase=d.phase, phase_since=d.phase_since,
                    message=d.message, generation=d.generation, owner=d.owner, created_at=d.created_at,
                    updated_at=d.updated_at, running=running, machine_count=machine_count,
                    template_version=d.template_version, roster_names=d.roster, roster_group=d.roster_group,

@@ -96,16 +96,19 @@ class Hosts(Noun):
         self, *, name: str, vcpus: int, memory_mib: int, images: Iterable[str],
         domain_type: str = "", agent_version: str = "",
     ) -> Host:
-        host_name(name)
-        validation.whole_number(vcpus, field="vcpus", minimum=1, maximum=4096, unit="vCPUs")
-        validation.whole_number(memory_mib, field="memoryMib", minimum=64, maximum=1 << 30, unit="MiB")
+        checks = validation.Checks()
+        checks(lambda: host_name(name))
+        checks(lambda: validation.whole_number(vcpus, field="vcpus", minimum=1, maximum=4096, unit="vCPUs"))
+        checks(lambda: validation.whole_number(memory_mib, field="memoryMib", minimum=64, maximum=1 << 30,
+                                               unit="MiB"))
+        kind = checks(lambda: validation.text(domain_type, field="domainType", label="The domain type",
+                                              max_length=HOST_TEXT_MAX))
+        version = checks(lambda: validation.text(agent_version, field="agentVersion", label="The agent version",
+                                                 max_length=HOST_TEXT_MAX))
+        checks.done()
         now = utcnow()
         fields = {"vcpus": vcpus, "memory_mib": memory_mib, "images": validation.image_names(images),
-                  "domain_type": validation.text(domain_type, field="domainType", label="The domain type",
-                                                 max_length=HOST_TEXT_MAX),
-                  "agent_version": validation.text(agent_version, field="agentVersion", label="The agent version",
-                                                   max_length=HOST_TEXT_MAX),
-                  "last_heartbeat": now}
+                  "domain_type": kind, "agent_version": version, "last_heartbeat": now}
         collection = Host.get_pymongo_collection()
         try:
             await collection.update_one(

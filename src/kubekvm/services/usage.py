@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from kubekvm import access, idle, usage
+from kubekvm import access, idle, usage, validation
 from kubekvm.errors import Conflict, QuotaSpent, ValidationFailed
 from kubekvm.models import (
     ConsoleSession,
@@ -184,15 +184,18 @@ class Usage(Noun):
 
     async def set_policy(self, name: str, *, idle_minutes: float | None, idle_cpu_percent: float | None,
                          max_run_minutes: float | None, quota_hours: float | None) -> Deployment:
-        policy = UsagePolicy(
-            idle_minutes=usage.amount(idle_minutes, field="idleMinutes", label="The idle time",
-                                      maximum=usage.MAX_MINUTES),
-            idle_cpu_percent=usage.amount(idle_cpu_percent, field="idleCpuPercent", label="The CPU threshold",
-                                          maximum=100.0) or idle.DEFAULT_IDLE_CPU_PERCENT,
-            max_run_minutes=usage.amount(max_run_minutes, field="maxRunMinutes", label="The longest run",
-                                         maximum=usage.MAX_MINUTES),
-            quota_hours=usage.amount(quota_hours, field="quotaHours", label="The hours per student",
-                                     maximum=usage.MAX_HOURS, exclusive_minimum=False))
+        checks = validation.Checks()  # every bad limit refused at once
+        idle_after = checks(lambda: usage.amount(idle_minutes, field="idleMinutes", label="The idle time",
+                                                 maximum=usage.MAX_MINUTES))
+        cpu = checks(lambda: usage.amount(idle_cpu_percent, field="idleCpuPercent", label="The CPU threshold",
+                                          maximum=100.0))
+        longest = checks(lambda: usage.amount(max_run_minutes, field="maxRunMinutes", label="The longest run",
+                                              maximum=usage.MAX_MINUTES))
+        hours = checks(lambda: usage.amount(quota_hours, field="quotaHours", label="The hours per student",
+                                            maximum=usage.MAX_HOURS, exclusive_minimum=False))
+        checks.done()
+        policy = UsagePolicy(idle_minutes=idle_after, idle_cpu_percent=cpu or idle.DEFAULT_IDLE_CPU_PERCENT,
+                             max_run_minutes=longest, quota_hours=hours)
 
         def change(lab: Deployment) -> LabUpdate | None:
             if lab.phase == Phase.DELETING:
