@@ -259,7 +259,7 @@ def _days(raw: str, where: str) -> tuple[int, ...]:
     return tuple(sorted(chosen))
 
 
-def parse_slots(text: str, *, label: str = "line") -> tuple[WeeklySlot, ...]:
+def parse_slots(text: str, *, label: str = "Line") -> tuple[WeeklySlot, ...]:
     """"mon,wed 09:00-11:00" per line ("mon-fri", "tue thu" too)."""
     slots: list[WeeklySlot] = []
     for number, line in _lines(text):
@@ -275,7 +275,7 @@ def parse_slots(text: str, *, label: str = "line") -> tuple[WeeklySlot, ...]:
     return tuple(slots)
 
 
-def parse_sessions(text: str, *, label: str = "line") -> tuple[Session, ...]:
+def parse_sessions(text: str, *, label: str = "Line") -> tuple[Session, ...]:
     """"2026-12-03 16:00-18:00" per line."""
     sessions: list[Session] = []
     for number, line in _lines(text):
@@ -289,7 +289,7 @@ def parse_sessions(text: str, *, label: str = "line") -> tuple[Session, ...]:
     return tuple(sessions)
 
 
-def parse_closures(text: str, *, label: str = "line") -> tuple[Closure, ...]:
+def parse_closures(text: str, *, label: str = "Line") -> tuple[Closure, ...]:
     """"2026-12-24" or "2026-12-24..2027-01-06 Christmas" per line."""
     closures: list[Closure] = []
     for number, line in _lines(text):

@@ -92,6 +92,9 @@ async def test_warm_start_before_the_slot_and_stop_at_its_end(world: World) -> N
     record = await ScheduleFire.get(turn.fired[0])
     assert record is not None and record.outcome == "fired" and record.due == datetime(2026, 3, 30, 6, 50, tzinfo=UTC)
     assert (await scheduler.run_once()) == type(turn)()  # fired once, never again
+    inside = await world.services.timetables.course("warm", now=MONDAY + timedelta(hours=8))
+    assert inside.in_slot and inside.next_stop == datetime(2026, 3, 30, 9, tzinfo=UTC)
+    assert inside.next_start == datetime(2026, 4, 6, 6, 50, tzinfo=UTC)
     world.clock.now = MONDAY + timedelta(hours=9, seconds=5)  # 11:00:05
     turn = await scheduler.run_once()
     assert turn is not None and turn.fired == ["warm|stop:2026-03-30T09:00:00Z"]

@@ -74,7 +74,7 @@ def test_course_end_is_midnight_after_the_last_day_in_its_zone() -> None:
 
 
 @pytest.mark.parametrize(("parse", "text", "field", "words"), [
-    (timetable.parse_slots, "mon 09:00-11:00\nfunday 10:00-11:00", "slots", "line 2"),
+    (timetable.parse_slots, "mon 09:00-11:00\nfunday 10:00-11:00", "slots", "Line 2"),
     (timetable.parse_slots, "mon 11:00-09:00", "slots", "ends before it starts"),
     (timetable.parse_slots, "tue 25:00-26:00", "slots", "not a time of day"),
     (timetable.parse_slots, "09:00-10:00", "slots", "name the days"),

@@ -42,7 +42,7 @@ def test_a_bad_timetable_is_refused_beside_each_field_and_nothing_is_saved(serve
                 "csrf_token": client.headers["X-CSRF-Token"]}
         refused = client.post(f"/labs/{lab}/timetable", data=form)
         assert refused.status_code == 422
-        assert "line 2" in field_error(refused.text, "slots")
+        assert "Line 2" in field_error(refused.text, "slots")
         assert "not a date" in field_error(refused.text, "sessions")
         assert "between 0 and 240" in field_error(refused.text, "leadMinutes")
         assert "IANA" in field_error(refused.text, "timeZone")
@@ -109,7 +109,7 @@ def test_graphql_refuses_a_bad_timetable_naming_the_field(server: Server, lab: s
                           'start: "11:00", end: "09:00"}]}) { stored } }')
     error = body["errors"][0]  # type: ignore[index]
     assert error["extensions"] == {"code": "VALIDATION_FAILED", "field": "slots"}  # type: ignore[index]
-    assert "item 1" in error["message"]  # type: ignore[index]
+    assert "Item 1" in error["message"]  # type: ignore[index]
 
 
 def test_the_unused_labs_are_on_the_admins_server_page_only(server: Server, lab: str) -> None:

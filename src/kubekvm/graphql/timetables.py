@@ -148,8 +148,8 @@ def rule_of(input: TimetableInput, *, default: timetable.Timetable) -> timetable
                       timetable.MAX_CLOSURES)
     return timetable.Timetable(
         zone=zone, lead=lead,
-        slots=timetable.parse_slots(slots, label="item"), sessions=timetable.parse_sessions(sessions, label="item"),
-        closures=timetable.parse_closures(closures, label="item"), ends_on=parse_day(input.ends_on))
+        slots=timetable.parse_slots(slots, label="Item"), sessions=timetable.parse_sessions(sessions, label="Item"),
+        closures=timetable.parse_closures(closures, label="Item"), ends_on=parse_day(input.ends_on))
 
 
 @strawberry.type
