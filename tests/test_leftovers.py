@@ -135,3 +135,42 @@ def test_check_leftovers_fails_a_command_that_leaves_a_process_or_a_folder() -> 
     tidy = subprocess.run([script, "true"], capture_output=True, text=True, timeout=120)
     assert tidy.returncode == 0, tidy.stdout + tidy.stderr
     assert "left no process, domain, scratch folder or change to the checkout" in tidy.stdout
+
+
+# A benchmark-like command: a child in a session of its own (as the benchmarks start agents),
+# a domain defined on its scratch folder, a file in it; then it hangs, ignoring SIGTERM.
+HANGING = """
+import os, signal, subprocess, sys, time
+scratch = sys.argv[1]
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen(["sleep", "600"], start_new_session=True)
+xml = os.path.join(scratch, "domain.xml")
+open(xml, "w").write(sys.argv[2])
+subprocess.run(["virsh", "-q", "-c", "qemu:///system", "define", xml], check=True, capture_output=True)
+print(f"ready; child {child.pid}", flush=True)
+time.sleep(600)  # hangs: what the test's timeout is about
+"""
+
+
+def test_a_contained_command_that_overruns_leaves_nothing(tmp_path: Path) -> None:
+    """The fault of issue 15: a timed-out benchmark run left its servers, agents and domains."""
+    from tests.support.contained import run_contained
+    from tests.support.qemu import scratch_dir
+
+    ensure_libvirtd()
+    scratch = scratch_dir("contained")
+    name = f"kubekvm-contained-{secrets.token_hex(3)}"
+    domain = DOMAIN.replace("NAME", name).replace("ROOT", str(scratch))
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            run_contained([sys.executable, "-c", HANGING, str(scratch), domain], timeout=12,
+                          log=tmp_path / "hanging.log", scratch=scratch, grace=1)
+        log = (tmp_path / "hanging.log").read_text()
+        assert log.startswith("ready; child "), log  # it got as far as hanging
+        child = int(log.split()[-1])
+        assert not Path(f"/proc/{child}").exists() or Path(f"/proc/{child}/stat").read_bytes().split()[2] == b"Z"
+        assert not defined(name)
+        assert not scratch.exists()
+    finally:
+        subprocess.run(["virsh", "-q", "-c", "qemu:///system", "undefine", name], capture_output=True,
+                       timeout=30, check=False)

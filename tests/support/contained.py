@@ -42,7 +42,8 @@ def run_contained(command: list[str], *, timeout: float, log: Path, scratch: Pat
                   cwd: Path | None = None, env: dict[str, str] | None = None) -> Finished:
     """Runs `command` (its output to `log`), waits at most `timeout` seconds (then raises
     `subprocess.TimeoutExpired`, after cleaning up), and cleans up after it; `scratch` is the
-    folder it was told to work in."""
+    folder it was told to work in. `grace`: how long its processes may take to end once asked
+    (on SIGTERM, and those outside its group afterwards) before they are killed."""
     tag = secrets.token_hex(4)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as output:
@@ -56,7 +57,7 @@ def run_contained(command: list[str], *, timeout: float, log: Path, scratch: Pat
     finally:
         if not ended:
             _stop_group(process, grace=grace)
-        left = [f"process {pid}: {what}" for pid, what in processes_left(GROUP_VARIABLE, tag, grace=10).items()]
+        left = [f"process {pid}: {what}" for pid, what in processes_left(GROUP_VARIABLE, tag, grace=grace).items()]
         left += remove_domains_under(scratch)
         if scratch.exists():
             left += [f"folder {path}" for path in sorted(scratch.iterdir())]
