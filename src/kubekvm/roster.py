@@ -33,7 +33,7 @@ def username(value: str, *, field: str = "name") -> str:
 def parse(text: str) -> list[str]:
     """Usernames from a pasted list (one per line, or separated by commas, semicolons or
     spaces) or a CSV file (the column headed username/user/login, else the first column).
-    Lowercased, deduplicated, in the order given; ValidationFailed names the first bad one."""
+    Lowercased, deduplicated, in the order given; ValidationFailed names every bad one at once."""
     rows = list(csv.reader(io.StringIO(text.replace(";", ","))))
     cells: list[str] = []
     column: int | None = None
@@ -51,9 +51,25 @@ def parse(text: str) -> list[str]:
         for word in cell.split():
             name = word.strip().lower()
             if name and name not in names:
-                names.append(username(name, field="students"))
+                names.append(name)
+    _all_usernames(names)
     if len(names) > MAX_ROSTER:
         raise ValidationFailed("students", f"A roster has at most {MAX_ROSTER} students (got {len(names)}).")
+    return names
+
+
+def _all_usernames(names: list[str]) -> list[str]:
+    """`names` if each is a valid username, else one refusal naming every bad one (a teacher
+    pasting a class list fixes them all in one go, not one per submit)."""
+    bad = [name for name in names if not _USERNAME.fullmatch(name or "")]
+    if len(bad) == 1:
+        username(bad[0], field="students")
+    if bad:
+        shown = ", ".join(repr(name[:70]) for name in bad[:20])
+        shown += f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise ValidationFailed("students", (
+            f"{len(bad)} names are not valid usernames: {shown}. A username uses lowercase letters, digits, "
+            f"'.', '_' and '-', starts with a letter or digit and has at most {USERNAME_MAX_LENGTH} characters."))
     return names
 
 
@@ -63,7 +79,7 @@ def students(names: Sequence[str]) -> list[str]:
     `students`, checked in full before the caller writes anything."""
     if len(names) > MAX_ROSTER:
         raise ValidationFailed("students", f"A roster has at most {MAX_ROSTER} students (got {len(names)}).")
-    checked = [username(name, field="students") for name in names]
+    checked = _all_usernames(list(names))
     seen: set[str] = set()
     for name in checked:
         if name in seen:

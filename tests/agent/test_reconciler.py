@@ -65,6 +65,9 @@ async def test_creates_and_starts_n_machines(make_rig: Make, make_assignment: Ma
     )
     states = [state for _, mid, state, _ in rig.reports.states if mid == f"m-{lab}-0"]
     assert states[0] == "pending" and states[-1] == "running"
+    # Each step of making it is said while it runs, so a slow one shows as the step it is.
+    steps = [message for _, mid, state, message in rig.reports.states if mid == f"m-{lab}-0" and state == "pending"]
+    assert [s.split(" from ")[0] for s in steps] == ["creating: cloning the disk", "creating: defining the VM"]
 
 
 def reported_generation(rig: Any, machine_id: str) -> int | None:

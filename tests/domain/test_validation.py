@@ -143,3 +143,15 @@ def test_a_name_refused_for_its_form_carries_the_suggestion_in_the_message() -> 
     with pytest.raises(ValidationFailed) as nothing:
         validation.name("$$$")
     assert nothing.value.suggestion is None and "redes-2025" in nothing.value.message
+
+
+def test_a_pasted_roster_names_every_bad_username_at_once() -> None:
+    from kubekvm import roster
+
+    with pytest.raises(ValidationFailed) as error:
+        roster.parse("ana\nbad*name\nluis\nx/y\n")
+    assert error.value.field == "students"
+    assert error.value.message.startswith("2 names are not valid usernames: 'bad*name', 'x/y'.")
+    with pytest.raises(ValidationFailed) as one:
+        roster.students(["ok", "$bad"])
+    assert "'$bad'" in one.value.message
