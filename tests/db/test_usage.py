@@ -67,7 +67,12 @@ def _with_start(machine: Machine, start: object) -> Machine:
 
 
 async def test_cpu_samples_from_reports_make_a_quiet_span(services: Services) -> None:
-    ana, _ = await a_lab(services)
+    ana, ben = await a_lab(services)
+    await services.machines.report_machine_state(machine_id=str(ben.id), host="kvm1", state=RUNNING,
+                                                 power_generation=ben.power_generation, cpu_seconds=1.0)
+    assert (await fresh(ben.name)).cpu is None, "idle shutdown off: a sample writes nothing"
+    await services.usage.set_policy("usage", idle_minutes=10, idle_cpu_percent=None, max_run_minutes=None,
+                                    quota_hours=None)
     for cpu in (10.0, 10.0):  # no CPU used between the two reports
         await services.machines.report_machine_state(machine_id=str(ana.id), host="kvm1", state=RUNNING,
                                                      power_generation=ana.power_generation, cpu_seconds=cpu)

@@ -6,7 +6,8 @@ time hosts observe, teachers' grants of more hours, and the machines stopped for
   changes nothing), the report that it no longer runs closes it into a `UsageInterval` (keyed by
   machine and start, so a retried close writes it once) and then clears the span (conditional on
   its start, so two replicas closing the same span record one interval). The guest CPU samples
-  hosts send with their reports are folded into `Machine.cpu` (`kubekvm.idle`).
+  hosts send with their reports are folded into `Machine.cpu` (`kubekvm.idle`) when the lab's
+  idle shutdown is on (off, a sample costs no write).
 - **The check** (`check_lab`, run by `kubekvm.usage_check` on the one replica holding its
   lease) stops what the rules say must stop: idle or too long running (`kubekvm.idle`), or run by
   a student whose hours are spent outside a scheduled slot (`kubekvm.usage`). A stop is a
@@ -22,6 +23,7 @@ The timetable (which moments are inside a scheduled slot, `kubekvm.timetable`) i
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,8 +52,10 @@ from kubekvm.services.convergence import LabUpdate
 from kubekvm.services.rules import LAB_MANAGED, LAB_SEEN, Operations, named, operation
 
 if TYPE_CHECKING:
-    pass
+    from kubekvm.services import Services
 
+# How long a replica believes a lab's idle threshold (`Usage.idle_threshold`).
+THRESHOLD_CACHE_SECONDS = 10.0
 # The audit log's name for the platform when it stops a machine on these rules.
 ACTOR = access.system("usage")
 # Labs with any limit on: the check reads only these.
@@ -92,6 +96,27 @@ def stop_text(machine: Machine, lab: Deployment | None) -> str:
 class Usage(Noun):
     """Limits, observed running time and grants, unchecked (callers use `UsageOperations`)."""
 
+    def __init__(self, core: Services) -> None:
+        super().__init__(core)
+        # lab -> (its idle CPU threshold, None: idle shutdown off; until when this is believed).
+        self._thresholds: dict[str, tuple[float | None, float]] = {}
+
+    async def idle_threshold(self, lab: str) -> float | None:
+        """The lab's idle CPU threshold, None when its idle shutdown is off. Every running
+        machine's CPU sample asks this; each replica keeps the answer for
+        `THRESHOLD_CACHE_SECONDS` (a changed setting reaches other replicas' samples that late)."""
+        clock = time.monotonic()
+        known = self._thresholds.get(lab)
+        if known is not None and known[1] > clock:
+            return known[0]
+        found = await Deployment.get_pymongo_collection().find_one({"name": lab}, {"policy": 1})
+        policy = UsagePolicy.model_validate((found or {}).get("policy") or {})
+        threshold = policy.idle_cpu_percent if policy.idle_minutes is not None else None
+        if len(self._thresholds) > 10_000:
+            self._thresholds.clear()
+        self._thresholds[lab] = (threshold, clock + THRESHOLD_CACHE_SECONDS)
+        return threshold
+
     async def slot_overlap(self, lab: Deployment) -> usage.SlotOverlap:
         """Seconds of a span inside the lab's scheduled slots (`kubekvm.usage.SlotOverlap`), from
         its timetable (`kubekvm.services.timetables`); a lab without one has no slots."""
@@ -118,8 +143,9 @@ class Usage(Noun):
             return
         if isinstance(cpu_seconds, bool) or not 0 <= cpu_seconds < 1e15:
             raise ValidationFailed("cpuSeconds", "The guest CPU time is a number of seconds, at least 0.")
-        lab = await Deployment.find_one(Deployment.name == machine.deployment)
-        threshold = lab.policy.idle_cpu_percent if lab is not None else idle.DEFAULT_IDLE_CPU_PERCENT
+        threshold = await self.idle_threshold(machine.deployment)
+        if threshold is None:
+            return  # idle shutdown is off: the sample costs no write (the count starts when it is on)
         folded = idle.next_activity(activity(machine.cpu), cpu_seconds=float(cpu_seconds), at=now,
                                     vcpus=machine.spec.vcpus, threshold_percent=threshold)
         sample = CpuSample(cpu_seconds=folded.cpu_seconds, sampled_at=folded.sampled_at,
@@ -205,6 +231,7 @@ class Usage(Noun):
             return {"$set": {"policy": policy.model_dump(), "updated_at": utcnow()}}
 
         _, written = await self.core.convergence.change_lab(name, change)
+        self._thresholds.pop(name, None)
         if written:
             await self.ctx.note(name, f"usage limits: {describe_policy(policy)}")
         return await self.core.convergence.refresh_phase(name, always_publish=written)
