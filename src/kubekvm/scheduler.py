@@ -18,7 +18,8 @@ not handled yet:
   restarts inside a slot thus starts its machines if the warm start is still within the grace,
   and stops them at the slot's end whatever happened in between (nothing is kept in memory);
 - the course's end is fired however late (machines of a course that is over stop), and so is
-  the deletion `KUBEKVM_LAB_RETENTION_DAYS` after it.
+  the deletion `KUBEKVM_LAB_RETENTION_DAYS` after it, announced in the lab's events
+  `KUBEKVM_LAB_EXPIRY_WARNING_DAYS` before (as its page warns from then on).
 
 Every fire, miss and failure is a line of the lab's events and an entry of the audit log (actor
 `scheduler`, of kind `system`). Times come from `clock`, so tests move time instead of waiting.
@@ -60,7 +61,7 @@ class Turn:
 class Due:
     lab: str
     id: str
-    kind: str  # start | stop | end | delete
+    kind: str  # start | stop | end | warn | delete
     at: datetime
     late_ok: bool  # a course's end and deletion fire however late
     said: str
@@ -117,13 +118,19 @@ class Scheduler:
                      f"{e.interval.opens.astimezone(rule.tz):%a %d %b %H:%M}-"
                      f"{e.interval.closes.astimezone(rule.tz):%H:%M} {zone}")
                  for e in timetable.events(rule, since, until)] if until > since else []
-        if ends is not None and ends <= now:
+        if ends is not None:
+            settings = self.services.settings
             day = rule.ends_on.isoformat() if rule.ends_on else ""
-            found.append(Due(schedule.lab, f"end:{day}", "end", ends, True, f"the course ended on {day}"))
-            deleted = ends + timedelta(days=self.services.settings.lab_retention_days)
+            deleted = ends + timedelta(days=settings.lab_retention_days)
+            warned = deleted - timedelta(days=settings.lab_expiry_warning_days)
+            if warned <= now < deleted:  # one line in the lab's events, besides its page's warning
+                found.append(Due(schedule.lab, f"warn:{day}", "warn", warned, True,
+                                 f"{deleted.astimezone(rule.tz):%a %d %b %Y %H:%M} {zone}"))
+            if ends <= now:
+                found.append(Due(schedule.lab, f"end:{day}", "end", ends, True, f"the course ended on {day}"))
             if deleted <= now:
                 found.append(Due(schedule.lab, f"delete:{day}", "delete", deleted, True,
-                                 f"{self.services.settings.lab_retention_days} day(s) after the course ended"))
+                                 f"{settings.lab_retention_days} day(s) after the course ended"))
         return found
 
     async def _handle(self, event: Due, now: datetime, turn: Turn) -> None:
@@ -137,7 +144,7 @@ class Scheduler:
         except DuplicateKeyError:
             return  # handled already, here or by another replica
         action = {"start": "scheduledStart", "stop": "scheduledStop", "end": "courseEnded",
-                  "delete": "courseDeleted"}[event.kind]
+                  "delete": "courseDeleted", "warn": "courseDeletionWarned"}[event.kind]
         target = f"lab:{event.lab}"
         if missed:
             said = (f"timetable: {event.kind} of {event.said} missed (found {int(late.total_seconds() // 60)} "
@@ -162,7 +169,9 @@ class Scheduler:
         said = {"start": f"timetable: machines started for {event.said}",
                 "stop": f"timetable: machines stopped at the end of {event.said}",
                 "end": f"course over: machines stopped ({event.said})",
-                "delete": f"course over: lab deleted with its machines and disks ({event.said})"}[event.kind]
+                "delete": f"course over: lab deleted with its machines and disks ({event.said})",
+                "warn": f"course over soon: the lab will be deleted with its machines and disks on {event.said}; "
+                        "download its usage (CSV) before"}[event.kind]
         await ScheduleFire.get_pymongo_collection().update_one({"_id": key}, {"$set": {"outcome": "fired"}})
         if event.kind != "delete":  # a deleted lab's events go with it
             await self._tell(event.lab, said)
@@ -176,8 +185,9 @@ class Scheduler:
             await labs.start_deployment(event.lab)
         elif event.kind in ("stop", "end"):
             await labs.stop_deployment(event.lab)
-        else:
+        elif event.kind == "delete":
             await labs.delete_deployment(event.lab)
+        # "warn" does nothing but say so (in the lab's events and the audit log).
 
     async def _tell(self, lab: str, said: str) -> None:
         await self.services.ctx.note(lab, said)

@@ -167,6 +167,11 @@ async def test_course_end_stops_then_deletion_leaves_no_document_behind(world: W
     assert await power("course") == Power.STOPPED
     assert (await world.services.timetables.course("course", now=world.clock.now)).next_start is None
     assert (await world.services.timetables.course("course", now=datetime(2026, 4, 28, tzinfo=UTC))).warn
+    world.clock.now = datetime(2026, 4, 28, tzinfo=UTC)  # within the 7 days' warning before the deletion
+    turn = await scheduler.run_once()
+    assert turn is not None and turn.fired == ["course|warn:2026-04-03"]
+    assert any(s.startswith("course over soon: the lab will be deleted with its machines and disks on Mon 04 May "
+                            "2026 00:00 Europe/Madrid") for s in await lines("course"))
     world.clock.now = datetime(2026, 5, 3, 22, 1, tzinfo=UTC)
     turn = await scheduler.run_once()
     assert turn is not None and turn.fired == ["course|delete:2026-04-03"]
@@ -176,7 +181,7 @@ async def test_course_end_stops_then_deletion_leaves_no_document_behind(world: W
         left = await records.get_pymongo_collection().count_documents({field: "course"})
         assert left == 0, f"{records.__name__} left behind"
     audit = await AuditEntry.find(AuditEntry.target == "lab:course", AuditEntry.actor == "scheduler").to_list()
-    assert sorted(a.action for a in audit) == ["courseDeleted", "courseEnded"]
+    assert sorted(a.action for a in audit) == ["courseDeleted", "courseDeletionWarned", "courseEnded"]
 
 
 async def test_an_end_date_in_the_past_is_refused(world: World) -> None:

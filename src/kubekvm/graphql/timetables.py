@@ -44,7 +44,8 @@ class Closure:
 @strawberry.type(description="An event of the timetable (or the course's end) as the scheduler handled it.")
 class ScheduledEvent:
     event: str = strawberry.field(description="e.g. start:2026-03-30T06:50:00Z, end:2026-06-30.")
-    kind: str = strawberry.field(description="start, stop, end (the course is over), delete.")
+    kind: str = strawberry.field(
+        description="start, stop, end (the course is over), warn (its deletion is near), delete.")
     due: datetime
     outcome: str = strawberry.field(description=(
         "fired; missed (found later than the grace: not fired); failed; claimed (its replica stopped before firing)."))
