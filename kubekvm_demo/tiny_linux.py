@@ -93,6 +93,7 @@ if [ -n "$after" ]; then (sleep "$after"; poweroff -f) & fi
 # pause keeps a getty that cannot open its terminal from spinning). getty makes each shell the
 # leader of a session of its own with its terminal, so Ctrl-C and job control work.
 for tty in tty1 ttyS0; do
+  stty -F "/dev/$tty" >/dev/null 2>&1 || continue  # a machine without that port
   (while true; do getty -L -n -i -l /bin/demo-shell 0 "$tty" linux; sleep 1; done) &
 done
 while true; do sleep 3600; done
