@@ -50,8 +50,12 @@ class IdentityPages:
         if actor_of(request).is_user:
             return RedirectResponse("/", status_code=303)
         name = str(request.path_params["provider"])
-        return await oidc_of(request).start(request, name,
-                                            redirect_uri=f"{self._base(request)}/login/oidc/{name}/callback")
+        oidc = oidc_of(request)
+        oidc.provider(name)  # an unknown one is NOT_FOUND, not a sign-in failure
+        try:
+            return await oidc.start(request, name, redirect_uri=f"{self._base(request)}/login/oidc/{name}/callback")
+        except KubeKVMError as error:  # the provider cannot be reached: say so where the button was
+            return self._refused(request, error)
 
     async def callback(self, request: Request) -> Response:
         name = str(request.path_params["provider"])
@@ -61,11 +65,15 @@ class IdentityPages:
             person = await oidc.finish(request, name)
             user = await services_for(request).sign_in_external(person, rules=provider.roles)
         except KubeKVMError as error:
-            state = FormState(values={"name": "", "next": "/"})
-            state.errors["form"] = error.message
-            return login_page(self.renderer, request, state, status=status_of(error))
+            return self._refused(request, error)
         await sign_in(request, user=user, provider=name)
         return RedirectResponse("/my" if user.role == Role.STUDENT else "/", status_code=303)
+
+    def _refused(self, request: Request, error: KubeKVMError) -> Response:
+        """The login page with the reason: nobody is signed in."""
+        state = FormState(values={"name": "", "next": "/"})
+        state.errors["form"] = error.message
+        return login_page(self.renderer, request, state, status=status_of(error))
 
     async def signed_out(self, request: Request) -> Response:
         name = request.query_params.get("provider", "")
