@@ -20,7 +20,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import agent_scale, api_throughput, machine_info, provision, report, stack, status_latency
+from benchmarks import (
+    agent_scale,
+    api_throughput,
+    machine_info,
+    provision,
+    report,
+    stack,
+    status_latency,
+    watched,
+)
 from benchmarks.plan import FULL, QUICK, Plan
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -29,6 +38,7 @@ BENCHMARKS: dict[str, Callable[[Plan, Path], dict[str, Any]]] = {
     "P2": status_latency.run,
     "P3": api_throughput.run,
     "P4": agent_scale.run,
+    "P5": watched.run,
 }
 
 

@@ -39,10 +39,18 @@ from benchmarks import wrk
 from benchmarks.plan import Plan
 from benchmarks.stack import Database, add_template, database, graphql, kubekvm_server, stop_process, unique
 from benchmarks.stats import median, summary
+from kubekvm.config import Settings
 from kubekvm.database import connect
+from kubekvm.events import EventFeed
 from kubekvm.models import Deployment, Machine, MachineSpec, ObservedState, OSFamily, Phase
+from kubekvm.services import Services
 
 LIST_QUERY = "{ deployments(limit: 1000) { items { name phase running machineCount } } }"
+# A teacher whose 20 labs are among the 1,000 (every 50th).
+TEACHER = "bench-teacher"
+TEACHER_EVERY = 50
+LIST_TARGET_S = 0.5
+SUBSCRIBER_TARGET = 5000
 P99_LIMIT_S = 1.0
 # How long one change may take to reach every subscriber before the ramp moves on.
 MARK_TIMEOUT_S = 30.0
@@ -52,7 +60,9 @@ RESULT_LINE_LIMIT = 64 * 1024 * 1024
 
 async def _fill(uri: str, database_name: str, labs: int, *, machines: bool) -> int:
     """``labs`` labs of 5-30 machines each (about half running) or, without ``machines``,
-    none; returns the number of machines."""
+    none, each with its counts stored as the server's recount stores them; every
+    ``TEACHER_EVERY``-th lab is ``TEACHER``'s (20 of 1,000), the others other teachers'. Returns
+    the number of machines."""
     connection = await connect(uri, database=database_name)
     try:
         spec = MachineSpec(template="bench-tiny", image="bench-tiny.qcow2", os=OSFamily.LINUX, vcpus=1,
@@ -63,8 +73,11 @@ async def _fill(uri: str, database_name: str, labs: int, *, machines: bool) -> i
             name = f"bench-lab-{i:04d}"
             replicas = 5 + i % 26
             running = replicas if i % 3 == 0 else replicas // 2 if i % 3 == 1 else 0
+            owner = TEACHER if i % TEACHER_EVERY == 0 else f"other-teacher-{i % 7}"
             deployments.append(Deployment(name=name, title=name, template="bench-tiny", replicas=replicas,
-                                          phase=Phase.ACTIVE if running == replicas else Phase.PENDING))
+                                          phase=Phase.ACTIVE if running == replicas else Phase.PENDING,
+                                          owner=owner, running=running if machines else 0,
+                                          kept=replicas if machines else 0))
             fleet += [Machine(deployment=name, index=k, name=f"{name}-{k}", spec=spec, host="bench-host",
                                  observed=ObservedState.RUNNING if k <= running else ObservedState.PENDING)
                       for k in range(1, replicas + 1) if machines]
@@ -110,28 +123,65 @@ def _same_answers(server: Server, plain_url: str, labs: int) -> None:
         raise RuntimeError(f"GraphQL and the plain endpoint disagree ({len(ours)} vs {len(plain)} items)")
 
 
-def _graphql_list(server: Server) -> float:
+def _timed(ask: Callable[[], httpx.Response]) -> float:
     began = time.monotonic()
-    response = httpx.post(server.graphql_url, json={"query": LIST_QUERY}, headers=server.admin_headers, timeout=600)
+    response = ask()
+    took = time.monotonic() - began
     response.raise_for_status()
-    return time.monotonic() - began
+    if response.headers.get("content-type", "").startswith("application/json") and response.json().get("errors"):
+        raise RuntimeError(f"the request failed: {response.text[:300]}")
+    return took
 
 
-def _plain_list(url: str) -> float:
-    began = time.monotonic()
-    httpx.get(url, timeout=600).raise_for_status()
-    return time.monotonic() - began
+async def _aggregated_before(uri: str, database_name: str) -> float:
+    """The count as lists made it before counts were stored: one aggregation matching the
+    1,000 labs' names (``Labs.running_counts``, still the recount's), timed in-process."""
+    connection = await connect(uri, database=database_name)
+    try:
+        names = [d.name for d in await Deployment.find({}).sort("name").limit(1000).to_list()]
+        services = Services(settings=Settings(), feed=EventFeed(), database_description="bench")
+        began = time.monotonic()
+        await services.labs.running_counts(names)
+        return time.monotonic() - began
+    finally:
+        await connection.close()
 
 
-def _one_at_a_time(plan: Plan, server: Server, plain_url: str) -> dict[str, Any]:
-    times: dict[str, list[float]] = {"graphql": [], "plain": []}
-    for round_ in range(plan.p3_fleet_requests):
-        for which in (("plain", "graphql") if round_ % 2 == 0 else ("graphql", "plain")):
-            times[which].append(_plain_list(plain_url) if which == "plain" else _graphql_list(server))
-    graphql_s, plain_s = median(times["graphql"]), median(times["plain"])
-    return {"graphql_request_s": round(graphql_s, 3), "plain_request_s": round(plain_s, 3),
-            "share": round(plain_s / graphql_s, 3), "requests_each": plan.p3_fleet_requests,
-            "times_s": {k: [round(v, 3) for v in found] for k, found in times.items()}}
+def _lists_with_a_fleet(plan: Plan, server: Server, plain_url: str, db: Database, database_name: str
+                        ) -> dict[str, Any]:
+    """Each way of listing labs, one request at a time, alternating (order flipped each round);
+    medians of ``p3_fleet_requests`` rounds."""
+    teacher_token = server.token_for(TEACHER)
+    teacher_headers = {"Authorization": f"Bearer {teacher_token}"}
+    server.user("bench-admin-pages", "admin")
+    admin_page = server.session("bench-admin-pages")
+    teacher_page = server.session(TEACHER)
+    asks: dict[str, Callable[[], httpx.Response]] = {
+        "graphql_admin_1000": lambda: httpx.post(server.graphql_url, json={"query": LIST_QUERY},
+                                                 headers=server.admin_headers, timeout=600),
+        "plain_admin_1000": lambda: httpx.get(plain_url, timeout=600),
+        "graphql_teacher_20": lambda: httpx.post(server.graphql_url, json={"query": LIST_QUERY},
+                                                 headers=teacher_headers, timeout=600),
+        "plain_teacher_20": lambda: httpx.get(plain_url, params={"owner": TEACHER}, timeout=600),
+        "page_admin": lambda: admin_page.get("/labs", timeout=600),
+        "page_teacher": lambda: teacher_page.get("/labs", timeout=600),
+    }
+    times: dict[str, list[float]] = {key: [] for key in asks}
+    try:
+        for key in asks:  # a first request each (connections, caches), not counted
+            _timed(asks[key])
+        for round_ in range(plan.p3_fleet_requests):
+            for key in (list(asks) if round_ % 2 == 0 else list(reversed(asks))):
+                times[key].append(_timed(asks[key]))
+    finally:
+        admin_page.close()
+        teacher_page.close()
+    before = [asyncio.run(_aggregated_before(db.uri, database_name)) for _ in range(plan.p3_fleet_requests)]
+    medians = {key: round(median(found), 3) for key, found in times.items()}
+    return {"median_s": medians, "times_s": {k: [round(v, 3) for v in found] for k, found in times.items()},
+            "count_aggregation_before_s": round(median(before), 3),
+            "count_aggregation_before_times_s": [round(v, 3) for v in before],
+            "requests_each": plan.p3_fleet_requests}
 
 
 def _throughput(plan: Plan, server: Server, plain_url: str, work: Path) -> dict[str, Any]:
@@ -192,7 +242,19 @@ class _Output:
                 await asyncio.wait_for(self._changed.wait(), deadline - time.monotonic())
 
 
+def rss_kib(pid: int) -> int:
+    """A process's resident memory now (VmRSS), in KiB; 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 async def _ramp_level(server: Server, lab: str, token_file: Path, count: int, marks: int) -> dict[str, Any]:
+    rss_before = rss_kib(server.child.process.pid)
     process = await asyncio.create_subprocess_exec(
         str(VENV_BIN / "python"), "-m", "benchmarks.subscribers", "--url", server.ws_url,
         "--token-file", str(token_file), "--lab", lab, "--count", str(count), "--marks", str(marks),
@@ -220,6 +282,7 @@ async def _ramp_level(server: Server, lab: str, token_file: Path, count: int, ma
                     break
             else:
                 raise RuntimeError(f"not every one of {count} subscriptions went live")
+            rss_live = rss_kib(server.child.process.pid)
             for mark in range(1, marks + 1):
                 await asyncio.sleep(0.2)
                 await fire(mark)
@@ -236,7 +299,10 @@ async def _ramp_level(server: Server, lab: str, token_file: Path, count: int, ma
     latencies = [stamp - fired[int(k)] for k, stamps in result["marks"].items() for stamp in stamps]
     expected = result["subscribed"] * marks
     stats = summary(latencies)
+    grown = (rss_live - rss_before) / 1024
     return {"subscribers": count, "subscribed": result["subscribed"], "connect_s": result["connect_s"],
+            "server_rss_mib_before": round(rss_before / 1024, 1), "server_rss_mib_live": round(rss_live / 1024, 1),
+            "server_rss_mib_per_1000": round(grown / count * 1000, 1),
             "deliveries": len(latencies), "expected": expected, "latency_s": stats,
             "ok": result["subscribed"] == count and len(latencies) == expected and stats.get("p99", 99) <= P99_LIMIT_S}
 
@@ -275,10 +341,13 @@ def run(plan: Plan, work: Path) -> dict[str, Any]:
         with kubekvm_server(db, database_name=full) as server, \
                 plain_app(db, full, LOG_DIR / f"bench-plain-app-{full}.log") as plain_url:
             _same_answers(server, plain_url, plan.p3_labs)
-            fleet = _one_at_a_time(plan, server, plain_url)
+            fleet = _lists_with_a_fleet(plan, server, plain_url, db, full)
         ramp = _subscriptions(plan, db, work)
     passing = [level["subscribers"] for level in ramp if level["ok"]]
     capacity = max(passing) if passing else 0
+    lists = fleet["median_s"]
+    largest = max(ramp, key=lambda level: level["subscribers"])
+    rss_per_1000 = largest.get("server_rss_mib_per_1000", 0.0)
     worst_key = min(levels, key=lambda key: levels[key]["share"])
     worst = levels[worst_key]
     return {
@@ -286,11 +355,16 @@ def run(plan: Plan, work: Path) -> dict[str, Any]:
         "how": f"{plan.p3_labs} labs in SecantusDB. API-bound (no machines): wrk over loopback, "
                f"{plan.p3_seconds} s per run, {plan.p3_runs} alternating run(s) per endpoint and connection count, "
                "medians. GraphQL: POST deployments(limit: 1000){items{name phase running machineCount}} with "
-               "the admin token; plain: GET /labs from benchmarks/plain_app.py (same models, same count "
-               f"aggregation, no auth). With a fleet ({machines} machines): {plan.p3_fleet_requests} alternating "
-               "single requests each, median request time. Subscriptions: N deploymentEvents websockets in a "
-               f"separate client process, {plan.p3_mutations_per_level} title changes per level, latency from "
-               "sending the mutation to each arrival.",
+               "the admin token; plain: GET /labs from benchmarks/plain_app.py (same models, the same stored "
+               f"counts, no auth). With a fleet ({machines} machines): after one unmeasured request each, "
+               f"{plan.p3_fleet_requests} rounds of single requests of each kind (GraphQL and plain, the admin's "
+               f"1,000 and a teacher's {plan.p3_labs // TEACHER_EVERY}; the HTML labs page as an admin and as "
+               "that teacher, signed in), order flipped each round, median request time; beside them the "
+               "count aggregation the lists ran before counts were stored (deployment $in 1,000 names, then "
+               "$group), timed in-process. Subscriptions: N deploymentEvents websockets in a separate client "
+               f"process, {plan.p3_mutations_per_level} title changes per level, latency from sending the "
+               "mutation to each arrival; server RSS (VmRSS) before the subscribers connect and once all "
+               "are live.",
         "labs": plan.p3_labs,
         "api_bound_by_connections": levels,
         "with_fleet": {"machines": machines, **fleet},
@@ -301,15 +375,26 @@ def run(plan: Plan, work: Path) -> dict[str, Any]:
             "plain_rps": worst["plain_rps"],
             "graphql_share_of_plain": worst["share"],
             "fleet_machines": machines,
-            "fleet_graphql_request_s": fleet["graphql_request_s"],
-            "fleet_plain_request_s": fleet["plain_request_s"],
+            "fleet_graphql_admin_1000_s": lists["graphql_admin_1000"],
+            "fleet_plain_admin_1000_s": lists["plain_admin_1000"],
+            "fleet_graphql_teacher_20_s": lists["graphql_teacher_20"],
+            "fleet_plain_teacher_20_s": lists["plain_teacher_20"],
+            "fleet_labs_page_admin_s": lists["page_admin"],
+            "fleet_labs_page_teacher_s": lists["page_teacher"],
+            "fleet_count_aggregation_before_s": fleet["count_aggregation_before_s"],
             "subscriptions_held_p99_under_1s": capacity,
             "largest_level_tried": max(plan.p3_subscriber_levels),
+            "server_rss_mib_per_1000_subscribers": rss_per_1000,
         },
         "targets": [
             {"name": "GraphQL rps / plain rps, API-bound (worst connection count)", "value": worst["share"],
              "limit": 0.4, "better": "higher", "met": worst["share"] >= 0.4},
-            {"name": "GraphQL rps / plain rps, with a fleet (one at a time)", "value": fleet["share"],
-             "limit": 0.4, "better": "higher", "met": fleet["share"] >= 0.4},
+            *[{"name": f"{what} with {machines} machines (s)", "value": lists[key], "limit": LIST_TARGET_S,
+               "better": "lower", "met": lists[key] <= LIST_TARGET_S}
+              for key, what in (("graphql_admin_1000", "deployments(limit: 1000), admin"),
+                                ("graphql_teacher_20", "deployments, a teacher's 20 of 1,000"),
+                                ("page_admin", "labs page, admin"), ("page_teacher", "labs page, a teacher"))],
+            {"name": "deploymentEvents subscribers with p99 <= 1 s", "value": capacity,
+             "limit": SUBSCRIBER_TARGET, "better": "higher", "met": capacity >= SUBSCRIBER_TARGET},
         ],
     }

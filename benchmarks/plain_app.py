@@ -1,10 +1,10 @@
 """The plain endpoint P3 compares GraphQL with: the same labs, as JSON, from the same database.
 
-One Starlette route, ``GET /labs``, returns the first 1,000 labs by name with their phase and
-machine counts, read with the same Beanie models (``kubekvm.models.Deployment``) and counted
-by the same aggregation (``kubekvm.services.labs.Labs.running_counts``) the GraphQL resolver
-uses. There is no GraphQL, no authentication and no total count: it is the floor a JSON API
-on this stack could reach. It runs in its own uvicorn process, configured like
+One Starlette route, ``GET /labs`` (``?owner=NAME``: that teacher's), returns the first 1,000
+labs by name with their phase and machine counts, read with the same Beanie models
+(``kubekvm.models.Deployment``) and counts (``kubekvm.services.labs.Labs.counts_of``: as stored
+with each lab) the GraphQL resolver uses. There is no GraphQL, no authentication and no total
+count: it is the floor a JSON API on this stack could reach. It runs in its own uvicorn process, configured like
 ``kubekvm serve`` (uvloop and httptools where installed):
 
     python -m benchmarks.plain_app --port 8100 --mongodb-uri mongodb://... --database NAME
@@ -35,7 +35,7 @@ def create_app(*, mongodb_uri: str, database: str) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         connection = await connect(mongodb_uri, database=database)
-        # Only for running_counts, which reads the machines collection and nothing else.
+        # Only for counts_of, which reads the machines collection (for labs never counted) and nothing else.
         app.state.services = Services(settings=Settings(), feed=EventFeed(), database_description="plain")
         try:
             yield
@@ -44,8 +44,9 @@ def create_app(*, mongodb_uri: str, database: str) -> Starlette:
 
     async def labs(request: Request) -> JSONResponse:
         services: Services = request.app.state.services
-        found = await Deployment.find({}).sort("name").limit(LIMIT).to_list()
-        counts = await services.labs.running_counts([d.name for d in found])
+        owner = request.query_params.get("owner")
+        found = await Deployment.find({"owner": owner} if owner else {}).sort("name").limit(LIMIT).to_list()
+        counts = await services.labs.counts_of(found)
         return JSONResponse({"items": [
             {"name": d.name, "phase": d.phase.name, "running": counts[d.name][0], "machineCount": counts[d.name][1]}
             for d in found

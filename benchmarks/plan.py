@@ -35,15 +35,20 @@ class Plan:
     p3_mutations_per_level: int
     # P4: machines converged by one reconciler on libvirt's test driver.
     p4_machines: int
+    # P5: P1's lab size provisioned alone and with this many deploymentEvents watchers, runs each.
+    p5_count: int
+    p5_watchers: int
+    p5_repeats: int
 
 
 FULL = Plan(
     name="full",
     p1_counts=(1, 10, 30), p1_repeats=3, p1_base_mib=1024, p1_settle_s=15.0,
     p2_guests=10, p2_rounds=5, p2_poweroff_after=6,
-    p3_labs=1000, p3_connections=(8, 32), p3_seconds=10, p3_runs=2, p3_fleet_requests=2,
-    p3_subscriber_levels=(100, 250, 500, 1000, 2000), p3_mutations_per_level=5,
+    p3_labs=1000, p3_connections=(8, 32), p3_seconds=10, p3_runs=2, p3_fleet_requests=3,
+    p3_subscriber_levels=(1000, 2500, 5000), p3_mutations_per_level=5,
     p4_machines=2000,
+    p5_count=30, p5_watchers=300, p5_repeats=3,
 )
 
 QUICK = Plan(
@@ -53,4 +58,5 @@ QUICK = Plan(
     p3_labs=200, p3_connections=(8,), p3_seconds=2, p3_runs=1, p3_fleet_requests=1,
     p3_subscriber_levels=(20, 100), p3_mutations_per_level=2,
     p4_machines=200,
+    p5_count=3, p5_watchers=20, p5_repeats=1,
 )

@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-FILES = {"P1": "provision", "P2": "status_latency", "P3": "api_throughput", "P4": "agent_scale"}
+FILES = {"P1": "provision", "P2": "status_latency", "P3": "api_throughput", "P4": "agent_scale",
+         "P5": "watched"}
 
 
 def write(out: Path, results: dict[str, dict[str, Any]], context: dict[str, Any]) -> Path:

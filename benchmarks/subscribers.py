@@ -4,6 +4,10 @@ Run as its own process by ``api_throughput``, so its work is not the measuring p
 
     python -m benchmarks.subscribers --url ws://127.0.0.1:PORT/graphql --token-file F
         --lab NAME --count N --marks M --timeout S
+    python -m benchmarks.subscribers --url ... --token-file F --count N --hold
+
+With ``--hold`` (the watchers of P5) it only holds N subscriptions to every lab's events, counting
+what arrives, until its standard input closes, then prints ``{"received": ..., ...}``.
 
 It opens N websockets (graphql-transport-ws, token in ``connection_init`` as the agent sends
 it), one subscription each, and prints ``CONNECTED n``. The parent changes the lab's title to
@@ -39,6 +43,7 @@ class Counter:
         self.stamps: dict[int, dict[int, float]] = {k: {} for k in range(marks + 1)}
         self.expected = count
         self.changed = asyncio.Event()
+        self.received = 0  # every result, of every subscription
 
     def add(self, mark: int, subscriber: int, stamp: float) -> None:
         if mark in self.stamps:
@@ -80,9 +85,11 @@ async def _listen(socket: ClientConnection, subscriber: int, counter: Counter) -
         if kind == "ping":
             await socket.send(json.dumps({"type": "pong"}))
         elif kind == "next":
-            data = (message.get("payload") or {}).get("data") or {}
-            title = ((data.get("deploymentEvents") or {}).get("deployment") or {}).get("title") or ""
-            if title.startswith("mark-") and title[5:].isdigit():
+            counter.received += 1
+            event = ((message.get("payload") or {}).get("data") or {}).get("deploymentEvents") or {}
+            title = (event.get("deployment") or {}).get("title") or ""
+            # Only changes: the current state sent first (SNAPSHOT) holds an earlier level's mark.
+            if event.get("kind") == "LAB_CHANGED" and title.startswith("mark-") and title[5:].isdigit():
                 counter.add(int(title[5:]), subscriber, stamp)
         elif kind in ("error", "complete"):
             raise RuntimeError(f"subscription ended: {message}")
@@ -110,6 +117,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     listeners = [asyncio.create_task(_listen(s, i, counter)) for i, s in enumerate(sockets)]
     counter.expected = len(sockets)
     print(f"CONNECTED {len(sockets)}", flush=True)
+    if args.hold:
+        # Watchers only: held open until the parent closes this process's standard input.
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        received = counter.received
+        for task in listeners:
+            task.cancel()
+        await asyncio.gather(*listeners, return_exceptions=True)
+        await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
+        return {"subscribed": len(sockets), "failed": failed, "received": received, "connect_s": round(connect_s, 3)}
     # The parent fires mark-0 now and repeats it until every subscription has delivered one.
     await counter.wait(range(0, 1), time.monotonic() + args.timeout)
     await counter.wait(range(1, args.marks + 1), time.monotonic() + args.timeout)
@@ -126,9 +142,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.subscribers")
     parser.add_argument("--url", required=True)
     parser.add_argument("--token-file", required=True)
-    parser.add_argument("--lab", required=True)
+    parser.add_argument("--lab", default=None, help="one lab's events (default: every lab's)")
+    parser.add_argument("--hold", action="store_true",
+                        help="only hold the subscriptions (counting results) until standard input closes")
     parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--marks", type=int, required=True)
+    parser.add_argument("--marks", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args()
     if not args.url.startswith("ws://127.0.0.1:"):

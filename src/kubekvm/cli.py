@@ -276,7 +276,11 @@ async def _serve(*, settings: Settings, embedded: EmbeddedDatabase | None, host:
                                 lifespan="on", proxy_headers=True, forwarded_allow_ips=forwarded,
                                 timeout_graceful_shutdown=3,
                                 # A bigger websocket message closes its socket (1009) unread.
-                                ws_max_size=settings.websocket_max_message_bytes)
+                                ws_max_size=settings.websocket_max_message_bytes,
+                                # No compression: deflating each small event for each of thousands
+                                # of subscribers cost more CPU than its bytes, and every
+                                # connection kept a zlib state of its own (memory per subscriber).
+                                ws_per_message_deflate=False)
         # Access-log lines carry query strings: one-time codes of setup and set-password links
         # must not outlive their use in a log file.
         logging.getLogger("uvicorn.access").addFilter(_RedactCodes())

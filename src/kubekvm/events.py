@@ -42,6 +42,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from kubekvm import metrics
 from kubekvm.database import Database
+from kubekvm.memory import Release
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class EventFeed:
     _history: deque[Change] = field(default_factory=lambda: deque(maxlen=REPLAY_CHANGES))
     _sequence: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _task: asyncio.Task[None] | None = None
+    _release: Release = field(default_factory=Release)
     # How long shutdown waits for the watcher to end once cancelled (see `stop`).
     stop_grace: float = 5.0
 
@@ -137,6 +139,12 @@ class EventFeed:
             yield subscription
         finally:
             self._subscribers.discard(subscription)
+            # After a crowd leaves, what it took goes back to the system (`kubekvm.memory`).
+            self._release.departed(remaining=len(self._subscribers))
+
+    def history(self) -> list[Change]:
+        """The changes this process still holds, oldest first."""
+        return list(self._history)
 
     def replay_after(self, cursor: str) -> list[Change] | None:
         """Changes after `cursor` if this process still holds them, else None (resync)."""

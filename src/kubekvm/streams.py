@@ -11,15 +11,23 @@ still holds the changes after it, they are replayed instead of a snapshot. When 
 changes may have been missed (a RESYNC change, `kubekvm.events`), the agent gets a fresh
 SNAPSHOT in the same subscription; a lab's subscribers get a RESYNC event, on which they
 reload what they show.
+
+`lab_changes` is a lab's feed, the same way when asked for the current state (GraphQL's
+`deploymentEvents`): a SNAPSHOT event per lab, SYNCED, then each change, with a cursor to resume
+from after a reconnect (replayed when this process still holds the changes, else the current
+state again); after a RESYNC, RESYNC and the current state again. The pages' live updates read
+their own snapshot instead. Each change is parsed into its typed event once, and that one
+object goes to every subscriber (`kubekvm.graphql.sharing` builds on that).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from kubekvm.database import uninterrupted
 from kubekvm.events import Change, EventFeed
@@ -128,6 +136,8 @@ class LabChangeKind(StrEnum):
     MACHINE_REMOVED = "MACHINE_REMOVED"
     HOST_CHANGED = "HOST_CHANGED"
     RESYNC = "RESYNC"  # changes may have been missed: reload what you show
+    SNAPSHOT = "SNAPSHOT"  # one lab as it is now, with its machines (the current state, first)
+    SYNCED = "SYNCED"  # the current state has been sent in full (or replayed): changes follow
 
 
 @dataclass(frozen=True)
@@ -137,32 +147,117 @@ class LabChange:
     deployment: Deployment | None = None
     machine: Machine | None = None
     host: Host | None = None
+    machines: Sequence[Machine] | None = None  # SNAPSHOT: the lab's machines
+    # Where a reconnecting subscriber resumes after this event (`lab_changes(cursor=...)`).
+    cursor: str | None = None
+    # Made once per change for all its subscribers (the GraphQL event: `kubekvm.graphql`).
+    memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+
+CurrentState = Callable[[], Coroutine[Any, Any, list[LabChange]]]
 
 
 async def lab_changes(*, feed: EventFeed, lab: str | None = None, include_hosts: bool = False,
-                      subscribed: asyncio.Event | None = None) -> AsyncIterator[LabChange]:
+                      subscribed: asyncio.Event | None = None, current: CurrentState | None = None,
+                      cursor: str | None = None) -> AsyncIterator[LabChange]:
     """Every change of one lab (or of all labs), as typed objects.
 
     `subscribed` is set once the feed subscription is taken: a caller that reads a snapshot
-    after it (the pages' live updates) misses no change made between the two."""
+    after it (the pages' live updates) misses no change made between the two.
+
+    With `current` (what the caller sees now, as SNAPSHOT events), the stream starts with it and
+    a SYNCED event, then changes; after a RESYNC it sends them again. With a `cursor` (of an
+    event received earlier) it resumes instead: the changes after it are replayed if this
+    process still holds them all and can tell which lab each belongs to, else the current
+    state is sent. Either way nothing between the two subscriptions is lost (a change may come
+    twice: one made while the state was being read)."""
     names: dict[str, str] = {}  # lab id -> name, for delete events that carry only the id
     machine_labs: dict[str, str] = {}  # machine id -> lab name, likewise
     async with feed.subscribe() as subscription:
         if subscribed is not None:
             subscribed.set()
+        # Taken before anything is awaited: a change from now on is in the subscription's queue,
+        # every earlier one in these.
+        start_cursor = feed.last_cursor
+        replay = feed.replay_after(cursor) if cursor and current is not None else None
+        earlier = feed.history() if replay is not None else []
         await uninterrupted(_known_ids(names, machine_labs, lab=lab))
+        if current is not None:
+            resumed = None if replay is None else _replayed(replay, earlier, names=names,
+                                                            machine_labs=machine_labs, lab=lab,
+                                                            include_hosts=include_hosts)
+            if resumed is None:
+                for state in await uninterrupted(current()):
+                    yield replace(state, cursor=start_cursor)
+            else:
+                for replayed in resumed:
+                    yield replayed
+            yield LabChange(LabChangeKind.SYNCED, lab or "", cursor=start_cursor if resumed is None
+                            else next((c.cursor for c in reversed(replay or [])), cursor))
         while True:
-            change = await subscription.next()
+            pending = [await subscription.next()]
+            while not subscription.queue.empty():  # what piled up while the last ones were sent
+                pending.append(subscription.queue.get_nowait())
             if subscription.overflowed:
                 raise FeedOverflow("the event feed fell behind; resubscribe")
-            if change.resync:
+            resync = next((c for c in pending if c.resync), None)
+            if resync is not None:
+                # Read after the resync arrived: at least as new as every change pending with it.
+                resync_cursor = feed.last_cursor
                 await uninterrupted(_known_ids(names, machine_labs, lab=lab))
-                yield LabChange(LabChangeKind.RESYNC, lab or "")
+                yield LabChange(LabChangeKind.RESYNC, lab or "", cursor=resync.cursor)
+                if current is not None:
+                    for state in await uninterrupted(current()):
+                        yield replace(state, cursor=resync_cursor)
+                    yield LabChange(LabChangeKind.SYNCED, lab or "", cursor=resync_cursor)
                 continue
-            event = _lab_change(change, names=names, machine_labs=machine_labs,
-                                include_hosts=include_hosts)
-            if event is not None and (lab is None or event.lab == lab or event.kind == LabChangeKind.HOST_CHANGED):
-                yield event
+            for change in _latest_per_document(pending):
+                event = _lab_change(change, names=names, machine_labs=machine_labs,
+                                    include_hosts=include_hosts)
+                if event is not None and _about(event, lab):
+                    yield event
+
+
+def _latest_per_document(changes: list[Change]) -> list[Change]:
+    """Of several changes of one document waiting for a subscriber, only the last: it carries the
+    document as it is now, which is what a subscriber shows. A subscriber that keeps up gets every
+    change; one that falls behind (thousands of them, a burst of a big lab) catches up with fewer
+    messages instead of ever more late ones. In the order of each document's last change."""
+    if len(changes) == 1:
+        return changes
+    latest: dict[tuple[str, str], Change] = {}
+    for change in changes:
+        key = (change.collection, change.id)
+        latest.pop(key, None)
+        latest[key] = change
+    return list(latest.values())
+
+
+def _about(event: LabChange, lab: str | None) -> bool:
+    return lab is None or event.lab == lab or event.kind == LabChangeKind.HOST_CHANGED
+
+
+def _replayed(replay: list[Change], earlier: list[Change], *, names: dict[str, str],
+              machine_labs: dict[str, str], lab: str | None, include_hosts: bool) -> list[LabChange] | None:
+    """The typed changes of `replay`, or None if one of them cannot be told apart: a deletion of a
+    lab or machine whose lab neither the database nor the changes held name (the subscriber must
+    then get the current state instead, or it would miss that deletion)."""
+    for change in earlier:  # what the ids deleted meanwhile were, from their last documents
+        if change.document is not None and change.collection == "deployments":
+            names.setdefault(change.id, str(change.document.get("name", "")))
+        elif change.document is not None and change.collection == "machines":
+            machine_labs.setdefault(change.id, str(change.document.get("deployment", "")))
+    events: list[LabChange] = []
+    for change in replay:
+        if change.resync:
+            return None
+        known = {"deployments": names, "machines": machine_labs}.get(change.collection)
+        if change.document is None and known is not None and change.id not in known:
+            return None
+        event = _lab_change(change, names=names, machine_labs=machine_labs, include_hosts=include_hosts)
+        if event is not None and _about(event, lab):
+            events.append(event)
+    return events
 
 
 async def _known_ids(names: dict[str, str], machine_labs: dict[str, str], *, lab: str | None) -> None:
@@ -184,28 +279,63 @@ def _lab_change(change: Change, *, names: dict[str, str], machine_labs: dict[str
     if change.collection == "deployments":
         if document is None:
             name = names.pop(change.id, None)
-            return None if name is None else LabChange(LabChangeKind.LAB_DELETED, name)
-        deployment = readable(Deployment, document)
-        if deployment is None:  # not a lab this version can show (warned about)
-            return None
-        names[change.id] = deployment.name
-        return LabChange(LabChangeKind.LAB_CHANGED, deployment.name, deployment=deployment)
+            return None if name is None else LabChange(LabChangeKind.LAB_DELETED, name, cursor=change.cursor)
+        shared = _typed(change)
+        if shared is not None:
+            names[change.id] = shared.lab
+        return shared
     if change.collection == "machines":
         if document is None:
             # The full document is looked up when the watcher reads the change, so a reader a
             # little behind finds none once the machine is deleted, for the retiring update
             # too: the machine is gone either way, and its subscribers must hear so once.
             lab = machine_labs.pop(change.id, None)
-            return None if lab is None else LabChange(LabChangeKind.MACHINE_REMOVED, lab)
-        machine = readable(Machine, document)
-        if machine is None:
+            return None if lab is None else LabChange(LabChangeKind.MACHINE_REMOVED, lab, cursor=change.cursor)
+        shared = _typed(change)
+        if shared is None:
             return None
-        if machine.retired:
+        if shared.kind == LabChangeKind.MACHINE_REMOVED:
             machine_labs.pop(change.id, None)
-            return LabChange(LabChangeKind.MACHINE_REMOVED, machine.deployment, machine=machine)
-        machine_labs[change.id] = machine.deployment
-        return LabChange(LabChangeKind.MACHINE_CHANGED, machine.deployment, machine=machine)
+        else:
+            machine_labs[change.id] = shared.lab
+        return shared
     if change.collection == "hosts" and document is not None and include_hosts:
-        host = readable(Host, document)
-        return None if host is None else LabChange(LabChangeKind.HOST_CHANGED, "", host=host)
+        return _typed(change)
     return None
+
+
+# The typed events of the latest changes, by the change's identity (holding it, so an id is
+# never reused while here): every subscriber of a change is handed the same event, parsed once.
+# Bounded, because the feed's replay buffer keeps changes long after they were delivered: a
+# subscriber that far behind parses again.
+TYPED_CHANGES = 2048
+_typed_changes: OrderedDict[int, tuple[Change, LabChange | None]] = OrderedDict()
+
+
+def _typed(change: Change) -> LabChange | None:
+    """The change of one document as a typed event, parsed once for every subscriber (the first
+    to ask parses it)."""
+    known = _typed_changes.get(id(change))
+    if known is not None and known[0] is change:
+        return known[1]
+    document = change.document
+    assert document is not None
+    typed: LabChange | None = None
+    if change.collection == "deployments":
+        deployment = readable(Deployment, document)
+        if deployment is not None:  # else not a lab this version can show (warned about)
+            typed = LabChange(LabChangeKind.LAB_CHANGED, deployment.name, deployment=deployment,
+                              cursor=change.cursor)
+    elif change.collection == "machines":
+        machine = readable(Machine, document)
+        if machine is not None:
+            kind = LabChangeKind.MACHINE_REMOVED if machine.retired else LabChangeKind.MACHINE_CHANGED
+            typed = LabChange(kind, machine.deployment, machine=machine, cursor=change.cursor)
+    elif change.collection == "hosts":
+        host = readable(Host, document)
+        if host is not None:
+            typed = LabChange(LabChangeKind.HOST_CHANGED, "", host=host, cursor=change.cursor)
+    _typed_changes[id(change)] = (change, typed)
+    while len(_typed_changes) > TYPED_CHANGES:
+        _typed_changes.popitem(last=False)
+    return typed

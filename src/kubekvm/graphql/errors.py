@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from graphql import ArgumentNode, DocumentNode, Node, ObjectFieldNode, VariableNode, Visitor, parse, visit
 from graphql.error import GraphQLError
@@ -118,6 +119,15 @@ class ErrorCodes(MaskErrors):
 
     def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
         return [classified for e in errors for classified in self._each_field(e)]
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        # A subscription result without errors has nothing to classify: skip MaskErrors' walk
+        # of it (a runtime-protocol isinstance per result), paid once per subscriber per change.
+        if any(getattr(result, name, None) for name in ("errors", "incremental", "completed")):
+            yield from super().on_stream_result(result)
+            return
+        self._stream_result_processed = True
+        yield None
 
     @classmethod
     def _each_field(cls, error: GraphQLError) -> list[GraphQLError]:

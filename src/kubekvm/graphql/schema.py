@@ -31,6 +31,7 @@ from kubekvm.config import Settings
 from kubekvm.errors import KubeKVMError, ValidationFailed
 from kubekvm.graphql.errors import ErrorCodes, argument_of, coded
 from kubekvm.graphql.metrics import OperationMetrics
+from kubekvm.graphql.sharing import SharingExecutor
 from kubekvm.graphql.timetables import TimetableMutation, TimetableQuery
 from kubekvm.graphql.types import (
     ApiToken,
@@ -83,6 +84,25 @@ def _subscription_slot(info: strawberry.Info) -> contextlib.ExitStack:
 async def _deployment(services: Authorized, lab: models.Deployment) -> Deployment:
     running, total = await services.lab_counts(lab)
     return Deployment.of(lab, running=running, machine_count=total)
+
+
+async def _deployment_event(services: Authorized, change: streams.LabChange) -> DeploymentEvent:
+    """The GraphQL event of a change, made once and shared by every subscriber that is passed it
+    (the same change object reaches all of them: `streams.lab_changes`)."""
+    shared: DeploymentEvent | None = change.memo.get("graphql")
+    if shared is not None:
+        return shared
+    deployment = None
+    if change.deployment is not None:
+        running, total = await services.lab_counts(change.deployment)
+        deployment = Deployment.of(change.deployment, running=running, machine_count=total)
+    event = DeploymentEvent(
+        kind=change.kind, lab=change.lab, deployment=deployment,
+        machine=Machine.of(change.machine) if change.machine is not None else None,
+        machines=None if change.machines is None else [Machine.of(m) for m in change.machines],
+        cursor=change.cursor)
+    change.memo["graphql"] = event
+    return event
 
 
 @strawberry.input
@@ -447,27 +467,24 @@ class Mutation(TimetableMutation, UsageMutation):
 @strawberry.type
 class Subscription:
     @strawberry.subscription(description=(
-        "Every phase and machine change of one lab (by name) or of all labs. A RESYNC event says "
-        "changes may have been missed (the server lost its change history): reload what you show."))
-    async def deployment_events(self, info: strawberry.Info,
-                                name: str | None = None) -> AsyncGenerator[DeploymentEvent, None]:
+        "One lab (by name) or every lab you may see: first its current state (a SNAPSHOT event "
+        "per lab, with its machines, then SYNCED), then every phase and machine change. Each "
+        "event has a `cursor`: subscribe again with the last one received to resume after a "
+        "reconnect (the changes since are replayed, or the current state is sent again). A "
+        "RESYNC event says changes may have been missed: the current state follows it."))
+    async def deployment_events(self, info: strawberry.Info, name: str | None = None,
+                                cursor: str | None = None) -> AsyncGenerator[DeploymentEvent, None]:
         services = _services(info)
         try:
             if name is not None:
                 await services.get_deployment(name)
-            changes = await services.lab_changes(lab=name)
+            changes = await services.lab_changes(lab=name, current=True, cursor=cursor)
             slot = _subscription_slot(info)
         except KubeKVMError as error:
             raise coded(error) from None
         with slot:
             async for change in changes:
-                deployment = None
-                if change.deployment is not None:
-                    running, total = await services.lab_counts(change.deployment)
-                    deployment = Deployment.of(change.deployment, running=running, machine_count=total)
-                machine = Machine.of(change.machine) if change.machine is not None else None
-                yield DeploymentEvent(kind=change.kind, lab=change.lab, deployment=deployment, machine=machine)
-
+                yield await _deployment_event(services, change)
     @strawberry.subscription(description=(
         "The agent's feed: a SNAPSHOT of every machine assigned to `host`, then CHANGE batches. "
         "Pass the last batch's cursor when reconnecting to resume; a SNAPSHOT comes if the "
@@ -537,7 +554,8 @@ def build_schema(settings: Settings | None = None) -> Schema:
                              lambda: MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases)]
     if not settings.graphql_introspection:
         extensions.append(DisableIntrospection)
-    return Schema(query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions)
+    return Schema(query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions,
+                  execution_context_class=SharingExecutor)
 
 
 schema = build_schema()

@@ -14,6 +14,7 @@ import strawberry
 from strawberry.dataloader import DataLoader
 
 from kubekvm import image_models, models, streams, usage
+from kubekvm.graphql.sharing import share_results_of
 from kubekvm.graphql.usage import StopReason as StopReason
 from kubekvm.graphql.usage import UsagePolicy
 from kubekvm.services import console_requests, overview
@@ -360,12 +361,21 @@ class ConsoleRequest:
 DeploymentEventKind = strawberry.enum(streams.LabChangeKind, name="DeploymentEventKind")
 
 
-@strawberry.type
+# Every subscriber of a change is handed the same event: their results are shared.
+@share_results_of
+@strawberry.type(description=(
+    "One event of `deploymentEvents`: first the current state (a SNAPSHOT per lab, with its "
+    "machines, then SYNCED), then each change as it happens."))
 class DeploymentEvent:
     kind: streams.LabChangeKind
     lab: str
     deployment: Deployment | None
     machine: Machine | None
+    machines: list[Machine] | None = strawberry.field(
+        default=None, description="SNAPSHOT: the lab's machines (those you may see).")
+    cursor: str | None = strawberry.field(
+        default=None, description=("Pass the last one you received as `cursor` when subscribing "
+                                   "again to resume without missing a change."))
 
 
 @strawberry.type(description="Who is asking: a user, a host agent, or nobody.")

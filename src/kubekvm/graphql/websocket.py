@@ -5,6 +5,9 @@ the GraphQL parser and fails there as an internal error with a traceback, and a 
 a JSON array breaks the connection's handler. Here a message that is not what the protocol
 says closes the socket with 4400 and a reason, as the protocol prescribes for invalid messages.
 
+A result shared by every subscriber of a change goes out as text encoded once for all of them
+(`kubekvm.graphql.sharing`), with each subscriber's operation id.
+
 A subscription whose client left while a result was on its way (or whose database went away)
 is not logged as "Exception in worker task" with a traceback: see `kubekvm.faults`.
 """
@@ -13,10 +16,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.websockets import WebSocketDisconnect
+from strawberry.asgi import ASGIWebSocketAdapter
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import Message
 
 from kubekvm.faults import quiet_task_failure
+from kubekvm.graphql.sharing import encoded_next
 
 
 def problem(message: object) -> str | None:
@@ -39,6 +46,18 @@ def problem(message: object) -> str | None:
 
 
 class CheckedTransportWS(BaseGraphQLTransportWSHandler[dict[str, Any], None]):
+    async def send_message(self, message: Message) -> None:
+        # A result shared by every subscriber of a change is encoded once (`kubekvm.graphql.sharing`).
+        if message["type"] == "next" and isinstance(self.websocket, ASGIWebSocketAdapter):
+            text = encoded_next(message["id"], dict(message["payload"]))
+            if text is not None:
+                try:
+                    await self.websocket.ws.send_text(text)
+                except WebSocketDisconnect as exc:
+                    raise WebSocketDisconnected from exc
+                return
+        await super().send_message(message)
+
     async def handle_message(self, message: Message) -> None:
         wrong = problem(message)
         if wrong is not None:

@@ -27,7 +27,6 @@ from kubekvm.models import (
     Power,
     Role,
     Template,
-    readable_filter,
     utcnow,
 )
 from kubekvm.services.context import Noun
@@ -44,6 +43,7 @@ from kubekvm.services.rules import (
     operation,
 )
 from kubekvm.services.templates import machine_spec, newest_version
+from kubekvm.shapes import readable_filter
 
 if TYPE_CHECKING:
     from kubekvm.services import Services

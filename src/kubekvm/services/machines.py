@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from kubekvm import lifecycle, validation
+from kubekvm.access import Actor
 from kubekvm.errors import Conflict, NotFound
 from kubekvm.logs import current_request_id
 from kubekvm.models import (
@@ -155,17 +156,21 @@ class Machines(Noun):
         return machine
 
 
+def machine_scope(actor: Actor) -> dict[str, str]:
+    """How a list of machines is narrowed for `actor` (in the query: `Machines.list_machines`)."""
+    if actor.is_admin:
+        return {}
+    if actor.is_teacher:
+        return {"owner": actor.name}
+    return {"student": actor.name}
+
+
 class MachineOperations(Operations):
     """Machines as a caller may use them: a student their own, a teacher those of their labs,
     admins all; host agents report what they observe of their host's machines."""
 
     def _scope(self) -> dict[str, str]:
-        """How a list of machines is narrowed for the caller (in the query)."""
-        if self.actor.is_admin:
-            return {}
-        if self.actor.is_teacher:
-            return {"owner": self.actor.name}
-        return {"student": self.actor.name}
+        return machine_scope(self.actor)
 
     @operation(SIGNED_IN, field="machines")
     async def list_machines(self, *, deployment: str | None = None, host: str | None = None) -> list[Machine]:
