@@ -9,8 +9,9 @@ shown beside the derived status, not instead of it. The server records `since` w
 state or request changes (and a lab's `phase_since` when its phase changes), so the time in a
 state survives a restart and is the same on every replica.
 
-Pure: no database, web or libvirt import. The pages render the elapsed time server-side and the
-live updates re-render it with every change.
+Pure: no database, web or libvirt import. The pages render the elapsed time server-side, the
+live updates re-render it with every change, and between changes (a machine stuck in a step sends
+none) `static/elapsed.js` keeps the clock going and flags the step once it passes `slow_after`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class Progress:
     waits_on: str | None
     seconds: float
     slow: bool
+    # When `doing` becomes unusually long (None: never, at rest): the page's clock flags it then.
+    slow_after: float | None = None
 
     @property
     def elapsed(self) -> str:
@@ -114,7 +117,7 @@ def machine_progress(machine: MachineState, *, since: datetime, now: datetime, h
         doing = None
         waits_on = silent
     return Progress(doing=doing, waits_on=waits_on, seconds=seconds,
-                    slow=doing is not None and seconds > limit)
+                    slow=doing is not None and seconds > limit, slow_after=limit if doing is not None else None)
 
 
 def unusually_long(seconds: float, *, thresholds: Thresholds) -> bool:

@@ -59,6 +59,8 @@ def test_rendered_pages_reference_only_this_server(server: Server, sample_lab: s
         # the university's sign-in, are the only foreign ones, and only where one is configured).
         "/login/oidc/{provider}": "/login/oidc/none", "/login/oidc/{provider}/callback": "/login/oidc/none/callback",
         "/signed-out": "/signed-out",
+        # Shows a link just made, once; otherwise it sends you back to the lab's roster.
+        "/labs/{name}/roster/{student}/link": "/labs/url-scan/roster/nobody/link",
     }
     routes = [r for r in pages.routes(settings=Settings()) if isinstance(r, Route)]
     gets = {r.path for r in routes if r.methods and "GET" in r.methods and r.path != "/events"}

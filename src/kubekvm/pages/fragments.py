@@ -57,15 +57,15 @@ class LabSummary:
     template_title: str
     since_seconds: float = 0.0
     slow: bool = False
+    slow_after: float | None = None  # a phase that settles (Pending, Deleting) is flagged after this
+
+    @property
+    def elapsed(self) -> str:
+        return progress.elapsed(self.since_seconds)
 
     @property
     def deleting(self) -> bool:
         return self.lab.phase == Phase.DELETING
-
-    @property
-    def in_phase(self) -> str:
-        """"Pending for 4 min": how long the lab has been in its phase."""
-        return f"{self.lab.phase.value} for {progress.elapsed(self.since_seconds)}"
 
     @property
     def note(self) -> str:
@@ -148,7 +148,8 @@ async def summaries(services: Authorized, labs: Sequence[Deployment]) -> list[La
         settling = lab.phase in (Phase.PENDING, Phase.DELETING)
         return LabSummary(lab=lab, running=counts[lab.name][0], total=counts[lab.name][1],
                           template_title=titles.get(lab.template, lab.template), since_seconds=seconds,
-                          slow=settling and seconds > settings.slow_create_seconds)
+                          slow=settling and seconds > settings.slow_create_seconds,
+                          slow_after=settings.slow_create_seconds if settling else None)
     return [made(lab) for lab in labs]
 
 
