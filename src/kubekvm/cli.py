@@ -16,6 +16,8 @@ one started for the command.
 A token is printed once, on standard output, and stored only as its sha256.
 `kubekvm import-legacy --from URI --owner TEACHER [--dry-run]` makes labs of the 2019
 application's deployments (`kubekvm.legacy_import`), reading its database and never writing it.
+`kubekvm sign-in check [--user NAME]` tries the sign-in settings against the directory and the
+OpenID providers (`kubekvm.identity_check`), without a database.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import uvicorn
 
-from kubekvm import legacy_import, logs
+from kubekvm import identity_check, legacy_import, logs
 from kubekvm.access import Actor, ActorKind
 from kubekvm.app import create_app
 from kubekvm.authorized import Authorized
@@ -45,6 +47,7 @@ from kubekvm.embedded import EmbeddedDatabase, running_embedded
 from kubekvm.errors import KubeKVMError
 from kubekvm.events import EventFeed
 from kubekvm.faults import DeniedHandshakeLog
+from kubekvm.identity_config import IdentitySettings
 from kubekvm.image_models import Image
 from kubekvm.models import Role
 from kubekvm.services import Services
@@ -101,7 +104,15 @@ def main(argv: list[str] | None = None) -> None:
     legacy.add_argument("--source-database", help="the 2019 database's name, if not in the URI (default kubekvm)")
     legacy.add_argument("--owner", required=True, help="the teacher (or admin) the labs are for")
     legacy.add_argument("--dry-run", action="store_true", help="report what would be done, write nothing")
+    sign_in = commands.add_parser("sign-in", help="sign-in from outside (OpenID Connect, LDAP)").add_subparsers(
+        dest="action", required=True)
+    sign_in_check = sign_in.add_parser("check", help="try the sign-in settings against the directory and providers")
+    sign_in_check.add_argument("--user", help="also look this username up in the directory: its groups and role")
     args = parser.parse_args(argv)
+    if args.command == "sign-in":
+        good, lines = asyncio.run(identity_check.check(IdentitySettings.from_environment(), user=args.user))
+        print("\n".join(lines))
+        sys.exit(0 if good else 1)
     if args.command == "serve":
         settings = Settings.from_environment()
         logs.configure(format=settings.log_format, level=args.log_level)

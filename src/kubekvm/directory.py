@@ -63,6 +63,11 @@ class Directory:
         """The person, if `username` is one entry under the user filter and `password` binds as it."""
         return await self._run(lambda: self._authenticate(username, password))
 
+    async def lookup(self, username: str) -> DirectoryPerson | None:
+        """The person `username` names, with their groups, found as KubeKVM's own account would
+        find them (no password: for checking the settings, `kubekvm sign-in check`)."""
+        return await self._run(lambda: self._lookup(username))
+
     async def group_members(self, group: str) -> list[DirectoryPerson]:
         """`group`'s members that pass the user filter (with their own groups, which decide
         their roles), by username; `group` is a name (`redes-2026`), an RDN (`cn=redes-2026`)
@@ -106,6 +111,11 @@ class Directory:
     def _authenticate(self, username: str, password: str) -> DirectoryPerson | None:
         if not username or not password:
             return None
+        return self._lookup(username, password=password)
+
+    def _lookup(self, username: str, *, password: str | None = None) -> DirectoryPerson | None:
+        """The one entry `username` finds under the user filter, with its groups; with a
+        `password`, only if it binds as that entry."""
         service = self._service()
         try:
             found = self._search(service, self.config.user_base, self._user_filter(username),
@@ -113,10 +123,11 @@ class Directory:
             if len(found) != 1:
                 return None
             dn, attributes = found[0]
-            mine = self._connect(dn, password)
-            if mine is None:
-                return None
-            mine.unbind()
+            if password is not None:
+                mine = self._connect(dn, password)
+                if mine is None:
+                    return None
+                mine.unbind()
             name = _first(attributes.get(self.config.username_attribute)) or username
             return DirectoryPerson(dn=dn, username=name, groups=tuple(self._groups_of(service, dn, name)))
         finally:

@@ -14,7 +14,9 @@ How each refusal is produced:
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -23,7 +25,7 @@ import httpx
 import pytest
 
 from tests.support.oidc_provider import OidcProvider, start_provider
-from tests.support.processes import LOG_DIR, Server, free_port
+from tests.support.processes import LOG_DIR, VENV_BIN, Server, free_port
 
 pytestmark = pytest.mark.browser
 
@@ -240,3 +242,14 @@ def test_local_passwords_switched_off_sign_nobody_in(server: Server) -> None:
                                              "csrf_token": csrf.group(1)})
         assert answer.status_code == 401
         assert "Passwords kept here are switched off" in answer.text
+
+
+def test_the_settings_check_discovers_the_provider(provider: OidcProvider, server: Server) -> None:
+    found = subprocess.run([str(VENV_BIN / "kubekvm"), "sign-in", "check"], capture_output=True, text=True,
+                           env={**os.environ, **provider.settings(NAME)}, timeout=60)
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert f"oidc {NAME} (Campus): ok, issuer {provider.issuer}, offers end-session" in found.stdout
+    wrong = subprocess.run([str(VENV_BIN / "kubekvm"), "sign-in", "check"], capture_output=True, text=True,
+                           env={**os.environ, **provider.settings(NAME, KUBEKVM_OIDC_CAMPUS_ISSUER=provider.issuer + "/")},
+                           timeout=60)
+    assert wrong.returncode == 1 and "is not configured right here (its issuer is" in wrong.stdout, wrong.stdout
