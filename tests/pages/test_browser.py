@@ -120,7 +120,7 @@ def test_scaling_adds_and_removes_machines(page: Any, fake_host: FakeHost,
     expect(page.locator("#machine-scale-me-1 .badge")).to_have_text("running")
     assert_not_reloaded(page)
 
-    page.get_by_role("link", name="Edit").click()
+    page.get_by_role("link", name="Edit scale-me").click()  # not "Edit timetable"
     expect(page.get_by_label("Template")).to_be_disabled()
     expect(page.get_by_text("A lab's template can't change")).to_be_visible()
     mark(page)
@@ -133,7 +133,7 @@ def test_scaling_adds_and_removes_machines(page: Any, fake_host: FakeHost,
     expect(page.locator("#machine-scale-me-4 .badge")).to_have_text("running")
     expect(page.locator("#lab-status .progress-text")).to_have_text("4/4 running")
 
-    page.get_by_role("link", name="Edit").click()
+    page.get_by_role("link", name="Edit scale-me").click()
     mark(page)
     page.get_by_label("Replicas").fill("1")
     page.get_by_role("button", name="Save changes").click()
