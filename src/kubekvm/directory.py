@@ -72,13 +72,14 @@ class Directory:
         """`group`'s members that pass the user filter (with their own groups, which decide
         their roles), by username; `group` is a name (`redes-2026`), an RDN (`cn=redes-2026`)
         or a DN under the group base."""
-        return await self._run(lambda: self._group_members(group))
+        # Two searches per member, each bounded by the connection's timeouts: a bigger backstop.
+        return await self._run(lambda: self._group_members(group), rounds=20)
 
-    async def _run(self, call: Callable[[], T]) -> T:
+    async def _run(self, call: Callable[[], T], *, rounds: int = 4) -> T:
         loop = asyncio.get_running_loop()
         try:
             # Several round trips each bounded by the connection's timeouts; the whole by this.
-            return await asyncio.wait_for(loop.run_in_executor(_POOL, call), 4 * self.config.timeout_seconds)
+            return await asyncio.wait_for(loop.run_in_executor(_POOL, call), rounds * self.config.timeout_seconds)
         except TimeoutError:
             raise Unavailable("The directory did not answer in time; try again.") from None
         except LDAPException as error:
