@@ -59,7 +59,7 @@ async def converge(spec: dict[str, Any]) -> dict[str, Any]:
         else:
             running.discard(sent.machine_id)
 
-    hypervisor = Hypervisor(spec["uri"])
+    hypervisor = Hypervisor(spec["uri"], connections=spec["connections"])
     reconciler = Reconciler(
         hypervisor=hypervisor, images=Images(Path(spec["image_dir"])), state_dir=Path(spec["state_dir"]),
         accelerator=Accelerator("qemu", True, "benchmark"), report=report, report_orphans=outbox.orphans,

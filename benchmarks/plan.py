@@ -13,9 +13,11 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Plan:
     name: str
-    # P1: lab sizes, runs of ours and of the raw limit per size, base image size, and how
-    # long to wait at most for idle CPUs before each measurement.
+    # P1: lab sizes, runs of ours and of the raw limit per size, the largest size the seed's
+    # method (a full copy per machine: 1 GiB each) is run at, base image size, and how long to
+    # wait at most for idle CPUs before each measurement.
     p1_counts: tuple[int, ...]
+    p1_seed_max: int
     p1_repeats: int
     p1_base_mib: int
     p1_settle_s: float
@@ -33,8 +35,13 @@ class Plan:
     p3_fleet_requests: int
     p3_subscriber_levels: tuple[int, ...]
     p3_mutations_per_level: int
-    # P4: machines converged by one reconciler on libvirt's test driver.
+    # P4: machines converged by one reconciler on libvirt's test driver; agents heartbeating
+    # (every interval, rounds measured after a warm-up one) against a server with a fleet.
     p4_machines: int
+    p4_heartbeat_agents: int
+    p4_heartbeat_interval_s: float
+    p4_heartbeat_rounds: int
+    p4_heartbeat_fleet: int
     # P5: P1's lab size provisioned alone and with this many deploymentEvents watchers, runs each.
     p5_count: int
     p5_watchers: int
@@ -43,20 +50,22 @@ class Plan:
 
 FULL = Plan(
     name="full",
-    p1_counts=(1, 10, 30), p1_repeats=3, p1_base_mib=1024, p1_settle_s=15.0,
+    p1_counts=(1, 10, 30, 100), p1_seed_max=30, p1_repeats=3, p1_base_mib=1024, p1_settle_s=15.0,
     p2_guests=10, p2_rounds=5, p2_poweroff_after=6,
     p3_labs=1000, p3_connections=(8, 32), p3_seconds=10, p3_runs=2, p3_fleet_requests=3,
     p3_subscriber_levels=(1000, 2500, 5000), p3_mutations_per_level=5,
-    p4_machines=2000,
+    p4_machines=2000, p4_heartbeat_agents=200, p4_heartbeat_interval_s=10.0, p4_heartbeat_rounds=3,
+    p4_heartbeat_fleet=17000,
     p5_count=30, p5_watchers=300, p5_repeats=3,
 )
 
 QUICK = Plan(
     name="quick",
-    p1_counts=(1, 3), p1_repeats=1, p1_base_mib=128, p1_settle_s=2.0,
+    p1_counts=(1, 3), p1_seed_max=3, p1_repeats=1, p1_base_mib=128, p1_settle_s=2.0,
     p2_guests=4, p2_rounds=2, p2_poweroff_after=4,
     p3_labs=200, p3_connections=(8,), p3_seconds=2, p3_runs=1, p3_fleet_requests=1,
     p3_subscriber_levels=(20, 100), p3_mutations_per_level=2,
-    p4_machines=200,
+    p4_machines=200, p4_heartbeat_agents=10, p4_heartbeat_interval_s=1.0, p4_heartbeat_rounds=2,
+    p4_heartbeat_fleet=200,
     p5_count=3, p5_watchers=20, p5_repeats=1,
 )

@@ -5,7 +5,8 @@ One websocket (subprotocol ``graphql-transport-ws``) carries everything: on each
 first batch is a SNAPSHOT that replaces the reconciler's desired set; later CHANGE batches
 upsert assignments and drop the ``removed`` machine ids. Meanwhile a heartbeat mutation
 (with the re-scanned image list) goes out every ``heartbeat_interval``, the outbox is
-drained through ``reportMachineState`` / ``reportOrphans``, and ``consoleRequests`` hands
+drained through ``reportMachineStates`` (the reports of a few milliseconds in one request)
+and ``reportOrphans``, and ``consoleRequests`` hands
 each console a browser opens on this host's machines to the tunnels (``agent.console``).
 
 Any failure closes the connection and the client moves on to the next server URL after an
@@ -30,11 +31,16 @@ from agent import __version__, documents
 from agent.assignment import Assignment, AssignmentError
 from agent.backoff import backoff_delay
 from agent.console import ConsoleRequest, ConsoleRequestError
+from agent.machine_state import StateReport
 from agent.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 15.0
+# How long the first report of a burst waits for more to go in the same request, and the most
+# one request carries (the server takes up to 500).
+REPORT_WINDOW = 0.005
+REPORTS_PER_BATCH = 100
 
 class DesiredSet(Protocol):
     """Where assignments go: the reconciler."""
@@ -84,6 +90,7 @@ class ServerClient:
         consoles: Callable[[ConsoleRequest], None] | None = None,
         pulls: Callable[[], list[dict[str, Any]]] | None = None,
         drop_images: Callable[[list[str]], object] | None = None,
+        report_window: float = REPORT_WINDOW,
     ) -> None:
         if not urls:
             raise ValueError("at least one server URL is needed")
@@ -100,6 +107,9 @@ class ServerClient:
         # the host's images the store has garbage-collected, which `drop_images` deletes.
         self.pulls = pulls
         self.drop_images = drop_images
+        self.report_window = report_window
+        # Set when the server turns out to know only the one-by-one reportMachineState.
+        self._single_reports = False
         self.connected = asyncio.Event()
         self._cursor: str | None = None
 
@@ -123,6 +133,7 @@ class ServerClient:
             await asyncio.sleep(backoff_delay(failures - 1, cap=self.backoff_cap))
 
     async def _session(self, url: str) -> None:
+        self._single_reports = False  # this server may know the batches
         token = self.token_source()
         headers = {"Authorization": f"Bearer {token}"} if token else None
         init_payload = {"authorization": f"Bearer {token}"} if token else {}
@@ -206,22 +217,14 @@ class ServerClient:
     async def _drain(self, session: Any) -> None:
         while True:
             await self.outbox.wait()
-            while (report := self.outbox.take_state()) is not None:
+            # Reports come in bursts (a class's machines start within seconds): waiting a few
+            # milliseconds lets one request carry the burst, not the first report alone.
+            await asyncio.sleep(self.report_window)
+            while batch := self.outbox.take_states(REPORTS_PER_BATCH):
                 try:
-                    await _execute(session, documents.REPORT_MACHINE_STATE,
-                                   documents.report_machine_state(
-                                       machine_id=report.machine_id, host=self.host.name,
-                                       state=report.state, message=report.message,
-                                       power_generation=report.power_generation,
-                                       cpu_seconds=report.cpu_seconds,
-                                   ))
-                except TransportQueryError as error:
-                    # The server refused this report (e.g. the machine is gone): resending
-                    # it would not help, and the next observation will report again.
-                    log.warning("server refused state of machine %s: %s", report.machine_id,
-                                _describe(error))
+                    await self._send_states(session, batch)
                 except BaseException:
-                    self.outbox.return_state(report)
+                    self.outbox.return_states(batch)
                     raise
             orphans = self.outbox.take_orphans()
             if orphans is not None:
@@ -233,6 +236,49 @@ class ServerClient:
                 except BaseException:
                     self.outbox.return_orphans(orphans)
                     raise
+
+    async def _send_states(self, session: Any, batch: list[StateReport]) -> None:
+        """One ``reportMachineStates``; a report the server refuses (e.g. its machine is gone)
+        is logged and dropped: resending it would not help, and the next observation reports
+        again. A server older than the batches gets the reports one by one."""
+        if self._single_reports:
+            for report in batch:
+                await self._send_state(session, report)
+            return
+        try:
+            result = await _execute(session, documents.REPORT_MACHINE_STATES, documents.report_machine_states(
+                host=self.host.name, reports=[documents.machine_state_report(
+                    machine_id=report.machine_id, state=report.state, message=report.message,
+                    power_generation=report.power_generation, cpu_seconds=report.cpu_seconds)
+                    for report in batch]))
+        except TransportQueryError as error:
+            if not _batches_unknown(error):
+                log.warning("server refused %d state reports: %s", len(batch), _describe(error))
+                return
+            log.info("the server knows no reportMachineStates (older): reports go one by one")
+            self._single_reports = True
+            for report in batch:
+                await self._send_state(session, report)
+            return
+        for outcome in result["reportMachineStates"]:
+            if not outcome["accepted"]:
+                log.warning("server refused state of machine %s: %s (%s)", outcome["machineId"],
+                            outcome["message"], outcome["code"])
+
+    async def _send_state(self, session: Any, report: StateReport) -> None:
+        try:
+            await _execute(session, documents.REPORT_MACHINE_STATE, documents.report_machine_state(
+                machine_id=report.machine_id, host=self.host.name, state=report.state,
+                message=report.message, power_generation=report.power_generation,
+                cpu_seconds=report.cpu_seconds))
+        except TransportQueryError as error:
+            log.warning("server refused state of machine %s: %s", report.machine_id, _describe(error))
+
+
+def _batches_unknown(error: TransportQueryError) -> bool:
+    """Whether the server refused the batch document itself (it has no reportMachineStates)."""
+    said = " ".join(str(each.get("message")) for each in error.errors or []) or str(error)
+    return "reportMachineStates" in said or "MachineStateReportInput" in said
 
 
 async def _execute(session: Any, query: str, variables: dict[str, Any]) -> dict[str, Any]:

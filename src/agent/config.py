@@ -17,7 +17,13 @@ from typing import cast, get_args
 from agent import __version__
 from agent.accelerator import DomainTypeRequest
 from agent.client import websocket_url
+from agent.hypervisor import CONNECTIONS, MAX_CALLS_PER_CONNECTION
 
+# Passes at once: one libvirt call each at most, so as many as the connections' call slots.
+PARALLEL = CONNECTIONS * MAX_CALLS_PER_CONNECTION
+# More connections than this would only queue in libvirtd: it runs at most max_workers calls
+# at once (20 by default) for all its clients together.
+MAX_LIBVIRT_CONNECTIONS = 32
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
@@ -30,13 +36,14 @@ class AgentConfig:
     image_dir: Path = Path("/var/lib/kubekvm/images")
     state_dir: Path = Path("/var/lib/kubekvm/state")
     domain_type: DomainTypeRequest = "auto"
-    parallel: int = 8
+    parallel: int = PARALLEL
     stop_grace: float = 60.0
     resync_interval: float = 30.0
     # How often running guests' CPU times are sampled and sent (idle shutdown); 0: never.
     cpu_sample_interval: float = 60.0
     heartbeat_interval: float = 10.0
     libvirt_timeout: float = 60.0
+    libvirt_connections: int = CONNECTIONS
     gc_orphans: bool = False
     token: str | None = None
     # Kubernetes mounts per-node tokens as files; re-read at each reconnect, so a rotated
@@ -79,6 +86,8 @@ class AgentConfig:
             parser.error("--parallel must be at least 1")
         if args.cpu_sample_interval < 0:
             parser.error("--cpu-sample-interval must be 0 (off) or positive")
+        if not 1 <= args.libvirt_connections <= MAX_LIBVIRT_CONNECTIONS:
+            parser.error(f"--libvirt-connections must be 1 to {MAX_LIBVIRT_CONNECTIONS}")
         for option in ("stop_grace", "resync_interval", "heartbeat_interval", "libvirt_timeout"):
             if getattr(args, option) <= 0:
                 parser.error(f"--{option.replace('_', '-')} must be positive")
@@ -99,6 +108,7 @@ class AgentConfig:
             cpu_sample_interval=args.cpu_sample_interval,
             heartbeat_interval=args.heartbeat_interval,
             libvirt_timeout=args.libvirt_timeout,
+            libvirt_connections=args.libvirt_connections,
             gc_orphans=gc_orphans,
             token=args.token or None,
             token_file=Path(args.token_file) if args.token_file else None,
@@ -145,8 +155,8 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                         choices=get_args(DomainTypeRequest),
                         help="kvm, qemu (TCG) or auto: kvm if it can run a probe guest "
                         "[KUBEKVM_DOMAIN_TYPE; auto]")
-    parser.add_argument("--parallel", type=int, default=env("PARALLEL", "8"),
-                        metavar="N", help="machines worked on at once [KUBEKVM_PARALLEL; 8]")
+    parser.add_argument("--parallel", type=int, default=env("PARALLEL", str(PARALLEL)),
+                        metavar="N", help=f"machines worked on at once [KUBEKVM_PARALLEL; {PARALLEL}]")
     parser.add_argument("--stop-grace", type=float,
                         default=env("STOP_GRACE", "60"), metavar="S",
                         help="seconds between ACPI shutdown and force-off "
@@ -166,6 +176,10 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                         default=env("LIBVIRT_TIMEOUT", "60"), metavar="S",
                         help="seconds a libvirt call may take before its connection is "
                         "replaced and the step retried [KUBEKVM_LIBVIRT_TIMEOUT; 60]")
+    parser.add_argument("--libvirt-connections", type=int,
+                        default=env("LIBVIRT_CONNECTIONS", str(CONNECTIONS)), metavar="N",
+                        help=f"libvirt connections at most, each with {MAX_CALLS_PER_CONNECTION} calls in "
+                        f"flight (libvirtd's max_client_requests is 5) [KUBEKVM_LIBVIRT_CONNECTIONS; {CONNECTIONS}]")
     parser.add_argument("--gc-orphans", action="store_true",
                         help="remove KubeKVM domains the server no longer assigns here "
                         "[KUBEKVM_GC_ORPHANS]")

@@ -37,6 +37,11 @@ mutation ReportMachineState($machineId: ID!, $host: String!, $state: ObservedMac
   }
 }
 """
+REPORT_MACHINE_STATES: Final = """
+mutation ReportMachineStates($host: String!, $reports: [MachineStateReportInput!]!) {
+  reportMachineStates(input: {host: $host, reports: $reports}) { machineId accepted code message }
+}
+"""
 REPORT_ORPHANS: Final = """
 mutation ReportOrphans($host: String!, $domains: [String!]!) {
   reportOrphans(input: {host: $host, domains: $domains}) { name }
@@ -66,6 +71,7 @@ ALL: Final = {
     "RegisterHost": REGISTER_HOST,
     "Heartbeat": HEARTBEAT,
     "ReportMachineState": REPORT_MACHINE_STATE,
+    "ReportMachineStates": REPORT_MACHINE_STATES,
     "ReportOrphans": REPORT_ORPHANS,
     "HostAssignments": HOST_ASSIGNMENTS,
     "ConsoleRequests": CONSOLE_REQUESTS,
@@ -98,6 +104,22 @@ def report_machine_state(
     ``cpu_seconds``: the guest's cumulative CPU time, when this report carries a sample."""
     return {"machineId": machine_id, "host": host, "state": state.upper(), "message": message,
             "powerGeneration": power_generation, "cpuSeconds": cpu_seconds}
+
+
+def machine_state_report(
+    *, machine_id: str, state: ObservedState | str, message: str | None, power_generation: int | None,
+    cpu_seconds: float | None = None,
+) -> dict[str, Any]:
+    """One report of a ``reportMachineStates`` batch (``power_generation`` and ``cpu_seconds``
+    as for ``report_machine_state``)."""
+    return {"machineId": machine_id, "state": state.upper(), "message": message,
+            "powerGeneration": power_generation, "cpuSeconds": cpu_seconds}
+
+
+def report_machine_states(*, host: str, reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several reports (``machine_state_report``) at once, each machine at most once. Agents
+    send this; ``report_machine_state`` is for a server older than the batches."""
+    return {"host": host, "reports": reports}
 
 
 def report_orphans(*, host: str, domains: list[str]) -> dict[str, Any]:

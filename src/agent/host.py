@@ -36,7 +36,8 @@ log = logging.getLogger("agent")
 async def run_host(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None:
     """Runs until ``stop`` is set (or the task is cancelled)."""
     stop = stop or asyncio.Event()
-    hypervisor = Hypervisor(config.libvirt_uri, call_timeout=config.libvirt_timeout)
+    hypervisor = Hypervisor(config.libvirt_uri, call_timeout=config.libvirt_timeout,
+                            connections=config.libvirt_connections)
     await hypervisor.open()
     try:
         accelerator = await choose_accelerator(

@@ -7,18 +7,26 @@ QEMU once held an agent's first ``createXML`` for minutes, and nothing may wait 
 ever. Lifecycle events are dispatched on the agent's own asyncio loop through ``libvirtaio``
 (registered before the connection is opened, as libvirt requires).
 
-One connection at a time, with its own thread pool of ``MAX_CALLS_PER_CONNECTION`` threads
-and as many call slots: libvirtd serves one client at most ``max_client_requests`` calls at
-once (5 by default) and stops *reading* from a client that sends more; its keepalive
-answers then go unread and libvirtd drops the client ("Client hit max requests limit 5",
-then a keepalive timeout). Four calls in flight stay below that with room for libvirt's own
-keepalive and event traffic.
+A pool of up to ``connections`` libvirt connections (``--libvirt-connections``), each with
+its own thread pool of ``MAX_CALLS_PER_CONNECTION`` threads and as many call slots: libvirtd
+serves one client at most ``max_client_requests`` calls at once (5 by default) and stops
+*reading* from a client that sends more; its keepalive answers then go unread and libvirtd
+drops the client ("Client hit max requests limit 5", then a keepalive timeout). Four calls in
+flight stay below that with room for libvirt's own keepalive and event traffic. A class's
+worth of starts (each holds its call for the seconds QEMU takes to come up) therefore needs
+several connections to run side by side: a call goes to the least busy open connection, and
+a new one is opened only when every open one has all its slots taken, so an idle agent holds
+one connection and a busy one at most ``connections`` (libvirtd runs at most ``max_workers``
+calls at once, 20 by default, whatever the number of clients). The first connection also
+carries the lifecycle events (registered on it alone, so each event arrives once).
 
 A connection that is lost (libvirtd restarting, a keepalive timeout, an RPC error) or that
 let a call time out is *retired*: its calls fail with ``HypervisorUnavailable`` (not a
-machine error: nothing is known about the machine, and the step is worth retrying), the next
-call opens a new connection, and the connection listeners are told so that the reconciler
-re-reads everything (events were missed). A timed-out call's thread cannot be stopped; it
+machine error: nothing is known about the machine, and the step is worth retrying), a new
+connection replaces it when one is needed, and the calls on the other connections go on.
+When the retired one carried the events, the next call reopens it first (with the events)
+and the connection listeners are told so that the reconciler re-reads everything (events
+were missed). A timed-out call's thread cannot be stopped; it
 stays in the retired connection's pool, holding no lock of ours, and the connection is closed
 once its last call returns. At most ``MAX_STUCK_CALLS`` such threads may exist; beyond that
 calls fail at once until libvirtd answers again. The pools' threads are daemon threads, so a
@@ -65,6 +73,9 @@ _CONNECTION_ERRORS = frozenset({
 
 # Below libvirtd's default max_client_requests (5); see the module docstring.
 MAX_CALLS_PER_CONNECTION = 4
+# Connections at most: 4 x 4 = 16 calls in flight, below libvirtd's default max_workers (20),
+# which leaves it threads for other clients (virsh, monitoring) while the agent starts a class.
+CONNECTIONS = 4
 # Generous: a define or start on a healthy host takes milliseconds to a few seconds, and a
 # start under load tens of seconds; a call still unanswered after a minute is stuck.
 CALL_TIMEOUT = 60.0
@@ -160,6 +171,8 @@ class _Link:
     slots: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(MAX_CALLS_PER_CONNECTION))
     callback_id: int | None = None
+    # Its place in the pool; place 0 carries the lifecycle events.
+    place: int = 0
     in_flight: int = 0
     lost: bool = False
     closed: concurrent.futures.Future[None] | None = None
@@ -213,11 +226,18 @@ def _silence(_context: object, _error: object) -> None:
 
 
 class Hypervisor:
-    def __init__(self, uri: str, *, call_timeout: float = CALL_TIMEOUT) -> None:
+    def __init__(self, uri: str, *, call_timeout: float = CALL_TIMEOUT,
+                 connections: int = CONNECTIONS) -> None:
+        if connections < 1:
+            raise ValueError("at least one libvirt connection is needed")
         self.uri = uri
         self.call_timeout = call_timeout
-        self._link: _Link | None = None
-        self._opening = asyncio.Lock()
+        self.connections = connections
+        self._links: list[_Link | None] = [None] * connections
+        self._opening = [asyncio.Lock() for _ in range(connections)]
+        # Calls headed for each place: opening its connection, waiting for a slot or running
+        # (how busy it is, counted before the connection exists so a burst spreads out).
+        self._heading = [0] * connections
         self._listeners: list[LifecycleListener] = []
         self._connection_listeners: list[ConnectionListener] = []
         self._stuck = 0
@@ -242,18 +262,24 @@ class Hypervisor:
         """Timed-out calls whose threads have not returned yet."""
         return self._stuck
 
+    @property
+    def open_connections(self) -> int:
+        return sum(1 for link in self._links if link is not None and not link.lost)
+
     async def open(self) -> None:
-        await self._current()
+        """Opens the first connection (the one with the lifecycle events)."""
+        await self._current(0)
 
     async def close(self) -> None:
-        link, self._link = self._link, None
-        if link is None:
-            return
-        self._retire(link, "closed", notify=False)
-        if link.closed is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(self.call_timeout):
-                    await asyncio.wrap_future(link.closed)
+        links = [link for link in self._links if link is not None]
+        self._links = [None] * self.connections
+        for link in links:
+            self._retire(link, "closed", notify=False)
+        for link in links:
+            if link.closed is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(self.call_timeout):
+                        await asyncio.wrap_future(link.closed)
 
     async def capacity(self) -> Capacity:
         info = await self._call(lambda connection: connection.getInfo(), what="getInfo")
@@ -387,11 +413,31 @@ class Hypervisor:
         Waiting for a free slot does not count against the timeout: it is bounded by the
         timeouts of the calls that hold the slots."""
         while True:
-            link = await self._current()
-            async with link.slots:
-                if link.lost:
-                    continue  # retired while this call waited for a slot: use the next one
-                return await self._run(link, function, what=what)
+            place = self._pick()
+            self._heading[place] += 1
+            try:
+                link = await self._current(place)
+                async with link.slots:
+                    if link.lost:
+                        continue  # retired while this call waited for a slot: pick again
+                    return await self._run(link, function, what=what)
+            finally:
+                self._heading[place] -= 1
+
+    def _pick(self) -> int:
+        """The place the next call goes to: the events' connection if it must be reopened (so
+        events flow again at once); else a place with a free slot, an open connection before
+        a new one, the least busy first; else (every slot taken) the least busy open one."""
+        first = self._links[0]
+        if first is None or first.lost:
+            return 0
+
+        def busy(place: int) -> tuple[bool, bool, int]:
+            link = self._links[place]
+            heading = self._heading[place]
+            return heading >= MAX_CALLS_PER_CONNECTION, link is None or link.lost, heading
+
+        return min(range(self.connections), key=busy)
 
     async def _run(self, link: _Link, function: Callable[[libvirt.virConnect], T], *,
                    what: str) -> T:
@@ -442,34 +488,38 @@ class Hypervisor:
     def _unstick(self) -> None:
         self._stuck -= 1
 
-    async def _current(self) -> _Link:
-        link = self._link
+    async def _current(self, place: int) -> _Link:
+        """The open connection at ``place``, opened (or reopened) if need be."""
+        link = self._links[place]
         if link is not None and not link.lost and link.connection.isAlive():
             return link
-        async with self._opening:
-            link = self._link
+        async with self._opening[place]:
+            link = self._links[place]
             if link is not None and not link.lost:
                 if link.connection.isAlive():
                     return link
                 self._retire(link, "was closed")
-            self._link = await self._open()
-            return self._link
+            opened = await self._open(place)
+            self._links[place] = opened
+            return opened
 
-    async def _open(self) -> _Link:
+    async def _open(self, place: int) -> _Link:
         loop = asyncio.get_running_loop()
         implementation = libvirtaio.getCurrentImpl()
         if implementation is None or implementation.loop is not loop:
             libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
         libvirt.registerErrorHandler(_silence, None)
-        executor = ThreadPool(MAX_CALLS_PER_CONNECTION, name="libvirt")
+        executor = ThreadPool(MAX_CALLS_PER_CONNECTION, name=f"libvirt{place}")
 
         token = object()
 
-        def connect() -> tuple[libvirt.virConnect, int]:
+        def connect() -> tuple[libvirt.virConnect, int | None]:
             connection = self._libvirt_open()
             try:
-                callback_id = connection.domainEventRegisterAny(
-                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, token)
+                callback_id = None
+                if place == 0:
+                    callback_id = connection.domainEventRegisterAny(
+                        None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, token)
                 with contextlib.suppress(libvirt.libvirtError):  # not every driver has it
                     connection.registerCloseCallback(self._on_closed, token)
             except BaseException:
@@ -499,7 +549,7 @@ class Hypervisor:
                 ) from error
             raise
         return _Link(connection=connection, executor=executor, token=token,
-                     callback_id=callback_id)
+                     callback_id=callback_id, place=place)
 
     def _libvirt_open(self) -> libvirt.virConnect:
         """Opens a connection (in a worker thread); the fault tests wrap what it returns."""
@@ -507,18 +557,19 @@ class Hypervisor:
         return connection
 
     def _retire(self, link: _Link, reason: str, *, notify: bool = True) -> None:
-        """Stops using a connection; it is closed once no call of it is running."""
+        """Stops using a connection; it is closed once no call of it is running. Only the loss
+        of the events' connection tells the listeners: the others carried no events."""
         if link.lost:
             return
         link.lost = True
-        if self._link is link:
-            self._link = None
+        if self._links[link.place] is link:
+            self._links[link.place] = None
         if notify:
-            log.warning("libvirt connection to %s %s; the next call opens a new one",
-                        self.uri, reason)
+            log.warning("libvirt connection %d to %s %s; a new one replaces it when needed",
+                        link.place, self.uri, reason)
         if link.in_flight == 0:
             self._close_link(link)
-        if notify:
+        if notify and link.place == 0:
             for listener in list(self._connection_listeners):
                 try:
                     listener()
@@ -534,15 +585,15 @@ class Hypervisor:
 
     def _on_closed(self, _connection: libvirt.virConnect, reason: int, token: object) -> None:
         """libvirt's close callback (on the loop): keepalive timeout, EOF, libvirtd gone."""
-        link = self._link
-        if link is not None and link.token is token:
-            self._retire(link, f"was closed by libvirt (reason {reason})")
+        for link in self._links:
+            if link is not None and link.token is token:
+                self._retire(link, f"was closed by libvirt (reason {reason})")
 
     def _on_lifecycle(
         self, _connection: libvirt.virConnect, domain: libvirt.virDomain, event: int, detail: int,
         token: object,
     ) -> None:
-        link = self._link
+        link = self._links[0]
         if link is None or link.token is not token:
             return  # a retired connection's late event; the new one's resync has it
         state = event_state(event, detail)
@@ -591,7 +642,7 @@ def _close_connection(connection: libvirt.virConnect, callback_id: int | None) -
         connection.close()
 
 
-def _close_late_connection(future: concurrent.futures.Future[tuple[libvirt.virConnect, int]]) -> None:
+def _close_late_connection(future: concurrent.futures.Future[tuple[libvirt.virConnect, int | None]]) -> None:
     if not future.cancelled() and future.exception() is None:
         _close_connection(*future.result())
 

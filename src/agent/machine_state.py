@@ -1,7 +1,7 @@
 """Machine state: the words the server and the agent use for what a machine should be and is.
 
 Desired states come from the server's assignments; observed states are what the agent reads
-from libvirt and reports with ``reportMachineState``. Both travel in lower case inside the
+from libvirt and reports with ``reportMachineStates``. Both travel in lower case inside the
 agent and as the upper-case GraphQL enum values on the wire.
 """
 
@@ -19,7 +19,7 @@ OBSERVED_STATES: Final = frozenset(get_args(ObservedState))
 
 @dataclass(frozen=True, slots=True)
 class StateReport:
-    """One ``reportMachineState``: what the machine is, why, and the latest start/stop request
+    """One machine's report (``reportMachineStates``): what the machine is, why, and the latest start/stop request
     carried out on it as recorded in its domain (None: this report does not know it, and the
     server keeps what it had). The generation is what lets the server tell "not started yet"
     from "a student powered it off"."""

@@ -1,7 +1,8 @@
 """Outbox: what the agent still has to tell the server, kept while the server is away.
 
 The reconciler reports into the outbox and never waits for the network; the client drains
-it whenever it is connected. Only the latest report per machine is kept (the server wants
+it whenever it is connected, taking the reports out in batches (oldest first) that go to the
+server as one ``reportMachineStates`` each. Only the latest report per machine is kept (the server wants
 the current state, not the history) and likewise only the latest orphan list, so the outbox
 stays as small as the host's machine count however long the server is unreachable.
 """
@@ -47,15 +48,19 @@ class Outbox:
             self._ready.clear()
             await self._ready.wait()
 
-    def take_state(self) -> StateReport | None:
-        if not self._states:
-            return None
-        return self._states.pop(next(iter(self._states)))
+    def take_states(self, limit: int) -> list[StateReport]:
+        """The oldest ``limit`` reports (one per machine), taken out to be sent together."""
+        taken = []
+        for machine_id in list(self._states)[:limit]:
+            taken.append(self._states.pop(machine_id))
+        return taken
 
-    def return_state(self, report: StateReport) -> None:
-        """Puts back a report that could not be sent, unless a newer one arrived meanwhile."""
-        if report.machine_id not in self._states:
-            self._states = {report.machine_id: report, **self._states}
+    def return_states(self, reports: list[StateReport]) -> None:
+        """Puts back reports that could not be sent, ahead of the others and in their order,
+        except those of machines with a newer report meanwhile."""
+        back = {report.machine_id: report for report in reports if report.machine_id not in self._states}
+        if back:
+            self._states = {**back, **self._states}
             self._ready.set()
 
     def take_orphans(self) -> list[str] | None:

@@ -136,6 +136,29 @@ class ReportMachineStateInput:
 
 
 @strawberry.input
+class MachineStateReportInput:
+    machine_id: strawberry.ID
+    state: ObservedMachineState
+    message: str | None = None
+    power_generation: int | None = None
+    cpu_seconds: float | None = None
+
+
+@strawberry.input
+class MachineStateReportsInput:
+    host: str
+    reports: list[MachineStateReportInput]
+
+
+@strawberry.type
+class MachineReportOutcome:
+    machine_id: strawberry.ID
+    accepted: bool
+    code: str | None
+    message: str | None
+
+
+@strawberry.input
 class ReportOrphansInput:
     host: str
     domains: list[str]
@@ -148,6 +171,8 @@ class FakeServer:
     registrations: list[RegisterHostInput] = field(default_factory=list)
     heartbeats: list[HeartbeatInput] = field(default_factory=list)
     reports: list[tuple[str, str, str | None]] = field(default_factory=list)
+    # The size of each request that carried reports (1 for each single reportMachineState).
+    requests: list[int] = field(default_factory=list)
     # Machine id -> the power generation of each of its reports, in order.
     generations: dict[str, list[int | None]] = field(default_factory=dict)
     orphans: list[list[str]] = field(default_factory=list)
@@ -158,13 +183,36 @@ class FakeServer:
     snapshot: list[AssignmentType] = field(default_factory=list)
 
 
-def build_schema(state: FakeServer) -> strawberry.Schema:
+def build_schema(state: FakeServer, *, batches: bool = True) -> strawberry.Schema:
+    """The contract; ``batches=False``: a server older than ``reportMachineStates``."""
+
+    def record(machine_id: str, machine_state: ObservedMachineState, message: str | None,
+               power_generation: int | None) -> None:
+        state.reports.append((machine_id, machine_state.value, message))
+        state.generations.setdefault(machine_id, []).append(power_generation)
+
     @strawberry.type
     class Query:
         ping: str = "pong"
 
     @strawberry.type
-    class Mutation:
+    class Batches:
+        @strawberry.mutation
+        def report_machine_states(self, input: MachineStateReportsInput) -> list[MachineReportOutcome]:
+            state.requests.append(len(input.reports))
+            outcomes = []
+            for report in input.reports:
+                if report.machine_id == "unknown":
+                    outcomes.append(MachineReportOutcome(machine_id=report.machine_id, accepted=False,
+                                                         code="NOT_FOUND", message="no such machine"))
+                    continue
+                record(str(report.machine_id), report.state, report.message, report.power_generation)
+                outcomes.append(MachineReportOutcome(machine_id=report.machine_id, accepted=True, code=None,
+                                                     message=None))
+            return outcomes
+
+    @strawberry.type
+    class Mutation(Batches if batches else object):  # type: ignore[misc]
         @strawberry.mutation
         def register_host(self, input: RegisterHostInput) -> Host:
             state.registrations.append(input)
@@ -177,10 +225,10 @@ def build_schema(state: FakeServer) -> strawberry.Schema:
 
         @strawberry.mutation
         def report_machine_state(self, input: ReportMachineStateInput) -> Machine:
+            state.requests.append(1)
             if input.machine_id == "unknown":
                 raise ValueError("no such machine")
-            state.reports.append((str(input.machine_id), input.state.value, input.message))
-            state.generations.setdefault(str(input.machine_id), []).append(input.power_generation)
+            record(str(input.machine_id), input.state, input.message, input.power_generation)
             return Machine(id=input.machine_id)
 
         @strawberry.mutation
@@ -204,8 +252,8 @@ def build_schema(state: FakeServer) -> strawberry.Schema:
 
 
 class RecordingApp(GraphQL):  # type: ignore[type-arg]
-    def __init__(self, state: FakeServer) -> None:
-        super().__init__(build_schema(state))
+    def __init__(self, state: FakeServer, *, batches: bool = True) -> None:
+        super().__init__(build_schema(state, batches=batches))
         self.state = state
 
     async def on_ws_connect(self, context: Any) -> Any:
@@ -223,14 +271,15 @@ def free_port() -> int:
 class ServerProcess:
     """uvicorn serving the fake schema in this event loop; can be stopped and restarted."""
 
-    def __init__(self, state: FakeServer, port: int) -> None:
+    def __init__(self, state: FakeServer, port: int, *, batches: bool = True) -> None:
         self.state = state
         self.port = port
+        self.batches = batches
         self.server: uvicorn.Server | None = None
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        config = uvicorn.Config(RecordingApp(self.state), host="127.0.0.1", port=self.port,
+        config = uvicorn.Config(RecordingApp(self.state, batches=self.batches), host="127.0.0.1", port=self.port,
                                 log_level="warning", lifespan="off")
         self.server = uvicorn.Server(config)
         self.task = asyncio.create_task(self.server.serve())
@@ -408,3 +457,58 @@ async def test_the_agent_command_runs_a_snapshot_and_stops_on_sigterm(
     assert returncode == 0, log
     assert "libvirt test:///default, domain type qemu" in log
     assert "stopping; machines are left as they are" in log
+
+
+def batch_client(server: ServerProcess, outbox: Outbox, *, report_window: float = 0.005) -> ServerClient:
+    return ServerClient(
+        urls=[f"ws://127.0.0.1:{server.port}/graphql"],
+        host=HostFacts(name="kvm-02", vcpus=4, memory_mib=8192, domain_type="qemu"),
+        images=lambda: [], desired=DesiredRecorder(), outbox=outbox, heartbeat_interval=60,
+        backoff_cap=0.3, report_window=report_window,
+    )
+
+
+async def test_reports_queued_together_go_in_one_request_and_a_refused_one_spares_the_others(
+    fake_server: ServerProcess,
+) -> None:
+    state = fake_server.state
+    outbox = Outbox()
+    client = batch_client(fake_server, outbox)
+    running = asyncio.create_task(client.run())
+    try:
+        await wait_until(lambda: client.connected.is_set())
+        await wait_until(lambda: not len(outbox))  # the orphan list, if any, went out
+        before = len(state.requests)
+        # A burst, as a class's machines start: one request carries it.
+        for index in range(5):
+            outbox.put(StateReport(f"m{index}", "running", None, power_generation=1))
+        outbox.put_state("unknown", "running", None)
+        await wait_until(lambda: sum(state.requests[before:]) == 6)
+        assert state.requests[before:] == [6]
+        assert {machine_id for machine_id, _, _ in state.reports} == {f"m{index}" for index in range(5)}
+        assert state.generations["m4"] == [1]
+        assert not len(outbox)  # the refused one is dropped, not resent for ever
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_a_server_without_batches_gets_the_reports_one_by_one() -> None:
+    """An agent upgraded before its server (a rolling upgrade) still reports."""
+    server = ServerProcess(FakeServer(), free_port(), batches=False)
+    await server.start()
+    outbox = Outbox()
+    client = batch_client(server, outbox)
+    running = asyncio.create_task(client.run())
+    try:
+        for index in range(3):
+            outbox.put_state(f"m{index}", "pending", "creating")
+        await wait_until(lambda: len(server.state.reports) == 3)
+        assert server.state.requests == [1, 1, 1]
+        outbox.put_state("m0", "running", None)
+        await wait_until(lambda: ("m0", "RUNNING", None) in server.state.reports)
+        assert server.state.requests == [1, 1, 1, 1]
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await server.stop()

@@ -20,7 +20,7 @@ def test_defaults_and_environment() -> None:
     assert config.libvirt_uri == "qemu:///system"
     assert config.image_dir == Path("/var/lib/kubekvm/images")
     assert config.state_dir == Path("/var/lib/kubekvm/state")
-    assert (config.domain_type, config.parallel, config.stop_grace) == ("auto", 8, 2.5)
+    assert (config.domain_type, config.parallel, config.stop_grace) == ("auto", 16, 2.5)
     assert (config.resync_interval, config.heartbeat_interval) == (30.0, 10.0)
     assert config.libvirt_timeout == 60.0 and config.cpu_sample_interval == 60.0
     assert config.gc_orphans is True

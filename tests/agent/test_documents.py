@@ -44,6 +44,9 @@ EXAMPLES: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
     "ReportMachineState": (documents.REPORT_MACHINE_STATE, lambda: documents.report_machine_state(
         machine_id="m1", host="kvm-01", state="running", message=None, power_generation=3,
         cpu_seconds=12.5)),
+    "ReportMachineStates": (documents.REPORT_MACHINE_STATES, lambda: documents.report_machine_states(
+        host="kvm-01", reports=[documents.machine_state_report(
+            machine_id="m1", state="running", message=None, power_generation=3, cpu_seconds=12.5)])),
     "ReportOrphans": (documents.REPORT_ORPHANS, lambda: documents.report_orphans(
         host="kvm-01", domains=["kubekvm-old-0"])),
     "HostAssignments": (documents.HOST_ASSIGNMENTS, lambda: documents.host_assignments(
@@ -102,6 +105,17 @@ def test_mutations_fill_every_field_of_their_input(schema: GraphQLSchema, name: 
             sent = {field.name.value for field in argument.value.fields}
             assert sent == set(declared.fields), (
                 f"{name} leaves out {sorted(set(declared.fields) - sent)} of {declared.name}")
+
+
+def test_each_report_of_a_batch_fills_every_field_of_its_input(schema: GraphQLSchema) -> None:
+    """The batch's reports travel as a variable (a list of inputs), which the test above does
+    not see into: the builder must fill every field of the report's input type."""
+    report = schema.type_map["MachineStateReportInput"]
+    assert isinstance(report, GraphQLInputObjectType)
+    built = documents.machine_state_report(machine_id="m1", state="shutoff", message="off", power_generation=2,
+                                           cpu_seconds=None)
+    assert set(built) == set(report.fields)
+    assert (built["state"], built["powerGeneration"]) == ("SHUTOFF", 2)
 
 
 def test_report_machine_state_carries_the_observed_generation() -> None:

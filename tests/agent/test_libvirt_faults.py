@@ -232,29 +232,97 @@ async def test_a_dropped_connection_fails_the_call_as_unavailable_and_the_next_c
         await hypervisor.close()
 
 
-async def test_calls_per_connection_stay_within_libvirtds_request_limit() -> None:
+async def test_calls_spread_over_the_pool_each_connection_within_libvirtds_request_limit() -> None:
     libvirtd = Libvirtd()
-    hypervisor = FaultyHypervisor(libvirtd)
-    running = 0
-    most = 0
+    hypervisor = FaultyHypervisor(libvirtd, connections=3)
+    running: dict[int, int] = {}
+    most: dict[int, int] = {}
     gate = threading.Lock()
+    release = threading.Event()
 
     def busy(connection: libvirt.virConnect) -> None:
-        nonlocal running, most
+        key = id(connection)
         with gate:
-            running += 1
-            most = max(most, running)
-        threading.Event().wait(0.05)  # a libvirt call that takes a while (in its worker thread)
+            running[key] = running.get(key, 0) + 1
+            most[key] = max(most.get(key, 0), running[key])
+        release.wait(10)  # a libvirt call that takes a while (in its worker thread)
         with gate:
-            running -= 1
+            running[key] -= 1
         connection.getInfo()
 
     try:
-        await asyncio.gather(*(hypervisor._call(busy) for _ in range(3 * MAX_CALLS_PER_CONNECTION)))
+        await hypervisor.open()
+        assert hypervisor.open_connections == 1  # an idle agent holds one connection
+        calls = asyncio.gather(*(hypervisor._call(busy) for _ in range(4 * MAX_CALLS_PER_CONNECTION)))
+        # Three connections, every slot of each taken (the rest wait), none beyond.
+        await wait_for(lambda: sum(running.values()) == 3 * MAX_CALLS_PER_CONNECTION)
+        release.set()
+        await calls
+        assert hypervisor.open_connections == 3
+        assert libvirtd.opened == 3
     finally:
+        release.set()
         await hypervisor.close()
     # libvirtd's default max_client_requests is 5: one more and it stops reading the client.
-    assert most == MAX_CALLS_PER_CONNECTION < 5
+    assert sorted(most.values()) == [MAX_CALLS_PER_CONNECTION] * 3
+    assert MAX_CALLS_PER_CONNECTION < 5
+
+
+async def test_one_connection_lost_leaves_the_others_working() -> None:
+    """A connection of the pool dies under a call (a keepalive timeout of that client): that
+    call fails as unavailable, the calls on the other connections are neither failed nor held
+    up, the events' connection stays (no resync: no event was missed), and the dead
+    connection is replaced when calls need it."""
+    libvirtd = Libvirtd()
+    hypervisor = FaultyHypervisor(libvirtd, connections=2)
+    resyncs: list[None] = []
+    hypervisor.add_connection_listener(lambda: resyncs.append(None))
+    first_held = libvirtd.hold(lambda method, _: method == "getInfo", once=False)
+
+    def dies(_connection: libvirt.virConnect) -> None:
+        raise socket_closed()
+
+    try:
+        await hypervisor.open()
+        events_link = hypervisor._links[0]
+        # Fill the first connection, so the next call opens the second.
+        fillers = [asyncio.create_task(hypervisor.capacity()) for _ in range(MAX_CALLS_PER_CONNECTION)]
+        await wait_for(lambda: first_held.held.is_set() and events_link.in_flight == MAX_CALLS_PER_CONNECTION)
+        with pytest.raises(HypervisorUnavailable, match="connection lost"):
+            await hypervisor._call(dies, what="a call on the second connection")
+        assert hypervisor._links[1] is None  # retired
+        assert not any(filler.done() for filler in fillers)
+        first_held.released.set()
+        assert all(capacity.vcpus > 0 for capacity in await asyncio.gather(*fillers))
+        assert hypervisor._links[0] is events_link and resyncs == []
+        assert (await hypervisor.capacity()).vcpus > 0
+    finally:
+        first_held.released.set()
+        await hypervisor.close()
+
+
+async def test_the_events_connection_lost_is_reopened_first_and_asks_for_a_resync(
+        own_connection: libvirt.virConnect) -> None:
+    libvirtd = Libvirtd()
+    hypervisor = FaultyHypervisor(libvirtd, connections=2)
+    resyncs: list[None] = []
+    events: list[tuple[str, str]] = []
+    hypervisor.add_connection_listener(lambda: resyncs.append(None))
+    hypervisor.add_lifecycle_listener(lambda name, state: events.append((name, state)))
+    try:
+        await hypervisor.open()
+        first = hypervisor._links[0]
+        libvirtd.cut()  # every connection dies (libvirtd restarted)
+        assert (await hypervisor.capacity()).vcpus > 0
+        assert resyncs == [None]
+        assert hypervisor._links[0] is not None and hypervisor._links[0] is not first
+        assert hypervisor._links[0].callback_id is not None and hypervisor._links[0].callback_id is not None
+        # Events flow again on the new connection.
+        own_connection.lookupByName("test").suspend()
+        own_connection.lookupByName("test").resume()
+        await wait_for(lambda: ("test", "running") in events)
+    finally:
+        await hypervisor.close()
 
 
 async def test_a_hung_call_times_out_and_its_connection_is_replaced() -> None:
@@ -449,7 +517,7 @@ async def test_a_call_cancelled_as_it_completes_is_cancelled() -> None:
     cancellation, and a reconciler waiting for its tasks would wait for ever)."""
     hypervisor = Hypervisor(TEST_URI)
     await hypervisor.open()
-    link = hypervisor._link
+    link = hypervisor._links[0]
     assert link is not None
     submitted: list[Any] = []
     submit = link.executor.submit

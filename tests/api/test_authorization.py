@@ -201,6 +201,11 @@ MATRIX: dict[str, Entry] = {
     "reportMachineState": Entry(
         "mutation($i: MachineReportInput!) { reportMachineState(input: $i) { name } }", HOST_AGENT,
         lambda ctx, who: {"i": {"machineId": ctx.machine_ids[f"{LAB}-1"], "host": HOST, "state": "RUNNING"}}),
+    "reportMachineStates": Entry(
+        "mutation($i: MachineStateReportsInput!) { reportMachineStates(input: $i) { machineId accepted } }",
+        HOST_AGENT,
+        lambda ctx, who: {"i": {"host": HOST, "reports": [{"machineId": ctx.machine_ids[f"{LAB}-1"],
+                                                           "state": "RUNNING"}]}}),
     "reportOrphans": Entry(f'mutation {{ reportOrphans(input: {{host: "{HOST}", domains: []}}) {{ name }} }}',
                            HOST_AGENT),
     "createUser": Entry("mutation($i: UserInput!) { createUser(input: $i) { name } }", ADMIN_ONLY,

@@ -57,21 +57,25 @@ class FakeHost:
         return machines
 
     def report(self, machine: dict[str, Any], state: str, message: str = "") -> None:
-        # As the agent does after carrying out the machine's latest start/stop request.
-        data(self.server.graphql(documents.REPORT_MACHINE_STATE, documents.report_machine_state(
-            machine_id=machine["id"], host=self.name, state=state, message=message,
-            power_generation=machine["powerGeneration"],
-        )))
+        self.report_all([(machine, state, message)])
+
+    def report_all(self, reports: list[tuple[dict[str, Any], str, str]]) -> None:
+        """One batch, as the agent sends the reports of a few milliseconds; each must be accepted.
+        Each carries the machine's latest start/stop request, as the agent's after acting on it."""
+        batch = documents.report_machine_states(host=self.name, reports=[documents.machine_state_report(
+            machine_id=machine["id"], state=state, message=message, power_generation=machine["powerGeneration"],
+        ) for machine, state, message in reports])
+        outcomes = data(self.server.graphql(documents.REPORT_MACHINE_STATES, batch))["reportMachineStates"]
+        refused = [outcome for outcome in outcomes if not outcome["accepted"]]
+        assert not refused, refused
 
     def converge(self, lab: str, *, only: Iterable[str] | None = None) -> int:
         """Report every machine of `lab` on this host (or just those named in `only`) as what
-        it should be; returns how many reports were sent."""
+        it should be, in one batch; returns how many reports were sent."""
         self.heartbeat()  # a host that was quiet too long gets its pending machines now
         wanted = set(only) if only is not None else None
-        sent = 0
-        for machine in self.machines(lab):
-            if machine["host"] != self.name or (wanted is not None and machine["name"] not in wanted):
-                continue
-            self.report(machine, OUTCOME[machine["desired"]])
-            sent += 1
-        return sent
+        reports = [(machine, OUTCOME[machine["desired"]], "") for machine in self.machines(lab)
+                   if machine["host"] == self.name and (wanted is None or machine["name"] in wanted)]
+        if reports:
+            self.report_all(reports)
+        return len(reports)

@@ -10,13 +10,16 @@ few lines), with the limits and extensions that apply to all of it.
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterator
 from datetime import datetime
 from typing import Any
 
 import strawberry
+from graphql import ASTValidationRule, GraphQLSchema, validate
 from graphql.error import GraphQLError
 from strawberry.extensions import (
+    AddValidationRules,
     DisableIntrospection,
     MaxAliasesLimiter,
     MaxTokensLimiter,
@@ -47,6 +50,7 @@ from kubekvm.graphql.types import (
     Identity,
     Image,
     Machine,
+    MachineReportOutcome,
     NewToken,
     OperationsOverview,
     RosterChange,
@@ -56,6 +60,7 @@ from kubekvm.graphql.types import (
 )
 from kubekvm.graphql.usage import UsageMutation, UsageQuery
 from kubekvm.quotas import SubscriptionQuotas
+from kubekvm.services.reports import MachineReport
 
 
 def _bytes(value: float) -> int:
@@ -194,6 +199,24 @@ class MachineReportInput:
         default=None, description="The latest start/stop request the host has acted on.")
     cpu_seconds: float | None = strawberry.field(
         default=None, description="The guest's cumulative CPU time (libvirt), for idle shutdown.")
+
+
+@strawberry.input(description="One machine's state as its host observes it.")
+class MachineStateReportInput:
+    machine_id: strawberry.ID
+    state: models.ObservedState
+    message: str | None = None
+    power_generation: int | None = strawberry.field(
+        default=None, description="The latest start/stop request the host has acted on.")
+    cpu_seconds: float | None = strawberry.field(
+        default=None, description="The guest's cumulative CPU time (libvirt), for idle shutdown.")
+
+
+@strawberry.input(description="A host's reports of several machines, coalesced by its agent.")
+class MachineStateReportsInput:
+    host: str
+    reports: list[MachineStateReportInput] = strawberry.field(
+        description="At most 500, each machine at most once.")
 
 
 @strawberry.input
@@ -393,20 +416,33 @@ class Mutation(TimetableMutation, UsageMutation):
 
     @strawberry.mutation(description="For host agents: I am alive (and these images are here).")
     async def heartbeat(self, info: strawberry.Info, input: HeartbeatInput) -> Host:
-        services = _services(info)
         pulls = None if input.pulls is None else [
             models.ImagePull(image=p.image, done=_bytes(p.done_bytes), error=p.error,
                              total=None if p.total_bytes is None else _bytes(p.total_bytes)) for p in input.pulls]
-        await services.heartbeat(name=input.name, images=input.images, pulls=pulls)
-        return Host.of(await services.host_status(input.name))
+        return Host.of(await _services(info).heartbeat(name=input.name, images=input.images, pulls=pulls))
 
-    @strawberry.mutation(description="For host agents: what the host observes of a machine.")
+    @strawberry.mutation(description=(
+        "For host agents: what the host observes of a machine. Agents since the batched reports "
+        "send `reportMachineStates`; this one stays for older agents."))
     async def report_machine_state(self, info: strawberry.Info, input: MachineReportInput) -> Machine:
         m = await _services(info).report_machine_state(
             machine_id=str(input.machine_id), host=input.host,
             state=input.state, message=input.message or "",
             power_generation=input.power_generation, cpu_seconds=input.cpu_seconds)
         return Machine.of(m)
+
+    @strawberry.mutation(description=(
+        "For host agents: what the host observes of several machines, one outcome per report in "
+        "the same order. Each report is applied on its own: one the server refuses (its machine "
+        "was removed, or is on another host) is said so in its outcome and the others are applied; "
+        "a malformed batch (over 500 reports, a machine twice) is refused whole, nothing written."))
+    async def report_machine_states(self, info: strawberry.Info,
+                                    input: MachineStateReportsInput) -> list[MachineReportOutcome]:
+        outcomes = await _services(info).report_machine_states(host=input.host, reports=[
+            MachineReport(machine_id=str(report.machine_id), state=report.state, message=report.message or "",
+                          power_generation=report.power_generation, cpu_seconds=report.cpu_seconds)
+            for report in input.reports])
+        return [MachineReportOutcome.of(outcome) for outcome in outcomes]
 
     @strawberry.mutation(description="For host agents: KubeKVM domains that no lab claims.")
     async def report_orphans(self, info: strawberry.Info, input: OrphanReportInput) -> Host:
@@ -529,10 +565,52 @@ class StorableArguments(SchemaExtension):
         context = self.execution_context
         try:
             for variable, value in (context.variables or {}).items():
-                validation.storable(value, field=argument_of(context.graphql_document, variable) or variable)
+                try:
+                    validation.storable(value, field=variable)
+                except ValidationFailed as refused:
+                    if refused.field != variable:
+                        raise
+                    # Named after the argument it is given to: looked up only now, as walking
+                    # the document for every variable of every request costs more than the rest.
+                    raise ValidationFailed(argument_of(context.graphql_document, variable) or variable,
+                                           refused.message) from None
         except ValidationFailed as error:
             # Set before validation runs: strawberry then skips it and answers with this.
             context.pre_execution_errors = [coded(error)]
+        yield
+
+
+# Validating a document costs milliseconds of CPU (more than running a heartbeat), and the same
+# few documents come again and again (every agent's heartbeat and reports, every page's
+# queries): the outcome is kept for this many distinct documents (least recently used out
+# first). Parsing is not cached: strawberry's parser cache would let a parse error (the token
+# limit) past the error codes.
+DOCUMENTS_CACHED = 256
+
+
+class CachedValidation(SchemaExtension):
+    """Validation, remembered per document text and rules (validation reads nothing else: not
+    the variables, not the caller). The rules are made once per schema (`build_schema`), so
+    the same document meets the same rules. A request refused before validation (`StorableArguments`)
+    stays refused."""
+
+    _results: OrderedDict[tuple[GraphQLSchema, str, tuple[type[ASTValidationRule], ...]], list[GraphQLError]] = \
+        OrderedDict()
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        if context.pre_execution_errors is None and context.validation_rules and context.query is not None:
+            assert context.graphql_document is not None
+            key = (context.schema._schema, context.query, tuple(context.validation_rules))
+            errors = self._results.get(key)
+            if errors is None:
+                errors = validate(context.schema._schema, context.graphql_document, context.validation_rules)
+                self._results[key] = errors
+                if len(self._results) > DOCUMENTS_CACHED:
+                    self._results.popitem(last=False)
+            else:
+                self._results.move_to_end(key)
+            context.pre_execution_errors = errors
         yield
 
 
@@ -549,11 +627,14 @@ def build_schema(settings: Settings | None = None) -> Schema:
     one request cannot ask for the same costly list hundreds of times), and introspection
     unless KUBEKVM_GRAPHQL_INTROSPECTION=0."""
     settings = settings or Settings()
-    extensions: list[Any] = [OperationMetrics, ErrorCodes, StorableArguments, lambda: QueryDepthLimiter(max_depth=10),
-                             lambda: MaxTokensLimiter(max_token_count=5000),
-                             lambda: MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases)]
+    # The limiters' rules, made once: a new rule class per request would defeat the cache.
+    rules = [*QueryDepthLimiter(max_depth=10).validation_rules,
+             *MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases).validation_rules]
     if not settings.graphql_introspection:
-        extensions.append(DisableIntrospection)
+        rules += DisableIntrospection().validation_rules
+    extensions: list[Any] = [OperationMetrics, ErrorCodes, StorableArguments,
+                             lambda: MaxTokensLimiter(max_token_count=5000), lambda: AddValidationRules(rules),
+                             CachedValidation]
     return Schema(query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions,
                   execution_context_class=SharingExecutor)
 

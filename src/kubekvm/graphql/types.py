@@ -21,6 +21,7 @@ from kubekvm.services import console_requests, overview
 
 if TYPE_CHECKING:
     from kubekvm.services import HostStatus
+    from kubekvm.services.reports import ReportOutcome
 
 
 # The domain's own enums, exposed under the names integrators see.
@@ -130,6 +131,28 @@ class Machine:
                    stop_message=usage.describe_stop(m.stop_reason) if m.stop_reason is not None else "")
 
 
+@strawberry.type(description=(
+    "What became of one report of a `reportMachineStates` batch: accepted (and the machine as "
+    "recorded), or refused with the error's code and message; the batch's other reports are applied "
+    "all the same."))
+class MachineReportOutcome:
+    machine_id: strawberry.ID
+    accepted: bool
+    code: str | None = strawberry.field(description="Why it was refused: NOT_FOUND (the machine was "
+                                        "removed), CONFLICT (it is assigned to another host), "
+                                        "VALIDATION_FAILED.")
+    message: str | None
+    machine: Machine | None
+
+    @classmethod
+    def of(cls, outcome: ReportOutcome) -> MachineReportOutcome:
+        error = outcome.error
+        return cls(machine_id=strawberry.ID(outcome.machine_id), accepted=error is None,
+                   code=error.code if error is not None else None,
+                   message=error.message if error is not None else None,
+                   machine=Machine.of(outcome.machine) if outcome.machine is not None else None)
+
+
 @strawberry.type(description="A lab: `replicas` machines of one template, one per student.")
 class Deployment:
     id: strawberry.ID
@@ -221,7 +244,7 @@ class Host:
     registered_at: datetime
     last_heartbeat: datetime
     ready: bool
-    machines: int
+    counted: strawberry.Private[int | None]
     pulls: list[ImagePullState] = strawberry.field(description="Store images the host's agent is pulling.")
 
     @strawberry.field(description="Its images that the store garbage-collected: its agent deletes them.")
@@ -236,9 +259,18 @@ class Host:
                    domain_type=h.domain_type, agent_version=h.agent_version,
                    allocated_vcpus=h.allocated_vcpus, allocated_memory_mib=h.allocated_memory_mib,
                    orphans=h.orphans, registered_at=h.registered_at, last_heartbeat=h.last_heartbeat,
-                   ready=s.ready, machines=s.machines,
+                   ready=s.ready, counted=s.machines,
                    pulls=[ImagePullState(image=p.image, done_bytes=p.done, total_bytes=p.total, error=p.error)
                           for p in h.pulls])
+
+    @strawberry.field(description="Machines placed on the host.")
+    async def machines(self, info: strawberry.Info) -> int:
+        # Counted only when asked for (the list of hosts counts all of them in one query): an
+        # agent's heartbeat, which asks for its name, must not count anything.
+        if self.counted is not None:
+            return self.counted
+        counted: int = await info.context["services"].count_host_machines(self.name)
+        return counted
 
 
 @strawberry.type(description="A store image a host's agent is pulling, or failed to pull.")

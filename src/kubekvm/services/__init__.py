@@ -8,7 +8,8 @@ used by each other, the janitor and the CLI) and its operations class (`Template
 - `rules`: the rules of the operations and the one wrapper that checks them and audits;
 - `templates`, `labs`, `rosters`, `machines`, `hosts`, `consoles`: the platform's nouns
   (`console_requests`: how a host's agent hears that a console waits for it; `images`: the
-  image store's golden images; `template_versions`: templates' numbered images);
+  image store's golden images; `template_versions`: templates' numbered images; `reports`: what
+  the hosts' agents observe of their machines, applied a batch at a time);
 - `timetables`: a lab's timetable and course (end date, usage, unused labs);
 - `usage`: a lab's limits on running (idle shutdown, hours per student) and the running
   time hosts observe;
@@ -42,6 +43,7 @@ from kubekvm.services.images import Images
 from kubekvm.services.labs import Labs, Page, lab_filter
 from kubekvm.services.machines import Machines
 from kubekvm.services.placement import Placement
+from kubekvm.services.reports import Reports
 from kubekvm.services.rosters import Rosters
 from kubekvm.services.template_versions import TemplateVersions
 from kubekvm.services.templates import Templates
@@ -68,6 +70,7 @@ class Services:
         self.convergence = Convergence(self)
         self.rosters = Rosters(self)
         self.machines = Machines(self)
+        self.reports = Reports(self)
         self.hosts = Hosts(self)
         self.placement = Placement(self)
         self.images = Images(self)

@@ -36,7 +36,8 @@ class HostStatus:
     host: Host
     ready: bool
     heartbeat_age_seconds: float
-    machines: int
+    # None: not counted (a host's own calls rarely ask; `Hosts.count_machines` when they do).
+    machines: int | None = None
 
 
 def host_name(name: str) -> str:
@@ -69,8 +70,21 @@ class Hosts(Noun):
         found = {h.name: self.host_ready(h, now=now)
                  for h in await Host.find({"name": {"$in": wanted}}).to_list()}
         return {name: found.get(name, False) for name in wanted}
+    def status_of(self, host: Host, *, machines: int | None = None, now: datetime | None = None) -> HostStatus:
+        now = now or utcnow()
+        return HostStatus(host=host, ready=self.host_ready(host, now=now),
+                          heartbeat_age_seconds=(now - host.last_heartbeat).total_seconds(), machines=machines)
+
+    async def host_status(self, name: str) -> HostStatus:
+        """One host as read now, its machines not counted: O(1) whatever the fleet."""
+        return self.status_of(await self.get_host(name))
+
+    async def count_machines(self, name: str) -> int:
+        """The machines kept on one host (through the index on `host`)."""
+        return int(await Machine.get_pymongo_collection().count_documents({"host": name, "retired": False}))
 
     async def list_hosts(self) -> list[HostStatus]:
+        """Every host, their machines counted in one aggregation for all of them."""
         now = utcnow()
         counts: dict[str, int] = defaultdict(int)
         cursor = await Machine.get_pymongo_collection().aggregate(
@@ -79,12 +93,8 @@ class Hosts(Noun):
         )
         async for row in cursor:
             counts[row["_id"]] = int(row["n"])
-        return [
-            HostStatus(host=h, ready=self.host_ready(h, now=now),
-                       heartbeat_age_seconds=(now - h.last_heartbeat).total_seconds(),
-                       machines=counts[h.name])
-            for h in await Host.find_all().sort("name").to_list()
-        ]
+        return [self.status_of(h, machines=counts[h.name], now=now)
+                for h in await Host.find_all().sort("name").to_list()]
 
     async def get_host(self, name: str) -> Host:
         host = await Host.find_one(Host.name == name)
@@ -126,20 +136,21 @@ class Hosts(Noun):
 
     async def heartbeat(self, *, name: str, images: Iterable[str] | None = None,
                         pulls: Sequence[ImagePull] | None = None) -> Host:
-        host = await self.get_host(name)
-        was_ready = self.host_ready(host)
+        """One write that returns the host as it was (a few hundred hosts beat every 10 s: the
+        cost must not grow with the fleet); placement runs only when the host came back or its
+        images changed."""
         changes: dict[str, Any] = {"last_heartbeat": utcnow()}
-        new_images = validation.image_names(images) if images is not None else host.images
-        if new_images != host.images:
-            changes["images"] = new_images
+        if images is not None:
+            changes["images"] = validation.image_names(images)
         if pulls is not None:
-            checked = [_pull(p) for p in pulls[:50]]
-            if checked != host.pulls:
-                changes["pulls"] = [p.model_dump() for p in checked]
-        await Host.get_pymongo_collection().update_one({"_id": host.id}, {"$set": changes})
-        host = await self.get_host(name)
+            changes["pulls"] = [_pull(p).model_dump() for p in pulls[:50]]
+        before = await Host.get_pymongo_collection().find_one_and_update({"name": name}, {"$set": changes})
+        if before is None:
+            raise NotFound(f"There is no host named {name!r}; its agent must register first.")
+        was = Host.model_validate(before)
+        host: Host = Host.model_validate({**before, **changes})
         self.ctx.published(host)
-        if not was_ready or "images" in changes:
+        if not self.host_ready(was) or host.images != was.images:
             await self.core.placement.place_pending()
         return host
 
@@ -175,10 +186,11 @@ class HostOperations(Operations):
 
     @operation(HOST_OR_STAFF)
     async def host_status(self, name: str) -> HostStatus:
-        for status in await self.services.hosts.list_hosts():
-            if status.host.name == name:
-                return status
-        raise NotFound(f"There is no host named {name!r}.")
+        return await self.services.hosts.host_status(name)
+
+    @operation(HOST_OR_STAFF)
+    async def count_host_machines(self, name: str) -> int:
+        return await self.services.hosts.count_machines(name)
 
     @operation(HOST_AGENT, audit="registerHost", target=named("host"))
     async def register_host(self, *, name: str, vcpus: int, memory_mib: int, images: Iterable[str],
@@ -188,8 +200,9 @@ class HostOperations(Operations):
 
     @operation(HOST_AGENT, audit="heartbeat", target=named("host"), routine=True)
     async def heartbeat(self, *, name: str, images: Iterable[str] | None = None,
-                        pulls: Sequence[ImagePull] | None = None) -> Host:
-        return await self.services.hosts.heartbeat(name=name, images=images, pulls=pulls)
+                        pulls: Sequence[ImagePull] | None = None) -> HostStatus:
+        return self.services.hosts.status_of(
+            await self.services.hosts.heartbeat(name=name, images=images, pulls=pulls))
 
     @operation(HOST_OR_STAFF)
     async def dropped_images(self, host: str, images: Sequence[str]) -> list[str]:

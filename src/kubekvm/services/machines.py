@@ -1,5 +1,5 @@
 """Machines: one student's VM — listing, starting, stopping, resetting — and what hosts report
-of them (a report and its consequences are one unit, `finish`).
+of them (applied by `reports`, a batch at a time; a report and its consequences are one unit).
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from kubekvm import lifecycle, validation
+from kubekvm import lifecycle
 from kubekvm.access import Actor
 from kubekvm.errors import Conflict, NotFound
 from kubekvm.logs import current_request_id
@@ -18,7 +18,8 @@ from kubekvm.models import (
     ObservedState,
     utcnow,
 )
-from kubekvm.services.context import BY_LAB_AND_INDEX, Noun, finish, object_id
+from kubekvm.services.context import BY_LAB_AND_INDEX, Noun
+from kubekvm.services.reports import MachineReport, ReportOutcome
 from kubekvm.services.rules import HOST_AGENT, MACHINE_SEEN, SIGNED_IN, Operations, named, operation
 from kubekvm.services.templates import machine_spec
 
@@ -107,53 +108,16 @@ class Machines(Noun):
         self, *, machine_id: str, host: str, state: ObservedState, message: str = "",
         power_generation: int | None = None, cpu_seconds: float | None = None,
     ) -> Machine:
-        """Record what a host observed and what follows from it (a machine confirmed gone is
-        forgotten, its lab's phase recomputed) as one unit: an agent whose connection drops
-        right after reporting cannot leave the state written and its consequences not."""
-        if power_generation is not None:
-            validation.whole_number(power_generation, field="powerGeneration", minimum=0, maximum=2**63 - 1)
-        return await finish(self._record_report(machine_id=machine_id, host=host, state=state,
-                                                message=message, power_generation=power_generation,
-                                                cpu_seconds=cpu_seconds))
-
-    async def _record_report(
-        self, *, machine_id: str, host: str, state: ObservedState, message: str,
-        power_generation: int | None, cpu_seconds: float | None,
-    ) -> Machine:
-        machine = await Machine.get(object_id(machine_id, what="machine"))
-        if machine is None or machine.retired:
-            raise NotFound(f"There is no machine with id {machine_id}; it was removed.")
-        if machine.host != host:
-            raise Conflict(f"Machine {machine.name} is assigned to {machine.host or 'no host'}, not {host}.")
-        message = validation.note(message)
-        # Running time and guest CPU are accounted from every report, changed state or not.
-        await self.core.usage.observe(machine, state=state, cpu_seconds=cpu_seconds)
-        seen = power_generation if power_generation is not None else machine.observed_power_generation
-        unchanged = (machine.observed, machine.message, machine.observed_power_generation) == (
-            state, message, seen)
-        if unchanged and not lifecycle.machine_gone(desired=machine.desired, observed=state):
-            return machine
-        changes: dict[str, Any] = {"observed": state.value, "message": message, "observed_at": utcnow(),
-                                   "observed_power_generation": seen}
-        if state != machine.observed or seen != machine.observed_power_generation:
-            changes["since"] = changes["observed_at"]
-        written = await Machine.get_pymongo_collection().update_one(
-            {"_id": machine.id, "retired": False, "host": host}, {"$set": changes}
-        )
-        if not written.matched_count:
-            raise NotFound(f"There is no machine with id {machine_id} on {host}; it was removed.")
-        previous = machine.observed
-        machine.observed, machine.message, machine.observed_power_generation = state, message, seen
-        machine.observed_at = changes["observed_at"]
-        machine.since = changes.get("since", machine.since)
-        self.ctx.published(machine)
-        if state != previous:
-            detail = f": {message}" if message else ""
-            await self.ctx.note(machine.deployment, f"{machine.name} is {state.value}{detail}", machine=machine.name)
-        if lifecycle.machine_gone(desired=machine.desired, observed=state):
-            await self.core.convergence.forget_machine(machine)
-        await self.core.convergence.refresh_phase(machine.deployment)
-        return machine
+        """Record what a host observed of one machine and what follows from it (a machine
+        confirmed gone is forgotten, its lab's phase recomputed), as one unit: a batch of one
+        (`Reports`), its refusal raised."""
+        [outcome] = await self.core.reports.report_machine_states(host=host, reports=[MachineReport(
+            machine_id=machine_id, state=state, message=message, power_generation=power_generation,
+            cpu_seconds=cpu_seconds)])
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.machine is not None
+        return outcome.machine
 
 
 def machine_scope(actor: Actor) -> dict[str, str]:
@@ -208,3 +172,7 @@ class MachineOperations(Operations):
         return await self.services.machines.report_machine_state(
             machine_id=machine_id, host=host, state=state, message=message, power_generation=power_generation,
             cpu_seconds=cpu_seconds)
+
+    @operation(HOST_AGENT, audit="reportMachineStates", target=named("host", "host"), routine=True)
+    async def report_machine_states(self, *, host: str, reports: Sequence[MachineReport]) -> list[ReportOutcome]:
+        return await self.services.reports.report_machine_states(host=host, reports=reports)
