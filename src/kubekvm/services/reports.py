@@ -2,10 +2,12 @@
 
 An agent coalesces its state reports over a few milliseconds and sends them together
 (`reportMachineStates`); a class's worth of machines starting at once is then a handful of
-batches, not one round trip each. A batch is applied in a fixed number of database round
-trips whatever its size: one read of the machines it names, one bulk write of the changed
-ones, one insert of the lab history lines, and one phase recomputation per lab it touches
-(`Convergence.refresh_phase`), instead of one of each per report.
+batches, not one round trip each. A batch's states are applied in a fixed number of database
+round trips whatever its size: one read of the machines it names, one bulk write of the
+changed ones, one insert of the lab history lines, and one phase recomputation per lab it
+touches (`Convergence.refresh_phase`), instead of one of each per report. Only the running
+time accounting stays per report (`Usage.observe`, which writes when a machine starts or
+stops running or a report carries a CPU sample).
 
 Each report is its own unit, as a single `reportMachineState` is: a report the server
 refuses (its machine was removed meanwhile, it is assigned to another host, a number out of
