@@ -198,6 +198,8 @@ def test_every_bad_field_is_reported_at_once(server: Server) -> None:
     host = server.graphql('mutation { registerHost(input: {name: "bad host", vcpus: 0, memoryMib: 1, images: []}) '
                           "{ name } }")
     assert {e["extensions"]["field"] for e in host["errors"]} == {"name", "vcpus", "memoryMib"}
+    token = server.graphql('mutation { createHostToken(host: "bad host", label: "a\\u0000b") { token } }')
+    assert {e["extensions"]["field"] for e in token["errors"]} == {"host", "label"}
 
 
 def test_duplicate_name_is_conflict_and_missing_lab_is_not_found(server: Server) -> None:

@@ -25,6 +25,10 @@ NOT_FORMS = {
                "(tests/images)",
     "/setup": "open only while no admin exists (the tests' servers start with one); success is `_go` to /",
     "/labs/{name}/roster/group": "needs a directory (LDAP, tests/identity); success is `_back` to the roster",
+    # Template versions need an image in the store (tests/images); each answers with `done`.
+    "/templates/{name}/versions": "publishing needs a stored image; success is `done` to the versions page",
+    "/templates/{name}/versions/{number}/retire": "needs a published version; success is `done` there too",
+    "/labs/{name}/version": "needs a published version; success is `done` to the lab's version page",
 }
 
 

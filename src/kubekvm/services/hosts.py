@@ -40,9 +40,9 @@ class HostStatus:
     machines: int | None = None
 
 
-def host_name(name: str) -> str:
+def host_name(name: str, *, field: str = "name") -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", name or ""):
-        raise ValidationFailed("name", f"A host name uses {HOST_NAME_RULE}.")
+        raise ValidationFailed(field, f"A host name uses {HOST_NAME_RULE}.")
     return name
 
 

@@ -126,7 +126,10 @@ class TokenOperations(Operations):
 
     @operation(ADMIN, audit="createHostToken", target=named("host", "host"))
     async def create_host_token(self, *, host: str, label: str = "") -> tuple[ApiToken, str]:
-        host_name(host)
+        checks = validation.Checks()  # a bad host name and a bad label, both at once
+        checks(lambda: host_name(host, field="host"))
+        checks(lambda: validation.text(label, field="label", label="A token's label", max_length=TOKEN_LABEL_MAX))
+        checks.done()
         return await self.accounts.create_token(kind=TokenKind.HOST, owner=host, label=label,
                                                 created_by=self.actor.name)
 
