@@ -21,6 +21,7 @@ from ldap3 import Server as LdapServer
 from kubekvm.directory import Directory
 from kubekvm.errors import Unavailable
 from kubekvm.identity_config import LdapDirectory
+from tests.security.test_fuzz_forms import HOSTILE_TEXT
 from tests.support.processes import VENV_BIN, Server, free_port
 from tests.support.slapd import PASSWORDS, SUFFIX, Slapd, start_slapd
 
@@ -252,3 +253,22 @@ def test_the_settings_check_finds_a_person_and_says_their_role(slapd: Slapd) -> 
                            env={**env, "KUBEKVM_LDAP_BIND_PASSWORD": "not-it"}, capture_output=True, text=True,
                            timeout=60)
     assert wrong.returncode == 1 and "refused KubeKVM's own bind" in wrong.stdout, wrong.stdout + wrong.stderr
+
+
+@pytest.mark.parametrize("htmx", [False, True])
+def test_the_group_form_survives_hostile_values(server: Server, htmx: bool) -> None:
+    server.graphql('mutation { createTemplate(input: {name: "dir-tpl", image: "nowhere.qcow2", memoryMib: 128, '
+                   "diskGib: 1}) { name } }")
+    server.graphql('mutation { createDeployment(input: {name: "hostile", template: "dir-tpl", replicas: 1}) '
+                   "{ name } }")
+    server.user("page-admin", "admin")
+    client = server.session("page-admin")
+    try:
+        for value in [*HOSTILE_TEXT, "cn=*", "cn=x,ou=groups," + SUFFIX + ")(cn=*", ",,,", "=", "cn="]:
+            answer = client.post("/labs/hostile/roster/group", data={"group": value},
+                                 headers={"HX-Request": "true"} if htmx else {})
+            assert answer.status_code < 500, (value, answer.status_code, answer.text[:300])
+    finally:
+        client.close()
+    lab = server.graphql('{ deployment(name: "hostile") { roster rosterGroup } }')
+    assert lab["data"]["deployment"] == {"roster": [], "rosterGroup": None}  # type: ignore[index]
