@@ -61,8 +61,10 @@ def scratch(prefix: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        remove_domains_under(path)
-        shutil.rmtree(path, ignore_errors=True)
+        try:
+            remove_domains_under(path)
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_domains_under(path: Path) -> list[str]:
