@@ -110,6 +110,13 @@ def test_graphql_refuses_a_bad_timetable_naming_the_field(server: Server, lab: s
     error = body["errors"][0]  # type: ignore[index]
     assert error["extensions"] == {"code": "VALIDATION_FAILED", "field": "slots"}  # type: ignore[index]
     assert "Item 1" in error["message"]  # type: ignore[index]
+    # Who asks is checked before what they typed: another teacher learns nothing of the lab.
+    other = server.graphql('mutation { setTimetable(name: "tt-page", input: {timeZone: "Nowhere/Land"}) '
+                           '{ stored } }', token=server.token_for("tt-other"))
+    assert other["errors"][0]["extensions"]["code"] == "NOT_FOUND"  # type: ignore[index]
+    anonymous = server.graphql('mutation { setTimetable(name: "tt-page", input: {timeZone: "Nowhere/Land"}) '
+                               '{ stored } }', token=None)
+    assert anonymous["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"  # type: ignore[index]
 
 
 def test_the_unused_labs_are_on_the_admins_server_page_only(server: Server, lab: str) -> None:

@@ -171,5 +171,5 @@ class TimetableMutation:
     @strawberry.mutation(description="Replace the lab's timetable (and the course's last day).")
     async def set_timetable(self, info: strawberry.Info, name: str, input: TimetableInput) -> Timetable:
         services = _services(info)
-        rule = rule_of(input, default=services.services.timetables.default())
-        return Timetable.of(await services.set_timetable(name, rule=rule))
+        default = services.services.timetables.default()
+        return Timetable.of(await services.set_timetable(name, rule=lambda: rule_of(input, default=default)))

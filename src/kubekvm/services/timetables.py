@@ -9,6 +9,7 @@ a timetable with no slot, no session and no end date removes it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -183,8 +184,11 @@ class TimetableOperations(Operations):
         return await self.services.timetables.course(name)
 
     @operation(LAB_MANAGED, audit="setTimetable", target=named("lab"))
-    async def set_timetable(self, name: str, *, rule: timetable.Timetable) -> Course:
-        return await self.services.timetables.save(name, rule, by=self.actor.name)
+    async def set_timetable(self, name: str, *,
+                            rule: timetable.Timetable | Callable[[], timetable.Timetable]) -> Course:
+        """`rule` may come as the parse of the caller's input, run only once the caller may change
+        the lab (so a refusal for who they are comes before one for what they typed)."""
+        return await self.services.timetables.save(name, rule() if callable(rule) else rule, by=self.actor.name)
 
     @operation(LAB_MANAGED)
     async def lab_usage(self, name: str) -> list[UsageRow]:
