@@ -122,6 +122,16 @@ def describe_stop(reason: StopReason, *, policy: IdlePolicy | None = None) -> st
     return "Stopped: your hours outside the lab's scheduled times are spent. Your teacher can grant more."
 
 
+def limits_text(policy: IdlePolicy) -> str:
+    """A lab's stops as its students read them beforehand ("" when none is on)."""
+    parts = []
+    if policy.idle_seconds is not None:
+        parts.append(f"after {_minutes(policy.idle_seconds)} idle")
+    if policy.max_run_seconds is not None:
+        parts.append(f"after {_minutes(policy.max_run_seconds)} running")
+    return f"Stops by itself {' or '.join(parts)}." if parts else ""
+
+
 def _minutes(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.0f} second{'s' if round(seconds) != 1 else ''}"

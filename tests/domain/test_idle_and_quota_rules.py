@@ -130,6 +130,8 @@ def test_the_reason_a_student_reads() -> None:
     assert "idle for 20 minutes" in usage.describe_stop(StopReason.IDLE, policy=policy)
     assert "(240 minutes)" in usage.describe_stop(StopReason.MAX_RUNTIME, policy=policy)
     assert "grant more" in usage.describe_stop(StopReason.QUOTA)
+    assert usage.limits_text(policy) == "Stops by itself after 20 minutes idle or after 240 minutes running."
+    assert usage.limits_text(idle.IdlePolicy()) == ""
     assert "idle for 15 seconds" in usage.describe_stop(StopReason.IDLE, policy=idle.IdlePolicy(idle_seconds=15))
     assert "idle for 1.5 minutes" in usage.describe_stop(StopReason.IDLE, policy=idle.IdlePolicy(idle_seconds=90))
 

@@ -70,3 +70,4 @@ def test_limits_students_hours_and_a_grant(server: Server, teacher: httpx.Client
                         headers={"Authorization": f"Bearer {server.token_for('upstu', 'student')}"})
     assert "1.5 h left outside scheduled hours" in student.text
     assert "Stopped because it was idle" in student.text
+    assert "Stops by itself after 20 minutes idle." in student.text, "the rule is told beforehand"

@@ -22,6 +22,7 @@ from kubekvm import lifecycle, progress, usage, validation
 from kubekvm.authorized import Authorized
 from kubekvm.models import Deployment, DesiredState, LabEvent, Machine, ObservedState, Phase, utcnow
 from kubekvm.pages.common import Renderer
+from kubekvm.services.usage import idle_policy
 
 PAGE_SIZE = 100
 
@@ -115,6 +116,8 @@ class MyMachine:
     lab_title: str
     # The student's hours left outside the lab's scheduled slots ("" when the lab has no quota).
     hours_left: str = ""
+    # When the platform stops it by itself (idle, longest run), told beforehand ("" if never).
+    limits: str = ""
 
 
 async def my_rows(services: Authorized) -> list[MyMachine]:
@@ -130,7 +133,8 @@ async def my_rows(services: Authorized) -> list[MyMachine]:
                 left[lab.name] = usage.hours_text(mine[0].balance.remaining_hours)
     # A lab the student left between the two reads (taken off its roster) is no longer theirs.
     return [MyMachine(row=machine_row(m, phase=labs[m.deployment].phase, clock=clock),
-                      lab_title=labs[m.deployment].title, hours_left=left.get(m.deployment, ""))
+                      lab_title=labs[m.deployment].title, hours_left=left.get(m.deployment, ""),
+                      limits=usage.limits_text(idle_policy(labs[m.deployment].policy)))
             for m in machines if m.deployment in labs]
 
 
