@@ -279,8 +279,10 @@ class Usage(Noun):
         if lab.policy.quota_hours is not None:
             overlap = await self.slot_overlap(lab)
             inside = usage.in_slot(overlap, now)
-            spent = {found.student for found in await self.balances(lab, now=now)
-                     if usage.quota_stop(found.balance, running=True, inside_slot=inside)}
+            # Only the students whose machines run now: a course's history is read for them alone.
+            students = sorted({m.student for m in running if m.student})
+            spent = {found.student for found in await self.balances(lab, now=now, students=students)
+                     if usage.quota_stop(found.balance, running=True, inside_slot=inside)} if students else set()
         stopped: list[tuple[str, StopReason]] = []
         for machine in running:
             reason = idle.idle_stop(policy, now=now, running_since=machine.running_since,
