@@ -103,11 +103,12 @@ def quota_stop(balance: Balance, *, running: bool, inside_slot: bool) -> StopRea
     return StopReason.QUOTA if running and balance.spent and not inside_slot else None
 
 
-def start_refusal(balance: Balance, *, inside_slot: bool) -> str | None:
-    """Why the student may not start their machine now, or None."""
+def start_refusal(balance: Balance, *, student: str, inside_slot: bool) -> str | None:
+    """Why `student`'s machine may not start now, or None (whoever asks: the lab's teacher grants
+    hours rather than starting a machine the next check would stop again)."""
     if balance.spent and not inside_slot:
-        return (f"the {_hours((balance.budget_hours or 0.0) + balance.granted_hours)} of use outside the lab's "
-                "scheduled hours are spent; ask your teacher for more")
+        return (f"{student}'s {_hours((balance.budget_hours or 0.0) + balance.granted_hours)} of use outside the "
+                "lab's scheduled hours are spent; the lab's teacher can grant more")
     return None
 
 

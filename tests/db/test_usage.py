@@ -125,7 +125,7 @@ async def test_a_spent_student_is_stopped_refused_and_granted_more(services: Ser
     await services.usage.observe(await fresh(ana.name), state=SHUTOFF, cpu_seconds=None)
     with pytest.raises(QuotaSpent) as refused:
         await services.machines.start_machine(ana.name)
-    assert "1 hour of use outside the lab's scheduled hours are spent" in refused.value.message
+    assert "ana's 1 hour of use outside the lab's scheduled hours are spent" in refused.value.message
     assert (await fresh(ana.name)).desired == DesiredState.STOPPED, "a refused start writes nothing"
     granted = await services.usage.grant_hours("usage", student="ana", hours=0.5)
     assert granted.balance.remaining_hours == pytest.approx(0.5 - 1 / 60, abs=0.01)

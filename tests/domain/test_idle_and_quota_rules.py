@@ -115,9 +115,9 @@ def test_a_spent_budget_stops_and_refuses_a_start_outside_slots_only() -> None:
     assert usage.quota_stop(spent, running=True, inside_slot=False) == StopReason.QUOTA
     assert usage.quota_stop(spent, running=True, inside_slot=True) is None
     assert usage.quota_stop(spent, running=False, inside_slot=False) is None
-    refusal = usage.start_refusal(spent, inside_slot=False)
+    refusal = usage.start_refusal(spent, student="ana", inside_slot=False)
     assert refusal is not None and "2.5 hours" in refusal
-    assert usage.start_refusal(spent, inside_slot=True) is None
+    assert usage.start_refusal(spent, student="ana", inside_slot=True) is None
     left = usage.Balance(budget_hours=2.0, granted_hours=0.5, used_seconds=2.4 * 3600)
     assert not left.spent and left.remaining_hours == pytest.approx(0.1)
     unlimited = usage.Balance(budget_hours=None, granted_hours=0, used_seconds=10**9)

@@ -202,7 +202,8 @@ class Usage(Noun):
         found = await self.balances(lab, now=now, students=[machine.student])
         if not found:
             return
-        refused = usage.start_refusal(found[0].balance, inside_slot=usage.in_slot(await self.slot_overlap(lab), now))
+        refused = usage.start_refusal(found[0].balance, student=machine.student,
+                                      inside_slot=usage.in_slot(await self.slot_overlap(lab), now))
         if refused:
             raise QuotaSpent(f"Cannot start {machine.name}: {refused}.")
 
