@@ -199,15 +199,15 @@ def _throughput(plan: Plan, server: Server, plain_url: str, work: Path) -> dict[
                         server.graphql_url, connections=connections, seconds=plan.p3_seconds, work=work,
                         method="POST", body=f'{{"query": "{LIST_QUERY}"}}',
                         headers={"Content-Type": "application/json", **server.admin_headers}))
-        for which, found in runs.items():
-            bad = sum(r["non_2xx"] + r["socket_errors"] for r in found)
-            if bad:
-                raise RuntimeError(f"{which}: {bad} failed requests under load: {found}")
+        # A failed request (wrk's timeout on a starved machine, an error) is recorded, not fatal:
+        # the rest of P3 still runs, and the figure says how many failed.
+        failed = {which: sum(r["non_2xx"] + r["socket_errors"] for r in found) for which, found in runs.items()}
         graphql_rps = median([r["requests_per_s"] for r in runs["graphql"]])
         plain_rps = median([r["requests_per_s"] for r in runs["plain"]])
         levels[str(connections)] = {
             "graphql_rps": round(graphql_rps, 2), "plain_rps": round(plain_rps, 2),
-            "share": round(graphql_rps / plain_rps, 3), "runs": runs,
+            "share": round(graphql_rps / plain_rps, 3) if plain_rps else 0.0, "failed_requests": failed,
+            "runs": runs,
         }
     return levels
 
