@@ -108,10 +108,12 @@ def test_a_directory_user_in_no_mapped_group_is_refused_and_the_audit_says_why(s
     assert body["data"]["auditLog"]["items"] == [{"outcome": "UNAUTHENTICATED", "message": said}]  # type: ignore[index]
 
 
-def test_a_disabled_directory_user_cannot_sign_in(server: Server) -> None:
-    # ursula's password is right, but her entry is outside the user filter (employeeType: disabled).
-    assert _refused(server, "ursula", PASSWORDS["ursula"]) == "Wrong username or password."
-    assert "ursula" not in _accounts(server)
+@pytest.mark.parametrize("name", ["ursula", "lena"])
+def test_a_disabled_directory_user_cannot_sign_in(server: Server, name: str) -> None:
+    # The password is right, but the entry is outside the user filter: ursula's employeeType is
+    # disabled, lena's account is locked (pwdAccountLockedTime).
+    assert _refused(server, name, PASSWORDS[name]) == "Wrong username or password."
+    assert name not in _accounts(server)
 
 
 @pytest.mark.parametrize("typed", [

@@ -6,7 +6,9 @@ The directory of `dc=uni,dc=test` (loaded with `slapadd` before the server start
 - ou=services: `cn=kubekvm`, the account KubeKVM searches as (only it may read people and groups);
 - ou=people: tina (in `staff`), sam, sara, dora (in `students`), alice (an admin by name, in no
   group), nina (in no group), ursula (disabled: outside the user filter, `employeeType:
-  disabled`, as AD's filters leave out `userAccountControl`'s disabled bit);
+  disabled`, as AD's filters leave out `userAccountControl`'s disabled bit), lena (locked by an
+  admin: `pwdAccountLockedTime`, the password policy's attribute (its module loaded for the
+  schema), also outside the filter);
 - ou=groups: staff, students, redes-2026 (sam, sara, tina, ursula), empty-course (nobody but the
   placeholder groupOfNames requires).
 """
@@ -26,8 +28,9 @@ SUFFIX = "dc=uni,dc=test"
 SERVICE_DN = f"cn=kubekvm,ou=services,{SUFFIX}"
 SERVICE_PASSWORD = "service-secret"
 PASSWORDS = {"tina": "tina-pw", "sam": "sam-pw", "sara": "sara-pw", "dora": "dora-pw", "alice": "alice-pw",
-             "ursula": "ursula-pw", "nina": "nina-pw"}
-USER_FILTER = "(&(objectClass=inetOrgPerson)(uid={username})(!(employeeType=disabled)))"
+             "ursula": "ursula-pw", "nina": "nina-pw", "lena": "lena-pw"}
+# The README's OpenLDAP example's (locked accounts left out), and a disabled flag of the site's own.
+USER_FILTER = "(&(objectClass=inetOrgPerson)(uid={username})(!(pwdAccountLockedTime=*))(!(employeeType=disabled)))"
 
 _CONFIG = """\
 dn: cn=config
@@ -43,6 +46,7 @@ objectClass: olcModuleList
 cn: module{{0}}
 olcModulePath: /usr/lib/ldap
 olcModuleLoad: back_mdb
+olcModuleLoad: ppolicy
 
 dn: cn=schema,cn=config
 objectClass: olcSchemaConfig
@@ -98,7 +102,8 @@ def _data() -> str:
               f"userPassword: {SERVICE_PASSWORD}\n\n"
             + "".join(_person(uid) for uid in ("tina", "sam", "sara", "dora", "alice", "nina"))
             + _person("ursula", extra="employeeType: disabled\n")
-            + _group("staff", ["tina"]) + _group("students", ["sam", "sara", "dora"])
+            + _person("lena", extra="pwdAccountLockedTime: 000001010000Z\n")
+            + _group("staff", ["tina"]) + _group("students", ["sam", "sara", "dora", "lena"])
             + _group("redes-2026", ["sam", "sara", "tina", "ursula"]) + _group("empty-course", []))
 
 
