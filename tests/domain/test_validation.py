@@ -155,3 +155,23 @@ def test_a_pasted_roster_names_every_bad_username_at_once() -> None:
     with pytest.raises(ValidationFailed) as one:
         roster.students(["ok", "$bad"])
     assert "'$bad'" in one.value.message
+
+
+def test_checks_refuse_every_bad_field_at_once_and_one_alone_as_itself() -> None:
+    from kubekvm.errors import FieldErrors
+
+    checks = validation.Checks()
+    assert checks(lambda: validation.name("ok")) == "ok"
+    assert checks(lambda: validation.name("Bad Name")) is None
+    assert checks(lambda: validation.replicas(0, maximum=10)) is None
+    checks.fail(ValidationFailed("name", "a second word on the name is not the one to fix first"))
+    with pytest.raises(FieldErrors) as several:
+        checks.done()
+    assert [(e.field, e.suggestion) for e in several.value.errors] == [("name", "bad-name"), ("replicas", None)]
+    assert several.value.field == "name"  # a caller that shows one message shows the first
+    alone = validation.Checks()
+    alone(lambda: validation.replicas(0, maximum=10))
+    with pytest.raises(ValidationFailed) as one:
+        alone.done()
+    assert not isinstance(one.value, FieldErrors) and one.value.field == "replicas"
+    validation.Checks().done()  # nothing wrong: nothing raised
