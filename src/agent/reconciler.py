@@ -670,7 +670,7 @@ class Reconciler:
             domain_type=self.accelerator.domain_type,
             overlay=self.disks.path(name),
             serial_log=self._serial_log(name),
-            boot=self.images.direct_boot(assignment.template.image),
+            boot=self.images.direct_boot(assignment.template.image, template=assignment.template.name),
             metadata=MachineMetadata.for_assignment(assignment, power_generation=NEVER_POWERED),
             domain_uuid=domain_uuid,
         )

@@ -98,6 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     import_image.add_argument("--format", choices=["qcow2", "raw"],
                               help="the file's format (default: from its name: .qcow2, .raw, .img)")
     image.add_parser("list", help="the images in the store")
+    publish = template.add_parser("publish", help="publish an image of the store as the template's next version")
+    publish.add_argument("name")
+    publish.add_argument("digest", help="sha256:<hex>, as `kubekvm image import` printed it")
+    publish.add_argument("--note", default="")
+    publish.add_argument("--if-new", action="store_true",
+                         help="do nothing when the newest version is this image already (scripts run it again)")
     legacy = commands.add_parser("import-legacy", help="make labs of the 2019 application's deployments")
     legacy.add_argument("--from", dest="source", required=True, metavar="MONGODB_URI",
                         help="the 2019 database (only read; its name in the URI, or --source-database)")
@@ -145,6 +151,9 @@ def main(argv: list[str] | None = None) -> None:
                              lambda made: str(made[1])))  # type: ignore[index]
     if args.command == "token":
         sys.exit(_admin_task(lambda s: _user_token(s, args.name, args.label), lambda token: str(token)))
+    if args.command == "template" and args.action == "publish":
+        sys.exit(_admin_task(lambda s: _publish(s, args.name, args.digest, note=args.note, if_new=args.if_new),
+                             lambda said: str(said)))
     if args.command == "template":
         sys.exit(_admin_task(lambda s: s.create_template(
             name=args.name, title=args.title, description=args.description, os=args.os, image=args.image,
@@ -171,6 +180,15 @@ def _image_command(args: argparse.Namespace) -> int:
         return 1
     return _admin_task(lambda s: s.import_image(name=source.name, path=source.resolve(), format=args.format),
                        lambda made: _imported(*made))  # type: ignore[misc]
+
+
+async def _publish(services: Authorized, name: str, digest: str, *, note: str, if_new: bool) -> str:
+    template = await services.get_template(name)
+    newest = template.versions[-1] if template.versions else None
+    if if_new and newest is not None and newest.digest == digest:
+        return f"template {name}: v{newest.number} is this image already"
+    published = await services.publish_template_version(name, digest=digest, note=note)
+    return f"template {name}: v{published.versions[-1].number} published"
 
 
 def _imported(image: Image, new: bool) -> str:
