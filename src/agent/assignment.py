@@ -78,6 +78,9 @@ class Assignment:
     # The request that last changed the machine (for the log lines of its steps, `agent.logs`);
     # not part of what the machine should be, so not compared.
     request_id: str | None = field(default=None, compare=False)
+    # A publish job the server waits for: flatten this stopped machine's disk and upload it
+    # (`agent.publisher`).
+    publish_job: str | None = None
 
     def __post_init__(self) -> None:
         _check_text("machineId", self.machine_id)
@@ -112,6 +115,7 @@ class Assignment:
                 reset_generation=payload["resetGeneration"],
                 power_generation=payload.get("powerGeneration", 0),
                 request_id=payload.get("requestId") if isinstance(payload.get("requestId"), str) else None,
+                publish_job=payload.get("publishJob") if isinstance(payload.get("publishJob"), str) else None,
                 template=TemplateSpec(
                     name=template["name"],
                     image=template["image"],

@@ -95,6 +95,19 @@ class Disks:
         self._base_sizes[base] = (identity, size)
         return size
 
+    async def flatten(self, domain: str, target: Path, *, timeout: float) -> Path:
+        """The overlay and its base as one standalone qcow2 at `target` (a stopped machine's disk
+        published as a template version, `agent.publisher`); written under a temporary name."""
+        partial = target.with_name(f".{target.name}{_PARTIAL_MARK}{secrets.token_hex(4)}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            await _run(["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "qcow2", str(self.path(domain)),
+                        str(partial)], timeout=timeout)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
+
     async def delete(self, domain: str) -> bool:
         path = self.path(domain)
         existed = path.exists()

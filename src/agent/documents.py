@@ -53,7 +53,7 @@ subscription HostAssignments($host: String!, $cursor: String) {
     kind
     cursor
     assignments {
-      machineId vmName deployment index desired resetGeneration powerGeneration requestId
+      machineId vmName deployment index desired resetGeneration powerGeneration requestId publishJob
       template { name image os vcpus memoryMib diskGib }
     }
     removed

@@ -27,6 +27,7 @@ from agent.hypervisor import Hypervisor
 from agent.images import Images
 from agent.kvm_device import check_kvm_device
 from agent.outbox import Outbox
+from agent.publisher import Publisher, remove_leftovers
 from agent.pulls import Pulls
 from agent.reconciler import Reconciler
 
@@ -60,8 +61,12 @@ async def run_host(config: AgentConfig, *, stop: asyncio.Event | None = None) ->
         outbox = Outbox()
         pulls = Pulls(directory=config.image_dir, servers=config.servers, token_source=config.current_token,
                       on_done=lambda: reconciler.request_resync())
+        publish_dir = config.state_dir / "publish"
+        remove_leftovers(publish_dir)
         reconciler = Reconciler(
             pulls=pulls,
+            publisher=lambda disks: Publisher(disks=disks, work_dir=publish_dir, servers=config.servers,
+                                              token_source=config.current_token),
             hypervisor=hypervisor,
             images=images,
             state_dir=config.state_dir,
@@ -108,6 +113,8 @@ async def run_host(config: AgentConfig, *, stop: asyncio.Event | None = None) ->
             await asyncio.gather(connection, return_exceptions=True)
             await tunnels.close()
             await pulls.close()
+            if reconciler.publisher is not None:
+                await reconciler.publisher.close()
             await reconciler.close()
     finally:
         await hypervisor.close()

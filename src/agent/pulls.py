@@ -178,7 +178,8 @@ class Pulls:
         if have:
             headers["Range"] = f"bytes={have}-"
         try:
-            connection.request("GET", f"{where.path.rstrip('/')}/images/sha256:{digest}/file", headers=headers)
+            prefix = where.path.rstrip("/").removesuffix("/graphql")
+            connection.request("GET", f"{prefix}/images/sha256:{digest}/file", headers=headers)
             answer = connection.getresponse()
             if answer.status == 416 and have:  # the partial file is whole already: verify it
                 answer.read()

@@ -64,6 +64,7 @@ from agent.domain_xml import NEVER_POWERED, MachineMetadata, domain_xml
 from agent.hypervisor import DomainStatus, Hypervisor, HypervisorError, HypervisorUnavailable
 from agent.images import Images
 from agent.machine_state import ObservedState, StateReport
+from agent.publisher import Publisher
 from agent.pulls import Pulls
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class Reconciler:
         gc_orphans: bool = False,
         pulls: Pulls | None = None,
         cpu_sample_interval: float = 0.0,
+        publisher: Callable[[Disks], Publisher] | None = None,
     ) -> None:
         self.hypervisor = hypervisor
         self.images = images
@@ -116,6 +118,8 @@ class Reconciler:
         # that ends asks for a resync, so the machines waiting on it go on.
         self.pulls = pulls
         self.disks = Disks(state_dir / "disks")
+        # Stopped machines being published as template versions (`agent.publisher`).
+        self.publisher = publisher(self.disks) if publisher is not None else None
         self.logs = (state_dir / "logs").absolute()
         self.state_dir = state_dir
         self.accelerator = accelerator
@@ -528,6 +532,9 @@ class Reconciler:
             final = await self.hypervisor.status(name)
         if final is None:
             return Outcome("absent", None)
+        if assignment.publish_job and self.publisher is not None and assignment.desired == "stopped" \
+                and not final.active:
+            self.publisher.request(assignment.publish_job, vm=assignment.vm_name, domain=name)
         recorded = final.metadata.power_generation if final.metadata is not None else None
         return Outcome(final.state, message, recorded)
 

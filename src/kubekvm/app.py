@@ -69,7 +69,7 @@ from kubekvm.lease import Lease
 from kubekvm.metrics import RequestMetrics, metrics_endpoint
 from kubekvm.oidc import OpenIdSignIn
 from kubekvm.pages.common import Renderer
-from kubekvm.pages.images import image_file
+from kubekvm.pages.images import image_file, published_upload
 from kubekvm.quotas import SubscriptionQuotas
 from kubekvm.request_ids import RequestIds
 from kubekvm.scheduler import LEASE_NAME as SCHEDULER_LEASE
@@ -274,6 +274,7 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
         *ConsoleSockets(settings=settings).routes(),
         # Host agents pull images here (host token; Range resumes a pull).
         Route("/images/{digest}/file", image_file),
+        Route("/machines/{name}/publish/{job}", published_upload, methods=["POST"]),
         *pages.routes(settings=settings),
     ]
     # DatabaseFaults outside the rest: the auth middleware's lookups need the database too.

@@ -21,6 +21,7 @@ from kubekvm.services.images import ImageOperations
 from kubekvm.services.labs import LabOperations
 from kubekvm.services.machines import MachineOperations
 from kubekvm.services.overview import OverviewOperations
+from kubekvm.services.publishing import PublishOperations
 from kubekvm.services.rosters import RosterOperations
 from kubekvm.services.server import ServerOperations
 from kubekvm.services.template_versions import TemplateVersionOperations
@@ -36,7 +37,8 @@ __all__ = ["SESSION_RECHECK_SECONDS", "Authorized"]
 class Authorized(TemplateOperations, LabOperations, RosterOperations, MachineOperations, HostOperations,
                  ConsoleOperations, ConsoleRequestOperations, ChangeOperations, UserOperations, TokenOperations,
                  AuditOperations, ServerOperations, ImageOperations, TimetableOperations,
-                 IdentityOperations, UsageOperations, OverviewOperations, TemplateVersionOperations):
+                 IdentityOperations, UsageOperations, OverviewOperations, TemplateVersionOperations,
+                 PublishOperations):
     """The service layer as one actor may use it."""
 
     @property

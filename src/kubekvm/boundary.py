@@ -4,11 +4,11 @@
 at once when Content-Length says so, else as soon as the bytes streamed in (a chunked body)
 pass the limit, without reading the rest. The answer is 413; on /graphql it is GraphQL-shaped
 JSON (`extensions.code` PAYLOAD_TOO_LARGE), elsewhere a sentence. What is under the limit is
-handed on whole (at most the limit is ever held in memory). The one exception is an image
-import (POST /images, `kubekvm.pages.images`): it streams its body into the image store,
-under that store's own limit, so it passes untouched. Websocket messages have their own
-limit, `Settings.websocket_max_message_bytes`, enforced by uvicorn (`kubekvm.cli`): a bigger
-message closes the socket with 1009.
+handed on whole (at most the limit is ever held in memory). The exceptions are an image
+import (POST /images, `kubekvm.pages.images`) and a published machine's upload: they stream
+their bodies into the image store, under that store's own limit, so they pass untouched.
+Websocket messages have their own limit, `Settings.websocket_max_message_bytes`, enforced by
+uvicorn (`kubekvm.cli`): a bigger message closes the socket with 1009.
 
 `OriginCheck` refuses cross-site websocket hijacking: a browser attaches the session cookie to
 a websocket handshake that any page opens (CORS does not apply to websockets, and SameSite=Lax
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Collection, Mapping
 
 from starlette.datastructures import Headers
@@ -39,8 +40,9 @@ log = logging.getLogger(__name__)
 
 GRAPHQL_PATH = "/graphql"
 LIVE_PATH = "/events"
-# Routes that stream their (large) bodies to disk themselves, under their own limit.
-STREAMED_UPLOADS = frozenset({("POST", "/images")})
+# Routes that stream their (large) bodies to disk themselves, under their own limit: image
+# imports, and a host's upload of a machine being published.
+STREAMED_UPLOADS = re.compile(r"/images|/machines/[^/]+/publish/[^/]+")
 
 
 def graphql_error(message: str, code: str) -> bytes:
@@ -68,7 +70,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        if (scope["method"], scope["path"]) in STREAMED_UPLOADS:
+        if scope["method"] == "POST" and STREAMED_UPLOADS.fullmatch(scope["path"]):
             await self.app(scope, receive, send)
             return
         if "content-length" not in headers and "transfer-encoding" not in headers:

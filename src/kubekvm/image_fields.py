@@ -34,3 +34,23 @@ class ImagePull(BaseModel):
     done: int = 0
     total: int | None = None
     error: str = ""
+
+
+class PublishJob(BaseModel):
+    """A machine being published as a template version (`services.publishing`): asked for while
+    it is stopped, flattened and uploaded by its host's agent; the machine is locked meanwhile."""
+
+    id: str
+    template: str
+    new_template: bool = False
+    note: str = ""
+    requested_by: str
+    state: str = "requested"  # requested | uploading | done | failed
+    done: int = 0
+    total: int | None = None
+    message: str = ""
+    at: datetime = Field(default_factory=_now)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("requested", "uploading")

@@ -38,6 +38,7 @@ from kubekvm.domain import Role as Role
 from kubekvm.domain import StopReason as StopReason
 from kubekvm.domain import TokenKind as TokenKind
 from kubekvm.image_fields import ImagePull as ImagePull
+from kubekvm.image_fields import PublishJob as PublishJob
 from kubekvm.image_fields import TemplateVersion as TemplateVersion
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,8 @@ class Machine(Stored):
     cpu: CpuSample | None = None
     console_closed_at: datetime | None = None
     stop_reason: StopReason | None = None
+    # Being published as a template version (locked meanwhile), or how the last publish ended.
+    publish: PublishJob | None = None
     # Set just before the document is deleted, so that change-stream subscribers learn which
     # lab and host a vanished machine belonged to (a delete event carries only the id).
     retired: bool = False

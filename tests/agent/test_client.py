@@ -89,6 +89,7 @@ class AssignmentType:
     reset_generation: int
     power_generation: int
     template: AssignmentTemplate
+    publish_job: str | None = None
     request_id: str | None = None
 
 

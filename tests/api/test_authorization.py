@@ -118,6 +118,18 @@ def _versioned_template(ctx: Context) -> str:
     return name
 
 
+def _stopped_machine(ctx: Context) -> str:
+    """A machine of ta's that its host reported stopped: one that may be published."""
+    lab = ctx.fresh("pub-lab")
+    ctx.as_("owner", "mutation($i: DeploymentInput!) { createDeployment(input: $i) { name } }",
+            i={"name": lab, "template": "mx-tpl", "replicas": 1, "power": "STOPPED"})
+    (machine,) = ctx.admin(f'{{ machines(deployment: "{lab}") {{ id host }} }}')["machines"]
+    assert machine["host"] == HOST
+    ctx.admin("mutation($i: MachineReportInput!) { reportMachineState(input: $i) { name } }",
+              i={"machineId": machine["id"], "host": HOST, "state": "SHUTOFF"})
+    return f"{lab}-1"
+
+
 def _token_of_ta(ctx: Context) -> str:
     made = ctx.as_("owner", 'mutation { createApiToken(label: "to revoke") { apiToken { id } } }')
     return str(made["createApiToken"]["apiToken"]["id"])
@@ -168,6 +180,8 @@ MATRIX: dict[str, Entry] = {
                                    ADMIN_ONLY, lambda ctx, who: {"n": _versioned_template(ctx)}),
     "moveDeploymentToVersion": Entry(f'mutation {{ moveDeploymentToVersion(name: "{LAB}", version: 1) {{ name }} }}',
                                      OWNED_LAB),
+    "publishMachine": Entry("mutation($n: String!) { publishMachine(name: $n) { name } }", OWNED_LAB,
+                            lambda ctx, who: {"n": _stopped_machine(ctx)}),
     "createDeployment": Entry(
         "mutation($i: DeploymentInput!) { createDeployment(input: $i) { name } }", outcomes(other=OK, owner=OK),
         lambda ctx, who: {"i": {"name": ctx.fresh("new-lab"), "template": "mx-tpl", "replicas": 1}}),

@@ -135,7 +135,8 @@ def gql(server: Server, query: str, **variables: Any) -> dict[str, Any]:
 
 def lab_state(server: Server, name: str) -> dict[str, Any] | None:
     body = server.graphql("query($n: String!) { deployment(name: $n) { phase message running machineCount "
-                          "machines { name host observed message desired } } }", {"n": name})
+                          "machines { name host observed message desired publish { state message } } } }",
+                          {"n": name})
     if body.get("errors"):
         assert body["errors"][0]["extensions"]["code"] == "NOT_FOUND", body
         return None

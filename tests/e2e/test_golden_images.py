@@ -1,14 +1,14 @@
 """Golden images end to end, on real QEMU (TCG) guests, real files and a real agent: an image is
-imported into the store, the agent pulls and verifies it, a 3-machine lab runs on v1; a v2 is
-published and the existing machines' overlays still back onto v1 with their data intact (a
-marker written into a disk is read back); the lab moves to v2 and a reset machine boots from v2;
-once nothing uses v1 it is retired and gone from the host and the store."""
+imported into the store, the agent pulls and verifies it, a 3-machine lab is made on v1; machine
+1, prepared by the teacher, is published as v2 (its host flattens and uploads its disk) and the
+existing machines' overlays still back onto v1 with their data intact (a marker written into a
+disk is read back); the lab moves to v2 and a reset machine boots from v2 with the teacher's
+changes in its base; once nothing uses v1 it is retired and gone from the host and the store."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +23,7 @@ from tests.support.qemu import traversable_dir
 pytestmark = pytest.mark.qemu
 GUEST_UP = "KUBEKVM-GUEST-UP"
 PATTERN = "0x4b"
+TEACHER = "0x54"
 
 
 def imported(server: Server, path: Path) -> str:
@@ -65,10 +66,6 @@ def test_golden_image_lifecycle(start_kubekvm: Callable[..., Server], agents: Ca
     for suffix in ("kernel", "initrd"):
         os.symlink(tiny_linux / f"tiny-linux.{suffix}", images / f"tiny-linux.{suffix}")
     v1 = imported(server, tiny_linux / "tiny-linux.qcow2")
-    second = site / "tiny-linux-v2.qcow2"
-    shutil.copyfile(tiny_linux / "tiny-linux.qcow2", second)
-    assert qemu_io(second, "write -P 0x32 1M 64k").returncode == 0  # v2: other bytes
-    v2 = imported(server, second)
     gql(server, 'mutation { createTemplate(input: {name: "tiny-linux", image: "none.qcow2", memoryMib: 128, '
                 "diskGib: 1}) { name } }")
     gql(server, 'mutation($d: String!) { publishTemplateVersion(name: "tiny-linux", digest: $d, note: "v1") '
@@ -89,12 +86,31 @@ def test_golden_image_lifecycle(start_kubekvm: Callable[..., Server], agents: Ca
     assert all(backing(agent.overlay(vm)) == str(pulled) for vm in vms)
     wait_until(lambda: file_of(v1) in gql(server, "{ hosts { images } }")["hosts"][0]["images"], timeout=30,
                what="the host to report the pulled image")
-    # A student's work: a marker in machine 2's disk.
+    # A student's work: a marker in machine 2's disk; the teacher's: another in machine 1's.
     assert qemu_io(agent.overlay(vms[1]), f"write -P {PATTERN} 0 64k").returncode == 0
+    assert qemu_io(agent.overlay(vms[0]), f"write -P {TEACHER} 1M 64k").returncode == 0
 
-    # v2 published: no existing machine changes.
-    gql(server, 'mutation($d: String!) { publishTemplateVersion(name: "tiny-linux", digest: $d, note: "v2") '
-                "{ name } }", d=v2)
+    # Machine 1 published as v2: locked meanwhile, then v2 is its flattened disk.
+    gql(server, 'mutation($n: String!) { publishMachine(name: $n, note: "prepared") { name } }', n=vms[0])
+    locked = server.graphql('mutation($n: String!) { startMachine(name: $n) { name } }', {"n": vms[0]})
+    assert locked["errors"][0]["extensions"]["code"] == "CONFLICT"  # type: ignore[index]
+
+    def published() -> list[dict[str, object]]:
+        state = gql(server, '{ template(name: "tiny-linux") { versions { number digest note } } }')
+        versions: list[dict[str, object]] = state["template"]["versions"]
+        return versions
+
+    wait_until(lambda: len(published()) == 2, timeout=120, what="machine 1 to be published as v2",
+               detail=lambda: gql(server, '{ machines { name publish { state message doneBytes } } }'))
+    v2 = str(published()[1]["digest"])
+    assert published()[1]["note"] == "prepared"
+    stored_v2 = store / file_of(v2)
+    assert backing(stored_v2) == ""  # standalone
+    assert qemu_io(stored_v2, f"read -P {TEACHER} 1M 64k").returncode == 0
+    wait_until(lambda: machine(server, lab, vms[0])["publish"]["state"] == "done",  # type: ignore[index]
+               timeout=30, what="the publish job to end")
+    assert not any((site / "state" / "publish").iterdir())
+    # Publishing touched no machine.
     assert all(backing(agent.overlay(vm)) == str(pulled) for vm in vms)
     read = qemu_io(agent.overlay(vms[1]), f"read -P {PATTERN} 0 64k")
     assert read.returncode == 0 and "Pattern verification failed" not in read.stdout, read.stdout

@@ -337,6 +337,13 @@ class Mutation(TimetableMutation, UsageMutation):
         services = _services(info)
         return await _deployment(services, await services.move_deployment_to_version(name, version=version))
 
+    @strawberry.mutation(description="Publish a stopped machine as its template's next version (or, with "
+                                     "newTemplate, as a new template): its host flattens and uploads its disk; "
+                                     "the machine is locked meanwhile (see Machine.publish).")
+    async def publish_machine(self, info: strawberry.Info, name: str, note: str = "",
+                              new_template: str | None = None) -> Machine:
+        return Machine.of(await _services(info).publish_machine(name, note=note, new_template=new_template))
+
     @strawberry.mutation
     async def create_deployment(self, info: strawberry.Info, input: DeploymentInput) -> Deployment:
         services = _services(info)

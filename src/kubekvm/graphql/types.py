@@ -119,6 +119,8 @@ class Machine:
         description="The template version its disk is based on (null: an unversioned template).")
     stop_message: str = strawberry.field(description=(
         "`stopReason` in words, as the student reads it on their page; empty when there is none."))
+    publish: PublishState | None = strawberry.field(
+        description="Its publish as a template version: under way (the machine is locked), or how it ended.")
 
     @classmethod
     def of(cls, m: models.Machine) -> Machine:
@@ -128,7 +130,24 @@ class Machine:
                    observed_at=m.observed_at, since=m.since, reset_generation=m.reset_generation,
                    power_generation=m.power_generation, running_since=m.running_since,
                    stop_reason=m.stop_reason, base_version=m.spec.version,
-                   stop_message=usage.describe_stop(m.stop_reason) if m.stop_reason is not None else "")
+                   stop_message=usage.describe_stop(m.stop_reason) if m.stop_reason is not None else "",
+                   publish=PublishState.of(m.publish) if m.publish is not None else None)
+
+
+@strawberry.type(description="A machine being published as a template version, or how that ended.")
+class PublishState:
+    template: str
+    new_template: bool
+    state: str = strawberry.field(description="requested, uploading, done or failed.")
+    done_bytes: float
+    total_bytes: float | None
+    message: str
+    requested_by: str
+
+    @classmethod
+    def of(cls, p: models.PublishJob) -> PublishState:
+        return cls(template=p.template, new_template=p.new_template, state=p.state, done_bytes=p.done,
+                   total_bytes=p.total, message=p.message, requested_by=p.requested_by)
 
 
 @strawberry.type(description=(
@@ -348,6 +367,9 @@ class Assignment:
     request_id: str | None = strawberry.field(description=(
         "The id of the request that last changed this machine (its X-Request-ID): the agent logs its "
         "steps for it under this id."))
+    publish_job: str | None = strawberry.field(description=(
+        "A publish job waiting for the agent: flatten the stopped machine's disk and upload it to "
+        "/machines/{vmName}/publish/{publishJob}."), default=None)
 
     @classmethod
     def of(cls, m: models.Machine) -> Assignment:
@@ -357,7 +379,8 @@ class Assignment:
                    reset_generation=m.reset_generation, power_generation=m.power_generation,
                    template=AssignmentTemplate(name=s.template, image=s.image, os=s.os.value,
                                                vcpus=s.vcpus, memory_mib=s.memory_mib,
-                                               disk_gib=s.disk_gib))
+                                               disk_gib=s.disk_gib),
+                   publish_job=m.publish.id if m.publish is not None and m.publish.active else None)
 
 
 AssignmentBatchKind = strawberry.enum(streams.BatchKind, name="AssignmentBatchKind")

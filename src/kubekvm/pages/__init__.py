@@ -130,6 +130,8 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
         Route("/labs/{name}/timetable", staff(course.form)),
         Route("/labs/{name}/timetable", staff(course.save), methods=post),
         Route("/labs/{name}/usage.csv", staff(course.usage_csv)),
+        # Before /machines/{name}/{action}, which would take "publish" for an action.
+        Route("/machines/{name}/publish", staff(versions.publish_machine), methods=post),
         Route("/machines/{name}/{action}", guard(labs.machine_action), methods=post),
         Route("/machines/{name}/console", guard(console.page)),
         Route("/machines/{name}/console/ticket", guard(console.ticket), methods=post),

@@ -9,6 +9,8 @@ files host agents pull.
   GET  /images/{digest}/file    an image's bytes, with ``Range`` (a pull resumes where it broke
                                 off): host agents (their host token) and admins (`image_file`;
                                 routed by `kubekvm.app`, as it is not a page)
+  POST /machines/{name}/publish/{job}   a host's agent uploads a machine being published
+                                (`published_upload`, routed by `kubekvm.app`)
 
 An import is never held in memory: the raw body is written to the store's staging area as it
 arrives; a multipart form is spooled to a temporary file by the form parser first (the one
@@ -109,6 +111,25 @@ async def image_file(request: Request) -> Response:
         return _json({"ok": False, "code": error.code, "message": error.message}, status=status)
     return FileResponse(path, media_type="application/octet-stream",
                         headers={"Cache-Control": "no-store"})
+
+
+async def published_upload(request: Request) -> Response:
+    """A host's agent uploads the flattened disk of a machine being published
+    (`kubekvm.services.publishing`); ``X-Publish-Error`` instead says why it could not."""
+    actor = actor_of(request)
+    declared = request.headers.get("content-length")
+    try:
+        if actor.kind == ActorKind.ANONYMOUS:
+            raise Unauthenticated("A host token is needed.")
+        machine = await services_of(request).receive_published(
+            str(request.path_params["name"]), job=str(request.path_params["job"]), host=actor.name,
+            upload=_body(request), failure=unquote(request.headers.get("X-Publish-Error", "")) or None,
+            size=int(declared) if declared and declared.isascii() and declared.isdigit() else None)
+    except KubeKVMError as error:
+        status = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "NOT_FOUND": 404, "CONFLICT": 409}.get(error.code, 422)
+        return _json({"ok": False, "code": error.code, "message": error.message}, status=status)
+    assert machine.publish is not None
+    return _json({"ok": True, "message": machine.publish.message})
 
 
 def _csrf_ok(request: Request) -> bool:

@@ -5,6 +5,7 @@ told plainly what a reset then erases).
   GET  /templates/{name}/versions   POST /templates/{name}/versions (publish)
   POST /templates/{name}/versions/{number}/retire
   GET  /labs/{name}/version         POST /labs/{name}/version (move)
+  POST /machines/{name}/publish     a stopped machine published as a version (or a new template)
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ def _number(value: str, *, field: str) -> int:
 
 
 class VersionPages:
+    """The handlers; each is a thin adapter over the operations of `services.template_versions`
+    and `services.publishing`."""
+
     def __init__(self, *, renderer: Renderer) -> None:
         self.renderer = renderer
 
@@ -80,3 +84,17 @@ class VersionPages:
         return self.renderer.done(request, to=back, flash=Flash(
             f"Lab {name} now uses v{number}: new machines start from it, and so does each machine when it is "
             "reset (which erases its changes). The others keep their disks."))
+
+    async def publish_machine(self, request: Request) -> Response:
+        name = str(request.path_params["name"])
+        services = services_of(request)
+        machine = await services.get_machine(name)
+        back = f"/labs/{machine.deployment}/version"
+        form = await request.form()
+        try:
+            await services.publish_machine(name, note=text(form, "note"),
+                                           new_template=text(form, "newTemplate") or None)
+        except KubeKVMError as error:
+            return self.renderer.error(request, error, back=back)
+        return self.renderer.done(request, to=back, flash=Flash(
+            f"Publishing {name}: its host flattens and uploads its disk; the machine is locked until it is done."))

@@ -9,7 +9,8 @@ used by each other, the janitor and the CLI) and its operations class (`Template
 - `templates`, `labs`, `rosters`, `machines`, `hosts`, `consoles`: the platform's nouns
   (`console_requests`: how a host's agent hears that a console waits for it; `images`: the
   image store's golden images; `template_versions`: templates' numbered images; `reports`: what
-  the hosts' agents observe of their machines, applied a batch at a time);
+  the hosts' agents observe of their machines, applied a batch at a time; `publishing`: a machine
+  made a template's version);
 - `timetables`: a lab's timetable and course (end date, usage, unused labs);
 - `usage`: a lab's limits on running (idle shutdown, hours per student) and the running
   time hosts observe;
@@ -43,6 +44,7 @@ from kubekvm.services.images import Images
 from kubekvm.services.labs import Labs, Page, lab_filter
 from kubekvm.services.machines import Machines
 from kubekvm.services.placement import Placement
+from kubekvm.services.publishing import Publishing
 from kubekvm.services.reports import Reports
 from kubekvm.services.rosters import Rosters
 from kubekvm.services.template_versions import TemplateVersions
@@ -79,3 +81,4 @@ class Services:
         # Limits on running: idle shutdown, observed running time, hours per student.
         self.usage = Usage(self)
         self.template_versions = TemplateVersions(self)
+        self.publishing = Publishing(self)

@@ -77,6 +77,9 @@ class Machines(Noun):
         refused = lifecycle.can_act_on_machine(phase=lab.phase, desired=machine.desired)
         if refused:
             raise Conflict(f"Cannot change {name}: {refused}.")
+        if machine.publish is not None and machine.publish.active:
+            raise Conflict(f"Cannot change {name}: it is being published as a template version; wait until "
+                           "that ends.")
         if desired == DesiredState.RUNNING:
             await self.core.usage.check_start(machine)
         # A person's request supersedes the platform's reason for a stop (idle, quota).
