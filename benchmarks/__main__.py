@@ -23,6 +23,7 @@ from typing import Any
 from benchmarks import (
     agent_scale,
     api_throughput,
+    image_pull,
     machine_info,
     provision,
     report,
@@ -39,6 +40,7 @@ BENCHMARKS: dict[str, Callable[[Plan, Path], dict[str, Any]]] = {
     "P3": api_throughput.run,
     "P4": agent_scale.run,
     "P5": watched.run,
+    "P6": image_pull.run,
 }
 
 

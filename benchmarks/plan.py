@@ -46,6 +46,9 @@ class Plan:
     p5_count: int
     p5_watchers: int
     p5_repeats: int
+    # P6: the size of the image pulled (MiB of random data) and runs of the pull and of cp each.
+    p6_image_mib: int
+    p6_repeats: int
 
 
 FULL = Plan(
@@ -57,6 +60,7 @@ FULL = Plan(
     p4_machines=2000, p4_heartbeat_agents=200, p4_heartbeat_interval_s=10.0, p4_heartbeat_rounds=3,
     p4_heartbeat_fleet=17000,
     p5_count=30, p5_watchers=300, p5_repeats=3,
+    p6_image_mib=1024, p6_repeats=3,
 )
 
 QUICK = Plan(
@@ -68,4 +72,5 @@ QUICK = Plan(
     p4_machines=200, p4_heartbeat_agents=10, p4_heartbeat_interval_s=1.0, p4_heartbeat_rounds=2,
     p4_heartbeat_fleet=200,
     p5_count=3, p5_watchers=20, p5_repeats=1,
+    p6_image_mib=64, p6_repeats=1,
 )

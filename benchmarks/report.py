@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 FILES = {"P1": "provision", "P2": "status_latency", "P3": "api_throughput", "P4": "agent_scale",
-         "P5": "watched"}
+         "P5": "watched", "P6": "image_pull"}
 
 
 def write(out: Path, results: dict[str, dict[str, Any]], context: dict[str, Any]) -> Path:

@@ -21,7 +21,7 @@ from tests.support.processes import LOG_DIR
 from tests.support.qemu import scratch_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = {"P1", "P2", "P3", "P4", "P5"}
+BENCHMARKS = {"P1", "P2", "P3", "P4", "P5", "P6"}
 
 pytestmark = pytest.mark.qemu
 
