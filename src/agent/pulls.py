@@ -135,7 +135,7 @@ class Pulls:
             await asyncio.to_thread(self._download, pull)
             pull.finished = True
             metrics.IMAGE_PULLS.labels(outcome="ok").inc()
-            log.info("pulled image %s (%d bytes)", pull.image, pull.done)
+            log.info("pulled image %s (%d bytes, %d of them by this pull)", pull.image, pull.done, pull.fetched)
         except PullFailed as error:
             pull.error, pull.failed_at = str(error), time.monotonic()
             metrics.IMAGE_PULLS.labels(outcome="failed").inc()
@@ -177,6 +177,7 @@ class Pulls:
         headers = {"Authorization": f"Bearer {self.token_source() or ''}"}
         if have:
             headers["Range"] = f"bytes={have}-"
+            log.info("resuming the pull of %s from byte %d", pull.image, have)
         try:
             prefix = where.path.rstrip("/").removesuffix("/graphql")
             connection.request("GET", f"{prefix}/images/sha256:{digest}/file", headers=headers)
