@@ -115,3 +115,25 @@ def test_a_teacher_moves_only_their_own_lab_and_publishes_nothing(server: Server
     missing = server.graphql('mutation { publishTemplateVersion(name: "golden", digest: "sha256:' + "0" * 64
                              + '") { name } }')
     assert missing["errors"][0]["extensions"]["code"] == "VALIDATION_FAILED"  # type: ignore[index]
+
+
+def test_the_pages_say_what_a_reset_erases_and_show_pulls(server: Server) -> None:
+    client = server.session("ver-teacher")
+    try:
+        page = client.get("/labs/ver-lab/version")
+        assert page.status_code == 200
+        assert "a reset erases everything that" in page.text and "was changed on that machine" in page.text
+        assert 'action="/labs/ver-lab/version"' in page.text and 'action="/machines/ver-lab-1/publish"' in page.text
+        moved = client.post("/labs/ver-lab/version", data={"version": "2"})
+        assert moved.status_code == 303 and moved.headers["location"] == "/labs/ver-lab/version"
+    finally:
+        client.close()
+    token = server.host_token("ver-host")
+    beat = server.graphql('mutation($p: [ImagePullInput!]) { heartbeat(input: {name: "ver-host", pulls: $p}) '
+                          "{ pulls { image doneBytes totalBytes } } }",
+                          {"p": [{"image": "sha256-" + "c" * 64 + ".qcow2", "doneBytes": 3 * 2**20,
+                                  "totalBytes": 12 * 2**20}]}, token=token)
+    assert beat["data"]["heartbeat"]["pulls"] == [  # type: ignore[index]
+        {"image": "sha256-" + "c" * 64 + ".qcow2", "doneBytes": 3 * 2**20, "totalBytes": 12 * 2**20}]
+    hosts = httpx.get(f"{server.url}/hosts", headers=server.admin_headers, timeout=30).text
+    assert "Image pulls" in hosts and "25% of 12 MiB" in hosts
