@@ -27,7 +27,7 @@ from gql import Client, GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
 
-from agent import __version__, documents
+from agent import __version__, documents, metrics
 from agent.assignment import Assignment, AssignmentError
 from agent.backoff import backoff_delay
 from agent.console import ConsoleRequest, ConsoleRequestError
@@ -127,7 +127,10 @@ class ServerClient:
                 log.warning("server %s: %s", url, _describe(error))
             if self.connected.is_set():
                 failures = 0
+            else:
+                metrics.SERVER_CONNECTS.labels(outcome="failed").inc()
             self.connected.clear()
+            metrics.SERVER_CONNECTED.set(0)
             failures += 1
             index = (index + 1) % len(self.urls)
             await asyncio.sleep(backoff_delay(failures - 1, cap=self.backoff_cap))
@@ -156,6 +159,8 @@ class ServerClient:
                 registered["registerHost"].get("ready"), len(images),
             )
             self.connected.set()
+            metrics.SERVER_CONNECTED.set(1)
+            metrics.SERVER_CONNECTS.labels(outcome="ok").inc()
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._heartbeats(session))
                 group.create_task(self._drain(session))

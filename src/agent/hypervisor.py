@@ -48,6 +48,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ from typing import Any, TypeVar
 import libvirt
 import libvirtaio
 
+from agent import metrics
 from agent.domain_xml import NAMESPACE, PREFIX, MachineMetadata, metadata_xml, parse_machine_metadata
 from agent.machine_state import ObservedState
 
@@ -282,11 +284,11 @@ class Hypervisor:
                         await asyncio.wrap_future(link.closed)
 
     async def capacity(self) -> Capacity:
-        info = await self._call(lambda connection: connection.getInfo(), what="getInfo")
+        info = await self._call(lambda connection: connection.getInfo(), what="getInfo", call="getInfo")
         return Capacity(vcpus=int(info[2]), memory_mib=int(info[1]))
 
     async def capabilities(self) -> str:
-        return await self._call(lambda connection: str(connection.getCapabilities()),
+        return await self._call(lambda connection: str(connection.getCapabilities()), call="getCapabilities",
                                 what="getCapabilities")
 
     async def offers_domain_type(self, domain_type: str) -> bool:
@@ -308,7 +310,7 @@ class Hypervisor:
                 found[status.name] = status
             return found
 
-        return await self._call(collect, what="listAllDomains")
+        return await self._call(collect, what="listAllDomains", call="listAllDomains")
 
     async def cpu_times(self) -> dict[str, float]:
         """Every running domain's cumulative guest CPU time in seconds, in one libvirt call
@@ -320,7 +322,7 @@ class Hypervisor:
             return {domain.name(): int(values["cpu.time"]) / 1e9
                     for domain, values in stats if "cpu.time" in values}
 
-        return await self._call(collect, what="getAllDomainStats")
+        return await self._call(collect, what="getAllDomainStats", call="getAllDomainStats")
 
     async def status(self, name: str) -> DomainStatus | None:
         def read(connection: libvirt.virConnect) -> DomainStatus | None:
@@ -331,26 +333,26 @@ class Hypervisor:
                     return None
                 raise
 
-        return await self._call(read, what=f"reading {name}")
+        return await self._call(read, what=f"reading {name}", call="domainState")
 
     async def define(self, xml: str) -> None:
         """Defines a persistent domain; defining an existing name updates it in place."""
-        await self._call(lambda connection: connection.defineXML(xml), what="defineXML")
+        await self._call(lambda connection: connection.defineXML(xml), what="defineXML", call="defineXML")
 
     async def start(self, name: str) -> None:
-        await self._on_domain(name, lambda domain: domain.create(), what="starting")
+        await self._on_domain(name, lambda domain: domain.create(), what="starting", call="create")
 
     async def shutdown(self, name: str) -> None:
         """Asks the guest to power off; the guest decides when (or whether) it does."""
         # No flags: QEMU then presses the ACPI power button (our domains have no guest
         # agent), and drivers that know no ACPI still get a request they understand.
-        await self._on_domain(name, lambda domain: domain.shutdown(), what="shutting down")
+        await self._on_domain(name, lambda domain: domain.shutdown(), what="shutting down", call="shutdown")
 
     async def destroy(self, name: str) -> None:
-        await self._on_domain(name, lambda domain: domain.destroy(), what="destroying")
+        await self._on_domain(name, lambda domain: domain.destroy(), what="destroying", call="destroy")
 
     async def resume(self, name: str) -> None:
-        await self._on_domain(name, lambda domain: domain.resume(), what="resuming")
+        await self._on_domain(name, lambda domain: domain.resume(), what="resuming", call="resume")
 
     async def undefine(self, name: str) -> None:
         def undefine(domain: libvirt.virDomain) -> None:
@@ -367,7 +369,7 @@ class Hypervisor:
                 flags |= libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
             domain.undefineFlags(flags)
 
-        await self._on_domain(name, undefine, what="undefining")
+        await self._on_domain(name, undefine, what="undefining", call="undefine")
 
     async def set_metadata(self, name: str, metadata: MachineMetadata) -> None:
         def write(domain: libvirt.virDomain) -> None:
@@ -379,7 +381,7 @@ class Hypervisor:
                 flags,
             )
 
-        await self._on_domain(name, write, what="recording metadata of")
+        await self._on_domain(name, write, what="recording metadata of", call="setMetadata")
 
     async def open_display(self, name: str) -> socket.socket:
         """A new client connection to a running domain's display (its VNC server), handed over
@@ -390,13 +392,13 @@ class Hypervisor:
             descriptor = connection.lookupByName(name).openGraphicsFD(0, 0)
             return socket.socket(fileno=descriptor)
 
-        return await self._call(open_fd, what=f"opening the display of {name}")
+        return await self._call(open_fd, what=f"opening the display of {name}", call="openGraphicsFD")
 
     async def create_transient(self, xml: str) -> None:
-        await self._call(lambda connection: connection.createXML(xml, 0), what="createXML")
+        await self._call(lambda connection: connection.createXML(xml, 0), what="createXML", call="createXML")
 
     async def _on_domain(
-        self, name: str, action: Callable[[libvirt.virDomain], Any], *, what: str
+        self, name: str, action: Callable[[libvirt.virDomain], Any], *, what: str, call: str = metrics.OTHER_CALL
     ) -> None:
         def run(connection: libvirt.virConnect) -> None:
             try:
@@ -405,13 +407,15 @@ class Hypervisor:
                 if error.get_error_code() not in _ALREADY_DONE:
                     raise
 
-        await self._call(run, what=f"{what} {name}")
+        await self._call(run, what=f"{what} {name}", call=call)
 
-    async def _call(self, function: Callable[[libvirt.virConnect], T], *, what: str = "call") -> T:
+    async def _call(self, function: Callable[[libvirt.virConnect], T], *, what: str = "call",
+                    call: str = metrics.OTHER_CALL) -> T:
         """Runs ``function(connection)`` in the connection's threads, within the timeout.
 
         Waiting for a free slot does not count against the timeout: it is bounded by the
-        timeouts of the calls that hold the slots."""
+        timeouts of the calls that hold the slots. ``call`` names the libvirt API call for the
+        metrics (a bounded label: never a domain's name, which ``what`` may carry)."""
         while True:
             place = self._pick()
             self._heading[place] += 1
@@ -420,7 +424,7 @@ class Hypervisor:
                 async with link.slots:
                     if link.lost:
                         continue  # retired while this call waited for a slot: pick again
-                    return await self._run(link, function, what=what)
+                    return await self._run(link, function, what=what, call=call)
             finally:
                 self._heading[place] -= 1
 
@@ -440,7 +444,7 @@ class Hypervisor:
         return min(range(self.connections), key=busy)
 
     async def _run(self, link: _Link, function: Callable[[libvirt.virConnect], T], *,
-                   what: str) -> T:
+                   what: str, call: str = metrics.OTHER_CALL) -> T:
         if self._stuck >= MAX_STUCK_CALLS:
             raise HypervisorUnavailable(
                 f"libvirt {what}: libvirtd at {self.uri} has left {self._stuck} calls "
@@ -457,12 +461,16 @@ class Hypervisor:
         future = link.executor.submit(work)
         link.in_flight += 1
         future.add_done_callback(lambda _: _on_loop(loop, self._call_ended, link))
+        started, outcome = time.monotonic(), "error"
         try:
             # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
             # that arrives as the call completes, and a stopping reconciler would wait for ever.
             async with asyncio.timeout(self.call_timeout):
-                return await asyncio.wrap_future(future)
+                result = await asyncio.wrap_future(future)
+            outcome = "ok"
+            return result
         except TimeoutError:
+            outcome = "timeout"
             self._abandon(loop, future)
             self._retire(link, f"left {what} unanswered for {self.call_timeout:g} s")
             raise HypervisorTimeout(
@@ -472,6 +480,12 @@ class Hypervisor:
         except HypervisorUnavailable as error:
             self._retire(link, f"is lost ({error})")
             raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            metrics.LIBVIRT_CALLS.labels(call=call, outcome=outcome).inc()
+            metrics.LIBVIRT_DURATION.labels(call=call).observe(time.monotonic() - started)
 
     def _call_ended(self, link: _Link) -> None:
         link.in_flight -= 1
@@ -501,7 +515,12 @@ class Hypervisor:
                 self._retire(link, "was closed")
             opened = await self._open(place)
             self._links[place] = opened
+            self._count_links()
             return opened
+
+    def _count_links(self) -> None:
+        """`kubekvm_agent_libvirt_connected`: 1 while any connection to libvirtd is open."""
+        metrics.LIBVIRT_CONNECTED.set(1 if any(link is not None and not link.lost for link in self._links) else 0)
 
     async def _open(self, place: int) -> _Link:
         loop = asyncio.get_running_loop()
@@ -564,6 +583,7 @@ class Hypervisor:
         link.lost = True
         if self._links[link.place] is link:
             self._links[link.place] = None
+        self._count_links()
         if notify:
             log.warning("libvirt connection %d to %s %s; a new one replaces it when needed",
                         link.place, self.uri, reason)

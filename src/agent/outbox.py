@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
+from agent import metrics
 from agent.machine_state import ObservedState, StateReport
 
 __all__ = ["Outbox", "StateReport"]
@@ -21,6 +22,8 @@ class Outbox:
         self._states: dict[str, StateReport] = {}
         self._orphans: list[str] | None = None
         self._ready = asyncio.Event()
+        # Read at each scrape (one outbox per agent process).
+        metrics.OUTBOX_DEPTH.set_function(lambda: len(self))
 
     async def machine_state(self, report: StateReport) -> None:
         """The reconciler's ``report`` callback."""
