@@ -13,7 +13,6 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.e2e.conftest import Agent, domains, gql, lab_state, unique_lab, wait_host_ready, wait_until
@@ -24,14 +23,6 @@ pytestmark = pytest.mark.qemu
 GUEST_UP = "KUBEKVM-GUEST-UP"
 PATTERN = "0x4b"
 TEACHER = "0x54"
-
-
-def imported(server: Server, path: Path) -> str:
-    answer = httpx.post(f"{server.url}/images", content=path.read_bytes(), timeout=120,
-                        headers={**server.admin_headers, "X-Image-Name": path.name})
-    assert answer.status_code == 200, answer.text
-    digest: str = answer.json()["digest"]
-    return digest
 
 
 def file_of(digest: str) -> str:
@@ -65,7 +56,7 @@ def test_golden_image_lifecycle(start_kubekvm: Callable[..., Server], agents: Ca
     images = traversable_dir(site / "images")
     for suffix in ("kernel", "initrd"):
         os.symlink(tiny_linux / f"tiny-linux.{suffix}", images / f"tiny-linux.{suffix}")
-    v1 = imported(server, tiny_linux / "tiny-linux.qcow2")
+    v1 = server.import_image(tiny_linux / "tiny-linux.qcow2")
     gql(server, 'mutation { createTemplate(input: {name: "tiny-linux", image: "none.qcow2", memoryMib: 128, '
                 "diskGib: 1}) { name } }")
     gql(server, 'mutation($d: String!) { publishTemplateVersion(name: "tiny-linux", digest: $d, note: "v1") '

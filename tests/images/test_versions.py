@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.images import hostile
@@ -33,22 +32,14 @@ def ok(server: Server, query: str, token: str | None = None, **variables: Any) -
     return data
 
 
-def imported(server: Server, path: Path) -> str:
-    answer = httpx.post(f"{server.url}/images", content=path.read_bytes(), timeout=60,
-                        headers={**server.admin_headers, "X-Image-Name": path.name})
-    assert answer.status_code == 200, answer.text
-    digest: str = answer.json()["digest"]
-    return digest
-
-
 def versions(server: Server, lab: str) -> dict[str, int | None]:
     machines = ok(server, f'{{ machines(deployment: "{lab}") {{ name baseVersion }} }}')["machines"]
     return {m["name"]: m["baseVersion"] for m in machines}
 
 
 def test_the_version_lifecycle(server: Server, tmp_path: Path, store_dir: Path) -> None:
-    v1 = imported(server, hostile.qcow2(tmp_path / "golden-1.qcow2", marker=b"v1"))
-    v2 = imported(server, hostile.qcow2(tmp_path / "golden-2.qcow2", marker=b"v2"))
+    v1 = server.import_image(hostile.qcow2(tmp_path / "golden-1.qcow2", marker=b"v1"))
+    v2 = server.import_image(hostile.qcow2(tmp_path / "golden-2.qcow2", marker=b"v2"))
     file_1 = f"sha256-{v1.removeprefix('sha256:')}.qcow2"
     teacher = server.token_for("ver-teacher", "teacher")
     ok(server, 'mutation { createTemplate(input: {name: "golden", image: "none.qcow2", memoryMib: 128, diskGib: 1}) '

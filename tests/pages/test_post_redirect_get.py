@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ from starlette.routing import Route
 
 from kubekvm.config import Settings
 from kubekvm.pages import routes
+from tests.images import hostile
 from tests.pages.fake_host import FakeHost, data
 from tests.support.processes import Server
 
@@ -25,10 +27,6 @@ NOT_FORMS = {
                "(tests/images)",
     "/setup": "open only while no admin exists (the tests' servers start with one); success is `_go` to /",
     "/labs/{name}/roster/group": "needs a directory (LDAP, tests/identity); success is `_back` to the roster",
-    # Template versions need an image in the store (tests/images); each answers with `done`.
-    "/templates/{name}/versions": "publishing needs a stored image; success is `done` to the versions page",
-    "/templates/{name}/versions/{number}/retire": "needs a published version; success is `done` there too",
-    "/labs/{name}/version": "needs a published version; success is `done` to the lab's version page",
 }
 
 
@@ -54,7 +52,7 @@ def redirected(answer: httpx.Response, to: str) -> str:
 
 
 def test_every_post_route_redirects_to_the_page_showing_the_result(
-        server: Server, admin: httpx.Client, fake_host: FakeHost, tiny_template: str) -> None:
+        server: Server, admin: httpx.Client, fake_host: FakeHost, tiny_template: str, tmp_path: Path) -> None:
     seen: set[str] = set()
 
     def post(route: str, path: str, form: dict[str, str] | None = None, *, to: str,
@@ -75,6 +73,12 @@ def test_every_post_route_redirects_to_the_page_showing_the_result(
     fake_host.converge("prg-lab")
     post("/machines/{name}/{action}", "/machines/prg-lab-1/stop", {"next": "/labs/prg-lab"}, to="/labs/prg-lab")
     post("/machines/{name}/{action}", "/machines/prg-lab-1/reset", {"next": "/my", "confirmed": "yes"}, to="/my")
+    # A reset starts the machine: only a stopped one can be published.
+    data(server.graphql('mutation { stopMachine(name: "prg-lab-1") { name } }'))
+    fake_host.converge("prg-lab")
+    shown = post("/machines/{name}/publish", "/machines/prg-lab-1/publish", {"note": "prg", "newTemplate": ""},
+                 to="/labs/prg-lab/version")
+    assert "Publishing prg-lab-1" in shown.text
     post("/labs/{name}/roster", "/labs/prg-lab/roster", {"students": "prg-stu"}, to="/labs/prg-lab#roster")
     post("/labs/{name}/usage", "/labs/prg-lab/usage", {"idleMinutes": "", "idleCpuPercent": "", "maxRunMinutes": "",
                                                        "quotaHours": "10"}, to="/labs/prg-lab#usage")
@@ -119,6 +123,23 @@ def test_every_post_route_redirects_to_the_page_showing_the_result(
                 "vcpus": "1", "memoryMib": "128", "diskGib": "1", "teachers": ""}
     post("/templates", "/templates", template, to="/templates")
     post("/templates/{name}/edit", "/templates/prg-tpl/edit", {**template, "title": "PRG"}, to="/templates")
+    # Versions: v1 and v2 published from the store, a lab on v1 moved to v2, then v1 retired.
+    versions = "/templates/prg-tpl/versions"
+    first, second = (server.import_image(hostile.qcow2(tmp_path / f"prg-{n}.qcow2", marker=n.encode()))
+                     for n in ("v1", "v2"))
+    shown = post("/templates/{name}/versions", versions, {"digest": first, "note": "first"}, to=versions)
+    assert "Published v1 of prg-tpl" in shown.text
+    data(server.graphql('mutation { createDeployment(input: {name: "prg-ver", template: "prg-tpl", replicas: 1, '
+                        "power: STOPPED}) { name } }"))
+    post("/templates/{name}/versions", versions, {"digest": second, "note": ""}, to=versions)
+    shown = post("/labs/{name}/version", "/labs/prg-ver/version", {"version": "2"}, to="/labs/prg-ver/version")
+    assert "Lab prg-ver now uses v2" in shown.text
+    data(server.graphql('mutation { resetMachine(name: "prg-ver-1") { name } }'))
+    shown = post("/templates/{name}/versions/{number}/retire", f"{versions}/1/retire", to=versions)
+    assert "Retired v1 of prg-tpl" in shown.text
+    kept = data(server.graphql('{ template(name: "prg-tpl") { versions { number retired } } }'))["template"]
+    assert kept["versions"] == [{"number": 1, "retired": True}, {"number": 2, "retired": False}]
+    post("/labs/{name}/delete", "/labs/prg-ver/delete", {"confirm": "prg-ver"}, to="/")
     post("/templates/{name}/delete", "/templates/prg-tpl/delete", to="/templates")
     post("/labs/{name}/delete", "/labs/prg-lab/delete", {"confirm": "prg-lab"}, to="/")
 
