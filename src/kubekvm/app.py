@@ -29,6 +29,7 @@ First start: while no admin account exists, each replica logs a one-time setup l
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -219,6 +220,11 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
         app.state.session_serializer = serializer(await accounts.session_secret())
         if settings.seed_templates:
             await services.templates.seed_templates()
+        # What a crashed import left in the image store's staging area (a day old: another
+        # replica's upload in progress keeps its file fresh).
+        swept = await asyncio.to_thread(services.images.store.sweep, older_than_seconds=86400)
+        if swept:
+            log.info("removed %d stale staged import(s) from the image store", len(swept))
         await accounts.bootstrap_admin()
         code = await accounts.new_setup_code()
         if code is not None:

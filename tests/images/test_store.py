@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -106,3 +107,14 @@ async def test_an_upload_cut_short_leaves_nothing(store: ImageStore, tmp_path: P
     staged = await store.receive(chunks(data), expected_size=len(data))
     assert (await store.admit(staged, name="up.qcow2", format=None)).size == len(data)
     assert not (store.directory / INCOMING).exists() or not any((store.directory / INCOMING).iterdir())
+
+
+def test_sweep_removes_only_stale_staged_files(store: ImageStore) -> None:
+    incoming = store.directory / INCOMING
+    incoming.mkdir(parents=True)
+    stale, fresh = incoming / "old.upload", incoming / "new.upload"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    os.utime(stale, (1_000_000, 1_000_000))
+    assert store.sweep(older_than_seconds=3600) == [stale]
+    assert fresh.exists() and not stale.exists()
