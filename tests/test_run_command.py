@@ -184,6 +184,13 @@ def test_make_run_starts_a_local_agent_and_labs_become_active(tmp_path: Path) ->
             graphql('mutation { createDeployment(input: {name: "demo", template: "tiny-linux", replicas: 3}) { name } }')
             wait_until(lambda: graphql('{ deployment(name: "demo") { phase } }')["deployment"]["phase"] == "ACTIVE",
                        timeout=30, interval=0.2, what="the demo lab to become Active")
+            # The demo disk came through the image store: imported, published as v1, pulled by
+            # the agent under its digest.
+            template = graphql('{ template(name: "tiny-linux") { image versions { number digest } } }')["template"]
+            (version,) = template["versions"]
+            assert template["image"] == f"sha256-{version['digest'].removeprefix('sha256:')}.qcow2"
+            wait_until(lambda: template["image"] in graphql("{ hosts { images } }")["hosts"][0]["images"],
+                       timeout=30, interval=0.2, what="the agent to hold the pulled demo image")
     finally:
         stop(process)
     log = (clone / "run.log").read_text()
