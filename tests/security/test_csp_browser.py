@@ -10,11 +10,13 @@ reported.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import expect
 
+from tests.images import hostile
 from tests.pages.conftest import browser, sign_in
 from tests.pages.fake_host import FakeHost, data
 from tests.support.csp import RECORD, violations
@@ -111,8 +113,19 @@ def test_no_page_violates_the_policy(browser: Any, csp_server: Server) -> None:
     admin = Watched(browser, server, "csp-admin")
     for path in ("/", "/labs?phase=Active", "/new-lab", f"/labs/{LAB}", f"/labs/{LAB}/edit", f"/labs/{LAB}/delete",
                  "/templates", "/templates/new", "/templates/tiny-linux/edit", "/hosts", "/users", "/audit",
-                 "/server", "/account", "/labs/no-such-lab", "/graphql"):
+                 "/server", "/account", "/labs/no-such-lab", "/graphql", "/images", "/templates/tiny-linux/versions",
+                 f"/labs/{LAB}/version"):
         admin.visit(path)
+    # The Images page's script: the file goes up as the raw body (XHR, progress bar), and the
+    # page comes back listing it.
+    admin.visit("/images")
+    image = hostile.qcow2(Path(server.env["KUBEKVM_IMAGE_STORE"]).parent / f"csp-{server.database_name}.qcow2")
+    admin.tab.set_input_files("#image-file", str(image))
+    admin.tab.get_by_role("button", name="Import").click()
+    expect(admin.tab.locator("#images")).to_contain_text(image.name, timeout=30_000)
+    expect(admin.tab.locator("#flash")).to_contain_text("Imported")
+    image.unlink()
+    admin.collect()
     # An htmx form answered with its messages (a swap), then the lab page's live stream.
     admin.visit("/new-lab")
     admin.tab.get_by_label("Name", exact=True).fill("Bad Name")
