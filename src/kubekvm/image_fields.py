@@ -36,6 +36,10 @@ class ImagePull(BaseModel):
     error: str = ""
 
 
+# How long a host has to start uploading a machine being published.
+PICKUP_SECONDS = 15 * 60
+
+
 class PublishJob(BaseModel):
     """A machine being published as a template version (`services.publishing`): asked for while
     it is stopped, flattened and uploaded by its host's agent; the machine is locked meanwhile."""
@@ -53,4 +57,11 @@ class PublishJob(BaseModel):
 
     @property
     def active(self) -> bool:
-        return self.state in ("requested", "uploading")
+        """Under way, so the machine is locked. A job its host never took up (the host is gone)
+        lapses after `PICKUP_SECONDS`: the machine is not locked for good by a dead host."""
+        if self.state == "uploading":
+            return True
+        if self.state != "requested":
+            return False
+        at = self.at if self.at.tzinfo else self.at.replace(tzinfo=UTC)
+        return (_now() - at).total_seconds() < PICKUP_SECONDS

@@ -72,3 +72,17 @@ def test_the_declared_format_comes_from_the_name_or_is_given() -> None:
     assert image_rules.declared_format("disk.bin", "raw") == "raw"
     with pytest.raises(ValidationFailed):
         image_rules.declared_format("disk.bin", "vmdk")
+
+
+def test_a_publish_job_its_host_never_took_up_lapses() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from kubekvm.image_fields import PICKUP_SECONDS, PublishJob
+
+    now = datetime.now(UTC)
+    job = PublishJob(id="a1", template="t", requested_by="ta", at=now)
+    assert job.active
+    old = job.model_copy(update={"at": (now - timedelta(seconds=PICKUP_SECONDS + 1)).replace(tzinfo=None)})
+    assert not old.active
+    assert old.model_copy(update={"state": "uploading"}).active
+    assert not job.model_copy(update={"state": "done"}).active

@@ -9,7 +9,8 @@ ends. Its host's agent hears the job in its assignment feed, flattens the machin
 upload goes through the image store's import like any other (inspected, content-addressed,
 nothing half-written), and the image becomes the template's next version (or v1 of the new
 template, with the machine's sizes). The job records the bytes received as they come (the
-pages show its progress), then how it ended; a failed job unlocks the machine too.
+pages show its progress), then how it ended; a failed job unlocks the machine too, and so does
+one its host has not taken up within 15 minutes (the host is gone): it may be asked for again.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ class Publishing(Noun):
                          note=validation.note(note, max_length=500) if note else "", requested_by=by)
         written = await Machine.get_pymongo_collection().update_one(
             {"_id": machine.id, "retired": False, "desired": DesiredState.STOPPED.value,
-             "$or": [{"publish": None}, {"publish.state": {"$in": ["done", "failed"]}}]},
+             "$or": [{"publish": None}, {"publish.state": {"$in": ["done", "failed"]}},
+                     # a job whose host never took it up (it lapsed: `PublishJob.active`)
+                     {"publish.state": "requested", "publish.id": machine.publish.id if machine.publish else ""}]},
             {"$set": {"publish": job.model_dump(), "updated_at": utcnow()}})
         if not written.matched_count:
             raise Conflict(f"{name} changed meanwhile (started, or being published); try again.")
