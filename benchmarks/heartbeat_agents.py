@@ -9,9 +9,9 @@ Run as its own process by ``heartbeats``, so its work is not the measured server
 (graphql-transport-ws, its token in ``connection_init`` as the agent sends it), registers its
 host and then sends a heartbeat every ``interval`` seconds, the agents spread evenly over the
 interval, with the agent's own documents (``agent.documents``). It prints ``CONNECTED n`` once
-every agent is registered, ``MEASURE START`` after a first (warm-up) round, ``MEASURE END``
-after ``rounds`` more, and then one JSON line: every measured heartbeat's round trip and the
-failures.
+every agent is registered, ``IDLE START`` and ``IDLE END`` around one interval without
+heartbeats, ``MEASURE START`` after a first (warm-up) round of them, ``MEASURE END`` after
+``rounds`` more, and then one JSON line: every measured heartbeat's round trip and the failures.
 """
 
 from __future__ import annotations
@@ -84,6 +84,11 @@ async def run(url: str, tokens: dict[str, str], interval: float, rounds: int) ->
 
     await asyncio.gather(*(connect_one(agent) for agent in agents))
     print(f"CONNECTED {len(agents)}", flush=True)
+    # What the server spends with every agent connected and none beating (its own periodic work,
+    # the websockets' keep-alives): the heartbeats' cost is what the beating rounds add to it.
+    print("IDLE START", flush=True)
+    await asyncio.sleep(interval)
+    print("IDLE END", flush=True)
     times: list[float] = []
     failures: list[str] = []
     began = time.monotonic()

@@ -14,21 +14,26 @@ from kubekvm.graphql import schema as schema_module
 from kubekvm.graphql.schema import build_schema
 
 
-async def test_a_document_met_again_is_validated_once(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_document_met_again_is_parsed_and_validated_once(monkeypatch: pytest.MonkeyPatch) -> None:
     schema = build_schema(dataclasses.replace(Settings(), graphql_introspection=True))
     calls: list[str] = []
-    real = schema_module.validate
 
-    def counting(*args: object, **kwargs: object) -> object:
-        calls.append("validate")
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+    def counting(name: str) -> object:
+        real = getattr(schema_module, name)
 
-    monkeypatch.setattr(schema_module, "validate", counting)
+        def call(*args: object, **kwargs: object) -> object:
+            calls.append(name)
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in ("parse", "validate"):
+        monkeypatch.setattr(schema_module, name, counting(name))
     query = "query CacheProbe($n: String!) { __type(name: $n) { name } }"
     for _ in range(3):
         result = await schema.execute(query, variable_values={"n": "Host"}, context_value={})
         assert result.errors is None and result.data == {"__type": {"name": "Host"}}
-    assert calls == ["validate"]
+    assert calls == ["parse", "validate"]
     # A variable no database could store is refused, cached document or not.
     refused = await schema.execute(query, variable_values={"n": "\ud800"}, context_value={})
     assert refused.errors and refused.errors[0].extensions["code"] == "VALIDATION_FAILED"

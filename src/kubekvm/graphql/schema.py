@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import strawberry
-from graphql import ASTValidationRule, GraphQLSchema, validate
+from graphql import ASTValidationRule, DocumentNode, GraphQLSchema, parse, validate
 from graphql.error import GraphQLError
 from strawberry.extensions import (
     AddValidationRules,
@@ -587,12 +587,37 @@ class StorableArguments(SchemaExtension):
         yield
 
 
-# Validating a document costs milliseconds of CPU (more than running a heartbeat), and the same
-# few documents come again and again (every agent's heartbeat and reports, every page's
-# queries): the outcome is kept for this many distinct documents (least recently used out
-# first). Parsing is not cached: strawberry's parser cache would let a parse error (the token
-# limit) past the error codes.
+# Parsing and validating a document cost milliseconds of CPU (more than running a heartbeat),
+# and the same few documents come again and again (every agent's heartbeat and reports, every
+# page's queries): both outcomes are kept for this many distinct documents (least recently used
+# out first).
 DOCUMENTS_CACHED = 256
+
+
+class CachedParse(SchemaExtension):
+    """Parsing, remembered per document text and parse options (the token limit). Only documents
+    that parse are kept: one that does not is left to strawberry's own parsing, which reports it
+    with its code (`ErrorCodes`). The parsed document is shared by every request of that text,
+    as nothing changes a document once parsed."""
+
+    _documents: OrderedDict[tuple[str, tuple[tuple[str, Any], ...]], DocumentNode] = OrderedDict()
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        if context.query is not None and context.graphql_document is None:
+            key = (context.query, tuple(sorted(context.parse_options.items())))
+            document = self._documents.get(key)
+            if document is None:
+                with contextlib.suppress(GraphQLError):
+                    document = parse(context.query, **context.parse_options)
+                    self._documents[key] = document
+                    if len(self._documents) > DOCUMENTS_CACHED:
+                        self._documents.popitem(last=False)
+            else:
+                self._documents.move_to_end(key)
+            if document is not None:
+                context.graphql_document = document
+        yield
 
 
 class CachedValidation(SchemaExtension):
@@ -641,7 +666,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
         rules += DisableIntrospection().validation_rules
     extensions: list[Any] = [OperationMetrics, ErrorCodes, StorableArguments,
                              lambda: MaxTokensLimiter(max_token_count=5000), lambda: AddValidationRules(rules),
-                             CachedValidation]
+                             CachedParse, CachedValidation]
     return Schema(query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions,
                   execution_context_class=SharingExecutor)
 
