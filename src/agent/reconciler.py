@@ -381,17 +381,26 @@ class Reconciler:
             if machine_id in self._in_pass:
                 # A pass is changing this domain right now (e.g. a reset destroys it on the
                 # way); it reports where it ends, and runs again to catch up with the event.
+                # Except the start it was making: the guest runs now, and the pass's last calls
+                # (recording the generation, reading the domain back) may wait seconds for a
+                # slot behind a class's other starts. What the pass will then report is this
+                # same report (the generation it carries out), so it is not sent twice.
+                assignment = self._desired.get(machine_id)
+                if state == "running" and assignment is not None and assignment.desired == "running":
+                    self._report_soon(machine_id, Outcome("running", None, assignment.power_generation))
                 self._poke_machine(machine_id)
                 continue
             # An event changes the state, never the generation recorded in the domain.
             last = self._reported.get(machine_id)
             recorded = last.power_generation if last is not None else None
-            task = asyncio.get_running_loop().create_task(
-                self._report(machine_id, Outcome(state, None, recorded)))
-            # The loop keeps only weak references to tasks.
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._report_soon(machine_id, Outcome(state, None, recorded))
             self._poke_machine(machine_id)
+
+    def _report_soon(self, machine_id: str, outcome: Outcome) -> None:
+        task = asyncio.get_running_loop().create_task(self._report(machine_id, outcome))
+        # The loop keeps only weak references to tasks.
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _report(self, machine_id: str, outcome: Outcome) -> None:
         report = StateReport(machine_id, *outcome)

@@ -542,3 +542,24 @@ async def test_a_call_cancelled_as_it_completes_is_cancelled() -> None:
     finally:
         release.set()
         await hypervisor.close()
+
+
+async def test_a_started_machine_is_reported_running_before_its_pass_ends(make_rig: Make, make_assignment: Make,
+                                                                          lab: str) -> None:
+    """Once the guest has started, its last calls (recording the generation) may wait behind a
+    class's other starts: the running report must not wait for them, nor be sent twice."""
+    libvirtd = Libvirtd()
+    rig = await make_rig(hypervisor=FaultyHypervisor(libvirtd))
+    machine = make_assignment(lab, 0)
+    hold = libvirtd.hold(lambda method, _: method == "setMetadata")
+    try:
+        rig.reconciler.replace_desired([machine])
+        await wait_for(hold.held.is_set)
+        await rig.reports.wait_states({machine.machine_id: "running"})
+        assert hold.held.is_set() and not hold.released.is_set()  # the pass has not ended
+        hold.released.set()
+        await rig.reconciler.wait_idle()
+        running = [r for r in rig.reports.sent if r.machine_id == machine.machine_id and r.state == "running"]
+        assert len(running) == 1 and running[0].power_generation == machine.power_generation
+    finally:
+        hold.released.set()
