@@ -134,6 +134,9 @@ def admin(server: Server) -> Iterator[httpx.Client]:
                                     'replicas: 2, power: STOPPED}) { name } }').get("errors")
     assert not post_graphql(server, f'mutation {{ setRoster(name: "{LAB}", students: ["{STUDENT}"]) '
                                     "{ unbound } }").get("errors")
+    # An hours quota, so the lab's page shows each student's grant-more form.
+    assert not post_graphql(server, f'mutation {{ setUsagePolicy(name: "{LAB}", input: {{quotaHours: 10}}) '
+                                    "{ quotaHours } }").get("errors")
     # A version of sec-tiny (an image of the store), so its versions page shows a retire form.
     image = hostile.qcow2(Path(server.env["KUBEKVM_IMAGE_STORE"]).parent / f"fuzz-{server.database_name}.qcow2")
     imported = httpx.post(f"{server.url}/images", content=image.read_bytes(), timeout=60,
