@@ -142,7 +142,8 @@ class AuthMiddleware:
         if token is not None:
             found = await accounts.actor_for_token(token, address=address)
             if found is None:
-                await _refuse(scope, receive, send, "The bearer token is unknown or revoked.")
+                await _refuse(scope, receive, send,
+                              "The bearer token is unknown or revoked, or its account is disabled.")
                 return
             actor = found
         elif isinstance(session.get(SESSION_ID_KEY), str):

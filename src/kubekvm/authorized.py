@@ -29,6 +29,7 @@ from kubekvm.services.templates import TemplateOperations
 from kubekvm.services.timetables import TimetableOperations
 from kubekvm.services.tokens import TokenOperations
 from kubekvm.services.usage import UsageOperations
+from kubekvm.services.user_admin import UserAdminOperations
 from kubekvm.services.users import UserOperations
 
 __all__ = ["SESSION_RECHECK_SECONDS", "Authorized"]
@@ -38,7 +39,7 @@ class Authorized(TemplateOperations, LabOperations, RosterOperations, MachineOpe
                  ConsoleOperations, ConsoleRequestOperations, ChangeOperations, UserOperations, TokenOperations,
                  AuditOperations, ServerOperations, ImageOperations, TimetableOperations,
                  IdentityOperations, UsageOperations, OverviewOperations, TemplateVersionOperations,
-                 PublishOperations):
+                 PublishOperations, UserAdminOperations):
     """The service layer as one actor may use it."""
 
     @property

@@ -56,6 +56,8 @@ from kubekvm.services.consoles import LEASE
 
 log = logging.getLogger(__name__)
 
+# How often an open console checks its person may still use it (`_pipe`'s watch).
+ACCOUNT_RECHECK_SECONDS = 0.4
 FRAMEBUFFER_UPDATE_REQUEST = 3
 FRAMEBUFFER_UPDATE_REQUEST_SIZE = 10
 REASON_LIMIT = 120  # a close frame's reason has at most 123 bytes
@@ -235,7 +237,7 @@ class ConsoleSockets:
         async def watch() -> Ending:
             idle = self.settings.console_idle_seconds
             renew_every = LEASE.total_seconds() / 3
-            renewed = checked = time.monotonic()
+            renewed = checked = touched = time.monotonic()
             while True:
                 now = time.monotonic()
                 if now - traffic.last_input >= idle:
@@ -243,18 +245,24 @@ class ConsoleSockets:
                     said = f"{minutes:.0f} minutes" if minutes >= 1 else f"{idle:.0f} seconds"
                     return Ending(Close.IDLE, f"Closed after {said} without keyboard or mouse input; reconnect "
                                               "to go on.", "idle")
-                if now - checked >= SESSION_RECHECK_SECONDS:
+                if now - checked >= ACCOUNT_RECHECK_SECONDS:
                     # A console opened through a session that has ended since (signed out, or
-                    # ended by a password change or an admin) closes at its next check. Keyboard
-                    # or mouse input since the last check counts as use of the session.
-                    if not await services.still_signed_in(touch=traffic.last_input > checked):
+                    # ended by a password change or an admin), or by a person whose account was
+                    # disabled or whose role changed, closes at its next check: two indexed reads
+                    # twice a second, so an admin's disabling ends it within a second on whatever
+                    # replica holds it. Keyboard or mouse input counts as use of the session
+                    # (written at most every SESSION_RECHECK_SECONDS).
+                    touch = traffic.last_input > touched and now - touched >= SESSION_RECHECK_SECONDS
+                    if not await services.still_signed_in(touch=touch):
                         return Ending(Close.TICKET, "Your session has ended: sign in again.", "session ended")
                     checked = now
+                    if touch:
+                        touched = now
                 if now - renewed >= renew_every:
                     await services.renew_console(session)
                     renewed = now
                 await asyncio.sleep(min(traffic.last_input + idle, renewed + renew_every,
-                                        checked + SESSION_RECHECK_SECONDS) - now + 0.01)
+                                        checked + ACCOUNT_RECHECK_SECONDS) - now + 0.01)
 
         tasks = [asyncio.create_task(job()) for job in (to_machine, from_machine, watch)]
         try:

@@ -322,11 +322,17 @@ class User(Stored):
     # account): "ldap:<dn>" or "oidc:<provider>:<sub>" (`kubekvm.identity`). Such an account
     # needs no password here; its role follows the directory's groups at every sign-in.
     identity: str | None = None
+    # A disabled account signs in nowhere and its tokens are refused (`services.user_admin`);
+    # its sessions were ended when it was disabled. Kept, with its history, until re-enabled.
+    disabled: bool = False
     created_at: datetime = Field(default_factory=utcnow)
 
     class Settings:
         name = "users"
-        indexes = [pymongo.IndexModel([("role", pymongo.ASCENDING)]),
+        # The Users page filters by role and status and pages by name: each filter has an
+        # index that also gives the order (a name prefix uses the unique name index).
+        indexes = [pymongo.IndexModel([("role", pymongo.ASCENDING), ("name", pymongo.ASCENDING)]),
+                   pymongo.IndexModel([("disabled", pymongo.ASCENDING), ("name", pymongo.ASCENDING)]),
                    pymongo.IndexModel([("password_code_hash", pymongo.ASCENDING)]),
                    pymongo.IndexModel([("identity", pymongo.ASCENDING)])]
 

@@ -135,6 +135,13 @@ def _token_of_ta(ctx: Context) -> str:
     return str(made["createApiToken"]["apiToken"]["id"])
 
 
+def _fresh_user(ctx: Context) -> dict[str, Any]:
+    """A new teacher account (made by the admin) for an administering call to act on."""
+    name = ctx.fresh("adm-user")
+    ctx.admin('mutation($n: String!) { createUser(input: {name: $n, role: TEACHER}) { name } }', n=name)
+    return {"n": name}
+
+
 def _password_change(ctx: Context, who: str) -> dict[str, Any]:
     """The caller's current password and a new one (remembered: the call is expected to work
     for everyone with a password)."""
@@ -158,6 +165,7 @@ MATRIX: dict[str, Entry] = {
     "operationsOverview": Entry("{ operationsOverview { hostsReady } }", ADMIN_ONLY),
     "me": Entry("{ me { kind name role } }", EVERYONE),
     "users": Entry("{ users { name } }", ADMIN_ONLY),
+    "userPage": Entry('{ userPage(role: TEACHER, disabled: false, text: "t") { total items { name } } }', ADMIN_ONLY),
     "apiTokens": Entry("{ apiTokens { label } }", USER_READ),
     "auditLog": Entry("{ auditLog { total } }", ADMIN_ONLY),
     "images": Entry("{ images { digest } }", ADMIN_ONLY),
@@ -234,6 +242,14 @@ MATRIX: dict[str, Entry] = {
                             outcomes(student=OK, other=OK, owner=OK, admin=VALIDATION_FAILED),
                             lambda ctx, who: _password_change(ctx, who)),
     "endUserSessions": Entry('mutation { endUserSessions(name: "stu") }', ADMIN_ONLY),
+    "disableUser": Entry("mutation($n: String!) { disableUser(name: $n) { disabled } }", ADMIN_ONLY,
+                         lambda ctx, who: _fresh_user(ctx)),
+    "enableUser": Entry("mutation($n: String!) { enableUser(name: $n) { disabled } }", ADMIN_ONLY,
+                        lambda ctx, who: _fresh_user(ctx)),
+    "setUserRole": Entry("mutation($n: String!) { setUserRole(name: $n, role: STUDENT) { role } }", ADMIN_ONLY,
+                         lambda ctx, who: _fresh_user(ctx)),
+    "deleteUser": Entry("mutation($n: String!) { deleteUser(name: $n) { name } }", ADMIN_ONLY,
+                        lambda ctx, who: _fresh_user(ctx)),
     # A first-time link for a student of the teacher's own lab who has no password yet.
     "createPasswordLink": Entry('mutation { createPasswordLink(name: "stu2") }', outcomes(other=NOT_FOUND, owner=OK)),
     "createApiToken": Entry('mutation { createApiToken(label: "m") { apiToken { label } } }', USER_READ),

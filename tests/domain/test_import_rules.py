@@ -17,7 +17,7 @@ PURE = ["kubekvm.domain", "kubekvm.lifecycle", "kubekvm.access", "kubekvm.placem
         "kubekvm.legacy",
         "kubekvm.image_rules",
         "kubekvm.timetable",
-        "kubekvm.roster", "kubekvm.identity", "kubekvm.idle", "kubekvm.usage"]
+        "kubekvm.roster", "kubekvm.identity", "kubekvm.idle", "kubekvm.usage", "kubekvm.stewardship"]
 FORBIDDEN = {"pymongo", "bson", "motor", "beanie", "pydantic", "starlette", "strawberry", "libvirt", "jinja2",
              "uvicorn", "gql"}
 # Modules of this project that (directly or not) import one of the above.

@@ -108,6 +108,12 @@ def test_every_post_route_redirects_to_the_page_showing_the_result(
     assert 'id="password-link"' in shown.text
     assert 'id="password-link"' not in admin.get("/users").text  # once
     post("/users/{name}/sessions/end", "/users/prg-teacher/sessions/end", to="/users")
+    shown = post("/users/{name}/disable", "/users/prg-teacher/disable", {"back": "role=teacher"},
+                 to="/users?role=teacher")
+    assert "prg-teacher is disabled" in shown.text
+    post("/users/{name}/enable", "/users/prg-teacher/enable", {"back": "role=teacher"}, to="/users?role=teacher")
+    post("/users/{name}/role", "/users/prg-teacher/role", {"role": "student"}, to="/users")
+    post("/users/{name}/delete", "/users/prg-teacher/delete", {}, to="/users")
 
     shown = post("/account/tokens", "/account/tokens", {"label": "prg"}, to="/account")
     assert 'id="new-token"' in shown.text

@@ -179,6 +179,9 @@ def fuzz_form(client: httpx.Client, form: Form) -> None:
 
 
 def test_every_form_survives_hostile_values(server: Server, admin: httpx.Client) -> None:
+    # A disabled account, so the Users page offers its Enable form too.
+    server.user("fz-off", "student")
+    assert not server.graphql('mutation { disableUser(name: "fz-off") { name } }').get("errors")
     forms = crawl(admin)
     actions = {form.action for form in forms}
     # The crawl found the forms there are (a broken crawl must not pass by fuzzing nothing).

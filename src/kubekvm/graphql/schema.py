@@ -59,6 +59,7 @@ from kubekvm.graphql.types import (
     User,
 )
 from kubekvm.graphql.usage import UsageMutation, UsageQuery
+from kubekvm.graphql.users import UserAdminMutation, UserAdminQuery
 from kubekvm.quotas import SubscriptionQuotas
 from kubekvm.services.reports import MachineReport
 
@@ -226,7 +227,7 @@ class OrphanReportInput:
 
 
 @strawberry.type
-class Query(TimetableQuery, UsageQuery):
+class Query(TimetableQuery, UsageQuery, UserAdminQuery):
     @strawberry.field
     async def templates(self, info: strawberry.Info) -> list[Template]:
         return [Template.of(t) for t in await _services(info).list_templates()]
@@ -299,7 +300,7 @@ class Query(TimetableQuery, UsageQuery):
 
 
 @strawberry.type
-class Mutation(TimetableMutation, UsageMutation):
+class Mutation(TimetableMutation, UsageMutation, UserAdminMutation):
     @strawberry.mutation
     async def create_template(self, info: strawberry.Info, input: TemplateInput) -> Template:
         t = await _services(info).create_template(

@@ -448,12 +448,14 @@ class User:
     signs_in_with: str = strawberry.field(description=(
         "local (a password here), ldap, or oidc:<provider>: who vouches for this account at sign-in."))
     created_at: datetime
+    disabled: bool = strawberry.field(default=False, description=(
+        "A disabled account cannot sign in, and its tokens are refused (`disableUser`, `enableUser`)."))
 
     @classmethod
     def of(cls, u: models.User) -> User:
         return cls(name=u.name, role=u.role, has_password=u.password_hash is not None,
                    signs_in_with=":".join(u.identity.split(":")[:2 if u.identity.startswith("oidc:") else 1])
-                   if u.identity else "local", created_at=u.created_at)
+                   if u.identity else "local", created_at=u.created_at, disabled=u.disabled)
 
 
 @strawberry.type(description="A bearer token's record (the token itself is shown only when made).")

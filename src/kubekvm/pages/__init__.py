@@ -33,6 +33,7 @@ session's CSRF token):
   GET|POST /labs/{name}/version         a template's versions; a lab's (`kubekvm.pages.versions`)
   GET|POST /images                      the image store (`kubekvm.pages.images`)
   GET  /users   POST /users   POST /users/{name}/link   POST /users/{name}/sessions/end    (admins)
+  POST /users/{name}/disable|enable|role|delete   (admins; the list filtered: ?role=&status=&q=&offset=)
   GET  /audit                           the audit log, filtered (admins)
   GET  /server
   GET  /operations                      the fleet at a glance (admins, `kubekvm.pages.operations`)
@@ -109,6 +110,10 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
         Route("/users", admin(accounts.create_user), methods=post),
         Route("/users/{name}/link", admin(accounts.user_link), methods=post),
         Route("/users/{name}/sessions/end", admin(accounts.end_sessions), methods=post),
+        Route("/users/{name}/disable", admin(accounts.user_pages.disable), methods=post),
+        Route("/users/{name}/enable", admin(accounts.user_pages.enable), methods=post),
+        Route("/users/{name}/role", admin(accounts.user_pages.role), methods=post),
+        Route("/users/{name}/delete", admin(accounts.user_pages.delete), methods=post),
         Route("/audit", admin(accounts.audit)),
         Route("/", guard(labs.index)),
         Route("/labs", staff(labs.index)),

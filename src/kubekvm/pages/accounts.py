@@ -22,6 +22,7 @@ from kubekvm.pages.common import Flash, FormState, Renderer, safe_next, set_flas
 from kubekvm.pages.fragments import my_rows
 from kubekvm.pages.identity import login_page
 from kubekvm.pages.reveal import reveal_and_go, revealed
+from kubekvm.pages.users import UserPages, users_context
 from kubekvm.services.accounts import Accounts
 
 AUDIT_PAGE = 100
@@ -37,6 +38,7 @@ def _go(to: str, flash: Flash | None = None) -> Response:
 class AccountPages:
     def __init__(self, *, renderer: Renderer) -> None:
         self.renderer = renderer
+        self.user_pages = UserPages(renderer=renderer)
 
     # ----------------------------------------------------------------- sign in
 
@@ -200,18 +202,18 @@ class AccountPages:
     # ------------------------------------------------------------------ users
 
     async def users(self, request: Request) -> Response:
+        listed = await self.user_pages.fragment(request)
+        if listed is not None:
+            return listed
         return await self._users(request, FormState(values={"name": "", "role": "teacher"}))
 
     async def _users(self, request: Request, state: FormState, *, status: int = 200,
                      link: tuple[str, str] | None = None) -> Response:
-        services = services_for(request)
-        users = await services.list_users()
         carried = revealed(request, kind="link")
         if link is None and carried is not None:
             link = (carried["name"], carried["link"])
         return self.renderer.page(request, "accounts/users.html", {
-            "section": "users", "users": users, "state": state, "roles": [r.value for r in Role],
-            "link": link, "sessions": await services.session_counts([u.name for u in users]),
+            "section": "users", "state": state, "link": link, **await users_context(request),
         }, status=status)
 
     async def end_sessions(self, request: Request) -> Response:

@@ -31,6 +31,7 @@ from kubekvm.services import audit
 from kubekvm.services.rules import EVERYONE, Operations, operation
 from kubekvm.services.sessions import WRONG_CREDENTIALS
 from kubekvm.services.users import UserRecords
+from kubekvm.stewardship import ACCOUNT_DISABLED
 
 LOCAL_PASSWORDS_OFF = "Passwords kept here are switched off: sign in with your university account."
 
@@ -74,6 +75,8 @@ class IdentityRecords(UserRecords):
         users = User.get_pymongo_collection()
         for _ in range(2):  # a second round only if a first sign-in raced another on the same name
             bound = await User.find_one({"identity": person.key})
+            if bound is not None and bound.disabled:
+                raise Unauthenticated(ACCOUNT_DISABLED)
             if bound is not None:
                 if bound.role != role:
                     await users.update_one({"_id": bound.id}, {"$set": {"role": role.value}})
@@ -86,6 +89,8 @@ class IdentityRecords(UserRecords):
                     return created
                 except DuplicateKeyError:
                     continue
+            if existing.disabled:
+                raise Unauthenticated(ACCOUNT_DISABLED)
             refusal = identity.binding_refusal(name=existing.name, key=person.key, bound_to=existing.identity,
                                                has_password=bool(existing.password_hash))
             if refusal:

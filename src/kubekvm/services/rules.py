@@ -221,8 +221,14 @@ class Operations:
 
     async def still_signed_in(self, *, touch: bool = False) -> bool:
         """For long-lived connections (consoles, live streams, subscriptions): whether the
-        session the actor came through still exists (`touch`: and it is in use, which keeps it
-        from lapsing). Tokens and hosts are checked when they connect."""
+        person is still who they were when it opened — their account enabled and of the same
+        role (a connection opened before a role change ends, and the client's reconnect gets the
+        new role) — and the session the actor came through still exists (`touch`: and it is in
+        use, which keeps it from lapsing). Hosts are checked when they connect."""
+        if not self.actor.is_user:
+            return True
+        if not await self.accounts.account_current(self.actor.name, role=self.actor.role):
+            return False
         if self.actor.via != "session" or not self.actor.session:
             return True
         if touch:

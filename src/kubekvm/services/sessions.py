@@ -24,8 +24,9 @@ from pymongo.errors import DuplicateKeyError
 from kubekvm import credentials, throttle
 from kubekvm.config import Settings
 from kubekvm.errors import Throttled, Unauthenticated
-from kubekvm.models import LoginThrottle, User, UserSession, utcnow
+from kubekvm.models import LoginThrottle, Role, User, UserSession, utcnow
 from kubekvm.services.context import object_id
+from kubekvm.stewardship import ACCOUNT_DISABLED
 
 WRONG_CREDENTIALS = "Wrong username or password."
 
@@ -43,6 +44,12 @@ class SessionRecords:
 
     async def find_user(self, name: str) -> User | None:
         return await User.find_one(User.name == name)
+
+    async def account_current(self, name: str, *, role: Role | None) -> bool:
+        """Whether `name` still exists, enabled, with `role` (one indexed read, for the re-checks
+        of long-lived connections)."""
+        found = await User.get_pymongo_collection().find_one({"name": name}, {"role": 1, "disabled": 1})
+        return found is not None and not found.get("disabled") and found.get("role") == role
 
     def _session_expiry(self, *, created: datetime, now: datetime) -> datetime:
         return min(now + timedelta(seconds=self.settings.session_idle_seconds),
@@ -65,14 +72,16 @@ class SessionRecords:
 
     async def resume_session(self, session_id: str) -> tuple[UserSession, User] | None:
         """The live session of a cookie's id and its user, or None (ended, lapsed, or its user
-        gone, or with neither a password nor an outside identity). Use moves its idle expiry
-        forward (written at most every few seconds, not on every request)."""
+        gone, disabled, or with neither a password nor an outside identity). The user is read on
+        every request, so a role change or a disabling holds at the next one, on every replica.
+        Use moves its idle expiry forward (written at most every few seconds, not on every
+        request)."""
         record = await UserSession.find_one(UserSession.key_hash == credentials.token_hash(session_id))
         now = utcnow()
         if record is None or record.expires_at <= now:
             return None
         user = await self.find_user(record.user)
-        if user is None or not (user.password_hash or user.identity):
+        if user is None or user.disabled or not (user.password_hash or user.identity):
             await UserSession.get_pymongo_collection().delete_one({"_id": record.id})
             return None
         touch_every = min(60.0, self.settings.session_idle_seconds / 4)
@@ -135,6 +144,8 @@ class SessionRecords:
             raise Unauthenticated(WRONG_CREDENTIALS)
         assert user is not None and user.password_hash is not None
         await self._succeeded(keys)
+        if user.disabled:  # said only to whoever knows the password
+            raise Unauthenticated(ACCOUNT_DISABLED)
         if credentials.needs_rehash(user.password_hash):
             await User.get_pymongo_collection().update_one(
                 {"_id": user.id, "password_hash": user.password_hash},

@@ -74,7 +74,7 @@ class TokenRecords(SessionRecords):
 
     async def actor_for_token(self, token: str, *, address: str) -> Actor | None:
         """Who a bearer token speaks for, or None if it is unknown or revoked (or its user is
-        gone)."""
+        gone or disabled: read on every request, so a disabling holds at the next one)."""
         record = await ApiToken.find_one(ApiToken.token_hash == credentials.token_hash(token))
         if record is None:
             return None
@@ -83,7 +83,7 @@ class TokenRecords(SessionRecords):
         if record.kind == TokenKind.SCRAPE:
             return Actor(kind=ActorKind.SCRAPER, name=record.owner, address=address, via="token")
         user = await self.find_user(record.owner)
-        if user is None:
+        if user is None or user.disabled:
             return None
         return Actor(kind=ActorKind.USER, name=user.name, role=user.role, address=address, via="token")
 
