@@ -370,3 +370,29 @@ async def test_a_console_opened_with_a_cookie_closes_once_its_session_ends(world
 
             await wait_until_async(closed, timeout=20, what="the console to close after sign-out")
     assert (socket.close_code, socket.close_reason) == (4401, "Your session has ended: sign in again.")
+
+
+async def test_a_disabled_accounts_open_console_closes_within_a_second(world: World) -> None:
+    """Opened with the student's API token; an admin disables the account: the console closes
+    at its next re-check (every 0.4 s), with no input or idle timeout involved."""
+    async with stand_in(world):
+        async with world.socket(world.good_ticket("cstu2", f"{LAB}-2"), "cstu2") as socket:
+            assert await socket.recv() == GREETING
+            await socket.send(POINTER_EVENT)
+            assert await socket.recv() == POINTER_EVENT  # piped through: the console is open
+            try:
+                started = time.monotonic()
+                done = await asyncio.to_thread(world.server.graphql,
+                                               'mutation { disableUser(name: "cstu2") { disabled } }')
+                assert not done.get("errors"), done
+                code, reason = await close_of(socket, timeout=10)
+                elapsed = time.monotonic() - started
+            finally:
+                enabled = await asyncio.to_thread(world.server.graphql,
+                                                  'mutation { enableUser(name: "cstu2") { disabled } }')
+                assert not enabled.get("errors"), enabled
+    assert (code, reason) == (4401, "Your session has ended: sign in again.")
+    # Design: at most one re-check (0.4 s) and a close after the mutation's answer; the bound
+    # is generous for a loaded machine (the idle timeout, 3 s, would be the other cause).
+    assert elapsed < 1.5, elapsed
+    assert world.ticket("cstu2", f"{LAB}-2").status_code == 200  # enabled again: its token works

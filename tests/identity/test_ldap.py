@@ -274,3 +274,20 @@ def test_the_group_form_survives_hostile_values(server: Server, htmx: bool) -> N
         client.close()
     lab = server.graphql('{ deployment(name: "hostile") { roster rosterGroup } }')
     assert lab["data"]["deployment"] == {"roster": [], "rosterGroup": None}  # type: ignore[index]
+
+
+def test_an_account_disabled_here_is_refused_though_the_directory_knows_the_password(server: Server) -> None:
+    client, answer = _login(server, "tina", PASSWORDS["tina"])
+    try:
+        assert answer.status_code == 303, answer.text[:500]
+        assert not server.graphql('mutation { disableUser(name: "tina") { name } }').get("errors")
+        assert _me(client)["kind"] == "anonymous"  # her open session ended
+        assert "This account is disabled" in _refused(server, "tina", PASSWORDS["tina"])
+        # A wrong password is still only a wrong password.
+        assert _refused(server, "tina", "not-her-password") == "Wrong username or password."
+    finally:
+        client.close()
+        assert not server.graphql('mutation { enableUser(name: "tina") { name } }').get("errors")
+    client, answer = _login(server, "tina", PASSWORDS["tina"])
+    client.close()
+    assert answer.status_code == 303

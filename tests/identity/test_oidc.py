@@ -253,3 +253,22 @@ def test_the_settings_check_discovers_the_provider(provider: OidcProvider, serve
                            env={**os.environ, **provider.settings(NAME, KUBEKVM_OIDC_CAMPUS_ISSUER=provider.issuer + "/")},
                            timeout=60)
     assert wrong.returncode == 1 and "is not configured right here (its issuer is" in wrong.stdout, wrong.stdout
+
+
+def test_a_disabled_account_is_refused_through_the_provider(browser: Any, context: Any, server: Server) -> None:
+    """The provider vouches for olga, but an admin disabled her account here: her open session
+    ends, and signing in through the provider again (a fresh browser: no provider session to
+    skip its form) is refused with the reason."""
+    _signed_in(context, "olga")
+    assert _me(context)["name"] == "olga"
+    assert not server.graphql('mutation { disableUser(name: "olga") { name } }').get("errors")
+    again = browser.new_context(base_url=server.url)
+    try:
+        assert _me(context)["kind"] == "anonymous"
+        tab = _open(again, _to_callback(again, server, "olga"))
+        assert "This account is disabled" in _refusal(tab)
+        assert _me(again)["kind"] == "anonymous"
+        assert _logins(server, "olga")[0]["outcome"] == "UNAUTHENTICATED"
+    finally:
+        again.close()
+        assert not server.graphql('mutation { enableUser(name: "olga") { name } }').get("errors")
