@@ -409,14 +409,19 @@ class Reconciler:
         if machine_id not in self._desired or (last is not None and replace(last, cpu_seconds=None) == report):
             return
         self._reported[machine_id] = report
-        if last is None or last.state != report.state:
-            self._count_states()
-            log.info("%s is %s%s", self._desired[machine_id].vm_name, report.state,
-                     f": {report.message}" if report.message else "")
-        try:
-            await self._report_callback(report)
-        except Exception:
-            log.exception("reporting %s for machine %s failed", report.state, machine_id)
+        assignment = self._desired[machine_id]
+        # Reports come from libvirt's events too, outside any pass: their lines still name the
+        # machine, its lab and the request that last changed it (agent.logs).
+        with structlog.contextvars.bound_contextvars(
+                machine=assignment.vm_name, lab=assignment.deployment, request_id=assignment.request_id):
+            if last is None or last.state != report.state:
+                self._count_states()
+                log.info("%s is %s%s", assignment.vm_name, report.state,
+                         f": {report.message}" if report.message else "")
+            try:
+                await self._report_callback(report)
+            except Exception:
+                log.exception("reporting %s for machine %s failed", report.state, machine_id)
 
     # -- one machine --------------------------------------------------------------------
 
