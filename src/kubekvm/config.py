@@ -69,9 +69,11 @@ class Settings:
     # address before that pair is locked out; failures of one account from all addresses before
     # addresses that keep failing on it are slowed down (never locked out); failures from one
     # address before it waits, except for accounts that signed in from it before (a class
-    # behind one NAT address); the counting window; the first lockout, doubling up to the window.
+    # behind one NAT address); the counting window; the first lockout, doubling up to the window;
+    # the first slow-down of an account under attack, doubling with every 5 more failures.
     login_max_failures: int = 5
     login_slow_after: int = 10
+    login_slow_seconds: float = 1.0
     login_max_failures_per_address: int = 100
     login_window_seconds: float = 900.0
     login_lockout_seconds: float = 60.0
@@ -174,6 +176,7 @@ class Settings:
             graphql_max_aliases=_env_number("KUBEKVM_GRAPHQL_MAX_ALIASES", 30),
             login_max_failures=_env_number("KUBEKVM_LOGIN_MAX_FAILURES", 5),
             login_slow_after=_env_number("KUBEKVM_LOGIN_SLOW_AFTER", 10),
+            login_slow_seconds=_env_number("KUBEKVM_LOGIN_SLOW_SECONDS", 1.0),
             login_max_failures_per_address=_env_number("KUBEKVM_LOGIN_MAX_FAILURES_PER_ADDRESS", 100),
             login_window_seconds=_env_number("KUBEKVM_LOGIN_WINDOW", 900.0),
             login_lockout_seconds=_env_number("KUBEKVM_LOGIN_LOCKOUT", 60.0),

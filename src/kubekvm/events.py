@@ -69,6 +69,7 @@ class Change:
     id: str
     document: Mapping[str, Any] | None  # the whole document after the change; None on delete
     cursor: str
+    reason: str = ""  # RESYNC only: why changes may have been missed (for logs and tests)
 
     @property
     def resync(self) -> bool:
@@ -172,7 +173,8 @@ class EventFeed:
         cursor from before this point cannot be resumed from: the gap is not in it)."""
         log.warning("event feed: %s; every subscriber reloads what it shows", reason)
         self._history.clear()
-        self._deliver(Change("", RESYNC, "", None, f"resync-{os.getpid()}-{next(self._sequence)}"))
+        self._deliver(Change("", RESYNC, "", None, f"resync-{os.getpid()}-{next(self._sequence)}",
+                             reason=reason))
 
     def _deliver(self, change: Change) -> None:
         self._history.append(change)

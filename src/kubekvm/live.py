@@ -158,6 +158,10 @@ class LabWatch:
                 ("announce", self.fragments.announce(f"Lab {self.name} was deleted."))]
 
 
+# How many labs that left a list page it remembers, to announce their deletion when it comes.
+DEPARTED_REMEMBERED = 200
+
+
 class ListWatch:
     """What the labs list shows: one page of labs, maybe only those in one phase."""
 
@@ -168,6 +172,9 @@ class ListWatch:
         self.finished = False
         self.shown: list[str] = []
         self.phases: dict[str, Phase] = {}
+        # Labs that left the page since they were shown, newest last: a lab's deletion can be
+        # read (its machines' removal redraws the list) before the change saying so arrives.
+        self.departed: dict[str, None] = {}
 
     async def snapshot(self) -> list[Message]:
         labs, total = await self._page()
@@ -190,11 +197,22 @@ class ListWatch:
             if labs:
                 messages.append(("lab", "".join(self.fragments.card(s, oob=True) for s in labs)))
         said = [s.headline for s in labs if self.phases.get(s.lab.name) not in (None, s.lab.phase)]
-        said += [f"Lab {name} was deleted." for name in sorted(deleted & set(self.shown))]
+        said += [f"Lab {name} was deleted." for name in sorted(deleted & (set(self.shown) | set(self.departed)))]
         if said:
             messages.append(("announce", self.fragments.announce(" ".join(said))))
+        self._depart([name for name in self.shown if name not in names], deleted=deleted)
         self._remember(labs, names=names)
         return messages
+
+    def _depart(self, left: list[str], *, deleted: set[str]) -> None:
+        """Remember what left the page until its deletion is heard (or it is long gone)."""
+        for name in left:
+            self.departed.pop(name, None)
+            self.departed[name] = None
+        for name in deleted:
+            self.departed.pop(name, None)
+        while len(self.departed) > DEPARTED_REMEMBERED:
+            del self.departed[next(iter(self.departed))]
 
     async def _page(self) -> tuple[list[LabSummary], int]:
         page = await self.services.list_deployments(

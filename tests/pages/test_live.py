@@ -8,12 +8,16 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import pytest
 
 from kubekvm.events import Change
-from kubekvm.streams import LabChangeKind, _lab_change
+from kubekvm.models import Phase, utcnow
+from kubekvm.pages.fragments import ListView
+from kubekvm.streams import LabChange, LabChangeKind, _lab_change
 from tests.pages.fake_host import FakeHost, data
 from tests.support.processes import Server
 from tests.support.waiting import wait_until
@@ -66,7 +70,7 @@ class EventStream:
                 lines.append(value)
         raise EOFError("the server ended the stream")
 
-    def until(self, event: str, pattern: str = "", *, timeout: float = 5) -> str:
+    def until(self, event: str, pattern: str = "", *, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout
         seen = []
         while time.monotonic() < deadline:
@@ -183,3 +187,46 @@ def test_a_machine_read_after_its_deletion_is_still_reported_removed() -> None:
     assert (event.kind, event.lab, event.machine) == (LabChangeKind.MACHINE_REMOVED, "some-lab", None)
     delete = Change("machines", "delete", "m1", None, "c2")
     assert _lab_change(delete, names={}, machine_labs=known, include_hosts=False) is None
+
+
+async def test_a_lab_deleted_before_its_deletion_is_heard_is_still_announced() -> None:
+    """A list page redrawn for its machines' removal reads the lab gone already; the deletion's
+    own change comes in a later batch, and screen readers must still hear that the lab went."""
+    from kubekvm.live import ListWatch
+
+    lab = SimpleNamespace(name="going", phase=Phase.DELETING, phase_since=None, template="t",
+                          updated_at=utcnow())
+    page: list[Any] = [lab]
+
+    class Services:
+        settings = SimpleNamespace(slow_create_seconds=60)
+
+        async def list_deployments(self, **_: Any) -> Any:
+            return SimpleNamespace(items=list(page), total=len(page))
+
+        async def running_counts(self, labs: Any) -> dict[str, tuple[int, int]]:
+            return {item.name: (0, 1) for item in labs}
+
+        async def list_templates(self) -> list[Any]:
+            return []
+
+    class Fragments:
+        def lab_list(self, labs: Any, **_: Any) -> str:
+            return " ".join(s.lab.name for s in labs)
+
+        def card(self, summary: Any, **_: Any) -> str:
+            return summary.lab.name
+
+        def announce(self, text: str) -> str:
+            return text
+
+    watch = ListWatch(cast(Any, Services()), cast(Any, Fragments()), ListView())
+    assert await watch.snapshot() == [("labs", "going")]
+    page.clear()  # the last machine's removal deleted the lab
+    redrawn = await watch.update([LabChange(LabChangeKind.MACHINE_REMOVED, "going")])
+    assert redrawn == [("labs", "")]
+    heard = await watch.update([LabChange(LabChangeKind.LAB_DELETED, "going")])
+    assert ("announce", "Lab going was deleted.") in heard
+    # Once: a repeat of the change says nothing more.
+    assert not [m for m in await watch.update([LabChange(LabChangeKind.LAB_DELETED, "going")])
+                if m[0] == "announce"]

@@ -39,6 +39,7 @@ class SessionRecords:
         self.rules = throttle.Rules(
             pair_failures=settings.login_max_failures, lockout_seconds=settings.login_lockout_seconds,
             max_lockout_seconds=settings.login_window_seconds, account_slow_after=settings.login_slow_after,
+            slow_seconds=settings.login_slow_seconds,
             address_failures=settings.login_max_failures_per_address,
             window_seconds=settings.login_window_seconds)
 
