@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import pymongo
 import pytest
 
 from tests.support.processes import Server, start_mongoeco, start_secantus, start_server
@@ -41,9 +42,11 @@ def mongoeco_uri() -> Iterator[str]:
     child.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def start_kubekvm(secantus_uri: str) -> Iterator[Callable[..., Server]]:
-    """Start `kubekvm serve` processes (default: on the shared SecantusDB, fresh database)."""
+    """Start `kubekvm serve` processes (default: on the shared SecantusDB, fresh database),
+    stopped when the test module ends: an idle server still follows its change stream and
+    renews its leases, and a hundred of them left running slow every later test down."""
     started: list[Server] = []
 
     def start(**kwargs: object) -> Server:
@@ -55,6 +58,10 @@ def start_kubekvm(secantus_uri: str) -> Iterator[Callable[..., Server]]:
     yield start
     for server in started:
         server.stop()
+    # What the module wrote goes too: the shared database server keeps it all in memory.
+    with pymongo.MongoClient(secantus_uri, serverSelectionTimeoutMS=5000, timeoutMS=30000) as client:
+        for name in {server.database_name for server in started if server.database_uri == secantus_uri}:
+            client.drop_database(name)
 
 
 @pytest.fixture(scope="module")
