@@ -51,7 +51,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UnsetType
 
 from kubekvm import credentials, pages
-from kubekvm.access import ActorKind
+from kubekvm.access.actors import ActorKind
 from kubekvm.auth import AuthMiddleware, actor_of, bearer, serializer
 from kubekvm.authorized import Authorized
 from kubekvm.boundary import GRAPHQL_PATH, BodyLimit, OriginCheck, allowed_origins, graphql_error, send_refusal

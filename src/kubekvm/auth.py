@@ -37,7 +37,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kubekvm.access import Actor, ActorKind, anonymous
+from kubekvm.access.actors import Actor, ActorKind, anonymous
 from kubekvm.authorized import Authorized
 from kubekvm.config import Settings
 from kubekvm.models import User

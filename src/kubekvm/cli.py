@@ -38,7 +38,7 @@ from pathlib import Path
 import uvicorn
 
 from kubekvm import identity_check, legacy_import, logs
-from kubekvm.access import Actor, ActorKind
+from kubekvm.access.actors import Actor, ActorKind
 from kubekvm.app import create_app
 from kubekvm.authorized import Authorized
 from kubekvm.config import Settings

@@ -39,7 +39,8 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketState
 
-from kubekvm import access, metrics
+from kubekvm import metrics
+from kubekvm.access.objects import may_serve_console
 from kubekvm.authorized import SESSION_RECHECK_SECONDS, Authorized
 from kubekvm.config import Settings
 from kubekvm.errors import (
@@ -287,8 +288,8 @@ class ConsoleSockets:
     async def agent(self, websocket: WebSocket) -> None:
         services: Authorized = websocket.state.services
         pairing = self.pairings.get(str(websocket.path_params["session"]))
-        if pairing is None or pairing.joined.done() or not access.may_serve_console(services.actor,
-                                                                                       pairing.session.host):
+        if pairing is None or pairing.joined.done() or not may_serve_console(services.actor,
+                                                                                pairing.session.host):
             # Refused before accepting: the agent sees a failed handshake. Nothing said about
             # whether the session exists: only its own host may know.
             await websocket.close(code=Close.NOT_FOUND)

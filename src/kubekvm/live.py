@@ -46,7 +46,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from kubekvm import metrics
-from kubekvm.access import ActorKind
+from kubekvm.access.actors import ActorKind
 from kubekvm.auth import services_for
 from kubekvm.authorized import Authorized
 from kubekvm.database import unavailable, uninterrupted

@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kubekvm.access import ActorKind
+from kubekvm.access.actors import ActorKind
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from prometheus_client import Gauge
 
 from kubekvm import metrics
-from kubekvm.access import Actor
+from kubekvm.access.actors import Actor
 from kubekvm.errors import TooManySubscriptions
 
 

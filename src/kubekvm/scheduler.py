@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from pymongo.errors import DuplicateKeyError
 
 from kubekvm import timetable
-from kubekvm.access import Actor, ActorKind
+from kubekvm.access.actors import Actor, ActorKind
 from kubekvm.course_records import LabSchedule, ScheduleFire
 from kubekvm.errors import KubeKVMError, NotFound
 from kubekvm.lease import Clock, Lease, Periodic

@@ -3,7 +3,7 @@
 The path the review found: any teacher could roster any existing student onto a lab of their
 own, then set that student's password (or make a set-password link), sign in as them and reach
 their machines in another teacher's lab — start, reset (which wipes the disk), console. The rule
-now (`access.py`): changing an existing password is the student's own act or an admin's; a
+now (`access/passwords.py`): changing an existing password is the student's own act or an admin's; a
 teacher may only issue a first-time link, for a student without a password who is on that
 teacher's labs alone. Here the attacker walks the whole path as a browser and over GraphQL,
 and every step after the (harmless) rostering is refused with nothing written; the authorization

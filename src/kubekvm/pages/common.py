@@ -33,7 +33,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from kubekvm import __version__, validation
-from kubekvm.access import ActorKind, require_user
+from kubekvm.access.actors import ActorKind
+from kubekvm.access.roles import require_user
 from kubekvm.auth import CSRF_FIELD, CSRF_HEADER, CSRF_KEY, actor_of, csrf_token
 from kubekvm.config import Settings
 from kubekvm.credentials import same

@@ -3,7 +3,7 @@
   GET  /machines/{name}/console          the page: a toolbar over noVNC's full-window canvas
   POST /machines/{name}/console/ticket   a one-time ticket for the page's websocket (JSON)
 
-Who may open it is `kubekvm.access.can_open_console` (through the caller's `console_ticket` operation): the
+Who may open it is `kubekvm.access.objects.can_open_console` (through the caller's `console_ticket` operation): the
 machine's student, the lab's teacher, admins; a classmate gets FORBIDDEN. The page carries no
 ticket: its script asks for a fresh one each time it connects, with the session's CSRF token
 like any state-changing request, and presents it on `WS /consoles/socket` (`kubekvm.console`,

@@ -30,7 +30,8 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response
 
-from kubekvm.access import ActorKind, require_admin
+from kubekvm.access.actors import ActorKind
+from kubekvm.access.roles import require_admin
 from kubekvm.auth import CSRF_FIELD, CSRF_HEADER, CSRF_KEY, actor_of
 from kubekvm.credentials import same
 from kubekvm.errors import KubeKVMError, Unauthenticated

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from kubekvm import metrics, validation
-from kubekvm.access import Actor
+from kubekvm.access.actors import Actor
 from kubekvm.models import AuditEntry
 from kubekvm.services.rules import ADMIN, Operations, operation
 

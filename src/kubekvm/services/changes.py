@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from kubekvm import access
+from kubekvm.access.objects import can_view_lab
 from kubekvm.database import uninterrupted
 from kubekvm.errors import NotFound, Unauthenticated
 from kubekvm.models import Machine
@@ -84,11 +84,11 @@ class ChangeOperations(Operations):
         if change.kind == LabChangeKind.HOST_CHANGED:
             return self.actor.is_teacher
         if change.deployment is not None:
-            visible[change.lab] = access.can_view_lab(self.actor, change.deployment)
+            visible[change.lab] = can_view_lab(self.actor, change.deployment)
         elif change.lab not in visible:
             try:
                 lab = await uninterrupted(self.services.labs.get_deployment(change.lab))
-                visible[change.lab] = access.can_view_lab(self.actor, lab)
+                visible[change.lab] = can_view_lab(self.actor, lab)
             except NotFound:
                 visible[change.lab] = False
         if not visible[change.lab]:

@@ -34,7 +34,8 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from kubekvm import access
+from kubekvm.access.objects import can_open_console, can_view_lab
+from kubekvm.access.roles import require_user
 from kubekvm.config import Settings
 from kubekvm.credentials import token_hash
 from kubekvm.errors import (
@@ -188,12 +189,12 @@ class Consoles:
 async def _console_machine(ops: Operations, name: str) -> Machine:
     """A machine whose console the actor may open: FORBIDDEN for one of a lab they see (a
     classmate's), NOT_FOUND for one they may not even know of."""
-    access.require_user(ops.actor)
+    require_user(ops.actor)
     machine = await ops.services.machines.get_machine(name)
     lab = await ops.services.labs.get_deployment(machine.deployment)
-    if access.can_open_console(ops.actor, machine, lab):
+    if can_open_console(ops.actor, machine, lab):
         return machine
-    if access.can_view_lab(ops.actor, lab):
+    if can_view_lab(ops.actor, lab):
         raise Forbidden(f"The console of {name} is not yours to open: only its student, the lab's "
                         "teacher and admins may.")
     raise NotFound(f"There is no machine named {name!r}.")

@@ -21,7 +21,7 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from kubekvm import identity, metrics, throttle
-from kubekvm.access import Actor, ActorKind
+from kubekvm.access.actors import Actor, ActorKind
 from kubekvm.config import Settings
 from kubekvm.directory import Directory
 from kubekvm.errors import KubeKVMError, Unauthenticated, ValidationFailed

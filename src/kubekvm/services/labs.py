@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from kubekvm import access, validation
-from kubekvm.access import Actor
+from kubekvm import validation
+from kubekvm.access.actors import Actor
+from kubekvm.access.roles import require_staff
 from kubekvm.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationFailed
 from kubekvm.models import (
     Deployment,
@@ -57,7 +58,7 @@ class Page:
 
 def lab_filter(actor: Actor) -> dict[str, Any] | None:
     """The MongoDB filter of the labs `actor` may see (None: all), the database's form of
-    `access.can_view_lab`, so lists are narrowed in the query rather than after reading all."""
+    `can_view_lab`, so lists are narrowed in the query rather than after reading all."""
     if actor.is_admin:
         return None
     if actor.is_teacher:
@@ -296,7 +297,7 @@ class Labs(Noun):
 async def _may_create_lab(ops: Operations, args: Arguments) -> None:
     """Staff create labs of their own, from a template they may use; an admin may create one for
     another teacher or admin."""
-    access.require_staff(ops.actor)
+    require_staff(ops.actor)
     owner = args["owner"]
     if owner is not None and owner != ops.actor.name and not ops.actor.is_admin:
         raise Forbidden("Teachers create labs of their own; only an admin may create one for someone else.")

@@ -5,7 +5,7 @@ Only the code's sha256 is kept, on the user's record, with an expiry and who iss
 link replaces an older one, and a new password (however set) kills the link. Using a link is
 compare-and-set on the code, so a link is good for one password only, even if it is posted to
 two replicas at once; it ends every session of the account. Who may make a link, and whether
-it still works, are `kubekvm.access`'s rules, applied by `users.UserOperations`.
+it still works, are `kubekvm.access.passwords`' rules, applied by `users.UserOperations`.
 """
 
 from __future__ import annotations

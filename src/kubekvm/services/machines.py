@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from kubekvm import lifecycle
-from kubekvm.access import Actor
+from kubekvm.access.actors import Actor
 from kubekvm.errors import Conflict, NotFound
 from kubekvm.logs import current_request_id
 from kubekvm.models import (

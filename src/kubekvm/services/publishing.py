@@ -19,7 +19,8 @@ import secrets
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
-from kubekvm import access, validation
+from kubekvm import validation
+from kubekvm.access.roles import require_staff
 from kubekvm.errors import Conflict, NotFound, ValidationFailed
 from kubekvm.image_models import Image
 from kubekvm.models import DesiredState, Machine, ObservedState, PublishJob, Template, utcnow
@@ -119,7 +120,7 @@ class Publishing(Noun):
 
 async def _machine_publisher(ops: Operations, args: Arguments) -> None:
     """The machine's lab's teacher, for a template they may use; admins always."""
-    access.require_staff(ops.actor)
+    require_staff(ops.actor)
     machine = await ops.seen_machine(args["name"])
     await ops.managed_lab(machine.deployment)
     await ops.usable_template(machine.spec.template)

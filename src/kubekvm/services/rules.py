@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import structlog
 
-from kubekvm import access
-from kubekvm.access import Actor
+from kubekvm.access.actors import Actor
+from kubekvm.access.objects import can_manage_lab, can_use_template, can_view_lab, can_view_machine, may_serve_console
+from kubekvm.access.roles import require_admin, require_host_or_admin, require_staff, require_user
 from kubekvm.database import unavailable
 from kubekvm.errors import Forbidden, KubeKVMError, NotFound
 from kubekvm.services.context import finish
@@ -192,30 +193,30 @@ class Operations:
     async def seen_lab(self, name: str) -> Deployment:
         """A lab the actor may see; NotFound for one they may not (its existence is theirs to
         know only if they may see it)."""
-        access.require_user(self.actor)
+        require_user(self.actor)
         lab = await self.services.labs.get_deployment(name)
-        if not access.can_view_lab(self.actor, lab):
+        if not can_view_lab(self.actor, lab):
             raise NotFound(f"There is no lab named {name!r}.")
         return lab
 
     async def managed_lab(self, name: str) -> Deployment:
-        access.require_staff(self.actor)
+        require_staff(self.actor)
         lab = await self.seen_lab(name)
-        if not access.can_manage_lab(self.actor, lab):
+        if not can_manage_lab(self.actor, lab):
             raise Forbidden(f"Lab {name!r} is not yours to change.")
         return lab
 
     async def seen_machine(self, name: str) -> Machine:
-        access.require_user(self.actor)
+        require_user(self.actor)
         machine = await self.services.machines.get_machine(name)
         lab = await self.services.labs.get_deployment(machine.deployment)
-        if not access.can_view_machine(self.actor, machine, lab):
+        if not can_view_machine(self.actor, machine, lab):
             raise NotFound(f"There is no machine named {name!r}.")
         return machine
 
     async def usable_template(self, name: str) -> Template:
         template = await self.services.templates.get_template(name)
-        if not access.can_use_template(self.actor, template):
+        if not can_use_template(self.actor, template):
             raise NotFound(f"There is no template named {name!r}.")
         return template
 
@@ -243,15 +244,15 @@ async def _anyone(ops: Operations, args: Arguments) -> None:
 
 
 async def _signed_in(ops: Operations, args: Arguments) -> None:
-    access.require_user(ops.actor)
+    require_user(ops.actor)
 
 
 async def _staff(ops: Operations, args: Arguments) -> None:
-    access.require_staff(ops.actor)
+    require_staff(ops.actor)
 
 
 async def _admin(ops: Operations, args: Arguments) -> None:
-    access.require_admin(ops.actor)
+    require_admin(ops.actor)
 
 
 async def _lab_seen(ops: Operations, args: Arguments) -> None:
@@ -267,7 +268,7 @@ async def _machine_seen(ops: Operations, args: Arguments) -> None:
 
 
 async def _template_usable(ops: Operations, args: Arguments) -> None:
-    access.require_staff(ops.actor)
+    require_staff(ops.actor)
     await ops.usable_template(args["name"])
 
 
@@ -276,25 +277,25 @@ def _host_argument(args: Arguments) -> str:
 
 
 async def _host_agent(ops: Operations, args: Arguments) -> None:
-    access.require_host_or_admin(ops.actor, _host_argument(args))
+    require_host_or_admin(ops.actor, _host_argument(args))
 
 
 async def _host_or_staff(ops: Operations, args: Arguments) -> None:
     if ops.actor.is_host:
-        access.require_host_or_admin(ops.actor, _host_argument(args))
+        require_host_or_admin(ops.actor, _host_argument(args))
     else:
-        access.require_staff(ops.actor)
+        require_staff(ops.actor)
 
 
 async def _any_host_or_admin(ops: Operations, args: Arguments) -> None:
     if not ops.actor.is_host:
-        access.require_admin(ops.actor)
+        require_admin(ops.actor)
 
 
 async def _host_itself(ops: Operations, args: Arguments) -> None:
     host = _host_argument(args)
-    access.require_host_or_admin(ops.actor, host)
-    if not access.may_serve_console(ops.actor, host):
+    require_host_or_admin(ops.actor, host)
+    if not may_serve_console(ops.actor, host):
         raise Forbidden("Only the host's own agent (its host token) may carry its consoles.")
     await ops.services.hosts.get_host(host)
 

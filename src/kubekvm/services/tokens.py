@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubekvm import access, credentials, validation
-from kubekvm.access import Actor, ActorKind
+from kubekvm import credentials, validation
+from kubekvm.access.actors import Actor, ActorKind
+from kubekvm.access.roles import require_admin, require_user
 from kubekvm.errors import NotFound
 from kubekvm.models import ApiToken, TokenKind
 from kubekvm.services.context import object_id
@@ -89,13 +90,13 @@ class TokenRecords(SessionRecords):
 
 
 async def _lister(ops: Operations, args: Arguments) -> None:
-    access.require_user(ops.actor)
+    require_user(ops.actor)
     if args["everyone"]:
-        access.require_admin(ops.actor)
+        require_admin(ops.actor)
 
 
 async def _revoker(ops: Operations, args: Arguments) -> None:
-    access.require_user(ops.actor)
+    require_user(ops.actor)
     record = await ops.accounts.get_token(args["token_id"])
     mine = record.kind == TokenKind.USER and record.owner == ops.actor.name
     if not (mine or ops.actor.is_admin):

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from kubekvm import access, idle, usage, validation
+from kubekvm import idle, usage, validation
+from kubekvm.access.actors import system
 from kubekvm.errors import Conflict, QuotaSpent, ValidationFailed
 from kubekvm.models import (
     ConsoleSession,
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
 # How long a replica believes a lab's idle threshold (`Usage.idle_threshold`).
 THRESHOLD_CACHE_SECONDS = 10.0
 # The audit log's name for the platform when it stops a machine on these rules.
-ACTOR = access.system("usage")
+ACTOR = system("usage")
 # Labs with any limit on: the check reads only these.
 LIMITED = {"$or": [{"policy.idle_minutes": {"$ne": None}}, {"policy.max_run_minutes": {"$ne": None}},
                    {"policy.quota_hours": {"$ne": None}}]}

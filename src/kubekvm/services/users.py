@@ -8,7 +8,7 @@ Passwords are hashed and checked in `kubekvm.credentials`' worker pool, never on
 password change is compare-and-set on the old hash, so two changes at once cannot both win.
 
 `UserOperations` are what a caller may do; the password rules (who may set whose password, who
-may make a set-password link) are `kubekvm.access`'s, applied here. Signing in, the first admin
+may make a set-password link) are `kubekvm.access.passwords`', applied here. Signing in, the first admin
 and a password set with a link are recorded in the audit log under the account they are for,
 so those operations write their own entries; every other one is audited by its rule's wrapper
 (`rules.operation`).
@@ -21,8 +21,16 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from kubekvm import access, credentials, metrics, roster, throttle, validation
-from kubekvm.access import Actor, ActorKind
+from kubekvm import credentials, metrics, roster, throttle, validation
+from kubekvm.access.actors import Actor, ActorKind
+from kubekvm.access.passwords import (
+    AccountFacts,
+    check_end_sessions,
+    check_password_link,
+    check_set_password,
+    link_still_good,
+)
+from kubekvm.access.roles import require_admin, require_staff, require_user
 from kubekvm.errors import Conflict, KubeKVMError, NotFound, Throttled, Unauthenticated, ValidationFailed
 from kubekvm.models import Deployment, Role, User
 from kubekvm.services import audit
@@ -140,30 +148,30 @@ class UserRecords(SessionRecords):
         return {doc.get("owner") async for doc in found}
 
 
-async def _account_facts(ops: Operations, name: str) -> access.AccountFacts | None:
+async def _account_facts(ops: Operations, name: str) -> AccountFacts | None:
     user = await ops.accounts.find_user(name)
     if user is None:
         return None
-    return access.AccountFacts(name=user.name, role=user.role, has_password=bool(user.password_hash or user.identity),
+    return AccountFacts(name=user.name, role=user.role, has_password=bool(user.password_hash or user.identity),
                                lab_owners=frozenset(await ops.accounts.lab_owners_of(user.name)))
 
 
 async def _may_set_password(ops: Operations, args: Arguments) -> None:
-    access.require_user(ops.actor)
+    require_user(ops.actor)
     facts = await _account_facts(ops, args["name"])
     if facts is None:
-        access.require_admin(ops.actor)
+        require_admin(ops.actor)
         raise NotFound(f"There is no user named {args['name']!r}.")
-    access.check_set_password(ops.actor, facts)
+    check_set_password(ops.actor, facts)
 
 
 async def _may_link(ops: Operations, args: Arguments) -> None:
-    access.require_staff(ops.actor)
-    access.check_password_link(ops.actor, await _account_facts(ops, args["name"]), name=args["name"])
+    require_staff(ops.actor)
+    check_password_link(ops.actor, await _account_facts(ops, args["name"]), name=args["name"])
 
 
 async def _may_end_sessions(ops: Operations, args: Arguments) -> None:
-    access.check_end_sessions(ops.actor)
+    check_end_sessions(ops.actor)
 
 
 PASSWORD_SETTER = Rule("admins, for another account", _may_set_password, ADMIN.outcomes)
@@ -213,7 +221,7 @@ class UserOperations(Operations):
         user = await self.accounts.user_for_code(code)
         facts = await _account_facts(self, user.name)
         issuer = await self.accounts.find_user(user.password_code_issuer) if user.password_code_issuer else None
-        if facts is None or not access.link_still_good(issuer=user.password_code_issuer,
+        if facts is None or not link_still_good(issuer=user.password_code_issuer,
                                                        issuer_role=issuer.role if issuer else None, target=facts):
             raise NotFound("This set-password link no longer works (the account has a password now, or is on "
                            "another teacher's lab): ask an admin for a new one.")
