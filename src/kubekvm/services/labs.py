@@ -32,6 +32,7 @@ from kubekvm.models import (
 )
 from kubekvm.services.context import Noun
 from kubekvm.services.convergence import LabUpdate, new_machine
+from kubekvm.services.paging import read_page
 from kubekvm.services.rules import (
     LAB_MANAGED,
     LAB_SEEN,
@@ -44,7 +45,6 @@ from kubekvm.services.rules import (
     operation,
 )
 from kubekvm.services.templates import machine_spec, newest_version
-from kubekvm.shapes import readable_filter
 
 if TYPE_CHECKING:
     from kubekvm.services import Services
@@ -93,12 +93,10 @@ class Labs(Noun):
             criteria["owner"] = owner
         if student is not None:
             criteria["roster"] = student
-        # Only documents a lab can be read from: the total and the page's skip then count what
-        # the page shows (a 2019 leftover is skipped by the read, and must not be counted).
-        shape = readable_filter(Deployment)
-        query = Deployment.find({"$and": [criteria, shape]} if criteria else shape)
-        total = await query.count()
-        items = await query.sort("name").skip(max(offset, 0)).limit(max(min(limit, 1000), 1)).to_list()
+        # Only labs a read can show are counted and skipped (a 2019 leftover is not), and the
+        # database judges that only where it must (`paging`: it cost more than the read).
+        items, total = await read_page(Deployment, criteria, sort="name", offset=max(offset, 0),
+                                       limit=max(min(limit, 1000), 1))
         return Page(items=items, total=total)
 
     async def get_deployment(self, name: str) -> Deployment:
