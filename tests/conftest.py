@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pymongo
 import pytest
 
-from tests.support.processes import Server, start_mongoeco, start_secantus, start_server
+from tests.support.processes import CHEAP_PASSWORD_HASHES, Server, start_mongoeco, start_secantus, start_server
 
 # Every skip is printed with its reason, and one not in tests/skip-allowlist.txt fails the run.
 from tests.support.skips import (  # noqa: F401 (pytest finds hooks by name)
@@ -51,6 +51,7 @@ def start_kubekvm(secantus_uri: str) -> Iterator[Callable[..., Server]]:
 
     def start(**kwargs: object) -> Server:
         kwargs.setdefault("database_uri", secantus_uri)
+        kwargs["env"] = {**CHEAP_PASSWORD_HASHES, **(kwargs.get("env") or {})}  # type: ignore[dict-item]
         server = start_server(**kwargs)  # type: ignore[arg-type]
         started.append(server)
         return server

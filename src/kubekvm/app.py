@@ -208,7 +208,9 @@ def create_app(*, settings: Settings, connection: Connection, database_label: st
                 "running several server replicas needs MongoDB as a replica set"
             )
         await feed.start()
-        credentials.configure(workers=settings.password_hash_workers)
+        credentials.configure(workers=settings.password_hash_workers,
+                              memory_kib=settings.password_hash_memory_kib,
+                              iterations=settings.password_hash_iterations)
         services = Services(settings=settings, feed=feed,
                             database_description=database_label or describe_uri(connection.uri))
         accounts = Accounts(settings=settings)

@@ -11,6 +11,8 @@ enough on a small host: the worker threads (and the threads libargon2 starts for
 which inherit their priority) would take the CPU from the loop's thread as an equal, and a
 burst of sign-ins still stalled every request for seconds. So the workers run at the lowest
 priority (`HASH_NICENESS`): the loop is served first, sign-ins get the CPU left over.
+The hash's cost (`KUBEKVM_PASSWORD_HASH_MEMORY_KIB`, `..._ITERATIONS`) is set there too; a
+stored hash of other parameters still verifies, and is re-hashed at its next sign-in.
 
 Tokens are 256 random bits: a fast sha256 is enough to make a stolen database useless for
 signing in, and lets a request's token be found by an indexed lookup.
@@ -51,12 +53,18 @@ _workers = DEFAULT_HASH_WORKERS
 _dummy_hash: str | None = None
 
 
-def configure(*, workers: int) -> None:
-    """The number of threads that hash passwords (takes effect for a pool not yet started)."""
-    global _workers
+def configure(*, workers: int, memory_kib: int | None = None, iterations: int | None = None) -> None:
+    """The number of threads that hash passwords (takes effect for a pool not yet started), and
+    argon2id's memory (KiB) and passes per hash (None: the library's recommended ones)."""
+    global _workers, _hasher, _dummy_hash
     if workers < 1:
         raise ValueError("at least one password-hashing worker")
     _workers = workers
+    if memory_kib is not None or iterations is not None:
+        default = PasswordHasher()
+        _hasher = PasswordHasher(memory_cost=memory_kib or default.memory_cost,
+                                 time_cost=iterations or default.time_cost)
+        _dummy_hash = None  # a dummy of the same cost, or a missing account would answer faster
 
 
 def _yield_the_cpu() -> None:
@@ -99,6 +107,12 @@ def _verify(stored: str | None, password: str) -> bool:
 async def hash_password(password: str) -> str:
     """The argon2id hash of `password` (after the length rules), computed in the pool."""
     check_password_rules(password)
+    return await rehash_password(password)
+
+
+async def rehash_password(password: str) -> str:
+    """A new hash, at the configured cost, of a password that has just verified: it is not
+    checked against today's length rules (it was chosen under older ones, or imported)."""
     return await asyncio.get_running_loop().run_in_executor(_executor(), _hasher.hash, password)
 
 

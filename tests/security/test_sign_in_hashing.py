@@ -82,7 +82,8 @@ async def accounts(secantus_uri: str) -> AsyncIterator[Accounts]:
 
 async def test_sign_ins_hash_off_the_loop_in_a_bounded_pool(accounts: Accounts,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    real = PasswordHasher()
+    # A cheap real argon2id: what is held and counted is the call, not its cost.
+    real = PasswordHasher(memory_cost=1024, time_cost=1)
     for i in range(4):
         await User(name=f"burst-{i}", role=Role.STUDENT, password_hash=real.hash(PASSWORD)).insert()
     held = HeldHasher(real)
@@ -151,3 +152,43 @@ async def test_hashing_threads_yield_the_cpu_to_the_loop(monkeypatch: pytest.Mon
     assert seen == [credentials.HASH_NICENESS]
     # The loop's own thread keeps its priority.
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_priority
+
+
+async def test_the_hash_cost_is_a_setting_and_older_hashes_still_sign_in(accounts: Accounts,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """KUBEKVM_PASSWORD_HASH_MEMORY_KIB/_ITERATIONS set argon2id's cost; an account hashed at
+    another cost still signs in and is re-hashed at the configured one, even when its password
+    is shorter than today's rules allow (chosen under older rules: refusing it there locked
+    the owner out of a password the server had just accepted)."""
+    older = PasswordHasher(memory_cost=2048, time_cost=2)
+    await User(name="old-cost", role=Role.STUDENT, password_hash=older.hash("short")).insert()
+    for name in ("_hasher", "_pool", "_workers", "_dummy_hash"):
+        monkeypatch.setattr(credentials, name, getattr(credentials, name))  # restored afterwards
+    credentials.configure(workers=WORKERS, memory_kib=1024, iterations=1)
+    try:
+        assert (await credentials.hash_password(PASSWORD)).startswith("$argon2id$v=19$m=1024,t=1,p=")
+        signed = await accounts.authenticate(name="old-cost", password="short", address="10.9.1.1")
+        assert signed.name == "old-cost"
+        stored = await User.find_one(User.name == "old-cost")
+        assert stored is not None and stored.password_hash is not None
+        assert stored.password_hash.startswith("$argon2id$v=19$m=1024,t=1,p=")
+        assert PasswordHasher().verify(stored.password_hash, "short")
+        with pytest.raises(Unauthenticated):
+            await accounts.authenticate(name="old-cost", password="wrong-password", address="10.9.1.1")
+    finally:
+        pool = credentials._pool
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+def test_the_hash_cost_settings_refuse_what_argon2_cannot_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBEKVM_PASSWORD_HASH_MEMORY_KIB", "8")
+    with pytest.raises(SystemExit, match="KUBEKVM_PASSWORD_HASH_MEMORY_KIB must be at least 1024"):
+        Settings.from_environment()
+    monkeypatch.setenv("KUBEKVM_PASSWORD_HASH_MEMORY_KIB", "1024")
+    monkeypatch.setenv("KUBEKVM_PASSWORD_HASH_ITERATIONS", "0")
+    with pytest.raises(SystemExit, match="KUBEKVM_PASSWORD_HASH_ITERATIONS must be at least 1"):
+        Settings.from_environment()
+    monkeypatch.setenv("KUBEKVM_PASSWORD_HASH_ITERATIONS", "2")
+    chosen = Settings.from_environment()
+    assert (chosen.password_hash_memory_kib, chosen.password_hash_iterations) == (1024, 2)

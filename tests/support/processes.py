@@ -110,6 +110,10 @@ def start_mongoeco() -> tuple[str, Child] | None:
     return uri, Child(process, log)
 
 
+# A cheap argon2id for test servers (real settings): every made user and every sign-in hashes,
+# and at the default cost (over a second each on a loaded CI machine) they were minutes of a run.
+CHEAP_PASSWORD_HASHES = {"KUBEKVM_PASSWORD_HASH_MEMORY_KIB": "1024", "KUBEKVM_PASSWORD_HASH_ITERATIONS": "1"}
+
 ADMIN = object()  # `Server.graphql(token=ADMIN)`: the bootstrap admin's token (the default)
 
 
@@ -217,7 +221,7 @@ class Server:
 
 def start_server(*, database_uri: str | None, database_name: str | None = None,
                  env: dict[str, str] | None = None, port: int | None = None,
-                 cwd: Path | None = None, timeout: float = 30.0, log_level: str = "warning") -> Server:
+                 cwd: Path | None = None, timeout: float = 120.0, log_level: str = "warning") -> Server:
     port = port or free_port()
     name = database_name or f"t{uuid.uuid4().hex[:12]}"
     log = _log_file(f"server-{port}")

@@ -150,7 +150,7 @@ class SessionRecords:
         if credentials.needs_rehash(user.password_hash):
             await User.get_pymongo_collection().update_one(
                 {"_id": user.id, "password_hash": user.password_hash},
-                {"$set": {"password_hash": await credentials.hash_password(password)}})
+                {"$set": {"password_hash": await credentials.rehash_password(password)}})
         return user
 
     async def _counters(self, keys: throttle.Keys) -> dict[str, throttle.Counter]:
