@@ -1,7 +1,7 @@
 """Shared fixtures: real database servers and real `kubekvm serve` processes; the hooks that
 fail a run on a skip not in tests/skip-allowlist.txt (`tests.support.skips`); and the plugin that
 fails it when the session leaves a process, domain or scratch folder behind
-(`tests.support.leftovers_plugin`)."""
+(`tests.support.leftovers_plugin`); the session's one Chromium (`tests.support.browser`)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from tests.support.skips import (  # noqa: F401 (pytest finds hooks by name)
     pytest_terminal_summary,
 )
 
-# Fails the run when it leaves a process, domain or scratch folder of its own behind.
-pytest_plugins = ["tests.support.leftovers_plugin"]
+# Fails the run when it leaves a process, domain or scratch folder of its own behind; and one
+# Chromium for the session's browser tests (`browser`: tests.support.browser).
+pytest_plugins = ["tests.support.leftovers_plugin", "tests.support.browser"]
 
 
 @pytest.fixture(scope="session")

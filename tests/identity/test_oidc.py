@@ -29,9 +29,6 @@ from tests.support.processes import LOG_DIR, VENV_BIN, Server, free_port
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 NAME = "campus"
 ACCOUNTS = {"olga": ["staff"], "pat": ["students"], "quinn": ["alumni"], "ruth": ["students"], "sol": ["students"],
             "tom": ["students"], "uma": ["students"]}
@@ -55,16 +52,6 @@ def provider(kubekvm_port: int) -> Iterator[OidcProvider]:
 @pytest.fixture(scope="module")
 def server(start_kubekvm: Callable[..., Server], provider: OidcProvider, kubekvm_port: int) -> Server:
     return start_kubekvm(port=kubekvm_port, env=provider.settings(NAME, KUBEKVM_LOCAL_PASSWORDS="0"))
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

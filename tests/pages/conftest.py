@@ -1,8 +1,5 @@
-"""Fixtures of the page tests: a fake host, a small template, and Debian's Chromium.
-
-Chromium is the one from the Debian package (`scripts/setup test`); Playwright never
-downloads a browser here.
-"""
+"""Fixtures of the page tests: a fake host, a small template, and browser tabs (signed in or
+not) in the session's one Chromium (`browser`, from `tests.support.browser`)."""
 
 from __future__ import annotations
 
@@ -14,11 +11,13 @@ from typing import Any
 import pytest
 
 from tests.pages.fake_host import FakeHost, data
+from tests.support.browser import browser
 from tests.support.processes import ROOT, Server
 
-CHROMIUM = os.environ.get("KUBEKVM_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+# Re-exported: tests/console and tests/security import the fixture from here (a plugin's fixture,
+# it is everywhere anyway).
+__all__ = ["browser"]
+
 # The README's pictures (docs/screenshots) are rewritten only when asked: `make screenshots`
 # sets KUBEKVM_SCREENSHOTS_DIR. Otherwise a test run leaves the tracked files alone and writes
 # its pictures with its logs (tests/artifacts, ignored by git).
@@ -40,21 +39,6 @@ def fake_host(server: Server) -> FakeHost:
 def tiny_template(server: Server) -> str:
     data(server.graphql(CREATE_TEMPLATE, {"input": TEMPLATE}))
     return str(TEMPLATE["name"])
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Chromium for one module: Playwright's synchronous API marks an event loop running on the
-    main thread for as long as it is started, and no asyncio test (tests/security has many) can
-    run while it is, so it must not outlive the module that uses it."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: run scripts/setup test")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 PAGES_ADMIN = "pages-admin"

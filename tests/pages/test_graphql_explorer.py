@@ -11,12 +11,11 @@ from urllib.parse import quote, urlsplit
 import pytest
 from playwright.sync_api import expect
 
-from tests.pages.conftest import PAGES_ADMIN, browser, sign_in
+from tests.pages.conftest import PAGES_ADMIN, sign_in
 from tests.support.csp import RECORD, violations
 from tests.support.processes import Server
 
 pytestmark = pytest.mark.browser
-__all__ = ["browser"]  # the fixture: Chromium for this module
 
 
 def test_the_explorer_renders_and_runs_a_query_with_the_network_blocked(browser: Any, server: Server) -> None:
