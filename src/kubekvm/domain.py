@@ -1,18 +1,16 @@
-"""The domain's vocabulary: the states labs, machines and accounts move through, and the shapes
-the rules read — with no database, web or libvirt library behind them.
+"""The domain's vocabulary: the states labs, machines and accounts move through and the kinds of
+things the platform knows — with no database, web or libvirt library behind them.
 
 The plain rule modules (`lifecycle`, `access`, `placement`, `validation`, `roster`) import
 their types from here and nothing from pymongo, beanie, starlette, strawberry or libvirt
 (`tests/domain/test_import_rules.py` checks it); the stored documents (`kubekvm.models`) use
-the same enums as their fields' types, and satisfy the protocols below structurally, so a rule
-reads a document's fields without knowing how it is stored.
+the same enums as their fields' types. What the access rules read of a document is
+`kubekvm.access.facts`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from enum import StrEnum
-from typing import Protocol
 
 
 class OSFamily(StrEnum):
@@ -78,28 +76,3 @@ class ConsoleState(StrEnum):
     RESERVED = "reserved"  # counted against the user's limit, not yet announced to the agent
     REQUESTED = "requested"  # a browser waits for the host's agent to dial in
     OPEN = "open"  # bytes flow (a closed console's session is deleted)
-
-
-# ------------------------------------------------- what the rules read of a document
-
-class LabFacts(Protocol):
-    """What the access rules read of a lab (`models.Deployment` has these fields)."""
-
-    @property
-    def owner(self) -> str | None: ...
-    @property
-    def roster(self) -> Sequence[str]: ...
-
-
-class MachineFacts(Protocol):
-    """What the access rules read of a machine (`models.Machine`)."""
-
-    @property
-    def student(self) -> str | None: ...
-
-
-class TemplateFacts(Protocol):
-    """What the access rules read of a template (`models.Template`)."""
-
-    @property
-    def teachers(self) -> Sequence[str]: ...

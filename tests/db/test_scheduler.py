@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from kubekvm import timetable
+from kubekvm import timetable, timetable_text
 from kubekvm.config import Settings
 from kubekvm.course_records import LabSchedule, ScheduleFire
 from kubekvm.database import Connection, connect
@@ -64,7 +64,7 @@ async def lab_with_timetable(world: World, name: str, *, slots: str = "mon 09:00
     await world.services.labs.create_deployment(name=name, template="tiny-linux", replicas=2,
                                                 power=Power.STOPPED, owner="ta")
     rule = timetable.Timetable(zone="Europe/Madrid", lead=timedelta(minutes=10),
-                               slots=timetable.parse_slots(slots), ends_on=ends_on)
+                               slots=timetable_text.parse_slots(slots), ends_on=ends_on)
     world.clock.now = MONDAY  # saved at midnight UTC, before the day's slot
     await world.services.timetables.save(name, rule, by="ta", now=world.clock.now)
 

@@ -14,10 +14,10 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 PURE = ["kubekvm.domain", "kubekvm.lifecycle", "kubekvm.access", "kubekvm.access.actors", "kubekvm.access.roles",
-        "kubekvm.access.objects", "kubekvm.access.passwords", "kubekvm.placement", "kubekvm.validation",
+        "kubekvm.access.objects", "kubekvm.access.passwords", "kubekvm.access.facts", "kubekvm.placement", "kubekvm.validation",
         "kubekvm.legacy",
         "kubekvm.image_rules",
-        "kubekvm.timetable",
+        "kubekvm.timetable", "kubekvm.timetable_text",
         "kubekvm.roster", "kubekvm.identity", "kubekvm.idle", "kubekvm.usage", "kubekvm.stewardship"]
 FORBIDDEN = {"pymongo", "bson", "motor", "beanie", "pydantic", "starlette", "strawberry", "libvirt", "jinja2",
              "uvicorn", "gql"}

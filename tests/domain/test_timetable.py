@@ -8,15 +8,15 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 
-from kubekvm import timetable
+from kubekvm import timetable, timetable_text
 from kubekvm.errors import ValidationFailed
 from kubekvm.timetable import EventKind, Timetable
 
 
 def madrid(slots: str, *, lead: int = 10, sessions: str = "", closures: str = "",
            ends_on: date | None = None) -> Timetable:
-    return Timetable(zone="Europe/Madrid", lead=timedelta(minutes=lead), slots=timetable.parse_slots(slots),
-                     sessions=timetable.parse_sessions(sessions), closures=timetable.parse_closures(closures),
+    return Timetable(zone="Europe/Madrid", lead=timedelta(minutes=lead), slots=timetable_text.parse_slots(slots),
+                     sessions=timetable_text.parse_sessions(sessions), closures=timetable_text.parse_closures(closures),
                      ends_on=ends_on)
 
 
@@ -74,13 +74,13 @@ def test_course_end_is_midnight_after_the_last_day_in_its_zone() -> None:
 
 
 @pytest.mark.parametrize(("parse", "text", "field", "words"), [
-    (timetable.parse_slots, "mon 09:00-11:00\nfunday 10:00-11:00", "slots", "Line 2"),
-    (timetable.parse_slots, "mon 11:00-09:00", "slots", "ends before it starts"),
-    (timetable.parse_slots, "tue 25:00-26:00", "slots", "not a time of day"),
-    (timetable.parse_slots, "09:00-10:00", "slots", "name the days"),
-    (timetable.parse_sessions, "2026-02-30 10:00-11:00", "sessions", "not a date"),
-    (timetable.parse_sessions, "tomorrow 10:00-11:00", "sessions", "YYYY-MM-DD"),
-    (timetable.parse_closures, "2026-12-24..2026-12-01", "closures", "before the first"),
+    (timetable_text.parse_slots, "mon 09:00-11:00\nfunday 10:00-11:00", "slots", "Line 2"),
+    (timetable_text.parse_slots, "mon 11:00-09:00", "slots", "ends before it starts"),
+    (timetable_text.parse_slots, "tue 25:00-26:00", "slots", "not a time of day"),
+    (timetable_text.parse_slots, "09:00-10:00", "slots", "name the days"),
+    (timetable_text.parse_sessions, "2026-02-30 10:00-11:00", "sessions", "not a date"),
+    (timetable_text.parse_sessions, "tomorrow 10:00-11:00", "sessions", "YYYY-MM-DD"),
+    (timetable_text.parse_closures, "2026-12-24..2026-12-01", "closures", "before the first"),
 ])
 def test_the_text_forms_refuse_with_the_field_and_the_line(parse: object, text: str, field: str,
                                                           words: str) -> None:
@@ -90,12 +90,12 @@ def test_the_text_forms_refuse_with_the_field_and_the_line(parse: object, text: 
 
 
 def test_the_text_forms_read_what_they_write() -> None:
-    slots = timetable.parse_slots("Monday, wed 09:00-11:00  # theory\nfri-mon 18:00-19:30")
+    slots = timetable_text.parse_slots("Monday, wed 09:00-11:00  # theory\nfri-mon 18:00-19:30")
     assert slots[0] == timetable.WeeklySlot((0, 2), time(9), time(11))
     assert slots[1].days == (0, 4, 5, 6)
-    assert timetable.parse_slots(timetable.text_of(slots)) == slots
+    assert timetable_text.parse_slots(timetable_text.text_of(slots)) == slots
     with pytest.raises(ValidationFailed) as refused:
         timetable.time_zone("Mars/Olympus")
     assert refused.value.field == "timeZone"
     with pytest.raises(ValidationFailed):
-        timetable.lead(500)
+        timetable_text.lead(500)

@@ -25,11 +25,12 @@ host). The rules:
 Refusals say as little as they must: what a role may never do is FORBIDDEN without looking
 anything up; an object the actor may not even see is NOT_FOUND, so that teacher B learns
 nothing of teacher A's labs. Nothing here imports GraphQL, HTML or the database: the rules read
-a document's fields through the shapes of `kubekvm.domain`; the layer that enforces them
+a document's fields through the shapes of `kubekvm.access.facts`; the layer that enforces them
 (`kubekvm.authorized`) reads the documents, asks these functions, and builds the database
 filters that narrow lists to what an actor may see.
 
-The package's modules, one noun each: `actors` (who is asking), `roles` (the checks by role
-alone), `objects` (the rules on a lab, a machine, a console, a template) and `passwords` (who
-may set whose password, and for how long a set-password link holds).
+The package's modules, one noun each: `actors` (who is asking), `facts` (what the rules read
+of a document), `roles` (the checks by role alone), `objects` (the rules on a lab, a machine,
+a console, a template) and `passwords` (who may set whose password, and for how long a
+set-password link holds).
 """

@@ -9,7 +9,7 @@ A's labs.
 from __future__ import annotations
 
 from kubekvm.access.actors import Actor
-from kubekvm.domain import LabFacts, MachineFacts, TemplateFacts
+from kubekvm.access.facts import LabFacts, MachineFacts, TemplateFacts
 
 
 def can_view_lab(actor: Actor, lab: LabFacts) -> bool:

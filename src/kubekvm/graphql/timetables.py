@@ -9,7 +9,7 @@ from datetime import datetime
 
 import strawberry
 
-from kubekvm import timetable
+from kubekvm import timetable, timetable_text
 from kubekvm.authorized import Authorized
 from kubekvm.errors import ValidationFailed
 from kubekvm.services.timetables import Course, parse_day
@@ -142,15 +142,16 @@ def rule_of(input: TimetableInput, *, default: timetable.Timetable) -> timetable
     """The input as the domain's timetable, each part checked, the refusal naming the field."""
     zone = input.time_zone if input.time_zone is not None else default.zone
     timetable.time_zone(zone)
-    lead = timetable.lead(input.lead_minutes) if input.lead_minutes is not None else default.lead
-    slots = _lines([f"{','.join(s.days)} {s.start}-{s.end}" for s in input.slots], "slots", timetable.MAX_SLOTS)
-    sessions = _lines([f"{s.date} {s.start}-{s.end}" for s in input.sessions], "sessions", timetable.MAX_SESSIONS)
+    lead = timetable_text.lead(input.lead_minutes) if input.lead_minutes is not None else default.lead
+    slots = _lines([f"{','.join(s.days)} {s.start}-{s.end}" for s in input.slots], "slots", timetable_text.MAX_SLOTS)
+    sessions = _lines([f"{s.date} {s.start}-{s.end}" for s in input.sessions], "sessions", timetable_text.MAX_SESSIONS)
     closures = _lines([f"{c.first}..{c.last or c.first} {c.reason}" for c in input.closures], "closures",
-                      timetable.MAX_CLOSURES)
+                      timetable_text.MAX_CLOSURES)
     return timetable.Timetable(
         zone=zone, lead=lead,
-        slots=timetable.parse_slots(slots, label="Item"), sessions=timetable.parse_sessions(sessions, label="Item"),
-        closures=timetable.parse_closures(closures, label="Item"), ends_on=parse_day(input.ends_on))
+        slots=timetable_text.parse_slots(slots, label="Item"),
+        sessions=timetable_text.parse_sessions(sessions, label="Item"),
+        closures=timetable_text.parse_closures(closures, label="Item"), ends_on=parse_day(input.ends_on))
 
 
 @strawberry.type

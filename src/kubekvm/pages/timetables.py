@@ -18,7 +18,7 @@ from datetime import datetime
 from starlette.requests import Request
 from starlette.responses import Response
 
-from kubekvm import timetable, validation
+from kubekvm import timetable, timetable_text, validation
 from kubekvm.auth import services_for
 from kubekvm.errors import ValidationFailed
 from kubekvm.pages.common import Flash, FormState, Renderer, is_htmx, raw, text
@@ -53,8 +53,9 @@ def shown(course: Course) -> Shown:
 def values_of(course: Course) -> dict[str, str]:
     rule = course.rule
     return {"timeZone": rule.zone, "leadMinutes": str(int(rule.lead.total_seconds() // 60)),
-            "slots": timetable.text_of(rule.slots), "sessions": timetable.text_of(rule.sessions),
-            "closures": timetable.text_of(rule.closures), "endsOn": rule.ends_on.isoformat() if rule.ends_on else ""}
+            "slots": timetable_text.text_of(rule.slots), "sessions": timetable_text.text_of(rule.sessions),
+            "closures": timetable_text.text_of(rule.closures),
+            "endsOn": rule.ends_on.isoformat() if rule.ends_on else ""}
 
 
 def read(state: FormState) -> timetable.Timetable | None:
@@ -63,12 +64,12 @@ def read(state: FormState) -> timetable.Timetable | None:
     parts: dict[str, object] = {}
     checks: dict[str, Callable[[], object]] = {
         "timeZone": lambda: timetable.time_zone(values["timeZone"]).key,
-        "leadMinutes": lambda: timetable.lead(validation.whole_number(
-            values["leadMinutes"], field="leadMinutes", minimum=0, maximum=timetable.MAX_LEAD_MINUTES,
+        "leadMinutes": lambda: timetable_text.lead(validation.whole_number(
+            values["leadMinutes"], field="leadMinutes", minimum=0, maximum=timetable_text.MAX_LEAD_MINUTES,
             label="The lead time")),
-        "slots": lambda: timetable.parse_slots(values["slots"]),
-        "sessions": lambda: timetable.parse_sessions(values["sessions"]),
-        "closures": lambda: timetable.parse_closures(values["closures"]),
+        "slots": lambda: timetable_text.parse_slots(values["slots"]),
+        "sessions": lambda: timetable_text.parse_sessions(values["sessions"]),
+        "closures": lambda: timetable_text.parse_closures(values["closures"]),
         "endsOn": lambda: parse_day(values["endsOn"]),
     }
     for key, check in checks.items():

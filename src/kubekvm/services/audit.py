@@ -16,7 +16,8 @@ from typing import Any
 from kubekvm import metrics, validation
 from kubekvm.access.actors import Actor
 from kubekvm.models import AuditEntry
-from kubekvm.services.rules import ADMIN, Operations, operation
+from kubekvm.services.rulebook import ADMIN
+from kubekvm.services.rules import Operations, operation
 
 # An outcome that is an error code (a closed set) may be a metric's label; anything else is "other".
 _CODE = re.compile(r"[A-Z][A-Z_]{1,39}")

@@ -16,7 +16,8 @@ from kubekvm.errors import NotFound, Unauthenticated
 from kubekvm.models import Machine
 from kubekvm.services.labs import lab_filter
 from kubekvm.services.machines import machine_scope
-from kubekvm.services.rules import LAB_SEEN, SIGNED_IN, Operations, stream
+from kubekvm.services.rulebook import LAB_SEEN, SIGNED_IN
+from kubekvm.services.rules import Operations, stream
 from kubekvm.streams import LabChange, LabChangeKind, lab_changes
 
 # How often an open stream re-checks that the session it was opened with still exists.

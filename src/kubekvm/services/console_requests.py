@@ -22,7 +22,8 @@ from kubekvm.database import uninterrupted
 from kubekvm.events import EventFeed
 from kubekvm.models import ConsoleSession, ConsoleState, readable, utcnow
 from kubekvm.services.consoles import COLLECTION
-from kubekvm.services.rules import HOST_ITSELF, Operations, stream
+from kubekvm.services.rulebook import HOST_ITSELF
+from kubekvm.services.rules import Operations, stream
 from kubekvm.streams import FeedOverflow
 
 AGENT_PATH = "/consoles/agent/"

@@ -58,17 +58,8 @@ from kubekvm.models import (
     utcnow,
 )
 from kubekvm.services import audit
-from kubekvm.services.rules import (
-    EVERYONE,
-    NOT_FOUND,
-    OK,
-    Arguments,
-    Operations,
-    Rule,
-    named,
-    operation,
-    outcomes,
-)
+from kubekvm.services.rulebook import EVERYONE
+from kubekvm.services.rules import NOT_FOUND, OK, Arguments, Operations, Rule, named, operation, outcomes
 
 COLLECTION = "console_sessions"
 # An open console's lease is renewed every third of this; a dead replica's sessions stop

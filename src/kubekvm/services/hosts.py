@@ -22,7 +22,8 @@ from kubekvm.models import (
     utcnow,
 )
 from kubekvm.services.context import Noun
-from kubekvm.services.rules import HOST_AGENT, HOST_OR_STAFF, SIGNED_IN, STAFF, Operations, named, operation
+from kubekvm.services.rulebook import HOST_AGENT, HOST_OR_STAFF, SIGNED_IN, STAFF
+from kubekvm.services.rules import Operations, named, operation
 
 if TYPE_CHECKING:
     pass

@@ -28,7 +28,8 @@ from kubekvm.errors import KubeKVMError, Unauthenticated, ValidationFailed
 from kubekvm.identity import ExternalIdentity, RoleRules
 from kubekvm.models import User
 from kubekvm.services import audit
-from kubekvm.services.rules import EVERYONE, Operations, operation
+from kubekvm.services.rulebook import EVERYONE
+from kubekvm.services.rules import Operations, operation
 from kubekvm.services.sessions import WRONG_CREDENTIALS
 from kubekvm.services.users import UserRecords
 from kubekvm.stewardship import ACCOUNT_DISABLED

@@ -20,7 +20,8 @@ from kubekvm.errors import NotFound, ValidationFailed
 from kubekvm.image_models import Image
 from kubekvm.image_store import ImageStore
 from kubekvm.services.context import Noun
-from kubekvm.services.rules import ADMIN, IMAGE_READER, Operations, operation
+from kubekvm.services.rulebook import ADMIN, IMAGE_READER
+from kubekvm.services.rules import Operations, operation
 
 GIB = 1024**3
 # What a page or the CLI may call an imported file: a plain file name, shown to people.

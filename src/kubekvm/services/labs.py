@@ -33,17 +33,8 @@ from kubekvm.models import (
 from kubekvm.services.context import Noun
 from kubekvm.services.convergence import LabUpdate, new_machine
 from kubekvm.services.paging import read_page
-from kubekvm.services.rules import (
-    LAB_MANAGED,
-    LAB_SEEN,
-    SIGNED_IN,
-    STAFF,
-    Arguments,
-    Operations,
-    Rule,
-    named,
-    operation,
-)
+from kubekvm.services.rulebook import LAB_MANAGED, LAB_SEEN, SIGNED_IN, STAFF
+from kubekvm.services.rules import Arguments, Operations, Rule, named, operation
 from kubekvm.services.templates import machine_spec, newest_version
 
 if TYPE_CHECKING:

@@ -20,7 +20,8 @@ from kubekvm.models import (
 )
 from kubekvm.services.context import BY_LAB_AND_INDEX, Noun
 from kubekvm.services.reports import MachineReport, ReportOutcome
-from kubekvm.services.rules import HOST_AGENT, MACHINE_SEEN, SIGNED_IN, Operations, named, operation
+from kubekvm.services.rulebook import HOST_AGENT, MACHINE_SEEN, SIGNED_IN
+from kubekvm.services.rules import Operations, named, operation
 from kubekvm.services.templates import machine_spec
 
 if TYPE_CHECKING:

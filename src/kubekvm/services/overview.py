@@ -19,7 +19,8 @@ from datetime import timedelta
 from kubekvm import metrics
 from kubekvm.models import AuditEntry, Deployment, Machine, utcnow
 from kubekvm.services.hosts import HostStatus
-from kubekvm.services.rules import ADMIN, Operations, operation
+from kubekvm.services.rulebook import ADMIN
+from kubekvm.services.rules import Operations, operation
 
 HOUR = timedelta(hours=1)
 SERVER_FAULTS = ("INTERNAL", "UNAVAILABLE")

@@ -25,7 +25,8 @@ from kubekvm.errors import Conflict, NotFound, ValidationFailed
 from kubekvm.image_models import Image
 from kubekvm.models import DesiredState, Machine, ObservedState, PublishJob, Template, utcnow
 from kubekvm.services.context import Noun
-from kubekvm.services.rules import HOST_AGENT, Arguments, Operations, Rule, named, operation, outcomes
+from kubekvm.services.rulebook import HOST_AGENT
+from kubekvm.services.rules import Arguments, Operations, Rule, named, operation, outcomes
 
 # The job's progress is written about this often (bytes), not for every chunk.
 PROGRESS_STEP = 8 * 1024 * 1024

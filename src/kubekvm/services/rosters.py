@@ -22,16 +22,8 @@ from kubekvm.models import (
 )
 from kubekvm.services.context import WRITE_ATTEMPTS, Noun, backoff
 from kubekvm.services.convergence import LabUpdate
-from kubekvm.services.rules import (
-    LAB_MANAGED,
-    NOT_FOUND,
-    SIGNED_IN,
-    VALIDATION_FAILED,
-    Operations,
-    named,
-    operation,
-    outcomes,
-)
+from kubekvm.services.rulebook import LAB_MANAGED, SIGNED_IN
+from kubekvm.services.rules import NOT_FOUND, VALIDATION_FAILED, Operations, named, operation, outcomes
 
 if TYPE_CHECKING:
     pass

@@ -24,7 +24,8 @@ from kubekvm import credentials, roster, validation
 from kubekvm.errors import Conflict, NotFound
 from kubekvm.models import ApiToken, Role, ServerSecret, TokenKind, User, utcnow
 from kubekvm.services.context import ServerInfo
-from kubekvm.services.rules import EVERYONE, Operations, operation
+from kubekvm.services.rulebook import EVERYONE
+from kubekvm.services.rules import Operations, operation
 from kubekvm.services.users import UserRecords
 
 SESSION_KEY = "session-key"

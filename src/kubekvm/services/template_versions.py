@@ -24,7 +24,8 @@ from kubekvm.errors import Conflict, NotFound, ValidationFailed
 from kubekvm.image_models import Image
 from kubekvm.models import Deployment, Machine, Template, TemplateVersion, utcnow
 from kubekvm.services.context import Noun, backoff
-from kubekvm.services.rules import ADMIN, LAB_MANAGED, Operations, named, operation
+from kubekvm.services.rulebook import ADMIN, LAB_MANAGED
+from kubekvm.services.rules import Operations, named, operation
 from kubekvm.services.templates import newest_version
 
 NOTE_MAX = 500

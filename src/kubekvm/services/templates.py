@@ -23,7 +23,8 @@ from kubekvm.models import (
     utcnow,
 )
 from kubekvm.services.context import Noun
-from kubekvm.services.rules import ADMIN, STAFF, TEMPLATE_USABLE, Operations, named, operation
+from kubekvm.services.rulebook import ADMIN, STAFF, TEMPLATE_USABLE
+from kubekvm.services.rules import Operations, named, operation
 
 if TYPE_CHECKING:
     pass

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from kubekvm import timetable
+from kubekvm import timetable, timetable_text
 from kubekvm.course_records import LabSchedule, ScheduleFire
 from kubekvm.errors import Conflict, ValidationFailed
 from kubekvm.models import Deployment, Machine, ObservedState, Phase, UsageInterval, utcnow
 from kubekvm.services.context import Noun
-from kubekvm.services.rules import ADMIN, LAB_MANAGED, LAB_SEEN, Operations, named, operation
+from kubekvm.services.rulebook import ADMIN, LAB_MANAGED, LAB_SEEN
+from kubekvm.services.rules import Operations, named, operation
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,7 +99,7 @@ class Timetables(Noun):
         if found.phase == Phase.DELETING:
             raise Conflict(f"Lab {lab!r} is being deleted.")
         tz = rule.tz  # refuses an unknown zone
-        timetable.lead(int(rule.lead.total_seconds() // 60))
+        timetable_text.lead(int(rule.lead.total_seconds() // 60))
         before = await self.stored(lab)
         if rule.ends_on is not None and (before is None or before.ends_on != rule.ends_on.isoformat()):
             # A past end date would stop the machines, and soon delete the lab, at once.

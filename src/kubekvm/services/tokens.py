@@ -20,19 +20,8 @@ from kubekvm.errors import NotFound
 from kubekvm.models import ApiToken, TokenKind
 from kubekvm.services.context import object_id
 from kubekvm.services.hosts import host_name
-from kubekvm.services.rules import (
-    ADMIN,
-    NOT_FOUND,
-    OK,
-    SIGNED_IN,
-    Arguments,
-    Operations,
-    Rule,
-    named,
-    operation,
-    outcomes,
-    own,
-)
+from kubekvm.services.rulebook import ADMIN, SIGNED_IN
+from kubekvm.services.rules import NOT_FOUND, OK, Arguments, Operations, Rule, named, operation, outcomes, own
 from kubekvm.services.sessions import SessionRecords
 
 TOKEN_LABEL_MAX = 80

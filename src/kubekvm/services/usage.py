@@ -50,7 +50,8 @@ from kubekvm.models import (
 from kubekvm.services import audit
 from kubekvm.services.context import Noun
 from kubekvm.services.convergence import LabUpdate
-from kubekvm.services.rules import LAB_MANAGED, LAB_SEEN, Operations, named, operation
+from kubekvm.services.rulebook import LAB_MANAGED, LAB_SEEN
+from kubekvm.services.rules import Operations, named, operation
 
 if TYPE_CHECKING:
     from kubekvm.services import Services

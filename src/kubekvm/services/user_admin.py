@@ -25,7 +25,8 @@ from typing import Any
 from kubekvm import stewardship, validation
 from kubekvm.errors import Conflict, NotFound
 from kubekvm.models import ApiToken, Deployment, Machine, Role, User, UserSession
-from kubekvm.services.rules import ADMIN, Operations, named, operation
+from kubekvm.services.rulebook import ADMIN
+from kubekvm.services.rules import Operations, named, operation
 from kubekvm.services.sessions import SessionRecords
 from kubekvm.stewardship import Change
 

@@ -34,12 +34,10 @@ from kubekvm.access.roles import require_admin, require_staff, require_user
 from kubekvm.errors import Conflict, KubeKVMError, NotFound, Throttled, Unauthenticated, ValidationFailed
 from kubekvm.models import Deployment, Role, User
 from kubekvm.services import audit
+from kubekvm.services.rulebook import ADMIN, EVERYONE, SIGNED_IN
 from kubekvm.services.rules import (
-    ADMIN,
-    EVERYONE,
     NOT_FOUND,
     OK,
-    SIGNED_IN,
     VALIDATION_FAILED,
     Arguments,
     Operations,
