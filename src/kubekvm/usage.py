@@ -3,7 +3,7 @@
 A lab may give each student a budget of hours (`quota_hours`, off by default) to use their
 machine outside the lab's scheduled slots; inside a slot the machine runs free. Running time is
 what hosts *observed*: an interval runs from the report that a machine is running to the report
-that it no longer is (`kubekvm.services.usage` records them), never from start and stop requests
+that it no longer is (`kubekvm.services.running_time` records them), never from start and stop requests
 (a machine asked to start that never booted cost nothing; one a student powered off from inside
 stopped costing at once).
 

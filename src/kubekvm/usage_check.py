@@ -3,7 +3,7 @@
 idle, running too long, or run by a student whose hours outside scheduled slots are spent.
 
 What to stop is decided by the plain rules (`kubekvm.idle`, `kubekvm.usage`), and the stop is
-made by the service layer (`kubekvm.services.usage.Usage.check_lab`), conditional on the
+made by the service layer (`kubekvm.services.auto_stops.AutoStops.check_lab`), conditional on the
 machine still being meant to run: a replica that lost the lease mid-turn and the new holder
 acting on the same machine stop it once. Only labs with a limit on are read.
 `KUBEKVM_USAGE_CHECK_INTERVAL` sets the interval (0 turns the check off); the lease lasts three
@@ -50,9 +50,9 @@ class UsageCheck:
             return
         now: datetime = self.clock()
         stopped: list[tuple[str, StopReason]] = []
-        for name in sorted(await self.services.usage.limited_labs()):
+        for name in sorted(await self.services.auto_stops.limited_labs()):
             try:
-                stopped += await self.services.usage.check_lab(name, now=now)
+                stopped += await self.services.auto_stops.check_lab(name, now=now)
             except KubeKVMError as error:  # gone meanwhile, or too busy now: next turn
                 log.debug("usage check: lab %s skipped: %s", name, error.message)
         for machine, reason in stopped:

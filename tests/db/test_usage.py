@@ -46,13 +46,13 @@ async def fresh(name: str) -> Machine:
 async def test_running_time_comes_from_observed_reports_and_is_recorded_once(services: Services) -> None:
     ana, _ = await a_lab(services)
     t0 = utcnow() - timedelta(hours=3)
-    await services.usage.observe(ana, state=RUNNING, cpu_seconds=None, now=t0)
-    await services.usage.observe(await fresh(ana.name), state=RUNNING, cpu_seconds=None, now=t0 + timedelta(hours=1))
+    await services.running_time.observe(ana, state=RUNNING, cpu_seconds=None, now=t0)
+    await services.running_time.observe(await fresh(ana.name), state=RUNNING, cpu_seconds=None, now=t0 + timedelta(hours=1))
     assert (await fresh(ana.name)).running_since == t0, "a repeated report does not restart the span"
     stale = await fresh(ana.name)
-    await services.usage.observe(stale, state=SHUTOFF, cpu_seconds=None, now=t0 + timedelta(hours=2))
+    await services.running_time.observe(stale, state=SHUTOFF, cpu_seconds=None, now=t0 + timedelta(hours=2))
     # The same close again (a retried report, another replica with the same read): one interval.
-    await services.usage.close_span(_with_start(stale, t0), end=t0 + timedelta(hours=2))
+    await services.running_time.close_span(_with_start(stale, t0), end=t0 + timedelta(hours=2))
     intervals = await UsageInterval.find(UsageInterval.machine == ana.name).to_list()
     assert [(i.start, i.end, i.student) for i in intervals] == [(t0, t0 + timedelta(hours=2), "ana")]
     assert (await fresh(ana.name)).running_since is None
@@ -91,15 +91,15 @@ async def test_the_check_stops_an_idle_machine_once_and_says_why(services: Servi
     t0 = utcnow() - timedelta(hours=1)
     for machine in (ana, ben):
         for minute in range(0, 12):
-            await services.usage.observe(await fresh(machine.name), state=RUNNING, cpu_seconds=0.1 * minute,
+            await services.running_time.observe(await fresh(machine.name), state=RUNNING, cpu_seconds=0.1 * minute,
                                          now=t0 + timedelta(minutes=minute))
     # Ben's console is open: his machine stays.
     await ConsoleSession(session="s-ben", machine=ben.name, machine_id=str(ben.id), deployment="usage", index=2,
                          host="kvm1", user="ben", replica="http://r", lease_until=utcnow() + timedelta(minutes=1)
                          ).insert()
     now = t0 + timedelta(minutes=12)
-    assert await services.usage.check_lab("usage", now=now) == [(ana.name, StopReason.IDLE)]
-    assert await services.usage.check_lab("usage", now=now) == [], "a stopped machine is not stopped again"
+    assert await services.auto_stops.check_lab("usage", now=now) == [(ana.name, StopReason.IDLE)]
+    assert await services.auto_stops.check_lab("usage", now=now) == [], "a stopped machine is not stopped again"
     stopped = await fresh(ana.name)
     assert (stopped.desired, stopped.stop_reason) == (DesiredState.STOPPED, StopReason.IDLE)
     assert stopped.power_generation == ana.power_generation + 1, "a new request the host acts on"
@@ -119,10 +119,10 @@ async def test_a_spent_student_is_stopped_refused_and_granted_more(services: Ser
     await services.usage.set_policy("usage", idle_minutes=None, idle_cpu_percent=None, max_run_minutes=None,
                                     quota_hours=1)
     t0 = utcnow() - timedelta(minutes=61)
-    await services.usage.observe(ana, state=RUNNING, cpu_seconds=None, now=t0)
-    await services.usage.observe(ben, state=RUNNING, cpu_seconds=None, now=t0 + timedelta(minutes=30))
-    assert await services.usage.check_lab("usage") == [(ana.name, StopReason.QUOTA)]
-    await services.usage.observe(await fresh(ana.name), state=SHUTOFF, cpu_seconds=None)
+    await services.running_time.observe(ana, state=RUNNING, cpu_seconds=None, now=t0)
+    await services.running_time.observe(ben, state=RUNNING, cpu_seconds=None, now=t0 + timedelta(minutes=30))
+    assert await services.auto_stops.check_lab("usage") == [(ana.name, StopReason.QUOTA)]
+    await services.running_time.observe(await fresh(ana.name), state=SHUTOFF, cpu_seconds=None)
     with pytest.raises(QuotaSpent) as refused:
         await services.machines.start_machine(ana.name)
     assert "ana's 1 hour of use outside the lab's scheduled hours are spent" in refused.value.message
@@ -140,7 +140,7 @@ async def test_two_replicas_check_but_one_acts(services: Services) -> None:
     ana, _ = await a_lab(services)
     await services.usage.set_policy("usage", idle_minutes=None, idle_cpu_percent=None, max_run_minutes=30,
                                     quota_hours=None)
-    await services.usage.observe(ana, state=RUNNING, cpu_seconds=None, now=utcnow() - timedelta(hours=1))
+    await services.running_time.observe(ana, state=RUNNING, cpu_seconds=None, now=utcnow() - timedelta(hours=1))
     other = replica(services)
     collection = Machine.get_pymongo_collection().database["leases"]
     checks = [UsageCheck(services=s, interval_seconds=10,
@@ -154,7 +154,7 @@ async def test_two_replicas_check_but_one_acts(services: Services) -> None:
 async def test_a_machine_removed_while_running_keeps_its_students_time(services: Services) -> None:
     _, ben = await a_lab(services)
     start = utcnow() - timedelta(minutes=30)
-    await services.usage.observe(ben, state=RUNNING, cpu_seconds=None, now=start)
+    await services.running_time.observe(ben, state=RUNNING, cpu_seconds=None, now=start)
     await services.convergence.forget_machine(await fresh(ben.name))
     [interval] = await UsageInterval.find(UsageInterval.machine == ben.name).to_list()
     assert (interval.student, interval.start) == ("ben", start) and interval.end > start

@@ -12,8 +12,9 @@ used by each other, the janitor and the CLI) and its operations class (`Template
   the hosts' agents observe of their machines, applied a batch at a time; `publishing`: a machine
   made a template's version);
 - `timetables`: a lab's timetable and course (end date, usage, unused labs);
-- `usage`: a lab's limits on running (idle shutdown, hours per student) and the running
-  time hosts observe;
+- `usage`: a lab's limits on running (idle shutdown, hours per student), each student's hours
+  and grants of more; `running_time`: the running time hosts observe; `auto_stops`: the
+  machines stopped on those limits;
 - `convergence`: what follows every lab change (machines follow the lab, its phase is
   recomputed), made again by the janitor; `placement`: machines onto hosts;
 - `users`, `links` (set-password links), `tokens`, `sessions` (and sign-in), `server` (its first
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 from kubekvm.config import Settings
 from kubekvm.events import EventFeed
+from kubekvm.services.auto_stops import AutoStops
 from kubekvm.services.console_requests import ConsoleRequests
 from kubekvm.services.consoles import Consoles
 from kubekvm.services.context import Context, ServerInfo, backoff, finish, object_id
@@ -47,6 +49,7 @@ from kubekvm.services.placement import Placement
 from kubekvm.services.publishing import Publishing
 from kubekvm.services.reports import Reports
 from kubekvm.services.rosters import Rosters
+from kubekvm.services.running_time import RunningTime
 from kubekvm.services.template_versions import TemplateVersions
 from kubekvm.services.templates import Templates
 from kubekvm.services.timetables import Timetables
@@ -78,7 +81,10 @@ class Services:
         self.images = Images(self)
         # Labs' timetables and courses (fired by `kubekvm.scheduler`).
         self.timetables = Timetables(self)
-        # Limits on running: idle shutdown, observed running time, hours per student.
+        # Limits on running (idle shutdown, hours per student), the running time hosts observe,
+        # and the machines stopped on those limits.
         self.usage = Usage(self)
+        self.running_time = RunningTime(self)
+        self.auto_stops = AutoStops(self)
         self.template_versions = TemplateVersions(self)
         self.publishing = Publishing(self)

@@ -178,7 +178,7 @@ class Convergence(Noun):
             return  # another replica is forgetting it
         if machine.running_since is not None:
             # Removed while its host last said it ran: that running time is its student's.
-            await self.core.usage.close_span(machine, end=utcnow())
+            await self.core.running_time.close_span(machine, end=utcnow())
         machine.retired = True
         self.ctx.published(machine)
         if machine.host:

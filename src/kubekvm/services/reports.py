@@ -6,7 +6,7 @@ batches, not one round trip each. A batch's states are applied in a fixed number
 round trips whatever its size: one read of the machines it names, one bulk write of the
 changed ones, one insert of the lab history lines, and one phase recomputation per lab it
 touches (`Convergence.refresh_phase`), instead of one of each per report. Only the running
-time accounting stays per report (`Usage.observe`, which writes when a machine starts or
+time accounting stays per report (`RunningTime.observe`, which writes when a machine starts or
 stops running or a report carries a CPU sample).
 
 Each report is its own unit, as a single `reportMachineState` is: a report the server
@@ -46,7 +46,7 @@ class MachineReport:
     state: ObservedState
     message: str = ""
     power_generation: int | None = None
-    # The guest's cumulative CPU time, when the report carries a sample (`Usage.observe`).
+    # The guest's cumulative CPU time, when the report carries a sample (`RunningTime.observe`).
     cpu_seconds: float | None = None
 
 
@@ -119,7 +119,7 @@ class Reports(Noun):
             message = validation.note(report.message)
             try:
                 # Running time and guest CPU are accounted from every report, changed state or not.
-                await self.core.usage.observe(machine, state=report.state, cpu_seconds=report.cpu_seconds)
+                await self.core.running_time.observe(machine, state=report.state, cpu_seconds=report.cpu_seconds)
             except KubeKVMError as error:
                 outcomes[position] = ReportOutcome(report.machine_id, error=error)
                 continue
