@@ -49,7 +49,8 @@ from starlette.routing import BaseRoute, Route
 from kubekvm.config import Settings
 from kubekvm.live import LiveUpdates
 from kubekvm.models import Role
-from kubekvm.pages.accounts import AccountPages
+from kubekvm.pages.account import AccountPages
+from kubekvm.pages.audit import AuditPages
 from kubekvm.pages.catalog import CatalogPages
 from kubekvm.pages.common import Handler, Renderer
 from kubekvm.pages.console import ConsolePages
@@ -57,9 +58,14 @@ from kubekvm.pages.fragments import Fragments
 from kubekvm.pages.identity import IdentityPages
 from kubekvm.pages.images import ImagePages
 from kubekvm.pages.labs import LabPages
+from kubekvm.pages.my import MyPages
 from kubekvm.pages.operations import OperationsPages
+from kubekvm.pages.password_links import PasswordLinkPages
+from kubekvm.pages.setup import SetupPages
+from kubekvm.pages.sign_in import SignInPages
 from kubekvm.pages.timetables import CoursePages
 from kubekvm.pages.usage import UsagePages
+from kubekvm.pages.users import UserPages
 from kubekvm.pages.versions import VersionPages
 
 STAFF = (Role.ADMIN, Role.TEACHER)
@@ -73,7 +79,9 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
     course = CoursePages(renderer=renderer)
     usage = UsagePages(renderer=renderer, labs=labs)
     catalog = CatalogPages(renderer=renderer)
-    accounts = AccountPages(renderer=renderer)
+    signing_in, first_admin = SignInPages(renderer=renderer), SetupPages(renderer=renderer)
+    links, account = PasswordLinkPages(renderer=renderer), AccountPages(renderer=renderer)
+    users, audit, my = UserPages(renderer=renderer), AuditPages(renderer=renderer), MyPages(renderer=renderer)
     console = ConsolePages(renderer=renderer)
     operations = OperationsPages(renderer=renderer)
     images = ImagePages(renderer=renderer)
@@ -91,30 +99,30 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
 
     post = ["POST"]
     return [
-        Route("/login", guard(accounts.login_form, public=True)),
-        Route("/login", guard(accounts.login, public=True), methods=post),
-        Route("/logout", guard(accounts.logout, public=True), methods=post),
+        Route("/login", guard(signing_in.login_form, public=True)),
+        Route("/login", guard(signing_in.login, public=True), methods=post),
+        Route("/logout", guard(signing_in.logout, public=True), methods=post),
         Route("/login/oidc/{provider}", guard(identity.start, public=True)),
         Route("/login/oidc/{provider}/callback", guard(identity.callback, public=True)),
         Route("/signed-out", guard(identity.signed_out, public=True)),
-        Route("/setup", guard(accounts.setup_form, public=True)),
-        Route("/setup", guard(accounts.setup, public=True), methods=post),
-        Route("/set-password", guard(accounts.set_password_form, public=True), name="set_password_page"),
-        Route("/set-password", guard(accounts.set_password, public=True), methods=post),
-        Route("/account", guard(accounts.account)),
-        Route("/account/tokens", guard(accounts.create_token), methods=post),
-        Route("/account/tokens/{id}/revoke", guard(accounts.revoke_token), methods=post),
-        Route("/account/password", guard(accounts.change_password), methods=post),
-        Route("/my", guard(accounts.my)),
-        Route("/users", admin(accounts.users)),
-        Route("/users", admin(accounts.create_user), methods=post),
-        Route("/users/{name}/link", admin(accounts.user_link), methods=post),
-        Route("/users/{name}/sessions/end", admin(accounts.end_sessions), methods=post),
-        Route("/users/{name}/disable", admin(accounts.user_pages.disable), methods=post),
-        Route("/users/{name}/enable", admin(accounts.user_pages.enable), methods=post),
-        Route("/users/{name}/role", admin(accounts.user_pages.role), methods=post),
-        Route("/users/{name}/delete", admin(accounts.user_pages.delete), methods=post),
-        Route("/audit", admin(accounts.audit)),
+        Route("/setup", guard(first_admin.setup_form, public=True)),
+        Route("/setup", guard(first_admin.setup, public=True), methods=post),
+        Route("/set-password", guard(links.set_password_form, public=True), name="set_password_page"),
+        Route("/set-password", guard(links.set_password, public=True), methods=post),
+        Route("/account", guard(account.account)),
+        Route("/account/tokens", guard(account.create_token), methods=post),
+        Route("/account/tokens/{id}/revoke", guard(account.revoke_token), methods=post),
+        Route("/account/password", guard(account.change_password), methods=post),
+        Route("/my", guard(my.my)),
+        Route("/users", admin(users.users)),
+        Route("/users", admin(users.create_user), methods=post),
+        Route("/users/{name}/link", admin(users.user_link), methods=post),
+        Route("/users/{name}/sessions/end", admin(users.end_sessions), methods=post),
+        Route("/users/{name}/disable", admin(users.disable), methods=post),
+        Route("/users/{name}/enable", admin(users.enable), methods=post),
+        Route("/users/{name}/role", admin(users.role), methods=post),
+        Route("/users/{name}/delete", admin(users.delete), methods=post),
+        Route("/audit", admin(audit.audit)),
         Route("/", guard(labs.index)),
         Route("/labs", staff(labs.index)),
         Route("/labs", staff(labs.create), methods=post),

@@ -184,6 +184,14 @@ def mib(value: int) -> str:
     return f"{value} MiB"
 
 
+def redirect(to: str, flash: Flash | None = None) -> Response:
+    """A 303 to `to` (Post/Redirect/Get), with the flash the page there shows."""
+    response = RedirectResponse(to, status_code=303)
+    if flash is not None:
+        set_flash(response, flash)
+    return response
+
+
 class Renderer:
     """Jinja2 templates for whole pages and for the fragments htmx and live updates swap in."""
 
@@ -263,9 +271,7 @@ class Renderer:
         if is_htmx(request):
             return self.htmx("", flash=flash, status=status, reswap="none")
         if request.method == "POST":
-            response = RedirectResponse(back, status_code=303)
-            set_flash(response, flash)
-            return response
+            return redirect(back, flash)
         return self.page(request, "error.html", {"error": error, "status": status}, status=status)
 
     def refuse_csrf(self, request: Request) -> Response:

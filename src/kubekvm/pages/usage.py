@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 
 from kubekvm import usage
 from kubekvm.authorized import Authorized
 from kubekvm.errors import KubeKVMError, ValidationFailed
 from kubekvm.models import Deployment
-from kubekvm.pages.common import Flash, FormState, Renderer, set_flash, text
+from kubekvm.pages.common import Flash, FormState, Renderer, redirect, text
 
 if TYPE_CHECKING:
     from kubekvm.pages.labs import LabPages
@@ -67,7 +67,7 @@ class UsagePages:
         if state.errors:
             return await self.labs.render_detail(request, lab.name, status=422,
                                                  extra=await usage_context(services, lab, form=state))
-        return _back(f"/labs/{lab.name}#usage", Flash(f"Usage limits of {lab.name} saved."))
+        return redirect(f"/labs/{lab.name}#usage", Flash(f"Usage limits of {lab.name} saved."))
 
     async def grant(self, request: Request) -> Response:
         services = self.labs.services_of(request)
@@ -83,10 +83,6 @@ class UsagePages:
         except KubeKVMError as error:
             return self.renderer.error(request, error, back=back)
         left = usage.hours_text(granted.balance.remaining_hours)
-        return _back(back, Flash(f"Granted {hours:g} more hour(s) to {student}: {left} left."))
+        return redirect(back, Flash(f"Granted {hours:g} more hour(s) to {student}: {left} left."))
 
 
-def _back(to: str, flash: Flash) -> Response:
-    response = RedirectResponse(to, status_code=303)
-    set_flash(response, flash)
-    return response

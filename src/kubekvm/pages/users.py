@@ -1,9 +1,10 @@
-"""The admins' Users page beyond creating accounts (`pages.accounts`): the list filtered by role,
-status and a name prefix and paged (an htmx fragment when the filter form or a pager asks,
-the whole page otherwise, so it works before JavaScript), and the forms that disable, enable,
-change the role of and delete an account. Each form posts, and is answered with a redirect
-back to the list as it was filtered (Post/Redirect/Get) with a flash saying what happened or
-why it was refused. The operations are `services.user_admin`'s."""
+"""The admins' Users page: the list filtered by role, status and a name prefix and paged (an htmx
+fragment when the filter form or a pager asks, the whole page otherwise, so it works before
+JavaScript); the forms that create an account, make its set-password link (shown once, on the
+page the form leads to), end its sessions, disable, enable, change the role of and delete it.
+Each form posts, and is answered with a redirect back to the list as it was filtered
+(Post/Redirect/Get) with a flash saying what happened or why it was refused. The operations are
+`services.users`' and `services.user_admin`'s."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 
-from kubekvm import validation
+from kubekvm import credentials, roster, validation
 from kubekvm.auth import csrf_token, services_for
 from kubekvm.errors import KubeKVMError, ValidationFailed
 from kubekvm.models import Role
-from kubekvm.pages.common import Flash, Renderer, hx_target, is_htmx, set_flash, text
+from kubekvm.pages.common import Flash, FormState, Renderer, hx_target, is_htmx, redirect, text
+from kubekvm.pages.reveal import reveal_and_go, revealed
 
 USERS_PAGE = 50
 STATUSES = {"": None, "enabled": False, "disabled": True}
@@ -79,9 +81,7 @@ class UserPages:
         back = user_filter(dict(parse_qsl(str(form.get("back") or ""))))
         query = "&".join(part for part in (back.query, f"offset={back.offset}" if back.offset else "") if part)
         to = "/users" + (f"?{query}" if query else "")
-        response = RedirectResponse(to, status_code=303)
-        set_flash(response, flash)
-        return response
+        return redirect(to, flash)
 
     async def _act(self, request: Request, work: Any) -> Response:
         form = await request.form()
@@ -90,6 +90,60 @@ class UserPages:
         except KubeKVMError as error:
             return self._back(request, form, Flash(error.message, "error"))
         return self._back(request, form, Flash(said))
+
+    async def users(self, request: Request) -> Response:
+        listed = await self.fragment(request)
+        if listed is not None:
+            return listed
+        return await self._users(request, FormState(values={"name": "", "role": "teacher"}))
+
+    async def _users(self, request: Request, state: FormState, *, status: int = 200,
+                     link: tuple[str, str] | None = None) -> Response:
+        carried = revealed(request, kind="link")
+        if link is None and carried is not None:
+            link = (carried["name"], carried["link"])
+        return self.renderer.page(request, "accounts/users.html", {
+            "section": "users", "state": state, "link": link, **await users_context(request),
+        }, status=status)
+
+    async def end_sessions(self, request: Request) -> Response:
+        services = services_for(request)
+        name = str(request.path_params["name"])
+        ended = await services.end_user_sessions(name)
+        return redirect("/users", Flash(f"{name}: {ended} session(s) ended; they must sign in again."))
+
+    async def create_user(self, request: Request) -> Response:
+        services = services_for(request)
+        form = await request.form()
+        state = FormState(values={"name": text(form, "name").lower(), "role": text(form, "role")})
+        password = form.get("password")
+        try:
+            role = Role(state.values["role"])
+        except ValueError:
+            state.fail(ValidationFailed("role", "Choose admin, teacher or student."))
+            state.check(lambda: roster.username(state.values["name"]))
+            if isinstance(password, str) and password:
+                state.check(lambda: credentials.check_password_rules(password))
+        if not state.errors:
+            try:
+                user = await services.create_user(name=state.values["name"], role=role,
+                                                  password=password if isinstance(password, str) and password else None)
+            except ValidationFailed as error:
+                state.fail(error)
+            except KubeKVMError as error:
+                state.fail(ValidationFailed("name", error.message))
+            else:
+                return redirect("/users", Flash(f"Account {user.name} ({user.role.value}) created."
+                                           + ("" if user.password_hash else " It has no password yet: "
+                                              "make a set-password link for it.")))
+        return await self._users(request, state, status=422)
+
+    async def user_link(self, request: Request) -> Response:
+        services = services_for(request)
+        name = str(request.path_params["name"])
+        code = await services.password_link(name)
+        link = str(request.url_for("set_password_page").include_query_params(code=code))
+        return reveal_and_go(request, to="/users", kind="link", secret={"name": name, "link": link})
 
     async def disable(self, request: Request) -> Response:
         return await self._switch(request, disabled=True)
