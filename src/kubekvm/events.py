@@ -1,10 +1,13 @@
-"""The event feed: every change to labs, machines, hosts and console sessions, delivered to
+"""The event feed: every change to labs, machines and console sessions, delivered to
 subscribers in this process (GraphQL subscriptions, the pages' live updates, the agents'
 assignment and console-request feeds).
 
 Where the database has change streams (any replica set, and SecantusDB), one watcher per
-server process reads the `deployments`, `machines`, `hosts` and `console_sessions`
-collections, so a change written by any replica reaches subscribers of every replica. Where it has not, the service
+server process reads the `deployments`, `machines` and `console_sessions` collections, so a
+change written by any replica reaches subscribers of every replica. Hosts are not followed:
+every agent's heartbeat writes its host's record (200 hosts every 10 s), no subscriber shows a
+host, and a host going quiet writes nothing anyway, so whatever shows readiness reads it when
+it renders (`kubekvm.services.hosts`). Where it has not, the service
 layer publishes its own writes here (`publish`), which only reaches this process: fine for one
 server, and said so in the log, because several replicas need a replica set.
 
@@ -48,7 +51,7 @@ log = logging.getLogger(__name__)
 
 # console_sessions: how a console request written by one replica reaches the replica that
 # holds the host agent's subscription (`kubekvm.services.console_requests`).
-WATCHED = ("deployments", "machines", "hosts", "console_sessions")
+WATCHED = ("deployments", "machines", "console_sessions")
 
 # The operation of the change that tells every subscriber to reload what it shows.
 RESYNC = "resync"

@@ -53,6 +53,19 @@ async def next_matching(subscription: Subscription, predicate: Callable[[Change]
     return await asyncio.wait_for(scan(), WAIT)
 
 
+async def test_a_hosts_heartbeat_reaches_no_subscriber(connection: Connection, feed: ChangeStreamFeed) -> None:
+    """Every agent's heartbeat writes its host's record: were hosts followed, each beat of 200
+    hosts would wake every subscriber of every replica for nothing (no subscriber shows a host)."""
+    db = connection.database
+    async with feed.subscribe() as subscription:
+        await db.hosts.insert_one({"_id": "h1", "name": "h1"})
+        await db.hosts.update_one({"_id": "h1"}, {"$set": {"last_heartbeat": 1}})
+        await db.machines.insert_one({"_id": "after-the-beat", "host": "h1"})
+        # Changes arrive in order: had the host's writes been delivered, they would come first.
+        first = await next_matching(subscription, lambda c: True)
+        assert (first.collection, first.id) == ("machines", "after-the-beat")
+
+
 async def test_a_dropped_collection_resyncs_every_subscriber_and_the_feed_goes_on(
         connection: Connection, feed: ChangeStreamFeed) -> None:
     db = connection.database
@@ -65,9 +78,9 @@ async def test_a_dropped_collection_resyncs_every_subscriber_and_the_feed_goes_o
         for subscription in (first, second):
             await next_matching(subscription, lambda c: c.resync)
         assert feed.healthy
-        await db.hosts.insert_one({"_id": "after-the-drop"})
+        await db.console_sessions.insert_one({"_id": "after-the-drop"})
         for subscription in (first, second):
-            change = await next_matching(subscription, lambda c: c.collection == "hosts")
+            change = await next_matching(subscription, lambda c: c.collection == "console_sessions")
             assert change.id == "after-the-drop"
         # A cursor from before the gap cannot be resumed from any more: replaying it would skip it.
         assert feed.replay_after("anything-from-before") is None
@@ -77,7 +90,7 @@ async def test_a_dropped_database_invalidates_the_stream_which_reopens_from_now(
         connection: Connection, feed: ChangeStreamFeed) -> None:
     db = connection.database
     async with feed.subscribe() as subscription:
-        await db.hosts.insert_one({"_id": "before"})
+        await db.console_sessions.insert_one({"_id": "before"})
         await next_matching(subscription, lambda c: c.id == "before")
 
         await connection.client.drop_database(db.name)  # drop of each collection, dropDatabase, invalidate
@@ -85,8 +98,8 @@ async def test_a_dropped_database_invalidates_the_stream_which_reopens_from_now(
         # Each drop resyncs at once; the change that says the stream is watching again is the
         # one after the invalidation (an insert before it could fall in the gap, by design).
         await next_matching(subscription, lambda c: c.resync and "invalidated" in c.reason)
-        await db.hosts.insert_one({"_id": "after"})
-        assert (await next_matching(subscription, lambda c: c.collection == "hosts")).id == "after"
+        await db.console_sessions.insert_one({"_id": "after"})
+        assert (await next_matching(subscription, lambda c: c.collection == "console_sessions")).id == "after"
         assert feed.healthy
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
+import pymongo
 import pytest
 
 from tests.pages.fake_host import FakeHost
@@ -210,3 +212,23 @@ def test_a_template_restricted_to_some_teachers(client: httpx.Client, server: Se
             assert made.status_code == (303 if sees else 422)
             # Teachers read templates; only admins change them.
             assert teacher.post("/templates/only-ana/delete", headers=HX).status_code == 403
+
+
+def test_the_hosts_page_shows_a_quiet_host_not_ready_until_it_beats_again(client: httpx.Client,
+                                                                           server: Server) -> None:
+    # No images: nothing this module creates is placed on it while it is ready.
+    quiet = FakeHost(server, name="quiet-host", images=()).register()
+    with pymongo.MongoClient(server.database_uri, tz_aware=True, timeoutMS=30_000) as mongo:
+        hosts = mongo[server.database_name]["hosts"]
+        # As if its agent had last beaten 40 s ago (the test servers' host timeout is 30 s).
+        hosts.update_one({"name": quiet.name},
+                         {"$set": {"last_heartbeat": datetime.now(UTC) - timedelta(seconds=40)}})
+
+        def badge() -> str:
+            page = client.get("/hosts").text
+            card = page[page.index('id="host-quiet-host"'):]
+            return card[card.index('class="badge'):].split(">", 1)[1].split("<", 1)[0]
+
+        assert badge() == "not ready"
+        quiet.heartbeat()
+        assert badge() == "ready"

@@ -1,5 +1,5 @@
-"""Live changes as a caller may see them: `kubekvm.streams.lab_changes` (every change of labs,
-machines and hosts, from the event feed), less what the caller may not see — the GraphQL
+"""Live changes as a caller may see them: `kubekvm.streams.lab_changes` (every change of labs and
+machines, from the event feed), less what the caller may not see — the GraphQL
 `deploymentEvents` subscription and the pages' live updates (`kubekvm.live`) both read it here.
 """
 

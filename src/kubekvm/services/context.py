@@ -25,7 +25,7 @@ from kubekvm import __version__, metrics
 from kubekvm.config import Settings
 from kubekvm.errors import NotFound
 from kubekvm.events import EventFeed
-from kubekvm.models import Deployment, Host, LabEvent, Machine
+from kubekvm.models import Deployment, LabEvent, Machine
 
 if TYPE_CHECKING:
     from kubekvm.services import Services
@@ -104,7 +104,11 @@ class Context:
         self.feed = feed
         self.database_description = database_description
 
-    def published(self, document: Deployment | Machine | Host, *, operation: str = "update") -> None:
+    def published(self, document: Deployment | Machine, *, operation: str = "update") -> None:
+        """A write, for the feed's subscribers where no change stream carries it (dumped only
+        then: most writes are not published from here). Hosts are not in the feed (`kubekvm.events`)."""
+        if not self.feed.publishes_locally:
+            return
         self.feed.publish(
             collection=type(document).Settings.name, operation=operation,
             id=str(document.id), document=_raw(document),

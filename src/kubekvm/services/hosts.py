@@ -8,7 +8,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import DuplicateKeyError
@@ -60,8 +60,15 @@ class Hosts(Noun):
     """Hosts' records, unchecked (callers use `HostOperations`)."""
 
     def host_ready(self, host: Host, *, now: datetime | None = None) -> bool:
-        age = ((now or utcnow()) - host.last_heartbeat).total_seconds()
-        return age <= self.ctx.settings.host_timeout_seconds
+        return self.ready_at(host.last_heartbeat, now=now)
+
+    def ready_at(self, last_heartbeat: datetime | None, *, now: datetime | None = None) -> bool:
+        """Whether a host last heard from then is ready now (a heartbeat within the timeout)."""
+        if last_heartbeat is None:
+            return False
+        if last_heartbeat.tzinfo is None:  # as the database gives it back: UTC
+            last_heartbeat = last_heartbeat.replace(tzinfo=UTC)
+        return ((now or utcnow()) - last_heartbeat).total_seconds() <= self.ctx.settings.host_timeout_seconds
 
     async def hosts_reporting(self, names: Iterable[str]) -> dict[str, bool]:
         wanted = sorted(set(names))
@@ -131,7 +138,6 @@ class Hosts(Noun):
         except DuplicateKeyError:  # two registrations raced on the upsert; the other won
             await collection.update_one({"name": name}, {"$set": fields})
         host = await self.get_host(name)
-        self.ctx.published(host)
         await self.core.placement.place_pending()
         return host
 
@@ -145,13 +151,15 @@ class Hosts(Noun):
             changes["images"] = validation.image_names(images)
         if pulls is not None:
             changes["pulls"] = [_pull(p).model_dump() for p in pulls[:50]]
+        # One round trip: the record as it was comes back with the write (no read after it).
+        # The host's record is not in the event feed, so a beat wakes no subscriber.
         before = await Host.get_pymongo_collection().find_one_and_update({"name": name}, {"$set": changes})
         if before is None:
             raise NotFound(f"There is no host named {name!r}; its agent must register first.")
-        was = Host.model_validate(before)
         host: Host = Host.model_validate({**before, **changes})
-        self.ctx.published(host)
-        if not self.host_ready(was) or host.images != was.images:
+        last = before.get("last_heartbeat")
+        came_back = not self.ready_at(last if isinstance(last, datetime) else None, now=changes["last_heartbeat"])
+        if came_back or host.images != before.get("images"):
             await self.core.placement.place_pending()
         return host
 
@@ -164,7 +172,6 @@ class Hosts(Noun):
                 {"_id": record.id}, {"$set": {"orphans": sorted(domains)}}
             )
             record.orphans = sorted(domains)
-            self.ctx.published(record)
         return record
 
     async def host_assignments(self, host: str) -> list[Machine]:
