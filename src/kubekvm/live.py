@@ -191,7 +191,7 @@ class ListWatch:
         if names != self.shown:
             labs = await summaries(self.services, page.items)
             messages.append(("labs", self.fragments.lab_list(labs, view=self.view,
-                                                             total=page.total, oob=True)))
+                                                             total=page.counted, oob=True)))
         else:
             labs = await summaries(self.services, [lab for lab in page.items if lab.name in touched])
             if labs:
@@ -217,7 +217,7 @@ class ListWatch:
     async def _page(self) -> tuple[list[LabSummary], int]:
         page = await self.services.list_deployments(
             phase=self.view.phase, offset=self.view.offset, limit=PAGE_SIZE)
-        return await summaries(self.services, page.items), page.total
+        return await summaries(self.services, page.items), page.counted
 
     def _remember(self, labs: Sequence[LabSummary], *, names: list[str] | None = None) -> None:
         self.shown = names if names is not None else [s.lab.name for s in labs]

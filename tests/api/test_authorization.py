@@ -497,6 +497,9 @@ def test_lists_show_only_what_the_caller_may_see(ctx: Context) -> None:
     theirs = {d["name"] for d in ctx.as_("other", "{ deployments(limit: 1000) { items { name } } }")["deployments"]["items"]}
     assert LAB in mine and other_lab not in mine
     assert theirs == {other_lab} | {n for n in theirs if n.startswith(("new-lab", "take-b"))}
+    # A total counted apart from its page (more labs follow it) counts only what the caller sees.
+    for who, seen in (("owner", mine), ("other", theirs)):
+        assert ctx.as_(who, "{ deployments(limit: 1) { total } }")["deployments"]["total"] == len(seen), who
     assert LAB not in theirs
     student = ctx.as_("student", "{ deployments { items { name roster } } machines { name student } }")
     assert [d["name"] for d in student["deployments"]["items"]] == [LAB]

@@ -236,6 +236,12 @@ def test_deployments_filter_and_paging(server: Server) -> None:
     assert page["deployments"]["items"][0]["phase"] == "PENDING"
     assert page["deployments"]["total"] >= 3
     assert data(server.graphql("{ deployments(phase: DELETING) { total } }"))["deployments"]["total"] == 0
+    # The total is the same whether the page holds every lab or more follow it (counted apart,
+    # also when asked for through a fragment).
+    every = data(server.graphql("{ deployments(limit: 1000) { total items { name } } }"))["deployments"]
+    assert every["total"] == len(every["items"]) >= 3
+    one = data(server.graphql("{ deployments(limit: 1) { ...p } } fragment p on DeploymentPage { total items { name } }"))
+    assert one["deployments"]["total"] == every["total"] and len(one["deployments"]["items"]) == 1
 
 
 async def test_host_assignments_snapshot_then_changes(start_kubekvm: Callable[..., Server]) -> None:

@@ -202,7 +202,7 @@ async def test_a_lab_deleted_before_its_deletion_is_heard_is_still_announced() -
         settings = SimpleNamespace(slow_create_seconds=60)
 
         async def list_deployments(self, **_: Any) -> Any:
-            return SimpleNamespace(items=list(page), total=len(page))
+            return SimpleNamespace(items=list(page), total=len(page), counted=len(page))
 
         async def running_counts(self, labs: Any) -> dict[str, tuple[int, int]]:
             return {item.name: (0, 1) for item in labs}

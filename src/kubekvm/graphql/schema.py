@@ -244,12 +244,12 @@ class Query(TimetableQuery, UsageQuery, UserAdminQuery):
     async def deployments(self, info: strawberry.Info, phase: models.Phase | None = None,
                           offset: int = 0, limit: int = 100) -> DeploymentPage:
         services = _services(info)
-        page = await services.list_deployments(
-            phase=phase, offset=offset, limit=limit)
+        # Counted only if `total` is asked for and the page does not already tell it (paging).
+        page = await services.list_deployments(phase=phase, offset=offset, limit=limit, count=False)
         counts = await services.running_counts(page.items)
         items = [Deployment.of(d, running=counts[d.name][0], machine_count=counts[d.name][1])
                  for d in page.items]
-        return DeploymentPage(items=items, total=page.total, offset=offset, limit=limit)
+        return DeploymentPage(items=items, known_total=page.total, phase=phase, offset=offset, limit=limit)
 
     @strawberry.field
     async def deployment(self, info: strawberry.Info, name: str) -> Deployment:

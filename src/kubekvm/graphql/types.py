@@ -243,9 +243,18 @@ class LabEvent:
 @strawberry.type
 class DeploymentPage:
     items: list[Deployment]
-    total: int
     offset: int
     limit: int
+    # The total as the page's read told it; None: more labs follow, counted only if asked for.
+    known_total: strawberry.Private[int | None]
+    phase: strawberry.Private[models.Phase | None]
+
+    @strawberry.field
+    async def total(self, info: strawberry.Info) -> int:
+        if self.known_total is None:
+            # A count by the same rules and filter as the page (what the caller may see).
+            self.known_total = (await info.context["services"].list_deployments(phase=self.phase, limit=1)).counted
+        return self.known_total
 
 
 @strawberry.type(description="A registered hypervisor and its agent.")

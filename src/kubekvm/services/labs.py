@@ -44,7 +44,15 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, kw_only=True)
 class Page:
     items: list[Deployment]
-    total: int
+    # None: not counted (asked for with `count=False`, and more labs follow the page).
+    total: int | None
+
+    @property
+    def counted(self) -> int:
+        """The total of a page read with `count=True` (the default), which always has one."""
+        if self.total is None:
+            raise ValueError("this page of labs was read without its total")
+        return self.total
 
 
 def lab_filter(actor: Actor) -> dict[str, Any] | None:
@@ -74,9 +82,11 @@ class Labs(Noun):
     async def list_deployments(
         self, *, phase: Phase | None = None, offset: int = 0, limit: int = 100,
         owner: str | None = None, student: str | None = None, only: dict[str, Any] | None = None,
+        count: bool = True,
     ) -> Page:
         """Labs by name; only those in `phase`, owned by `owner`, with `student` on their
-        roster, or matching the filter `only`, when given."""
+        roster, or matching the filter `only`, when given; without `count`, the total only when
+        the read tells it."""
         criteria: dict[str, Any] = dict(only or {})
         if phase:
             criteria["phase"] = phase.value
@@ -87,7 +97,7 @@ class Labs(Noun):
         # Only labs a read can show are counted and skipped (a 2019 leftover is not), and the
         # database judges that only where it must (`paging`: it cost more than the read).
         items, total = await read_page(Deployment, criteria, sort="name", offset=max(offset, 0),
-                                       limit=max(min(limit, 1000), 1))
+                                       limit=max(min(limit, 1000), 1), count=count)
         return Page(items=items, total=total)
 
     async def get_deployment(self, name: str) -> Deployment:
@@ -311,11 +321,12 @@ class LabOperations(Operations):
     own, students those they are on the roster of); owners and admins change them."""
 
     @operation(SIGNED_IN, field="deployments")
-    async def list_deployments(self, *, phase: Phase | None = None, offset: int = 0, limit: int = 100) -> Page:
+    async def list_deployments(self, *, phase: Phase | None = None, offset: int = 0, limit: int = 100,
+                               count: bool = True) -> Page:
         offset = validation.offset(offset)
         limit = validation.limit(limit, maximum=validation.DEPLOYMENTS_PAGE_MAX)
         return await self.services.labs.list_deployments(phase=phase, offset=offset, limit=limit,
-                                                         only=lab_filter(self.actor))
+                                                         only=lab_filter(self.actor), count=count)
 
     @operation(SIGNED_IN)
     async def labs_named(self, names: Sequence[str]) -> dict[str, Deployment]:

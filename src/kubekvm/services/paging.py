@@ -12,7 +12,8 @@ load). So the shape is judged only where the database must count or skip without
   come, read on until the page is full, and one document more tells whether any follow;
 - when none follow (a teacher's 20 labs, 1,000 labs asked for 1,000 at a time) the total is
   what was read, and no count is made;
-- otherwise the total is counted by the shape, and a later page skips by it.
+- otherwise the total is counted by the shape, unless the caller shows none (a GraphQL query
+  not asking for `total`), and a later page skips by it.
 """
 
 from __future__ import annotations
@@ -27,15 +28,16 @@ from kubekvm.shapes import readable_filter
 D = TypeVar("D", bound=Document)
 
 
-async def read_page(model: type[D], criteria: dict[str, Any], *, sort: str, offset: int,
-                    limit: int) -> tuple[list[D], int]:
+async def read_page(model: type[D], criteria: dict[str, Any], *, sort: str, offset: int, limit: int,
+                    count: bool = True) -> tuple[list[D], int | None]:
     """The readable documents of `model` matching `criteria`, ordered by the field `sort`,
-    `offset` of them skipped and at most `limit` taken, with how many readable ones match."""
+    `offset` of them skipped and at most `limit` taken, with how many readable ones match
+    (None when not `count` and more follow the page: a caller that shows no total)."""
     collection = model.get_pymongo_collection()
     shape = readable_filter(model)
     guarded = {"$and": [criteria, shape]} if criteria else shape
     if offset > 0:
-        total = await collection.count_documents(guarded)
+        total = await collection.count_documents(guarded) if count else None
         raw = await collection.find(guarded).sort(sort, 1).skip(offset).limit(limit).to_list()
         return [item for item in (readable(model, doc) for doc in raw) if item is not None], total
     items: list[D] = []
@@ -52,4 +54,6 @@ async def read_page(model: type[D], criteria: dict[str, Any], *, sort: str, offs
                 items.append(item)
     finally:
         await cursor.close()
-    return items, (await collection.count_documents(guarded) if more else len(items))
+    if not more:
+        return items, len(items)
+    return items, (await collection.count_documents(guarded) if count else None)
