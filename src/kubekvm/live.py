@@ -184,14 +184,17 @@ class ListWatch:
     async def update(self, batch: Sequence[LabChange]) -> list[Message]:
         touched = {change.lab for change in batch if change.kind != LabChangeKind.HOST_CHANGED}
         deleted = {change.lab for change in batch if change.kind == LabChangeKind.LAB_DELETED}
+        # Counted only for a redraw of the whole list (most changes redraw cards only).
         page = await self.services.list_deployments(
-            phase=self.view.phase, offset=self.view.offset, limit=PAGE_SIZE)
+            phase=self.view.phase, offset=self.view.offset, limit=PAGE_SIZE, count=False)
         names = [lab.name for lab in page.items]
         messages: list[Message] = []
         if names != self.shown:
             labs = await summaries(self.services, page.items)
-            messages.append(("labs", self.fragments.lab_list(labs, view=self.view,
-                                                             total=page.counted, oob=True)))
+            total = page.total
+            if total is None:
+                total = (await self.services.list_deployments(phase=self.view.phase, limit=1)).counted
+            messages.append(("labs", self.fragments.lab_list(labs, view=self.view, total=total, oob=True)))
         else:
             labs = await summaries(self.services, [lab for lab in page.items if lab.name in touched])
             if labs:
