@@ -413,3 +413,40 @@ def run(plan: Plan, work: Path) -> dict[str, Any]:
              "limit": SUBSCRIBER_TARGET, "better": "higher", "met": capacity >= SUBSCRIBER_TARGET},
         ],
     }
+
+
+def run_subscribers(plan: Plan, work: Path) -> dict[str, Any]:
+    """P3's subscriber ramp alone (``python -m benchmarks.api_throughput --subscribers``)."""
+    with database() as db:
+        ramp = _subscriptions(plan, db, work)
+    passing = [level["subscribers"] for level in ramp if level["ok"]]
+    return {"subscription_ramp": ramp, "subscriptions_held_p99_under_1s": max(passing) if passing else 0}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import dataclasses
+    import resource
+    import tempfile
+
+    from benchmarks.plan import FULL, QUICK
+    from benchmarks.report import load_average
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.api_throughput",
+                                     description="P3's deploymentEvents subscriber ramp alone; prints JSON")
+    parser.add_argument("--subscribers", default="", help="comma-separated levels (default: the plan's)")
+    parser.add_argument("--quick", action="store_true", help="the quick plan's levels and marks")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.subscribers:
+        plan = dataclasses.replace(plan, p3_subscriber_levels=tuple(int(n) for n in args.subscribers.split(",")))
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    began = {"load_average": load_average()}
+    with tempfile.TemporaryDirectory(prefix="kubekvm-p3-ramp-") as work:
+        result = run_subscribers(plan, Path(work))
+    print(json.dumps({**began, "load_average_at_end": load_average(), **result}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

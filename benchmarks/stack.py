@@ -265,8 +265,9 @@ class DiskDatabase:
 def kubekvm_server(db: Database, *, database_name: str | None = None,
                    env: dict[str, str] | None = None) -> Iterator[Server]:
     """`kubekvm serve` on ``database_name`` (default: a fresh one), with the bootstrap admin token."""
+    # A generous start deadline: on a machine loaded by other jobs a start takes tens of seconds.
     server = start_server(database_uri=db.uri, database_name=database_name,
-                          env={"KUBEKVM_SEED_TEMPLATES": "0", **(env or {})})
+                          env={"KUBEKVM_SEED_TEMPLATES": "0", **(env or {})}, timeout=120.0)
     try:
         yield server
     finally:

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from kubekvm.database import uninterrupted
 from kubekvm.events import Change, EventFeed
 from kubekvm.models import Deployment, Host, Machine, readable
+from kubekvm.shared_reads import SharedReads
 
 
 class AssignmentSource(Protocol):
@@ -154,12 +155,13 @@ class LabChange:
     memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
 
-CurrentState = Callable[[], Coroutine[Any, Any, list[LabChange]]]
+# The current state as the caller sees it, read after the given `SharedReads` ticket.
+CurrentState = Callable[[int], Coroutine[Any, Any, list[LabChange]]]
 
 
 async def lab_changes(*, feed: EventFeed, lab: str | None = None, include_hosts: bool = False,
                       subscribed: asyncio.Event | None = None, current: CurrentState | None = None,
-                      cursor: str | None = None) -> AsyncIterator[LabChange]:
+                      cursor: str | None = None, reads: SharedReads | None = None) -> AsyncIterator[LabChange]:
     """Every change of one lab (or of all labs), as typed objects.
 
     `subscribed` is set once the feed subscription is taken: a caller that reads a snapshot
@@ -170,7 +172,13 @@ async def lab_changes(*, feed: EventFeed, lab: str | None = None, include_hosts:
     event received earlier) it resumes instead: the changes after it are replayed if this
     process still holds them all and can tell which lab each belongs to, else the current
     state is sent. Either way nothing between the two subscriptions is lost (a change may come
-    twice: one made while the state was being read)."""
+    twice: one made while the state was being read).
+
+    `reads`: the reads a stream starts with (which lab each id is; the current state, for which
+    `current` is given a ticket) are shared with every other stream starting at the same time
+    whose read began after this one subscribed (`kubekvm.shared_reads`): a crowd arriving at
+    once costs the database a few reads, not a few per subscriber."""
+    reads = reads or SharedReads()
     names: dict[str, str] = {}  # lab id -> name, for delete events that carry only the id
     machine_labs: dict[str, str] = {}  # machine id -> lab name, likewise
     async with feed.subscribe() as subscription:
@@ -179,16 +187,17 @@ async def lab_changes(*, feed: EventFeed, lab: str | None = None, include_hosts:
         # Taken before anything is awaited: a change from now on is in the subscription's queue,
         # every earlier one in these.
         start_cursor = feed.last_cursor
+        ticket = reads.ticket()
         replay = feed.replay_after(cursor) if cursor and current is not None else None
         earlier = feed.history() if replay is not None else []
-        await uninterrupted(_known_ids(names, machine_labs, lab=lab))
+        await uninterrupted(_known_ids(names, machine_labs, lab=lab, reads=reads, after=ticket))
         if current is not None:
             resumed = None if replay is None else _replayed(replay, earlier, names=names,
                                                             machine_labs=machine_labs, lab=lab,
                                                             include_hosts=include_hosts)
             if resumed is None:
-                for state in await uninterrupted(current()):
-                    yield replace(state, cursor=start_cursor)
+                for state in await uninterrupted(current(ticket)):
+                    yield _at(state, start_cursor)
             else:
                 for replayed in resumed:
                     yield replayed
@@ -204,11 +213,12 @@ async def lab_changes(*, feed: EventFeed, lab: str | None = None, include_hosts:
             if resync is not None:
                 # Read after the resync arrived: at least as new as every change pending with it.
                 resync_cursor = feed.last_cursor
-                await uninterrupted(_known_ids(names, machine_labs, lab=lab))
+                ticket = reads.ticket()
+                await uninterrupted(_known_ids(names, machine_labs, lab=lab, reads=reads, after=ticket))
                 yield LabChange(LabChangeKind.RESYNC, lab or "", cursor=resync.cursor)
                 if current is not None:
-                    for state in await uninterrupted(current()):
-                        yield replace(state, cursor=resync_cursor)
+                    for state in await uninterrupted(current(ticket)):
+                        yield _at(state, resync_cursor)
                     yield LabChange(LabChangeKind.SYNCED, lab or "", cursor=resync_cursor)
                 continue
             for change in _latest_per_document(pending):
@@ -260,17 +270,36 @@ def _replayed(replay: list[Change], earlier: list[Change], *, names: dict[str, s
     return events
 
 
-async def _known_ids(names: dict[str, str], machine_labs: dict[str, str], *, lab: str | None) -> None:
-    """Which lab each lab and machine id belongs to, read afresh."""
+def _at(state: LabChange, cursor: str | None) -> LabChange:
+    """A state read for the current state, with the cursor to resume from: one object for every
+    stream that shares the read and the cursor, so its GraphQL result is shared too."""
+    key = f"at:{cursor}"
+    found = state.memo.get(key)
+    if found is None:
+        found = state.memo[key] = replace(state, cursor=cursor)
+    return found
+
+
+async def _known_ids(names: dict[str, str], machine_labs: dict[str, str], *, lab: str | None,
+                     reads: SharedReads, after: int) -> None:
+    """Which lab each lab and machine id belongs to, read afresh (after the ticket `after`)."""
+    known_names, known_machines = await reads.read(("known_ids", lab), lambda: _read_known_ids(lab),
+                                                   after=after)
     names.clear()
+    names.update(known_names)
     machine_labs.clear()
-    for known in await Deployment.find_all().to_list():
-        names[str(known.id)] = known.name
+    machine_labs.update(known_machines)
+
+
+async def _read_known_ids(lab: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    names = {str(known.id): known.name for known in await Deployment.find_all().to_list()}
+    machine_labs: dict[str, str] = {}
     cursor = Machine.get_pymongo_collection().find(
         {} if lab is None else {"deployment": lab}, {"deployment": 1})
     async for raw in cursor:
         if isinstance(raw.get("deployment"), str):  # else not a machine this version can read
             machine_labs[str(raw["_id"])] = raw["deployment"]
+    return names, machine_labs
 
 
 def _lab_change(change: Change, *, names: dict[str, str], machine_labs: dict[str, str],

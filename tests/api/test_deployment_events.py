@@ -4,6 +4,7 @@ SecantusDB (change streams), the host side played through the agent's own mutati
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from tests.api.test_graphql import data, ensure_tiny_template, register_host, report
@@ -134,3 +135,34 @@ def test_a_question_that_reads_through_the_caller_is_told_apart() -> None:
     assert asks("subscription { deploymentEvents { deployment { roster } } }")
     assert asks("subscription { deploymentEvents { ...F } } fragment F on DeploymentEvent { deployment { machines { name } } }")
     assert not asks("subscription { deploymentEvents { ...F } } fragment F on DeploymentEvent { lab __typename }")
+
+
+async def test_a_crowd_subscribing_together_while_the_lab_changes_misses_no_change(server: Server) -> None:
+    """Subscriptions that start together share their first reads (`kubekvm.shared_reads`): each
+    must still start from a state no older than its own subscription and miss no change after
+    it, while the lab keeps changing, in order."""
+    ensure_tiny_template(server)
+    data(server.graphql(CREATE, {"i": {"name": "crowded", "template": "tiny-linux", "replicas": 1}}))
+    data(server.graphql(RETITLE, {"n": "crowded", "t": "t-00"}))
+    last = 12
+
+    def retitle_all() -> None:
+        for k in range(1, last + 1):
+            data(server.graphql(RETITLE, {"n": "crowded", "t": f"t-{k:02d}"}))
+
+    async with websocket_session(server.ws_url, server.admin_token) as session:
+        crowd = [Subscriber(session, EVENTS, n="crowded", c=None) for _ in range(20)]
+        changing = asyncio.ensure_future(asyncio.to_thread(retitle_all))
+        for events in crowd:
+            await events.wait_for(_kind("SYNCED"), timeout=60)
+        await changing
+        for events in crowd:
+            await events.wait_for(_kind("LAB_CHANGED", title=f"t-{last:02d}"), timeout=60)
+            kinds = [_event(r)["kind"] for r in events.results]
+            assert kinds[:2] == ["SNAPSHOT", "SYNCED"], kinds
+            titles = [_event(r)["deployment"]["title"] for r in events.results if _event(r)["deployment"]]
+            # From the first state on, never an older title (a change made while the state was
+            # read may come twice, so equal neighbours are allowed).
+            assert titles == sorted(titles), titles
+        for events in crowd:
+            await events.close()

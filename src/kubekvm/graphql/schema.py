@@ -521,7 +521,10 @@ class Subscription:
         services = _services(info)
         try:
             if name is not None:
-                await services.get_deployment(name)
+                # Checked (the lab exists, the caller may see it) with one read shared by every
+                # subscription to it arriving together (`kubekvm.shared_reads`).
+                with services.services.shared_reads.joining():
+                    await services.get_deployment(name)
             changes = await services.lab_changes(lab=name, current=True, cursor=cursor)
             slot = _subscription_slot(info)
         except KubeKVMError as error:

@@ -54,6 +54,7 @@ from kubekvm.services.template_versions import TemplateVersions
 from kubekvm.services.templates import Templates
 from kubekvm.services.timetables import Timetables
 from kubekvm.services.usage import Usage
+from kubekvm.shared_reads import SharedReads
 
 __all__ = ["Context", "HostStatus", "Page", "ServerInfo", "Services", "backoff", "finish", "host_name",
            "lab_filter", "object_id"]
@@ -66,6 +67,8 @@ class Services:
         self.ctx = Context(settings=settings, feed=feed, database_description=database_description)
         self.settings = settings
         self.feed = feed
+        # Identical reads asked together (subscribers' starts and re-checks) made once.
+        self.shared_reads = SharedReads()
         # Machines' consoles: tickets and sessions (the websockets are `kubekvm.console`'s).
         self.consoles = Consoles(settings=settings, feed=feed)
         # And how a host's agent hears that a console waits for it.

@@ -6,6 +6,7 @@ machines, from the event feed), less what the caller may not see — the GraphQL
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -38,12 +39,17 @@ class ChangeOperations(Operations):
         visible: dict[str, bool] = {}
         checked = time.monotonic()
 
-        async def now() -> list[LabChange]:
-            return await self._current_state(lab)
+        reads = self.services.shared_reads
+        # Callers who see the same labs and machines share one read of them.
+        seeing = json.dumps([lab_filter(self.actor), machine_scope(self.actor)], sort_keys=True, default=str)
+
+        async def now(ticket: int) -> list[LabChange]:
+            return await reads.read(("current_state", lab, seeing), lambda: self._current_state(lab),
+                                    after=ticket)
 
         async for change in lab_changes(feed=self.services.feed, lab=lab, include_hosts=include_hosts,
                                         subscribed=subscribed, current=now if current else None,
-                                        cursor=cursor):
+                                        cursor=cursor, reads=reads):
             # A cookie's session may end while the stream is open: it is checked again before a
             # change is passed on, at most every few seconds (the stream ends when it is gone).
             if time.monotonic() - checked >= SESSION_RECHECK_SECONDS:

@@ -36,6 +36,7 @@ from kubekvm.services.paging import read_page
 from kubekvm.services.rulebook import LAB_MANAGED, LAB_SEEN, SIGNED_IN, STAFF
 from kubekvm.services.rules import Arguments, Operations, Rule, named, operation
 from kubekvm.services.templates import machine_spec, newest_version
+from kubekvm.shared_reads import offered
 
 if TYPE_CHECKING:
     from kubekvm.services import Services
@@ -101,7 +102,8 @@ class Labs(Noun):
         return Page(items=items, total=total)
 
     async def get_deployment(self, name: str) -> Deployment:
-        lab = await Deployment.find_one(Deployment.name == name)
+        # Shared only inside `SharedReads.joining()` (a crowd of subscriptions to this lab).
+        lab = await offered(("lab", name), lambda: Deployment.find_one(Deployment.name == name))
         if lab is None:
             raise NotFound(f"There is no lab named {name!r}.")
         return lab

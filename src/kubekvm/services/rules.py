@@ -55,6 +55,8 @@ CheckedFeed = Callable[Concatenate[Ops, P], Coroutine[Any, Any, AsyncIterator[T]
 OK, FORBIDDEN, NOT_FOUND, UNAUTHENTICATED = "ok", "FORBIDDEN", "NOT_FOUND", "UNAUTHENTICATED"
 VALIDATION_FAILED = "VALIDATION_FAILED"
 # The kinds of audit target an operation's log lines are tagged with (`kubekvm.logs`).
+# How fresh the account and session checks of long-lived connections are when several share one.
+RECHECK_SHARED_SECONDS = 1.0
 _LOGGED = frozenset({"lab", "machine", "host"})
 CALLERS = ("anonymous", "student", "other", "host", "owner", "admin")
 
@@ -230,13 +232,21 @@ class Operations:
         use, which keeps it from lapsing). Hosts are checked when they connect."""
         if not self.actor.is_user:
             return True
-        if not await self.accounts.account_current(self.actor.name, role=self.actor.role):
+        # Thousands of a class's streams re-check at the same change: one read serves all those
+        # asking within RECHECK_SHARED_SECONDS (`kubekvm.shared_reads`).
+        reads = self.services.shared_reads
+        name, role = self.actor.name, self.actor.role
+        if not await reads.read(("account_current", name, role),
+                                lambda: self.accounts.account_current(name, role=role),
+                                max_age=RECHECK_SHARED_SECONDS):
             return False
-        if self.actor.via != "session" or not self.actor.session:
+        session = self.actor.session
+        if self.actor.via != "session" or not session:
             return True
         if touch:
-            await self.accounts.touch_session(self.actor.session)
-        return await self.accounts.session_alive(self.actor.session)
+            await self.accounts.touch_session(session)
+        return await reads.read(("session_alive", session), lambda: self.accounts.session_alive(session),
+                                max_age=RECHECK_SHARED_SECONDS)
 
 
 def named(prefix: str, argument: str = "name") -> Callable[[Arguments, Actor], str]:
