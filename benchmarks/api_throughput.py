@@ -39,6 +39,7 @@ import pymongo
 from tests.support.processes import LOG_DIR, ROOT, VENV_BIN, Server, free_port
 
 from benchmarks import wrk
+from benchmarks.heartbeats import cpu_seconds
 from benchmarks.plan import Plan
 from benchmarks.stack import Database, add_template, database, graphql, kubekvm_server, stop_process, unique
 from benchmarks.stats import median, summary
@@ -56,6 +57,10 @@ LIST_TARGET_S = 0.5
 SUBSCRIBER_TARGET = 5000
 BEFORE_TIMEOUT_S = 300
 P99_LIMIT_S = 1.0
+# How long the subscriber process may take to open every subscription (a loaded machine: minutes).
+CONNECT_TIMEOUT_S = 900
+# How often mark-0 is repeated before the level is given up (each waits MARK_TIMEOUT_S / 3).
+WARM_UP_TRIES = 30
 # How long one change may take to reach every subscriber before the ramp moves on.
 MARK_TIMEOUT_S = 30.0
 # The subscriber process's result is one JSON line with a time per delivery.
@@ -258,8 +263,11 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-async def _ramp_level(server: Server, lab: str, token_file: Path, count: int, marks: int) -> dict[str, Any]:
+async def _ramp_level(server: Server, db_pid: int, lab: str, token_file: Path, count: int,
+                      marks: int) -> dict[str, Any]:
     rss_before = rss_kib(server.child.process.pid)
+    # CPU seconds of the server and of the database: steadier than times on a loaded machine.
+    cpu_before = cpu_seconds(server.child.process.pid), cpu_seconds(db_pid)
     process = await asyncio.create_subprocess_exec(
         str(VENV_BIN / "python"), "-m", "benchmarks.subscribers", "--url", server.ws_url,
         "--token-file", str(token_file), "--lab", lab, "--count", str(count), "--marks", str(marks),
@@ -278,16 +286,17 @@ async def _ramp_level(server: Server, lab: str, token_file: Path, count: int, ma
                 if body.get("errors"):
                     raise RuntimeError(f"updateDeployment: {body['errors']}")
 
-            if await output.wait_for(lambda line: line.startswith("CONNECTED"), 300) is None:
+            if await output.wait_for(lambda line: line.startswith("CONNECTED"), CONNECT_TIMEOUT_S) is None:
                 raise RuntimeError(f"the subscriber process did not connect: {output.lines[-3:]}")
             # Warm-up: repeat mark-0 until every subscription has delivered it.
-            for _ in range(10):
+            for _ in range(WARM_UP_TRIES):
                 await fire(0)
                 if await output.wait_for(lambda line: line == "GOT 0", MARK_TIMEOUT_S / 3) is not None:
                     break
             else:
                 raise RuntimeError(f"not every one of {count} subscriptions went live")
             rss_live = rss_kib(server.child.process.pid)
+            cpu_live = cpu_seconds(server.child.process.pid), cpu_seconds(db_pid)
             for mark in range(1, marks + 1):
                 await asyncio.sleep(0.2)
                 await fire(mark)
@@ -296,6 +305,7 @@ async def _ramp_level(server: Server, lab: str, token_file: Path, count: int, ma
             if text is None:
                 raise RuntimeError("the subscriber process printed no result")
             result: dict[str, Any] = json.loads(text)
+            cpu_end = cpu_seconds(server.child.process.pid), cpu_seconds(db_pid)
     finally:
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -309,14 +319,20 @@ async def _ramp_level(server: Server, lab: str, token_file: Path, count: int, ma
             "server_rss_mib_before": round(rss_before / 1024, 1), "server_rss_mib_live": round(rss_live / 1024, 1),
             "server_rss_mib_per_1000": round(grown / count * 1000, 1),
             "deliveries": len(latencies), "expected": expected, "latency_s": stats,
+            # Subscribing (connect, subscribe, first state, warm-up change) and then each change.
+            "server_cpu_s_subscribing": round(cpu_live[0] - cpu_before[0], 2),
+            "database_cpu_s_subscribing": round(cpu_live[1] - cpu_before[1], 2),
+            "server_cpu_s_per_change": round((cpu_end[0] - cpu_live[0]) / marks, 3),
+            "database_cpu_s_per_change": round((cpu_end[1] - cpu_live[1]) / marks, 3),
             "ok": result["subscribed"] == count and len(latencies) == expected and stats.get("p99", 99) <= P99_LIMIT_S}
 
 
-def _level_or_failure(server: Server, lab: str, token_file: Path, count: int, marks: int) -> dict[str, Any]:
+def _level_or_failure(server: Server, db_pid: int, lab: str, token_file: Path, count: int,
+                      marks: int) -> dict[str, Any]:
     """One level of the ramp; a level that fails (its subscribers did not all connect in time
     on a starved machine) is recorded as failed, and the ramp and the rest of P3 go on."""
     try:
-        return asyncio.run(_ramp_level(server, lab, token_file, count, marks))
+        return asyncio.run(_ramp_level(server, db_pid, lab, token_file, count, marks))
     except (RuntimeError, TimeoutError) as error:
         return {"subscribers": count, "ok": False, "error": str(error)[:300]}
 
@@ -334,7 +350,8 @@ def _subscriptions(plan: Plan, db: Database, work: Path) -> list[dict[str, Any]]
         token_file.write_text(server.admin_token)
         token_file.chmod(0o600)
         try:
-            return [_level_or_failure(server, lab, token_file, count, plan.p3_mutations_per_level)
+            return [_level_or_failure(server, db.child.process.pid, lab, token_file, count,
+                                      plan.p3_mutations_per_level)
                     for count in plan.p3_subscriber_levels]
         finally:
             token_file.unlink(missing_ok=True)
