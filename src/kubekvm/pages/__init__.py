@@ -51,18 +51,20 @@ from kubekvm.live import LiveUpdates
 from kubekvm.models import Role
 from kubekvm.pages.account import AccountPages
 from kubekvm.pages.audit import AuditPages
-from kubekvm.pages.catalog import CatalogPages
 from kubekvm.pages.common import Handler, Renderer
 from kubekvm.pages.console import ConsolePages
 from kubekvm.pages.fragments import Fragments
+from kubekvm.pages.hosts import HostPages
 from kubekvm.pages.identity import IdentityPages
 from kubekvm.pages.images import ImagePages
 from kubekvm.pages.labs import LabPages
 from kubekvm.pages.my import MyPages
 from kubekvm.pages.operations import OperationsPages
 from kubekvm.pages.password_links import PasswordLinkPages
+from kubekvm.pages.server import ServerPages
 from kubekvm.pages.setup import SetupPages
 from kubekvm.pages.sign_in import SignInPages
+from kubekvm.pages.templates import TemplatePages
 from kubekvm.pages.timetables import CoursePages
 from kubekvm.pages.usage import UsagePages
 from kubekvm.pages.users import UserPages
@@ -78,7 +80,8 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
     labs = LabPages(renderer=renderer, fragments=fragments, settings=settings)
     course = CoursePages(renderer=renderer)
     usage = UsagePages(renderer=renderer, labs=labs)
-    catalog = CatalogPages(renderer=renderer)
+    templates, hosts, server = (TemplatePages(renderer=renderer), HostPages(renderer=renderer),
+                                ServerPages(renderer=renderer))
     signing_in, first_admin = SignInPages(renderer=renderer), SetupPages(renderer=renderer)
     links, account = PasswordLinkPages(renderer=renderer), AccountPages(renderer=renderer)
     users, audit, my = UserPages(renderer=renderer), AuditPages(renderer=renderer), MyPages(renderer=renderer)
@@ -148,23 +151,23 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
         Route("/machines/{name}/{action}", guard(labs.machine_action), methods=post),
         Route("/machines/{name}/console", guard(console.page)),
         Route("/machines/{name}/console/ticket", guard(console.ticket), methods=post),
-        Route("/templates", staff(catalog.templates)),
-        Route("/templates", admin(catalog.create_template), methods=post),
-        Route("/templates/new", admin(catalog.new_template)),
-        Route("/templates/{name}/edit", admin(catalog.edit_template)),
-        Route("/templates/{name}/edit", admin(catalog.update_template), methods=post),
-        Route("/templates/{name}/delete", admin(catalog.delete_template), methods=post),
+        Route("/templates", staff(templates.templates)),
+        Route("/templates", admin(templates.create_template), methods=post),
+        Route("/templates/new", admin(templates.new_template)),
+        Route("/templates/{name}/edit", admin(templates.edit_template)),
+        Route("/templates/{name}/edit", admin(templates.update_template), methods=post),
+        Route("/templates/{name}/delete", admin(templates.delete_template), methods=post),
         Route("/templates/{name}/versions", staff(versions.template_versions)),
         Route("/templates/{name}/versions", admin(versions.publish), methods=post),
         Route("/templates/{name}/versions/{number}/retire", admin(versions.retire), methods=post),
         Route("/labs/{name}/version", staff(versions.lab_version)),
         Route("/labs/{name}/version", staff(versions.move), methods=post),
-        Route("/hosts", staff(catalog.hosts)),
-        Route("/hosts/tokens", admin(catalog.host_token), methods=post),
+        Route("/hosts", staff(hosts.hosts)),
+        Route("/hosts/tokens", admin(hosts.host_token), methods=post),
         Route("/images", admin(images.images)),
         # Not guarded like a form: it checks its caller and CSRF token before reading its body.
         Route("/images", images.upload, methods=post),
-        Route("/server", guard(catalog.server)),
+        Route("/server", guard(server.server)),
         Route("/operations", admin(operations.overview)),
         *live.routes(),
     ]

@@ -1,6 +1,4 @@
-"""The pages around the labs: VM templates (list, create, edit, delete; teachers read, admins
-change), hosts (teachers read; admins also issue host tokens for the agents), and the server
-page that says which replica answered.
+"""The VM templates pages: the list (teachers read), and creating, editing and deleting one (admins).
 
 Template form fields are named as the service's `ValidationFailed.field` names them (`memoryMib`,
 `diskGib`), so a service message lands beside the field it is about without a mapping table.
@@ -15,20 +13,17 @@ from starlette.responses import Response
 
 from kubekvm import validation
 from kubekvm.errors import Conflict, KubeKVMError, ValidationFailed
-from kubekvm.models import ApiToken, Template, utcnow
+from kubekvm.models import Template
 from kubekvm.pages.common import Flash, FormState, Renderer, is_htmx, raw, text
 from kubekvm.pages.labs import services_of
-from kubekvm.pages.reveal import reveal_and_go, revealed
 
 TEMPLATE_FIELDS = ("name", "title", "description", "os", "image", "vcpus", "memoryMib", "diskGib", "teachers")
 SIZES = {"vcpus": "vCPUs", "memoryMib": "Memory", "diskGib": "Disk size"}
 
 
-class CatalogPages:
+class TemplatePages:
     def __init__(self, *, renderer: Renderer) -> None:
         self.renderer = renderer
-
-    # --------------------------------------------------------------- templates
 
     async def templates(self, request: Request) -> Response:
         services = services_of(request)
@@ -115,50 +110,6 @@ class CatalogPages:
             return self.renderer.htmx(self.renderer.fragment("vm-templates/_form.html", **context),
                                       status=status)
         return self.renderer.page(request, "vm-templates/form.html", context, status=status)
-
-    # ------------------------------------------------------------ hosts, server
-
-    async def hosts(self, request: Request) -> Response:
-        return await self._hosts(request, new_token=None, state=FormState(values={"host": ""}))
-
-    async def _hosts(self, request: Request, *, new_token: tuple[ApiToken | None, str] | None, state: FormState,
-                     status: int = 200) -> Response:
-        services = services_of(request)
-        return self.renderer.page(request, "hosts.html", {
-            "section": "hosts", "hosts": await services.list_hosts(),
-            "overcommit": services.settings.cpu_overcommit,
-            "timeout": services.settings.host_timeout_seconds,
-            "host_tokens": await services.host_tokens() if services.actor.is_admin else [],
-            "new_token": new_token or self._carried_token(request), "state": state,
-        }, status=status)
-
-    async def host_token(self, request: Request) -> Response:
-        """A token for a host's agent, shown once on the page that made it."""
-        form = await request.form()
-        state = FormState(values={"host": text(form, "host")})
-        try:
-            made = await services_of(request).create_host_token(host=state.values["host"],
-                                                                label=text(form, "label"))
-        except ValidationFailed as error:
-            state.fail(ValidationFailed("host", error.message))
-            return await self._hosts(request, new_token=None, state=state, status=422)
-        return reveal_and_go(request, to="/hosts", kind="host-token", secret={"token": made[1]},
-                             flash=Flash(f"Token for host {made[0].owner} created."))
-
-    @staticmethod
-    def _carried_token(request: Request) -> tuple[None, str] | None:
-        carried = revealed(request, kind="host-token")
-        return (None, carried["token"]) if carried is not None else None
-
-    async def server(self, request: Request) -> Response:
-        services = services_of(request)
-        return self.renderer.page(request, "server.html", {
-            "section": "server", "info": await services.server_info(),
-            "live_streams": services.feed.subscriber_count, "now": utcnow(),
-            # Admins: the labs nobody has used for KUBEKVM_LAB_UNUSED_DAYS (issue 17).
-            "unused": await services.unused_labs() if services.actor.is_admin else None,
-            "unused_days": services.settings.lab_unused_days,
-        })
 
 
 def _names(raw: str) -> list[str]:
