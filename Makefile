@@ -52,7 +52,7 @@ bench-quick:
 	scripts/libvirtd-up
 	$(BIN)/python -m benchmarks --quick
 
-# The class day (benchmarks/classday.py): the whole system under a sign-in burst and faults.
+# The class day (benchmarks/classday/): the whole system under a sign-in burst and faults.
 # It boots QEMU guests: on a shared machine, run it under `flock /tmp/kubekvm-qemu.lock`.
 classday:
 	scripts/setup test

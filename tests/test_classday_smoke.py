@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from benchmarks.classday import QUICK
+from benchmarks.classday.plan import QUICK
 
 from tests.support.contained import run_contained
 from tests.support.processes import LOG_DIR
