@@ -35,11 +35,13 @@ import structlog
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection, Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kubekvm.access.actors import Actor, ActorKind, anonymous
 from kubekvm.authorized import Authorized
+from kubekvm.boundary import send_refusal
 from kubekvm.config import Settings
+from kubekvm.headers import on_response_start
 from kubekvm.models import User
 from kubekvm.services import Services
 from kubekvm.services.accounts import Accounts
@@ -170,24 +172,21 @@ class AuthMiddleware:
 
         secure = scope.get("scheme") in ("https", "wss")
 
-        async def send_with_cookie(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                value = _cookie_value(session)
-                if json.dumps(value, sort_keys=True) != before:
-                    headers = MutableHeaders(scope=message)
-                    cookie: SimpleCookie = SimpleCookie()
-                    cookie[SESSION_COOKIE] = signer.dumps(value) if value else ""
-                    morsel = cookie[SESSION_COOKIE]
-                    morsel["path"] = "/"
-                    morsel["httponly"] = True
-                    morsel["samesite"] = "Lax"
-                    morsel["max-age"] = int(settings.session_max_seconds) if value else 0
-                    if secure:
-                        morsel["secure"] = True
-                    headers.append("Set-Cookie", morsel.OutputString())
-            await send(message)
+        def set_cookie(headers: MutableHeaders) -> None:
+            value = _cookie_value(session)
+            if json.dumps(value, sort_keys=True) != before:
+                cookie: SimpleCookie = SimpleCookie()
+                cookie[SESSION_COOKIE] = signer.dumps(value) if value else ""
+                morsel = cookie[SESSION_COOKIE]
+                morsel["path"] = "/"
+                morsel["httponly"] = True
+                morsel["samesite"] = "Lax"
+                morsel["max-age"] = int(settings.session_max_seconds) if value else 0
+                if secure:
+                    morsel["secure"] = True
+                headers.append("Set-Cookie", morsel.OutputString())
 
-        await self.app(scope, receive, send_with_cookie)
+        await self.app(scope, receive, on_response_start(send, set_cookie))
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, message: str, *, status: int = 401,
@@ -196,9 +195,5 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, message: str, *, s
         # Closing before accepting refuses the handshake (the client sees HTTP 403).
         await send({"type": "websocket.close", "code": 4401, "reason": message[:100]})
         return
-    body = json.dumps({"errors": [{"message": message, "extensions": {"code": code}}]}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="kubekvm"'))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_refusal(send, status=status, message=message, code=code, graphql=True,
+                       headers={"WWW-Authenticate": 'Bearer realm="kubekvm"'} if status == 401 else None)

@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -61,10 +63,17 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.app(scope, receive, on_response_start(send, lambda headers: self.add(headers, scope)))
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                self.add(MutableHeaders(scope=message), scope)
-            await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+def on_response_start(send: Send, add: Callable[[MutableHeaders], None]) -> Send:
+    """`send`, giving `add` the headers of an HTTP response's start message before it goes out:
+    how a pure ASGI middleware adds a header without buffering the answer (every middleware here
+    that adds one — these, the request id, the session cookie — goes through this)."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            add(MutableHeaders(scope=message))
+        await send(message)
+
+    return sending

@@ -14,7 +14,9 @@ import uuid
 
 import structlog
 from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from kubekvm.headers import on_response_start
 
 HEADER = "x-request-id"
 _WELL_FORMED = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -39,11 +41,8 @@ class RequestIds:
         request_id = request_id_of(offered)
         scope.setdefault("state", {})["request_id"] = request_id
 
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["X-Request-ID"] = request_id
-            await send(message)
+        def tag(headers: MutableHeaders) -> None:
+            headers["X-Request-ID"] = request_id
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):
-            await self.app(scope, receive, sending)
+            await self.app(scope, receive, on_response_start(send, tag))
