@@ -1,5 +1,5 @@
 """The first admin's page (/setup): open only with the start-up's one-time code while no admin
-exists; it makes the account and signs it in (`services.users`' `complete_setup`).
+exists; it makes the account and signs it in (`services.server`'s `complete_setup`).
 """
 
 from __future__ import annotations
