@@ -63,14 +63,17 @@ FULL = Plan(
     p6_image_mib=1024, p6_repeats=3,
 )
 
+# The smallest sizes that still run every code path (several machines per lab, the seed's method,
+# two subscriber levels, a warm-up and a measured heartbeat round ...): it is the CI smoke
+# (tests/test_benchmarks_smoke.py), where only "it works" is judged.
 QUICK = Plan(
     name="quick",
-    p1_counts=(1, 3), p1_seed_max=3, p1_repeats=1, p1_base_mib=128, p1_settle_s=2.0,
-    p2_guests=4, p2_rounds=2, p2_poweroff_after=4,
-    p3_labs=200, p3_connections=(8,), p3_seconds=2, p3_runs=1, p3_fleet_requests=1,
-    p3_subscriber_levels=(20, 100), p3_mutations_per_level=2,
-    p4_machines=200, p4_heartbeat_agents=10, p4_heartbeat_interval_s=1.0, p4_heartbeat_rounds=2,
-    p4_heartbeat_fleet=200,
-    p5_count=3, p5_watchers=20, p5_repeats=1,
-    p6_image_mib=64, p6_repeats=1,
+    p1_counts=(1, 2), p1_seed_max=2, p1_repeats=1, p1_base_mib=32, p1_settle_s=0.5,
+    p2_guests=2, p2_rounds=1, p2_poweroff_after=4,
+    p3_labs=100, p3_connections=(4,), p3_seconds=1, p3_runs=1, p3_fleet_requests=1,
+    p3_subscriber_levels=(5, 20), p3_mutations_per_level=2,
+    p4_machines=50, p4_heartbeat_agents=5, p4_heartbeat_interval_s=1.0, p4_heartbeat_rounds=1,
+    p4_heartbeat_fleet=50,
+    p5_count=2, p5_watchers=5, p5_repeats=1,
+    p6_image_mib=16, p6_repeats=1,
 )

@@ -102,7 +102,7 @@ def test_a_student_uses_the_console_of_their_vm(start_kubekvm: Callable[..., Ser
         console = opened.value
         errors: list[str] = []
         console.on("pageerror", lambda error: errors.append(str(error)))
-        expect(console.locator("#console-status")).to_have_text("Connected", timeout=30_000)
+        expect(console.locator("#console-status")).to_have_text("Connected", timeout=120_000)
         connected = time.monotonic() - started
         colours = colours_shown(console)
         assert colours > 1, "the console shows a blank screen"

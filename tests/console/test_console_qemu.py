@@ -99,7 +99,7 @@ def test_console_of_a_real_guest_through_two_replicas(start_kubekvm: Callable[..
             for attempt in range(6):
                 await type_text(socket, "echo $((6*7)) answered >/dev/ttyS0\n")
                 try:
-                    await wait_until_async(lambda: said("42 answered"), timeout=10, what="the typed command's output")
+                    await wait_until_async(lambda: said("42 answered"), timeout=20, what="the typed command's output")
                     break
                 except AssertionError:
                     if attempt == 5:
@@ -140,4 +140,4 @@ def test_console_of_a_real_guest_through_two_replicas(start_kubekvm: Callable[..
     assert ("openConsole", "", "UNAUTHENTICATED") in actions  # a spent ticket names no machine
     wait_until(lambda: any(e["action"] == "closeConsole" for e in gql(
         browser_side, "query($t: String) { auditLog(target: $t, action: \"closeConsole\") { items { action } } }",
-        t=f"machine:{vm}")["auditLog"]["items"]), timeout=10, what="closeConsole audited")
+        t=f"machine:{vm}")["auditLog"]["items"]), timeout=60, what="closeConsole audited")

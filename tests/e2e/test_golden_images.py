@@ -75,7 +75,7 @@ def test_golden_image_lifecycle(start_kubekvm: Callable[..., Server], agents: Ca
     pulled = images / file_of(v1)
     assert pulled.read_bytes() == (tiny_linux / "tiny-linux.qcow2").read_bytes()
     assert all(backing(agent.overlay(vm)) == str(pulled) for vm in vms)
-    wait_until(lambda: file_of(v1) in gql(server, "{ hosts { images } }")["hosts"][0]["images"], timeout=30,
+    wait_until(lambda: file_of(v1) in gql(server, "{ hosts { images } }")["hosts"][0]["images"], timeout=120,
                what="the host to report the pulled image")
     # A student's work: a marker in machine 2's disk; the teacher's: another in machine 1's.
     assert qemu_io(agent.overlay(vms[1]), f"write -P {PATTERN} 0 64k").returncode == 0
@@ -99,7 +99,7 @@ def test_golden_image_lifecycle(start_kubekvm: Callable[..., Server], agents: Ca
     assert backing(stored_v2) == ""  # standalone
     assert qemu_io(stored_v2, f"read -P {TEACHER} 1M 64k").returncode == 0
     wait_until(lambda: machine(server, lab, vms[0])["publish"]["state"] == "done",  # type: ignore[index]
-               timeout=30, what="the publish job to end")
+               timeout=120, what="the publish job to end")
     assert not any((site / "state" / "publish").iterdir())
     # Publishing touched no machine.
     assert all(backing(agent.overlay(vm)) == str(pulled) for vm in vms)

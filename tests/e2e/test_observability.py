@@ -67,7 +67,7 @@ def test_one_request_id_from_click_to_boot(start_kubekvm: Callable[..., Server],
     def agent_lines() -> list[dict[str, Any]]:
         return [line for line in json_lines(agent.log) if line.get("request_id") == request_id]  # type: ignore[arg-type]
 
-    traced = wait_until(agent_lines, timeout=30, what="the agent's log lines under the request id")
+    traced = wait_until(agent_lines, timeout=120, what="the agent's log lines under the request id")
     assert all(line["machine"] == machine and line["lab"] == lab for line in traced)
     assert any("running" in str(line["event"]) for line in traced), traced
     assert {"ts", "level", "logger", "event"} <= set(traced[0])
