@@ -1,7 +1,6 @@
 """Fixtures of the console tests: the end-to-end fixtures (libvirtd, the tiny-linux guest,
-`kubekvm-agent` processes) shared with tests/e2e, and Debian's Chromium for one module at a time
-(tests/pages' fixture: a synchronous Playwright must not outlive its module, or no asyncio test
-can run after it).
+`kubekvm-agent` processes) shared with tests/e2e, and the session's one Chromium, lent to one
+test at a time (`browser`, from `tests.support.browser`, as tests/pages use it).
 """
 
 from __future__ import annotations
