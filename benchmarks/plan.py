@@ -68,7 +68,7 @@ FULL = Plan(
 # (tests/test_benchmarks_smoke.py), where only "it works" is judged.
 QUICK = Plan(
     name="quick",
-    p1_counts=(1, 2), p1_seed_max=2, p1_repeats=1, p1_base_mib=32, p1_settle_s=0.5,
+    p1_counts=(2,), p1_seed_max=2, p1_repeats=1, p1_base_mib=32, p1_settle_s=0.5,
     p2_guests=2, p2_rounds=1, p2_poweroff_after=4,
     p3_labs=100, p3_connections=(4,), p3_seconds=1, p3_runs=1, p3_fleet_requests=1,
     p3_subscriber_levels=(5, 20), p3_mutations_per_level=2,
