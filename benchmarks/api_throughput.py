@@ -266,12 +266,14 @@ def rss_kib(pid: int) -> int:
 async def _ramp_level(server: Server, db_pid: int, lab: str, token_file: Path, count: int,
                       marks: int) -> dict[str, Any]:
     rss_before = rss_kib(server.child.process.pid)
+    # The subscriber process waits this long for the warm-up and again for the marks.
+    patience = max(MARK_TIMEOUT_S * marks, WARM_UP_TRIES * MARK_TIMEOUT_S / 3)
     # CPU seconds of the server and of the database: steadier than times on a loaded machine.
     cpu_before = cpu_seconds(server.child.process.pid), cpu_seconds(db_pid)
     process = await asyncio.create_subprocess_exec(
         str(VENV_BIN / "python"), "-m", "benchmarks.subscribers", "--url", server.ws_url,
         "--token-file", str(token_file), "--lab", lab, "--count", str(count), "--marks", str(marks),
-        "--timeout", str(MARK_TIMEOUT_S * marks), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        "--timeout", str(patience), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL, limit=RESULT_LINE_LIMIT)
     assert process.stdout is not None
     output = _Output(process.stdout)
@@ -301,7 +303,7 @@ async def _ramp_level(server: Server, db_pid: int, lab: str, token_file: Path, c
                 await asyncio.sleep(0.2)
                 await fire(mark)
                 await output.wait_for(lambda line, mark=mark: line == f"GOT {mark}", MARK_TIMEOUT_S)
-            text = await output.wait_for(lambda line: line.startswith("{"), MARK_TIMEOUT_S * marks + 30)
+            text = await output.wait_for(lambda line: line.startswith("{"), patience + 30)
             if text is None:
                 raise RuntimeError("the subscriber process printed no result")
             result: dict[str, Any] = json.loads(text)
