@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint typecheck schema audit lock screenshots bench bench-quick classday classday-quick
+.PHONY: run test fuzz lint typecheck schema audit lock screenshots bench bench-quick classday classday-quick
 
 run:
 	scripts/setup run
@@ -17,6 +17,14 @@ test:
 	$(BIN)/kubekvm export-schema --check
 	$(BIN)/pytest
 	scripts/audit-deps
+
+# The security fuzz at its full example counts (`make test` runs a quarter of them);
+# `make fuzz FUZZ_SCALE=10 FUZZ_RANDOM=1` runs ten times as many, on new examples.
+FUZZ_SCALE ?= 1
+FUZZ_RANDOM ?= 0
+fuzz:
+	scripts/setup test
+	KUBEKVM_FUZZ_SCALE=$(FUZZ_SCALE) KUBEKVM_FUZZ_RANDOM=$(FUZZ_RANDOM) $(BIN)/pytest -q tests/security/test_fuzz_forms.py tests/security/test_fuzz_graphql.py
 
 lint:
 	$(BIN)/ruff check src kubekvm_demo tests scripts/run-local $(wildcard benchmarks)

@@ -49,8 +49,11 @@ def start_kubekvm(secantus_uri: str) -> Iterator[Callable[..., Server]]:
     stopped when the test module ends: an idle server still follows its change stream and
     renews its leases, and a hundred of them left running slow every later test down."""
     started: list[Server] = []
+    joined: set[str] = set()  # databases of other servers (a second replica's): theirs to drop
 
     def start(**kwargs: object) -> Server:
+        if kwargs.get("database_name"):
+            joined.add(str(kwargs["database_name"]))
         kwargs.setdefault("database_uri", secantus_uri)
         kwargs["env"] = {**CHEAP_PASSWORD_HASHES, **(kwargs.get("env") or {})}  # type: ignore[dict-item]
         server = start_server(**kwargs)  # type: ignore[arg-type]
@@ -62,7 +65,7 @@ def start_kubekvm(secantus_uri: str) -> Iterator[Callable[..., Server]]:
         server.stop()
     # What the module wrote goes too: the shared database server keeps it all in memory.
     with pymongo.MongoClient(secantus_uri, serverSelectionTimeoutMS=5000, timeoutMS=30000) as client:
-        for name in {server.database_name for server in started if server.database_uri == secantus_uri}:
+        for name in {server.database_name for server in started if server.database_uri == secantus_uri} - joined:
             client.drop_database(name)
 
 

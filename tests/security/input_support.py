@@ -20,6 +20,10 @@ WRITABLE = ("templates", "deployments", "machines", "hosts", "users", "api_token
 # Numbers as nobody types them: what `int()` takes or chokes on, and what overflows MongoDB.
 HOSTILE_NUMBERS = ["+-5", "²", "٣", "1_0", "+5", " 5 ", "0x10", "1e3", "99999999999999999999", "1" * 5000]
 
+# The fuzz tests' share of their full example counts in `make test` (KUBEKVM_FUZZ_SCALE
+# overrides it: `make fuzz` runs 1, the full budget, outside CI).
+FUZZ_SMOKE = "0.25"
+
 TEMPLATE = {"name": "sec-tiny", "title": "Tiny", "os": "LINUX", "image": "tiny-linux.qcow2",
             "vcpus": 1, "memoryMib": 128, "diskGib": 1}
 
@@ -33,6 +37,14 @@ def _database_client(uri: str) -> MongoClient[dict[str, Any]]:
 def _http(base_url: str) -> httpx.Client:
     # One client per server: the fuzz sends hundreds of requests, each on a kept-alive connection.
     return httpx.Client(base_url=base_url, timeout=30)
+
+
+def ensure_template(server: Server) -> None:
+    """TEMPLATE on `server`, made unless an earlier module on the shared server made it."""
+    body = post_graphql(server, "mutation($i: TemplateInput!) { createTemplate(input: $i) { name } }",
+                        {"i": TEMPLATE})
+    errors = body.get("errors") or []
+    assert not errors or errors[0]["extensions"]["code"] == "CONFLICT", body
 
 
 def snapshot(server: Server) -> dict[str, list[dict[str, Any]]]:

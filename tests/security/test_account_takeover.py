@@ -12,7 +12,6 @@ matrix (`tests/api/test_authorization.py`) holds the same path among every opera
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -42,8 +41,7 @@ def _account(server: Server, name: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def scene(start_kubekvm: Callable[..., Server]) -> dict[str, Any]:
-    server = start_kubekvm()
+def scene(server: Server) -> dict[str, Any]:
     server.user("ta-victim", "teacher")
     student_password = server.user("stu-victim", "student")
     attacker_password = server.user("tb-attacker", "teacher")

@@ -13,7 +13,7 @@ import pytest
 from gql import GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
 
-from tests.security.input_support import TEMPLATE, admin_session, field_error, post_graphql, refused, snapshot
+from tests.security.input_support import admin_session, ensure_template, field_error, post_graphql, refused, snapshot
 from tests.support.graphql import websocket_session
 from tests.support.processes import Server
 
@@ -24,9 +24,7 @@ MULTILINE_HOSTILE = ["tiny\x00linux", "esc\x1b[31mred", "rtl\u202eevil", "cr\ron
 
 @pytest.fixture(scope="module")
 def admin(server: Server) -> Iterator[httpx.Client]:
-    body = post_graphql(server, "mutation($i: TemplateInput!) { createTemplate(input: $i) { name } }",
-                        {"i": TEMPLATE})
-    assert not body.get("errors"), body
+    ensure_template(server)
     body = post_graphql(server, f'mutation {{ createDeployment(input: {{name: "{LAB}", template: "sec-tiny", '
                                 'replicas: 1, power: STOPPED}) { name } }')
     assert not body.get("errors"), body

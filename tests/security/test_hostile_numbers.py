@@ -14,8 +14,8 @@ import pytest
 from kubekvm import validation
 from tests.security.input_support import (
     HOSTILE_NUMBERS,
-    TEMPLATE,
     admin_session,
+    ensure_template,
     field_error,
     post_graphql,
     refused,
@@ -29,9 +29,7 @@ OUT_OF_RANGE_OFFSETS = ["-1", str(validation.OFFSET_MAX + 1), "99999999999999999
 
 @pytest.fixture(scope="module")
 def admin(server: Server) -> Iterator[httpx.Client]:
-    body = post_graphql(server, "mutation($i: TemplateInput!) { createTemplate(input: $i) { name } }",
-                        {"i": TEMPLATE})
-    assert not body.get("errors"), body
+    ensure_template(server)
     body = post_graphql(server, 'mutation { createDeployment(input: {name: "numbers-lab", template: "sec-tiny", '
                                 'replicas: 1, power: STOPPED}) { name } }')
     assert not body.get("errors"), body

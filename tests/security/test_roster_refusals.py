@@ -5,7 +5,6 @@ VALIDATION_FAILED (or CONFLICT) on field `students`, and the users collection is
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,8 +18,7 @@ SET_ROSTER = ("mutation($n: String!, $s: [String!]!, $m: Boolean!) { setRoster(n
 
 
 @pytest.fixture(scope="module")
-def lab_server(start_kubekvm: Callable[..., Server]) -> Server:
-    server = start_kubekvm()
+def lab_server(server: Server) -> Server:
     body = server.graphql('mutation { createDeployment(input: {name: "roster-lab", template: "redes-neuronales", '
                           'replicas: 2}) { name } }')
     assert not body.get("errors"), body
@@ -102,8 +100,7 @@ def test_a_valid_roster_is_written_after_the_refusals(lab_server: Server) -> Non
     assert not {u for u in _users(lab_server) if u.startswith(("fresh-a", "fresh-b", "cap", "many"))}
 
 
-def test_a_lab_being_deleted_takes_no_roster(start_kubekvm: Callable[..., Server]) -> None:
-    server = start_kubekvm()
+def test_a_lab_being_deleted_takes_no_roster(server: Server) -> None:
     # A host holds its machine, so the lab stays Deleting until the host confirms removal.
     assert not server.graphql(
         "mutation($i: RegisterHostInput!) { registerHost(input: $i) { name } }",
