@@ -311,7 +311,10 @@ class LiveUpdates:
         try:
             # If the stream ends, the browser reconnects after this long and gets a new snapshot.
             yield "retry: 2000\n\n"
-            await asyncio.wait_for(subscribed.wait(), timeout=10)
+            # Generous: on a loaded replica (a class opening its pages at once) the feed can take
+            # seconds to acknowledge, and a stream ended here gives its slot to another while
+            # its browser still counts it open (the cap test saw 21 of 20 under load).
+            await asyncio.wait_for(subscribed.wait(), timeout=60)
             for event, html in await uninterrupted(watch.snapshot()):
                 yield message(event, html)
             while not watch.finished:

@@ -49,7 +49,7 @@ async def test_300_live_streams_of_one_student_are_refused_past_the_cap(server: 
     limits = httpx.Limits(max_connections=400, max_keepalive_connections=0)
     async with contextlib.AsyncExitStack() as stack:
         client = await stack.enter_async_context(httpx.AsyncClient(
-            base_url=server.url, cookies=greedy.cookies, limits=limits, timeout=30))
+            base_url=server.url, cookies=greedy.cookies, limits=limits, timeout=120))
         answers = await asyncio.gather(*(open_stream(client, stack) for _ in range(300)))
         statuses = [a.status_code for a in answers]
         assert statuses.count(200) == LIVE_CAP, statuses
@@ -66,7 +66,7 @@ async def test_300_live_streams_of_one_student_are_refused_past_the_cap(server: 
         held = next(a for a in answers if a.status_code == 200)
         await held.aclose()
         async with contextlib.AsyncExitStack() as retry_stack:
-            deadline = asyncio.get_running_loop().time() + 15
+            deadline = asyncio.get_running_loop().time() + 60  # generous: a loaded machine is slow
             while (await open_stream(client, retry_stack)).status_code != 200:
                 assert asyncio.get_running_loop().time() < deadline, "the closed stream's slot never came back"
                 await retry_stack.aclose()  # refused: close that answer and ask again

@@ -20,7 +20,6 @@ from gql import Client
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
 
-from kubekvm import credentials
 from kubekvm.config import Settings
 from kubekvm.database import connect
 from kubekvm.models import Role, User
@@ -173,9 +172,11 @@ def test_a_lapsed_session_is_refused_everywhere_and_the_others_go_on(server: Ser
     idle_cookie = idle.cookies["kubekvm_session"]
     client, db = database(server)
     with client:
+        # The later of the two sign-ins made the idle session.
+        newest = db["sessions"].find_one({"user": "sess-lapse"}, sort=[("_id", -1)])
+        assert newest is not None
         lapsed = db["sessions"].update_one(
-            {"key_hash": credentials.token_hash(idle_cookie)},
-            {"$set": {"expires_at": datetime.now(UTC) - timedelta(seconds=1)}})
+            {"_id": newest["_id"]}, {"$set": {"expires_at": datetime.now(UTC) - timedelta(seconds=1)}})
     assert lapsed.modified_count == 1
     assert _live_sessions(server, "sess-lapse") == 1
     _refused_everywhere(server, idle_cookie, "sess-lapse")
