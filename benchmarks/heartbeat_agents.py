@@ -7,7 +7,9 @@ Run as its own process by ``heartbeats``, so its work is not the measured server
 
 ``F`` holds ``{"host name": "host token", ...}``. Each agent opens a websocket
 (graphql-transport-ws, its token in ``connection_init`` as the agent sends it), registers its
-host and then sends a heartbeat every ``interval`` seconds, the agents spread evenly over the
+host, opens its ``hostAssignments`` and ``consoleRequests`` subscriptions as the agent does (so
+what a heartbeat would make every subscriber do counts, as with real agents) and, once its
+assignments' snapshot has come, sends a heartbeat every ``interval`` seconds, the agents spread evenly over the
 interval, with the agent's own documents (``agent.documents``). It prints ``CONNECTED n`` once
 every agent is registered, ``IDLE START`` and ``IDLE END`` around one interval without
 heartbeats, ``MEASURE START`` after a first (warm-up) round of them, ``MEASURE END`` after
@@ -48,6 +50,28 @@ class Agent:
         await self.execute(documents.REGISTER_HOST, documents.register_host(
             name=self.host, vcpus=8, memory_mib=32768, images=["bench-tiny.qcow2"], domain_type="kvm",
             agent_version="bench"))
+        # The agent's own subscriptions, held open for good (`execute` passes over their messages).
+        await self.socket.send(json.dumps({"id": "consoles", "type": "subscribe", "payload": {
+            "query": documents.CONSOLE_REQUESTS, "variables": documents.console_requests(host=self.host)}}))
+        for attempt in itertools.count(1):  # as the agent, again after a while when refused
+            ident = f"assignments-{attempt}"
+            await self.socket.send(json.dumps({"id": ident, "type": "subscribe", "payload": {
+                "query": documents.HOST_ASSIGNMENTS,
+                "variables": documents.host_assignments(host=self.host, cursor=None)}}))
+            message = await self.first(ident)
+            if message.get("type") == "next" and not message["payload"].get("errors"):
+                return  # live: its snapshot has come
+            if attempt == 5:
+                raise RuntimeError(f"{self.host}: no assignments: {message}")
+            await asyncio.sleep(attempt)
+
+    async def first(self, ident: str) -> dict[str, Any]:
+        """The first message for one operation (others are passed over)."""
+        assert self.socket is not None
+        while True:
+            message: dict[str, Any] = json.loads(await asyncio.wait_for(self.socket.recv(), 120))
+            if message.get("id") == ident:
+                return message
 
     async def execute(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
         assert self.socket is not None

@@ -3,7 +3,8 @@
 A ``kubekvm serve`` process on its own SecantusDB holds a fleet of machines spread over the
 hosts (so a heartbeat whose cost grew with the fleet would show); ``heartbeat_agents``, a
 process of its own, registers the hosts, each with its own host token, and beats for each of
-them every ``interval`` as the agent does (its websocket, its documents). The figure is the
+them every ``interval`` as the agent does (its websocket, its documents, its assignment and
+console-request subscriptions held open). The figure is the
 server process's CPU time (user + system, ``/proc/PID/stat``) over the measured rounds, as a
 share of one core, less what it spends in as long with the same agents connected and not
 beating (its own periodic work: leases, the change feed, keep-alives; reported beside it),
