@@ -31,6 +31,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from agent import documents
 
 CONNECT_AT_ONCE = 50
+CONNECT_ATTEMPTS = 5
 
 
 class Agent:
@@ -104,7 +105,15 @@ async def run(url: str, tokens: dict[str, str], interval: float, rounds: int) ->
 
     async def connect_one(agent: Agent) -> None:
         async with limit:
-            await agent.connect()
+            for attempt in itertools.count(1):
+                try:
+                    return await agent.connect()
+                except Exception:  # refused or closed while the database was slow: as the agent, again
+                    if agent.socket is not None:
+                        await agent.socket.close()
+                    if attempt == CONNECT_ATTEMPTS:
+                        raise
+                await asyncio.sleep(attempt)
 
     await asyncio.gather(*(connect_one(agent) for agent in agents))
     print(f"CONNECTED {len(agents)}", flush=True)
