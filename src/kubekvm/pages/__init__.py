@@ -57,10 +57,13 @@ from kubekvm.pages.fragments import Fragments
 from kubekvm.pages.hosts import HostPages
 from kubekvm.pages.identity import IdentityPages
 from kubekvm.pages.images import ImagePages
+from kubekvm.pages.lab_forms import LabFormPages
 from kubekvm.pages.labs import LabPages
 from kubekvm.pages.my import MyPages
 from kubekvm.pages.operations import OperationsPages
 from kubekvm.pages.password_links import PasswordLinkPages
+from kubekvm.pages.power import PowerPages
+from kubekvm.pages.rosters import RosterPages
 from kubekvm.pages.server import ServerPages
 from kubekvm.pages.setup import SetupPages
 from kubekvm.pages.sign_in import SignInPages
@@ -77,7 +80,10 @@ ADMIN = (Role.ADMIN,)
 def routes(*, settings: Settings) -> list[BaseRoute]:
     renderer = Renderer(settings)
     fragments = Fragments(renderer)
-    labs = LabPages(renderer=renderer, fragments=fragments, settings=settings)
+    labs = LabPages(renderer=renderer)
+    lab_forms = LabFormPages(renderer=renderer, settings=settings)
+    rosters = RosterPages(renderer=renderer, labs=labs)
+    power = PowerPages(renderer=renderer, fragments=fragments)
     course = CoursePages(renderer=renderer)
     usage = UsagePages(renderer=renderer, labs=labs)
     templates, hosts, server = (TemplatePages(renderer=renderer), HostPages(renderer=renderer),
@@ -128,27 +134,27 @@ def routes(*, settings: Settings) -> list[BaseRoute]:
         Route("/audit", admin(audit.audit)),
         Route("/", guard(labs.index)),
         Route("/labs", staff(labs.index)),
-        Route("/labs", staff(labs.create), methods=post),
-        Route("/new-lab", staff(labs.new)),
+        Route("/labs", staff(lab_forms.create), methods=post),
+        Route("/new-lab", staff(lab_forms.new)),
         Route("/labs/{name}", staff(labs.detail)),
-        Route("/labs/{name}/roster", staff(labs.set_roster), methods=post),
-        Route("/labs/{name}/roster/group", staff(labs.roster_from_group), methods=post),
-        Route("/labs/{name}/roster/{student}/link", staff(labs.password_link_page)),
-        Route("/labs/{name}/roster/{student}/link", staff(labs.password_link), methods=post),
+        Route("/labs/{name}/roster", staff(rosters.set_roster), methods=post),
+        Route("/labs/{name}/roster/group", staff(rosters.roster_from_group), methods=post),
+        Route("/labs/{name}/roster/{student}/link", staff(rosters.password_link_page)),
+        Route("/labs/{name}/roster/{student}/link", staff(rosters.password_link), methods=post),
         Route("/labs/{name}/usage", staff(usage.set_policy), methods=post),
         Route("/labs/{name}/usage/{student}/grant", staff(usage.grant), methods=post),
-        Route("/labs/{name}/edit", staff(labs.edit)),
-        Route("/labs/{name}/edit", staff(labs.update), methods=post),
-        Route("/labs/{name}/start", staff(labs.start), methods=post),
-        Route("/labs/{name}/stop", staff(labs.stop), methods=post),
-        Route("/labs/{name}/delete", staff(labs.confirm_delete)),
-        Route("/labs/{name}/delete", staff(labs.delete), methods=post),
+        Route("/labs/{name}/edit", staff(lab_forms.edit)),
+        Route("/labs/{name}/edit", staff(lab_forms.update), methods=post),
+        Route("/labs/{name}/start", staff(power.start), methods=post),
+        Route("/labs/{name}/stop", staff(power.stop), methods=post),
+        Route("/labs/{name}/delete", staff(lab_forms.confirm_delete)),
+        Route("/labs/{name}/delete", staff(lab_forms.delete), methods=post),
         Route("/labs/{name}/timetable", staff(course.form)),
         Route("/labs/{name}/timetable", staff(course.save), methods=post),
         Route("/labs/{name}/usage.csv", staff(course.usage_csv)),
         # Before /machines/{name}/{action}, which would take "publish" for an action.
         Route("/machines/{name}/publish", staff(versions.publish_machine), methods=post),
-        Route("/machines/{name}/{action}", guard(labs.machine_action), methods=post),
+        Route("/machines/{name}/{action}", guard(power.machine_action), methods=post),
         Route("/machines/{name}/console", guard(console.page)),
         Route("/machines/{name}/console/ticket", guard(console.ticket), methods=post),
         Route("/templates", staff(templates.templates)),

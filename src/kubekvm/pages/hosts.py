@@ -7,10 +7,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from kubekvm.auth import services_for
 from kubekvm.errors import ValidationFailed
 from kubekvm.models import ApiToken
 from kubekvm.pages.common import Flash, FormState, Renderer, text
-from kubekvm.pages.labs import services_of
 from kubekvm.pages.reveal import reveal_and_go, revealed
 
 
@@ -23,7 +23,7 @@ class HostPages:
 
     async def _hosts(self, request: Request, *, new_token: tuple[ApiToken | None, str] | None, state: FormState,
                      status: int = 200) -> Response:
-        services = services_of(request)
+        services = services_for(request)
         return self.renderer.page(request, "hosts.html", {
             "section": "hosts", "hosts": await services.list_hosts(),
             "overcommit": services.settings.cpu_overcommit,
@@ -37,7 +37,7 @@ class HostPages:
         form = await request.form()
         state = FormState(values={"host": text(form, "host")})
         try:
-            made = await services_of(request).create_host_token(host=state.values["host"],
+            made = await services_for(request).create_host_token(host=state.values["host"],
                                                                 label=text(form, "label"))
         except ValidationFailed as error:
             state.fail(ValidationFailed("host", error.message))

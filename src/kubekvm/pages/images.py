@@ -32,13 +32,12 @@ from starlette.responses import FileResponse, Response
 
 from kubekvm.access.actors import ActorKind
 from kubekvm.access.roles import require_admin
-from kubekvm.auth import CSRF_FIELD, CSRF_HEADER, CSRF_KEY, actor_of
+from kubekvm.auth import CSRF_FIELD, CSRF_HEADER, CSRF_KEY, actor_of, services_for
 from kubekvm.credentials import same
 from kubekvm.errors import KubeKVMError, Unauthenticated
 from kubekvm.image_models import Image
 from kubekvm.image_rules import ImageRefused
 from kubekvm.pages.common import Flash, Renderer, set_flash
-from kubekvm.pages.labs import services_of
 
 UPLOAD_PATH = "/images"
 _CHUNK = 1024 * 1024
@@ -50,7 +49,7 @@ class ImagePages:
 
     async def images(self, request: Request) -> Response:
         return self.renderer.page(request, "images/list.html", {
-            "section": "images", "images": await services_of(request).list_images(),
+            "section": "images", "images": await services_for(request).list_images(),
             "max_upload_gib": request.app.state.settings.image_max_upload_gib,
         })
 
@@ -83,7 +82,7 @@ class ImagePages:
         return self.renderer.done(request, to=UPLOAD_PATH, flash=Flash(said))
 
     async def _import(self, request: Request) -> tuple[Image, bool]:
-        services = services_of(request)
+        services = services_for(request)
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
             form = await request.form(max_files=1, max_fields=5)
@@ -106,7 +105,7 @@ async def image_file(request: Request) -> Response:
     """An image's bytes (starlette's FileResponse answers ``Range`` with 206, reading in a
     worker thread)."""
     try:
-        path = await services_of(request).image_file(request.path_params["digest"])
+        path = await services_for(request).image_file(request.path_params["digest"])
     except KubeKVMError as error:
         status = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "NOT_FOUND": 404}.get(error.code, 400)
         return _json({"ok": False, "code": error.code, "message": error.message}, status=status)
@@ -122,7 +121,7 @@ async def published_upload(request: Request) -> Response:
     try:
         if actor.kind == ActorKind.ANONYMOUS:
             raise Unauthenticated("A host token is needed.")
-        machine = await services_of(request).receive_published(
+        machine = await services_for(request).receive_published(
             str(request.path_params["name"]), job=str(request.path_params["job"]), host=actor.name,
             upload=_body(request), failure=unquote(request.headers.get("X-Publish-Error", "")) or None,
             size=int(declared) if declared and declared.isascii() and declared.isdigit() else None)

@@ -13,9 +13,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from kubekvm.auth import services_for
 from kubekvm.models import utcnow
 from kubekvm.pages.common import Renderer
-from kubekvm.pages.labs import services_of
 
 
 class OperationsPages:
@@ -24,5 +24,5 @@ class OperationsPages:
 
     async def overview(self, request: Request) -> Response:
         return self.renderer.page(request, "operations.html", {
-            "section": "operations", "o": await services_of(request).overview(), "now": utcnow(),
+            "section": "operations", "o": await services_for(request).overview(), "now": utcnow(),
         })

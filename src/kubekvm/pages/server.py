@@ -7,9 +7,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from kubekvm.auth import services_for
 from kubekvm.models import utcnow
 from kubekvm.pages.common import Renderer
-from kubekvm.pages.labs import services_of
 
 
 class ServerPages:
@@ -17,7 +17,7 @@ class ServerPages:
         self.renderer = renderer
 
     async def server(self, request: Request) -> Response:
-        services = services_of(request)
+        services = services_for(request)
         return self.renderer.page(request, "server.html", {
             "section": "server", "info": await services.server_info(),
             "live_streams": services.feed.subscriber_count, "now": utcnow(),

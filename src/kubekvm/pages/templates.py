@@ -12,10 +12,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from kubekvm import validation
+from kubekvm.auth import services_for
 from kubekvm.errors import Conflict, KubeKVMError, ValidationFailed
 from kubekvm.models import Template
 from kubekvm.pages.common import Flash, FormState, Renderer, is_htmx, raw, text
-from kubekvm.pages.labs import services_of
 
 TEMPLATE_FIELDS = ("name", "title", "description", "os", "image", "vcpus", "memoryMib", "diskGib", "teachers")
 SIZES = {"vcpus": "vCPUs", "memoryMib": "Memory", "diskGib": "Disk size"}
@@ -26,7 +26,7 @@ class TemplatePages:
         self.renderer = renderer
 
     async def templates(self, request: Request) -> Response:
-        services = services_of(request)
+        services = services_for(request)
         return self.renderer.page(request, "vm-templates/list.html", {
             "section": "templates", "templates": await services.list_templates(),
         })
@@ -44,7 +44,7 @@ class TemplatePages:
         if not state.errors:
             values = state.values
             try:
-                template = await services_of(request).create_template(
+                template = await services_for(request).create_template(
                     name=values["name"], title=values["title"] or None,
                     description=values["description"], os=values["os"], image=values["image"],
                     vcpus=sizes["vcpus"], memory_mib=sizes["memoryMib"], disk_gib=sizes["diskGib"],
@@ -60,7 +60,7 @@ class TemplatePages:
         return self._form(request, state, status=422)
 
     async def edit_template(self, request: Request) -> Response:
-        template = await services_of(request).get_template(str(request.path_params["name"]))
+        template = await services_for(request).get_template(str(request.path_params["name"]))
         return self._form(request, FormState(values={
             "name": template.name, "title": template.title, "description": template.description,
             "os": template.os.value, "image": template.image, "vcpus": str(template.vcpus),
@@ -69,7 +69,7 @@ class TemplatePages:
         }), template=template)
 
     async def update_template(self, request: Request) -> Response:
-        services = services_of(request)
+        services = services_for(request)
         template = await services.get_template(str(request.path_params["name"]))
         form = await request.form()
         state = FormState(values={key: raw(form, key) if key in SIZES else text(form, key) for key in TEMPLATE_FIELDS})
@@ -94,7 +94,7 @@ class TemplatePages:
     async def delete_template(self, request: Request) -> Response:
         name = str(request.path_params["name"])
         try:
-            await services_of(request).delete_template(name)
+            await services_for(request).delete_template(name)
         except KubeKVMError as error:  # in use (Conflict) or already gone
             return self.renderer.error(request, error, back="/templates")
         flash = Flash(f"Template {name} deleted.")

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from kubekvm import usage
+from kubekvm.auth import services_for
 from kubekvm.authorized import Authorized
 from kubekvm.errors import KubeKVMError, ValidationFailed
 from kubekvm.models import Deployment
@@ -46,7 +47,7 @@ class UsagePages:
         self.labs = labs
 
     async def set_policy(self, request: Request) -> Response:
-        services = self.labs.services_of(request)
+        services = services_for(request)
         name = str(request.path_params["name"])
         lab = await services.get_deployment(name)
         form = await request.form()
@@ -70,7 +71,7 @@ class UsagePages:
         return redirect(f"/labs/{lab.name}#usage", Flash(f"Usage limits of {lab.name} saved."))
 
     async def grant(self, request: Request) -> Response:
-        services = self.labs.services_of(request)
+        services = services_for(request)
         name = str(request.path_params["name"])
         student = str(request.path_params["student"])
         form = await request.form()

@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from kubekvm import validation
+from kubekvm.auth import services_for
 from kubekvm.errors import KubeKVMError
 from kubekvm.pages.common import Flash, Renderer, raw, text
-from kubekvm.pages.labs import services_of
 
 
 def _number(value: str, *, field: str) -> int:
@@ -31,7 +31,7 @@ class VersionPages:
         self.renderer = renderer
 
     async def template_versions(self, request: Request) -> Response:
-        services = services_of(request)
+        services = services_for(request)
         template = await services.get_template(str(request.path_params["name"]))
         images = await services.list_images() if services.actor.is_admin else []
         return self.renderer.page(request, "vm-templates/versions.html", {
@@ -44,7 +44,7 @@ class VersionPages:
         back = f"/templates/{name}/versions"
         form = await request.form()
         try:
-            template = await services_of(request).publish_template_version(
+            template = await services_for(request).publish_template_version(
                 name, digest=text(form, "digest"), note=text(form, "note"))
         except KubeKVMError as error:
             return self.renderer.error(request, error, back=back)
@@ -57,14 +57,14 @@ class VersionPages:
         back = f"/templates/{name}/versions"
         try:
             number = _number(str(request.path_params["number"]), field="version")
-            await services_of(request).retire_template_version(name, version=number)
+            await services_for(request).retire_template_version(name, version=number)
         except KubeKVMError as error:
             return self.renderer.error(request, error, back=back)
         return self.renderer.done(request, to=back, flash=Flash(
             f"Retired v{number} of {name}; its image is deleted from the store and the hosts once nothing uses it."))
 
     async def lab_version(self, request: Request) -> Response:
-        services = services_of(request)
+        services = services_for(request)
         lab = await services.get_deployment(str(request.path_params["name"]))
         template = await services.get_template(lab.template)
         machines = await services.list_machines(deployment=lab.name)
@@ -78,7 +78,7 @@ class VersionPages:
         form = await request.form()
         try:
             number = _number(raw(form, "version"), field="version")
-            await services_of(request).move_deployment_to_version(name, version=number)
+            await services_for(request).move_deployment_to_version(name, version=number)
         except KubeKVMError as error:
             return self.renderer.error(request, error, back=back)
         return self.renderer.done(request, to=back, flash=Flash(
@@ -87,7 +87,7 @@ class VersionPages:
 
     async def publish_machine(self, request: Request) -> Response:
         name = str(request.path_params["name"])
-        services = services_of(request)
+        services = services_for(request)
         machine = await services.get_machine(name)
         back = f"/labs/{machine.deployment}/version"
         form = await request.form()
