@@ -10,7 +10,15 @@ from collections.abc import Callable, Iterator
 import pymongo
 import pytest
 
-from tests.support.processes import CHEAP_PASSWORD_HASHES, Server, start_mongoeco, start_secantus, start_server
+from tests.support.processes import (
+    CHEAP_PASSWORD_HASHES,
+    Server,
+    generous_http_timeouts,
+    share_tls_context,
+    start_mongoeco,
+    start_secantus,
+    start_server,
+)
 
 # Every skip is printed with its reason, and one not in tests/skip-allowlist.txt fails the run.
 from tests.support.skips import (  # noqa: F401 (pytest finds hooks by name)
@@ -24,6 +32,9 @@ from tests.support.skips import (  # noqa: F401 (pytest finds hooks by name)
 # Fails the run when it leaves a process, domain or scratch folder of its own behind; and one
 # Chromium for the session's browser tests (`browser`: tests.support.browser).
 pytest_plugins = ["tests.support.leftovers_plugin", "tests.support.browser"]
+
+share_tls_context()
+generous_http_timeouts()
 
 
 @pytest.fixture(scope="session")

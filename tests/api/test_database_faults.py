@@ -185,9 +185,16 @@ def restore_with_drop(server: Server, collection: str) -> None:
             client[server.database_name][collection].insert_many(documents)
 
 
-async def test_a_restored_collection_makes_every_subscriber_resync(
-        start_kubekvm: Callable[..., Server]) -> None:
-    server = start_kubekvm()
+@pytest.fixture(scope="module")
+def restored(start_kubekvm: Callable[..., Server]) -> Server:
+    """One server for both restore tests (each has its own lab). Heartbeats every half second:
+    a live stream that has nothing more to say still gives lines, so waiting for an event can
+    give up at its deadline."""
+    return start_kubekvm(env={"KUBEKVM_LIVE_HEARTBEAT": "0.5"})
+
+
+async def test_a_restored_collection_makes_every_subscriber_resync(restored: Server) -> None:
+    server = restored
     ensure_tiny_template(server)
     register_host(server, "kvm-resync")
     data(server.graphql(CREATE, {"i": {"name": "restored", "template": "tiny-linux", "replicas": 1}}))
@@ -215,10 +222,8 @@ async def test_a_restored_collection_makes_every_subscriber_resync(
     assert ready(server)
 
 
-def test_a_live_page_redraws_after_a_restored_collection(start_kubekvm: Callable[..., Server]) -> None:
-    # Heartbeats every half second: a stream that has nothing more to say still gives lines,
-    # so waiting for an event can give up at its deadline.
-    server = start_kubekvm(env={"KUBEKVM_LIVE_HEARTBEAT": "0.5"})
+def test_a_live_page_redraws_after_a_restored_collection(restored: Server) -> None:
+    server = restored
     ensure_tiny_template(server)
     data(server.graphql(CREATE, {"i": {"name": "redrawn", "template": "tiny-linux", "replicas": 1}}))
     with httpx.Client(base_url=server.url, timeout=httpx.Timeout(30.0), headers=server.admin_headers) as client, \

@@ -9,7 +9,6 @@ before JavaScript and as htmx fragments, and its forms Post/Redirect/Get."""
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,15 +64,14 @@ def test_disabling_ends_sessions_and_tokens_on_every_replica_at_once(replicas: R
     assert me(session) == {"kind": "user", "name": "ua-dis", "role": "TEACHER"}
     assert code(b.graphql("{ me { name } }", token=token)) == "ok"
 
-    started = time.monotonic()
     done = ok(a, 'mutation { disableUser(name: "ua-dis") { disabled } }')
     assert done["disableUser"]["disabled"] is True
-    # The very next requests on the other replica: no waiting, no propagation delay.
+    # The very next requests on the other replica: no waiting, no propagation delay (nothing
+    # waits before them, so no clock is asked: how long they take says nothing of the rule).
     assert me(session) is None
     refused = httpx.post(b.graphql_url, json={"query": "{ me { name } }"},
                          headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert refused.status_code == 401 and "disabled" in refused.text
-    assert time.monotonic() - started < 1.0
     assert session.get("/account").status_code == 303  # to the sign-in page
 
     answer = try_sign_in(browser(b), "ua-dis", a.passwords["ua-dis"])

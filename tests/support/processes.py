@@ -31,6 +31,46 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 MONGOECO_PYTHON = ROOT / ".venv-mongoeco" / "bin" / "python"
 LOG_DIR = ROOT / "tests" / "artifacts" / "logs"
+# The servers' compiled modules, kept between starts: with PYTHONDONTWRITEBYTECODE set (as on
+# this machine) every `kubekvm serve` compiled a hundred modules from source again (~0.2 s of CPU).
+PYCACHE_DIR = ROOT / "tests" / "artifacts" / "pycache"
+# One TLS context for every httpx client of the tests: each new client otherwise loads the CA
+# bundle again (~25 ms of CPU), and the tests make thousands of one-off requests (plain HTTP to
+# loopback, which never uses it).
+TLS = httpx.create_ssl_context()
+
+
+def share_tls_context() -> None:
+    """Make `httpx.get(...)` and every `httpx.Client()` built with the default verification
+    reuse `TLS` instead of building a context of its own (what it builds is the same)."""
+    import httpx._transports.default as transports
+
+    build = getattr(transports, "create_ssl_context")  # noqa: B009 (not in its __all__)
+    if getattr(build, "shared", False):
+        return
+
+    def shared(verify: object = True, cert: object = None, trust_env: bool = True) -> object:
+        if verify is True and cert is None and not (trust_env and (os.environ.get("SSL_CERT_FILE")
+                                                                  or os.environ.get("SSL_CERT_DIR"))):
+            return TLS
+        return build(verify=verify, cert=cert, trust_env=trust_env)
+
+    shared.shared = True  # type: ignore[attr-defined]
+    setattr(transports, "create_ssl_context", shared)  # noqa: B010
+
+
+# httpx's default is 5 s per request: a loaded CI machine takes longer than that to render a page
+# or check a password, and a test failed on it that proved nothing about time.
+HTTP_TIMEOUT = httpx.Timeout(60.0)
+
+
+def generous_http_timeouts() -> None:
+    """Give every httpx request and client of the tests `HTTP_TIMEOUT` unless it names its own."""
+    for function in (httpx.request, httpx.stream, httpx.get, httpx.options, httpx.head, httpx.post,
+                     httpx.put, httpx.patch, httpx.delete, httpx.Client.__init__, httpx.AsyncClient.__init__):
+        defaults = getattr(function, "__wrapped__", function).__kwdefaults__  # stream: a context manager
+        if defaults is not None and "timeout" in defaults:
+            defaults["timeout"] = HTTP_TIMEOUT
 
 
 def free_port() -> int:
@@ -44,7 +84,7 @@ def _log_file(name: str) -> Path:
     return LOG_DIR / f"{name}.log"
 
 
-def wait_for_mongo(uri: str, *, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_mongo(uri: str, *, timeout: float = 60.0, process: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -232,9 +272,13 @@ def start_server(*, database_uri: str | None, database_name: str | None = None,
     if not token_file.exists():
         token_file.write_text(f"kk_{secrets.token_urlsafe(32)}")
         token_file.chmod(0o600)
-    environment = {**os.environ, "KUBEKVM_DATABASE": name, "KUBEKVM_HOST_TIMEOUT": "30",
+    environment = {**os.environ, "KUBEKVM_DATABASE": name,
+                   # A host a module's set-up registered stays ready however slowly the machine
+                   # runs the module (a test of host loss sets a shorter one).
+                   "KUBEKVM_HOST_TIMEOUT": "3600",
                    "PYTHONUNBUFFERED": "1", "KUBEKVM_BOOTSTRAP_ADMIN_TOKEN_FILE": str(token_file),
-                   **(env or {})}
+                   "PYTHONPYCACHEPREFIX": str(PYCACHE_DIR), **(env or {})}
+    environment.pop("PYTHONDONTWRITEBYTECODE", None)  # the cache is outside the checkout
     own_store = None
     if not (env or {}).get("KUBEKVM_IMAGE_STORE"):
         # Never the checkout's ./.kubekvm/images: each test server imports into a store of its own.
@@ -254,14 +298,15 @@ def start_server(*, database_uri: str | None, database_name: str | None = None,
                     database_name=name, child=Child(process, log), env=environment,
                     admin_token=token_file.read_text().strip(), own_image_store=own_store)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"kubekvm serve exited with {process.returncode}; see {log}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)  # the poll interval
+    with httpx.Client(timeout=1) as probe:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"kubekvm serve exited with {process.returncode}; see {log}")
+            try:
+                if probe.get(f"{server.url}/readyz").status_code == 200:
+                    return server
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)  # the poll interval
     server.stop()
     raise RuntimeError(f"kubekvm serve did not become ready in {timeout} s; see {log}")
