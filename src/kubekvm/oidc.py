@@ -15,19 +15,17 @@ Every request to a provider is httpx2's async client (authlib's) with a timeout,
 hangs a sign-in; a provider that cannot be reached is `Unavailable`.
 
 What the person is then allowed as (their account and role) is `kubekvm.services.identities`'.
+
+authlib and its HTTP client are imported only where a provider is used: most servers configure
+none, and the import was a tenth of every server's start-up.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-import httpx2 as httpx
-from authlib.common.errors import AuthlibBaseError
-from authlib.integrations.base_client import MismatchingStateError, OAuthError
-from authlib.integrations.starlette_client import OAuth, StarletteOAuth2App
-from joserfc.errors import JoseError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -35,6 +33,9 @@ from kubekvm import identity
 from kubekvm.errors import NotFound, Unauthenticated, Unavailable
 from kubekvm.identity import ExternalIdentity
 from kubekvm.identity_config import IdentitySettings, OidcProvider
+
+if TYPE_CHECKING:
+    from authlib.integrations.starlette_client import OAuth, StarletteOAuth2App
 
 log = logging.getLogger(__name__)
 # Clocks of the provider and of this server may differ this much (seconds).
@@ -46,6 +47,11 @@ class OpenIdSignIn:
 
     def __init__(self, settings: IdentitySettings) -> None:
         self.providers = {p.name: p for p in settings.oidc}
+        self.oauth: OAuth | None = None
+        if not settings.oidc:
+            return
+        from authlib.integrations.starlette_client import OAuth
+
         self.oauth = OAuth()
         for p in settings.oidc:
             self.oauth.register(name=p.name, client_id=p.client_id, client_secret=p.client_secret,
@@ -61,11 +67,14 @@ class OpenIdSignIn:
 
     def _client(self, name: str) -> StarletteOAuth2App:
         self.provider(name)
+        assert self.oauth is not None  # a provider is configured
         client: StarletteOAuth2App = self.oauth.create_client(name)
         return client
 
     async def discover(self, name: str) -> dict[str, Any]:
         """The provider's discovery document (fetched once), its issuer checked."""
+        import httpx2 as httpx
+
         provider = self.provider(name)
         try:
             metadata: dict[str, Any] = await self._client(name).load_server_metadata()
@@ -79,6 +88,8 @@ class OpenIdSignIn:
 
     async def start(self, request: Request, name: str, *, redirect_uri: str) -> Response:
         """The redirect to the provider's authorization endpoint."""
+        import httpx2 as httpx
+
         await self.discover(name)
         try:
             response: Response = await self._client(name).authorize_redirect(request, redirect_uri)
@@ -89,6 +100,11 @@ class OpenIdSignIn:
     async def finish(self, request: Request, name: str) -> ExternalIdentity:
         """The person the provider vouches for on this callback; Unauthenticated with the reason
         when anything about the answer is wrong."""
+        import httpx2 as httpx
+        from authlib.common.errors import AuthlibBaseError
+        from authlib.integrations.base_client import MismatchingStateError, OAuthError
+        from joserfc.errors import JoseError
+
         provider = self.provider(name)
         metadata = await self.discover(name)
         client = self._client(name)

@@ -34,7 +34,7 @@ async def _report_and_drop(server: Server, machine: dict[str, object], *, after:
         socket.transport.abort()  # no close handshake: the connection is simply gone
 
 
-def _gone(server: Server, lab: str, *, timeout: float = 15.0) -> bool:
+def _gone(server: Server, lab: str, *, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         body = server.graphql("query($n: String!) { deployment(name: $n) { phase message } }", {"n": lab})
@@ -57,5 +57,6 @@ async def test_the_last_absent_report_survives_a_dropped_websocket(start_kubekvm
         data(server.graphql("mutation($n: String!) { deleteDeployment(name: $n) { name } }", {"n": lab}))
     for lab, after in zip(labs, drops, strict=True):
         await _report_and_drop(server, machines(server, lab)[0], after=after)
-    stuck = [lab for lab in labs if not _gone(server, lab, timeout=10.0)]
+    # Generous: on a loaded machine the follow-up may take seconds; stuck labs never go.
+    stuck = [lab for lab in labs if not _gone(server, lab)]
     assert not stuck, f"labs left in Deleting with no machine: {stuck}"

@@ -22,7 +22,7 @@ GIB = 1024**3
 
 @pytest.fixture
 def store(tmp_path: Path) -> ImageStore:
-    return ImageStore(tmp_path / "store", max_virtual_bytes=GIB, max_upload_bytes=64 * 1024 * 1024,
+    return ImageStore(tmp_path / "store", max_virtual_bytes=GIB, max_upload_bytes=8 * 1024 * 1024,
                       tool_timeout=60)
 
 
@@ -101,7 +101,7 @@ async def test_an_upload_cut_short_leaves_nothing(store: ImageStore, tmp_path: P
         await store.receive(chunks(data[: len(data) // 2]), expected_size=len(data))
     assert refused.value.reason == "INCOMPLETE_UPLOAD"
     with pytest.raises(ImageRefused) as refused:
-        await store.receive(chunks(b"x" * (65 * 1024 * 1024)))
+        await store.receive(chunks(b"x" * (9 * 1024 * 1024)))
     assert refused.value.reason == "TOO_BIG_UPLOAD"
     assert leftovers(store) == []
     staged = await store.receive(chunks(data), expected_size=len(data))
