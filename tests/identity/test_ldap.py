@@ -7,9 +7,7 @@ roster filled from a directory group and refreshed after the group changed.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,7 +20,8 @@ from kubekvm.directory import Directory
 from kubekvm.errors import Unavailable
 from kubekvm.identity_config import LdapDirectory
 from tests.security.test_fuzz_forms import HOSTILE_TEXT
-from tests.support.processes import VENV_BIN, Server, free_port
+from tests.support.processes import Server, free_port
+from tests.support.sign_in_check import sign_in_check
 from tests.support.slapd import PASSWORDS, SUFFIX, Slapd, start_slapd
 
 USERS = "{ users { name role signsInWith hasPassword } }"
@@ -244,17 +243,13 @@ def test_the_directory_is_reached_over_tls_checked_against_the_ca_given(slapd: S
 
 
 def test_the_settings_check_finds_a_person_and_says_their_role(slapd: Slapd) -> None:
-    env = {**os.environ, **slapd.settings()}
-    found = subprocess.run([str(VENV_BIN / "kubekvm"), "sign-in", "check", "--user", "tina"], env=env,
-                           capture_output=True, text=True, timeout=60)
-    assert found.returncode == 0, found.stdout + found.stderr
-    [line] = [line for line in found.stdout.splitlines() if line.startswith("ldap user tina: ")]
+    code, shown = sign_in_check(slapd.settings(), "--user", "tina")
+    assert code == 0, shown
+    [line] = [line for line in shown.splitlines() if line.startswith("ldap user tina: ")]
     assert line.startswith(f"ldap user tina: uid=tina,ou=people,{SUFFIX}; groups: ") and line.endswith("; role: teacher")
     assert f"cn=staff,ou=groups,{SUFFIX}" in line
-    wrong = subprocess.run([str(VENV_BIN / "kubekvm"), "sign-in", "check", "--user", "ursula"],
-                           env={**env, "KUBEKVM_LDAP_BIND_PASSWORD": "not-it"}, capture_output=True, text=True,
-                           timeout=60)
-    assert wrong.returncode == 1 and "refused KubeKVM's own bind" in wrong.stdout, wrong.stdout + wrong.stderr
+    code, shown = sign_in_check(slapd.settings(KUBEKVM_LDAP_BIND_PASSWORD="not-it"), "--user", "ursula")
+    assert code == 1 and "refused KubeKVM's own bind" in shown, shown
 
 
 @pytest.mark.parametrize("htmx", [False, True])

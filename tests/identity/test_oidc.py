@@ -14,9 +14,7 @@ How each refusal is produced:
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -25,7 +23,8 @@ import httpx
 import pytest
 
 from tests.support.oidc_provider import OidcProvider, start_provider
-from tests.support.processes import LOG_DIR, VENV_BIN, Server, free_port
+from tests.support.processes import LOG_DIR, Server, free_port
+from tests.support.sign_in_check import sign_in_check
 
 pytestmark = pytest.mark.browser
 
@@ -232,14 +231,11 @@ def test_local_passwords_switched_off_sign_nobody_in(server: Server) -> None:
 
 
 def test_the_settings_check_discovers_the_provider(provider: OidcProvider, server: Server) -> None:
-    found = subprocess.run([str(VENV_BIN / "kubekvm"), "sign-in", "check"], capture_output=True, text=True,
-                           env={**os.environ, **provider.settings(NAME)}, timeout=60)
-    assert found.returncode == 0, found.stdout + found.stderr
-    assert f"oidc {NAME} (Campus): ok, issuer {provider.issuer}, offers end-session" in found.stdout
-    wrong = subprocess.run([str(VENV_BIN / "kubekvm"), "sign-in", "check"], capture_output=True, text=True,
-                           env={**os.environ, **provider.settings(NAME, KUBEKVM_OIDC_CAMPUS_ISSUER=provider.issuer + "/")},
-                           timeout=60)
-    assert wrong.returncode == 1 and "is not configured right here (its issuer is" in wrong.stdout, wrong.stdout
+    code, shown = sign_in_check(provider.settings(NAME))
+    assert code == 0, shown
+    assert f"oidc {NAME} (Campus): ok, issuer {provider.issuer}, offers end-session" in shown
+    code, shown = sign_in_check(provider.settings(NAME, KUBEKVM_OIDC_CAMPUS_ISSUER=provider.issuer + "/"))
+    assert code == 1 and "is not configured right here (its issuer is" in shown, shown
 
 
 def test_a_disabled_account_is_refused_through_the_provider(browser: Any, context: Any, server: Server) -> None:

@@ -20,7 +20,7 @@ HX = {"HX-Request": "true"}
 @pytest.fixture
 def client(server: Server) -> Iterator[httpx.Client]:
     # An admin's API token: no CSRF token needed (browsers never send a bearer token by themselves).
-    with httpx.Client(base_url=server.url, timeout=10, headers=server.admin_headers) as client:
+    with httpx.Client(base_url=server.url, timeout=60, headers=server.admin_headers) as client:
         yield client
 
 
@@ -185,7 +185,7 @@ def test_unknown_things_are_404_pages(client: httpx.Client) -> None:
 
 def test_empty_states_explain_what_to_do(start_kubekvm: Callable[..., Server]) -> None:
     bare = start_kubekvm(env={"KUBEKVM_SEED_TEMPLATES": "0"})
-    with httpx.Client(base_url=bare.url, timeout=10, headers=bare.admin_headers) as client:
+    with httpx.Client(base_url=bare.url, timeout=60, headers=bare.admin_headers) as client:
         labs = client.get("/").text
         assert "No labs yet" in labs and "gives every student" in labs and 'href="/new-lab"' in labs
         assert "No lab is <strong>Failed</strong>" in client.get("/?phase=Failed").text
@@ -205,7 +205,7 @@ def test_a_template_restricted_to_some_teachers(client: httpx.Client, server: Se
     assert 'value="ana-teacher"' in client.get("/templates/only-ana/edit").text
     for name, sees in (("ana-teacher", True), ("luis-teacher", False)):
         headers = {"Authorization": f"Bearer {server.token_for(name, 'teacher')}"}
-        with httpx.Client(base_url=server.url, timeout=10, headers=headers) as teacher:
+        with httpx.Client(base_url=server.url, timeout=60, headers=headers) as teacher:
             assert ("only-ana" in teacher.get("/templates").text) is sees
             assert ('value="only-ana"' in teacher.get("/new-lab").text) is sees
             made = teacher.post("/labs", data=lab_form(f"{name}-lab", replicas="1", template="only-ana"))

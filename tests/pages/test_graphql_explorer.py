@@ -42,14 +42,14 @@ def test_the_explorer_renders_and_runs_a_query_with_the_network_blocked(browser:
 
     tab.goto("/graphql?q=" + quote("{ me { name role } serverInfo { version } }"))
     # GraphiQL replaced the page's "Loading…" with its editors.
-    expect(tab.locator(".graphiql-loading")).to_have_count(0, timeout=30_000)
+    expect(tab.locator(".graphiql-loading")).to_have_count(0, timeout=60_000)
     expect(tab.locator(".graphiql-query-editor .CodeMirror")).to_be_visible()
     tab.locator(".graphiql-execute-button").click()
-    expect(tab.locator(".result-window")).to_contain_text(f'"name": "{PAGES_ADMIN}"', timeout=30_000)
+    expect(tab.locator(".result-window")).to_contain_text(f'"name": "{PAGES_ADMIN}"', timeout=60_000)
     expect(tab.locator(".result-window")).to_contain_text('"role": "ADMIN"')
     # The schema came through introspection too: the docs explorer lists the root types.
     tab.get_by_role("button", name="Show Documentation Explorer").click()
-    expect(tab.locator(".graphiql-doc-explorer")).to_contain_text("Query", timeout=30_000)
+    expect(tab.locator(".graphiql-doc-explorer")).to_contain_text("Query", timeout=60_000)
 
     seen = violations(tab)
     context.close()

@@ -70,8 +70,8 @@ def test_rendered_pages_reference_only_this_server(server: Server, sample_lab: s
     assert gets == set(paths) | downloads, "a page route is missing from this test"
 
     own = urlsplit(server.url).netloc
-    with httpx.Client(base_url=server.url, timeout=10, headers=server.admin_headers,
-                      follow_redirects=True) as client, httpx.Client(base_url=server.url, timeout=10) as nobody:
+    with httpx.Client(base_url=server.url, timeout=60, headers=server.admin_headers,
+                      follow_redirects=True) as client, httpx.Client(base_url=server.url, timeout=60) as nobody:
         assert not external(REFERENCE.findall(nobody.get("/login").text), own=own)
         # The GraphQL explorer is no page route but a page all the same (vendored GraphiQL).
         for path in [*paths.values(), "/labs/no-such-lab", "/graphql"]:

@@ -49,7 +49,7 @@ def test_a_slow_machine_says_what_it_waits_on_and_the_live_page_follows(
     expect(row).to_have_text(re.compile(r"^for \d+ s$"))
     expect(row).to_have_class("since")
     # Between live updates the page's clock goes on (static/elapsed.js).
-    expect(row).not_to_have_text("for 0 s", timeout=10_000)
+    expect(row).not_to_have_text("for 0 s", timeout=60_000)
 
     # "Start all" after the students powered off: a shutoff event that carries no generation
     # (the agent had not yet reported the domain) must not read "powered off by students".
@@ -66,7 +66,7 @@ def test_a_slow_machine_says_what_it_waits_on_and_the_live_page_follows(
     expect(starting).to_contain_text("starting for")
     expect(starting).to_contain_text("waiting on fake-host-1 to start it")
     # Past KUBEKVM_SLOW_CHANGE_SECONDS without news, the page flags it by itself.
-    expect(starting).to_have_class("since slow", timeout=15_000)
+    expect(starting).to_have_class("since slow", timeout=60_000)
     expect(starting.locator(".slow-note")).to_be_visible()
 
     # Being deleted: what it waits for, not "0/0 running".

@@ -66,8 +66,11 @@ class SharedChromium:
 
     def _started(self) -> Playwright:
         if self._playwright is None:
-            from playwright.sync_api import sync_playwright
+            from playwright.sync_api import expect, sync_playwright
 
+            # Playwright's `expect` gives up after 5 s by default: a loaded machine takes longer
+            # to push a live update. A deadline costs nothing when the page is on time.
+            expect.set_options(timeout=30_000)
             self._playwright = sync_playwright().start()
             self._loop = asyncio.get_running_loop()  # Playwright's, marked running by start()
         return self._playwright
