@@ -9,10 +9,12 @@ replica's writes; every snapshot and redraw is read through the caller's operati
 
 A stream is *snapshot, then changes*, like the host agents' feed: it subscribes first, then
 renders the whole of what the page shows (closing the gap between the page being rendered and
-the browser connecting, and resynchronising after a reconnect), then one batch of fragments per
-burst of changes. When the feed says changes may have been missed (RESYNC), the stream sends
-the whole snapshot again. Every fragment is an out-of-band swap (`hx-swap-oob`) addressed by element id,
-sent under an event name saying what it is:
+the browser connecting, and resynchronising after a reconnect) — both before it answers, so a
+200 is a stream that holds its slot and delivers, and one the database cannot serve now is a 503
+the browser retries — then one batch of fragments per burst of changes. When the feed says
+changes may have been missed (RESYNC), the stream sends the whole snapshot again. Every fragment
+is an out-of-band swap (`hx-swap-oob`) addressed by element id, sent under an event name saying
+what it is:
 
   lab       a lab's status block (lab page) or its cards (list page)
   labs      the whole list (a lab appeared, went, or left the filtered phase)
@@ -297,49 +299,65 @@ class LiveUpdates:
         except TooManySubscriptions as error:
             # The page's SSE extension tries again later, with a growing delay.
             return PlainTextResponse(error.message, status_code=429)
+        try:
+            # Subscribed and the snapshot read before answering 200: a stream that is answered
+            # holds its slot and delivers; one the database cannot serve now is a 503 (and its
+            # slot is free again at once), never a 200 that ends before its first event.
+            pump, queue, snapshot = await self.open(services, watch, slot=slot)
+        except Exception as error:
+            slot.close()
+            if unavailable(error) is None and not isinstance(error, TimeoutError):
+                raise
+            quiet.fault("a live-update stream", error)
+            return PlainTextResponse("The server cannot follow changes right now; the page tries again.",
+                                     status_code=503, headers={"Retry-After": "2"})
         return HeldStream(
-            self.stream(services, watch), slot=slot,
+            self.stream(services, watch, pump=pump, queue=queue, snapshot=snapshot), slot=slot,
             # X-Accel-Buffering: an nginx ingress would otherwise hold events back.
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
-    async def stream(self, services: Authorized, watch: Watch) -> AsyncIterator[str]:
+    async def open(self, services: Authorized, watch: Watch,
+                   *, slot: ExitStack) -> tuple[asyncio.Task[None], asyncio.Queue[LabChange], list[Message]]:
+        """Follow the changes, then read what the page shows (no change falls between the two);
+        the feed is left when the slot is given back, however the stream ends."""
         queue: asyncio.Queue[LabChange] = asyncio.Queue(maxsize=QUEUE_LIMIT)
         subscribed = asyncio.Event()
         pump = asyncio.create_task(_pump(
             await services.lab_changes(lab=watch.lab, subscribed=subscribed), queue))
-        try:
-            # If the stream ends, the browser reconnects after this long and gets a new snapshot.
-            yield "retry: 2000\n\n"
-            # Generous: on a loaded replica (a class opening its pages at once) the feed can take
-            # seconds to acknowledge, and a stream ended here gives its slot to another while
-            # its browser still counts it open (the cap test saw 21 of 20 under load).
-            await asyncio.wait_for(subscribed.wait(), timeout=60)
-            for event, html in await uninterrupted(watch.snapshot()):
+        slot.callback(pump.cancel)
+        # Generous: on a loaded replica (a class opening its pages at once) the feed can take
+        # seconds to acknowledge.
+        await asyncio.wait_for(subscribed.wait(), timeout=60)
+        if pump.done():  # the feed failed before acknowledging: say why
+            pump.result()
+        return pump, queue, await uninterrupted(watch.snapshot())
+
+    async def stream(self, services: Authorized, watch: Watch, *, pump: asyncio.Task[None],
+                     queue: asyncio.Queue[LabChange], snapshot: list[Message]) -> AsyncIterator[str]:
+        # If the stream ends, the browser reconnects after this long and gets a new snapshot.
+        yield "retry: 2000\n\n"
+        for event, html in snapshot:
+            yield message(event, html)
+        while not watch.finished:
+            if pump.done():
+                return  # the feed ended or this client fell behind: reconnecting resyncs
+            try:
+                first = await asyncio.wait_for(queue.get(), timeout=self.heartbeat_seconds)
+            except TimeoutError:
+                # The session this stream was opened with may have ended since.
+                if not await services.still_signed_in():
+                    return
+                yield ": heartbeat\n\n"
+                continue
+            await asyncio.sleep(COALESCE_SECONDS)
+            batch = [first]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            # After a RESYNC the changes cannot be trusted to be all there: redraw it all.
+            resync = any(change.kind == LabChangeKind.RESYNC for change in batch)
+            for event, html in await uninterrupted(watch.snapshot() if resync else watch.update(batch)):
                 yield message(event, html)
-            while not watch.finished:
-                if pump.done():
-                    return  # the feed ended or this client fell behind: reconnecting resyncs
-                try:
-                    first = await asyncio.wait_for(queue.get(), timeout=self.heartbeat_seconds)
-                except TimeoutError:
-                    # The session this stream was opened with may have ended since.
-                    if not await services.still_signed_in():
-                        return
-                    yield ": heartbeat\n\n"
-                    continue
-                await asyncio.sleep(COALESCE_SECONDS)
-                batch = [first]
-                while not queue.empty():
-                    batch.append(queue.get_nowait())
-                # After a RESYNC the changes cannot be trusted to be all there: redraw it all.
-                resync = any(change.kind == LabChangeKind.RESYNC for change in batch)
-                for event, html in await uninterrupted(watch.snapshot() if resync else watch.update(batch)):
-                    yield message(event, html)
-        finally:
-            # Runs when the client disconnects too (Starlette cancels the generator): the
-            # pump's cancellation leaves the feed subscription.
-            pump.cancel()
 
 
 async def _pump(changes: AsyncIterator[LabChange], queue: asyncio.Queue[LabChange]) -> None:
