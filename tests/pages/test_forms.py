@@ -220,9 +220,11 @@ def test_the_hosts_page_shows_a_quiet_host_not_ready_until_it_beats_again(client
     quiet = FakeHost(server, name="quiet-host", images=()).register()
     with pymongo.MongoClient(server.database_uri, tz_aware=True, timeoutMS=30_000) as mongo:
         hosts = mongo[server.database_name]["hosts"]
-        # As if its agent had last beaten 40 s ago (the test servers' host timeout is 30 s).
+        # As if its agent had last beaten longer ago than the server's host timeout (whatever the
+        # test servers are given: tests/support/processes.py).
+        quiet_for = float(server.env["KUBEKVM_HOST_TIMEOUT"]) + 10
         hosts.update_one({"name": quiet.name},
-                         {"$set": {"last_heartbeat": datetime.now(UTC) - timedelta(seconds=40)}})
+                         {"$set": {"last_heartbeat": datetime.now(UTC) - timedelta(seconds=quiet_for)}})
 
         def badge() -> str:
             page = client.get("/hosts").text
