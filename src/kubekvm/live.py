@@ -184,7 +184,7 @@ class ListWatch:
         return [("labs", self.fragments.lab_list(labs, view=self.view, total=total, oob=True))]
 
     async def update(self, batch: Sequence[LabChange]) -> list[Message]:
-        touched = {change.lab for change in batch if change.kind != LabChangeKind.HOST_CHANGED}
+        touched = {change.lab for change in batch}
         deleted = {change.lab for change in batch if change.kind == LabChangeKind.LAB_DELETED}
         # Counted only for a redraw of the whole list (most changes redraw cards only).
         page = await self.services.list_deployments(

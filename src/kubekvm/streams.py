@@ -135,6 +135,8 @@ class LabChangeKind(StrEnum):
     LAB_DELETED = "LAB_DELETED"
     MACHINE_CHANGED = "MACHINE_CHANGED"
     MACHINE_REMOVED = "MACHINE_REMOVED"
+    # Never sent since hosts left the event feed (`kubekvm.events`); kept in the GraphQL enum
+    # so that clients naming it still validate.
     HOST_CHANGED = "HOST_CHANGED"
     RESYNC = "RESYNC"  # changes may have been missed: reload what you show
     SNAPSHOT = "SNAPSHOT"  # one lab as it is now, with its machines (the current state, first)
@@ -159,7 +161,7 @@ class LabChange:
 CurrentState = Callable[[int], Coroutine[Any, Any, list[LabChange]]]
 
 
-async def lab_changes(*, feed: EventFeed, lab: str | None = None, include_hosts: bool = False,
+async def lab_changes(*, feed: EventFeed, lab: str | None = None,
                       subscribed: asyncio.Event | None = None, current: CurrentState | None = None,
                       cursor: str | None = None, reads: SharedReads | None = None) -> AsyncIterator[LabChange]:
     """Every change of one lab (or of all labs), as typed objects.
@@ -193,8 +195,7 @@ async def lab_changes(*, feed: EventFeed, lab: str | None = None, include_hosts:
         await uninterrupted(_known_ids(names, machine_labs, lab=lab, reads=reads, after=ticket))
         if current is not None:
             resumed = None if replay is None else _replayed(replay, earlier, names=names,
-                                                            machine_labs=machine_labs, lab=lab,
-                                                            include_hosts=include_hosts)
+                                                            machine_labs=machine_labs, lab=lab)
             if resumed is None:
                 for state in await uninterrupted(current(ticket)):
                     yield _at(state, start_cursor)
@@ -222,8 +223,7 @@ async def lab_changes(*, feed: EventFeed, lab: str | None = None, include_hosts:
                     yield LabChange(LabChangeKind.SYNCED, lab or "", cursor=resync_cursor)
                 continue
             for change in _latest_per_document(pending):
-                event = _lab_change(change, names=names, machine_labs=machine_labs,
-                                    include_hosts=include_hosts)
+                event = _lab_change(change, names=names, machine_labs=machine_labs)
                 if event is not None and _about(event, lab):
                     yield event
 
@@ -244,11 +244,11 @@ def _latest_per_document(changes: list[Change]) -> list[Change]:
 
 
 def _about(event: LabChange, lab: str | None) -> bool:
-    return lab is None or event.lab == lab or event.kind == LabChangeKind.HOST_CHANGED
+    return lab is None or event.lab == lab
 
 
 def _replayed(replay: list[Change], earlier: list[Change], *, names: dict[str, str],
-              machine_labs: dict[str, str], lab: str | None, include_hosts: bool) -> list[LabChange] | None:
+              machine_labs: dict[str, str], lab: str | None) -> list[LabChange] | None:
     """The typed changes of `replay`, or None if one of them cannot be told apart: a deletion of a
     lab or machine whose lab neither the database nor the changes held name (the subscriber must
     then get the current state instead, or it would miss that deletion)."""
@@ -264,7 +264,7 @@ def _replayed(replay: list[Change], earlier: list[Change], *, names: dict[str, s
         known = {"deployments": names, "machines": machine_labs}.get(change.collection)
         if change.document is None and known is not None and change.id not in known:
             return None
-        event = _lab_change(change, names=names, machine_labs=machine_labs, include_hosts=include_hosts)
+        event = _lab_change(change, names=names, machine_labs=machine_labs)
         if event is not None and _about(event, lab):
             events.append(event)
     return events
@@ -302,8 +302,7 @@ async def _read_known_ids(lab: str | None) -> tuple[dict[str, str], dict[str, st
     return names, machine_labs
 
 
-def _lab_change(change: Change, *, names: dict[str, str], machine_labs: dict[str, str],
-                include_hosts: bool) -> LabChange | None:
+def _lab_change(change: Change, *, names: dict[str, str], machine_labs: dict[str, str]) -> LabChange | None:
     document = change.document
     if change.collection == "deployments":
         if document is None:
@@ -328,8 +327,6 @@ def _lab_change(change: Change, *, names: dict[str, str], machine_labs: dict[str
         else:
             machine_labs[change.id] = shared.lab
         return shared
-    if change.collection == "hosts" and document is not None and include_hosts:
-        return _typed(change)
     return None
 
 
@@ -360,10 +357,6 @@ def _typed(change: Change) -> LabChange | None:
         if machine is not None:
             kind = LabChangeKind.MACHINE_REMOVED if machine.retired else LabChangeKind.MACHINE_CHANGED
             typed = LabChange(kind, machine.deployment, machine=machine, cursor=change.cursor)
-    elif change.collection == "hosts":
-        host = readable(Host, document)
-        if host is not None:
-            typed = LabChange(LabChangeKind.HOST_CHANGED, "", host=host, cursor=change.cursor)
     _typed_changes[id(change)] = (change, typed)
     while len(_typed_changes) > TYPED_CHANGES:
         _typed_changes.popitem(last=False)

@@ -184,11 +184,11 @@ def test_a_machine_read_after_its_deletion_is_still_reported_removed() -> None:
     still hear, once, that the machine went."""
     known = {"m1": "some-lab"}
     late = Change("machines", "update", "m1", None, "c1")
-    event = _lab_change(late, names={}, machine_labs=known, include_hosts=False)
+    event = _lab_change(late, names={}, machine_labs=known)
     assert event is not None
     assert (event.kind, event.lab, event.machine) == (LabChangeKind.MACHINE_REMOVED, "some-lab", None)
     delete = Change("machines", "delete", "m1", None, "c2")
-    assert _lab_change(delete, names={}, machine_labs=known, include_hosts=False) is None
+    assert _lab_change(delete, names={}, machine_labs=known) is None
 
 
 async def test_a_lab_deleted_before_its_deletion_is_heard_is_still_announced() -> None:

@@ -33,7 +33,7 @@ class ChangeOperations(Operations):
     # `current`: start with the current state (SNAPSHOT events and SYNCED), or resume after
     # `cursor` (`kubekvm.streams.lab_changes`).
     @stream(SIGNED_IN, field="deploymentEvents", outcomes=LAB_SEEN.outcomes)
-    async def lab_changes(self, *, lab: str | None = None, include_hosts: bool = False,
+    async def lab_changes(self, *, lab: str | None = None,
                           subscribed: asyncio.Event | None = None, current: bool = False,
                           cursor: str | None = None) -> AsyncIterator[LabChange]:
         visible: dict[str, bool] = {}
@@ -47,7 +47,7 @@ class ChangeOperations(Operations):
             return await reads.read(("current_state", lab, seeing), lambda: self._current_state(lab),
                                     after=ticket)
 
-        async for change in lab_changes(feed=self.services.feed, lab=lab, include_hosts=include_hosts,
+        async for change in lab_changes(feed=self.services.feed, lab=lab,
                                         subscribed=subscribed, current=now if current else None,
                                         cursor=cursor, reads=reads):
             # A cookie's session may end while the stream is open: it is checked again before a
@@ -88,8 +88,6 @@ class ChangeOperations(Operations):
             return True  # read as the caller sees it (`_current_state`)
         if self.actor.is_admin:
             return True
-        if change.kind == LabChangeKind.HOST_CHANGED:
-            return self.actor.is_teacher
         if change.deployment is not None:
             visible[change.lab] = can_view_lab(self.actor, change.deployment)
         elif change.lab not in visible:
